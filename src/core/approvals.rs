@@ -1,0 +1,86 @@
+//! Pure approval policy: who may decide a pending approval.
+
+use crate::core::event::Actor;
+use crate::core::workflow::ApprovalSpec;
+
+/// Why a click on Approve or Reject changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The actor is not among the step's approvers.
+    NotApprover,
+    /// Four-eyes: whoever started the run may not approve it.
+    OwnRun,
+}
+
+impl Refusal {
+    /// The private notice the actor sees. Same wording on every platform.
+    pub fn notice(&self) -> &'static str {
+        match self {
+            Refusal::NotApprover => "You are not an approver for this step.",
+            Refusal::OwnRun => "You started this run, so you cannot approve it (four-eyes rule).",
+        }
+    }
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotApprover => "not_approver",
+            Refusal::OwnRun => "own_run",
+        }
+    }
+}
+
+/// Decides whether `actor` may approve (or reject) under `spec` for a run `requester` started.
+/// An approver may always reject; approving one's own run needs `allow_self_approval`.
+pub fn may_decide(spec: &ApprovalSpec, requester: &Actor, actor: &Actor, approve: bool) -> Result<(), Refusal> {
+    if !spec.approvers.iter().any(|a| actor.is_named_by(a)) {
+        return Err(Refusal::NotApprover);
+    }
+    let own = actor.platform == requester.platform && actor.id == requester.id;
+    if approve && own && !spec.allow_self_approval {
+        return Err(Refusal::OwnRun);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn user(id: &str) -> Actor {
+        Actor { platform: "console".into(), id: id.into(), display: id.into(), is_bot: false }
+    }
+
+    fn spec(allow_self: bool) -> ApprovalSpec {
+        ApprovalSpec { approvers: vec!["ben".into(), "console:cy".into()], allow_self_approval: allow_self, message: String::new(), timeout: Duration::hours(1) }
+    }
+
+    #[test]
+    fn a_listed_approver_may_approve_someone_elses_run() {
+        assert_eq!(may_decide(&spec(false), &user("ana"), &user("ben"), true), Ok(()));
+        assert_eq!(may_decide(&spec(false), &user("ana"), &user("cy"), true), Ok(()));
+    }
+
+    #[test]
+    fn someone_not_listed_is_refused() {
+        assert_eq!(may_decide(&spec(false), &user("ana"), &user("dee"), true), Err(Refusal::NotApprover));
+        assert_eq!(may_decide(&spec(false), &user("ana"), &user("dee"), false), Err(Refusal::NotApprover));
+    }
+
+    #[test]
+    fn a_platform_qualified_approver_does_not_match_another_platform() {
+        let mut cy = user("cy");
+        cy.platform = "slack".into();
+        assert_eq!(may_decide(&spec(false), &user("ana"), &cy, true), Err(Refusal::NotApprover));
+    }
+
+    #[test]
+    fn the_requester_cannot_approve_their_own_run_unless_allowed() {
+        assert_eq!(may_decide(&spec(false), &user("ben"), &user("ben"), true), Err(Refusal::OwnRun));
+        assert_eq!(may_decide(&spec(true), &user("ben"), &user("ben"), true), Ok(()));
+    }
+
+    #[test]
+    fn the_requester_may_still_reject_their_own_run() {
+        assert_eq!(may_decide(&spec(false), &user("ben"), &user("ben"), false), Ok(()));
+    }
+}

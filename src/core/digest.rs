@@ -1,0 +1,108 @@
+//! The daily digest: figures come from the store (the ledger and the run rows), never from a
+//! model; this module only words them.
+
+use crate::core::ids::RunId;
+use crate::core::workflow::format_duration;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What happened in a period, and what is waiting now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DigestFigures {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub cancelled: u64,
+    pub started: u64,
+    pub waiting: Vec<WaitingApproval>,
+    pub stalled: Vec<StalledRun>,
+}
+
+/// An approval nobody has decided yet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaitingApproval {
+    pub run: RunId,
+    pub workflow: String,
+    pub step: String,
+    pub approvers: Vec<String>,
+    pub since: DateTime<Utc>,
+}
+
+/// A run with no progress for longer than the stall threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StalledRun {
+    pub run: RunId,
+    pub workflow: String,
+    pub status: String,
+    pub idle_since: DateTime<Utc>,
+}
+
+/// Words the figures for a channel.
+pub fn render(f: &DigestFigures) -> String {
+    let mut out = vec![format!(
+        "*Daily digest* ({} – {})",
+        f.since.format("%Y-%m-%d %H:%M"),
+        f.until.format("%Y-%m-%d %H:%M UTC")
+    )];
+    out.push(format!(
+        "Runs started: {} · finished: {} · failed: {} · rejected: {} · cancelled: {}",
+        f.started, f.succeeded, f.failed, f.rejected, f.cancelled
+    ));
+    if f.waiting.is_empty() {
+        out.push("Waiting for approval: none".into());
+    } else {
+        out.push(format!("Waiting for approval: {}", f.waiting.len()));
+        for w in &f.waiting {
+            let who: Vec<String> = w.approvers.iter().map(|a| format!("@{a}")).collect();
+            out.push(format!(
+                "• run {} ({}) step {}: waiting on {} for {}",
+                w.run,
+                w.workflow,
+                w.step,
+                who.join(", "),
+                format_duration(f.until - w.since)
+            ));
+        }
+    }
+    if f.stalled.is_empty() {
+        out.push("Stalled: none".into());
+    } else {
+        out.push(format!("Stalled: {}", f.stalled.len()));
+        for s in &f.stalled {
+            out.push(format!(
+                "• run {} ({}) {} with no progress for {}",
+                s.run,
+                s.workflow,
+                s.status,
+                format_duration(f.until - s.idle_since)
+            ));
+        }
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn the_digest_names_counts_waiting_approvals_and_their_age() {
+        let until = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z").unwrap().with_timezone(&Utc);
+        let f = DigestFigures {
+            since: until - Duration::days(1),
+            until,
+            succeeded: 3,
+            failed: 1,
+            started: 5,
+            waiting: vec![WaitingApproval { run: RunId(7), workflow: "demo".into(), step: "gate".into(), approvers: vec!["ben".into()], since: until - Duration::hours(3) }],
+            ..Default::default()
+        };
+        let text = render(&f);
+        assert!(text.contains("finished: 3 · failed: 1"), "{text}");
+        assert!(text.contains("run 7 (demo) step gate: waiting on @ben for 3 h"), "{text}");
+        assert!(text.contains("Stalled: none"), "{text}");
+    }
+}

@@ -1,0 +1,117 @@
+//! The durable engine's pure half: run state, the commands that change it, and the effects a
+//! change asks for. [`machine::apply`] is a function of (state, command, now); the driver in
+//! `src/engine/` applies it inside one store transaction and carries out the effects.
+
+pub mod machine;
+pub mod render;
+pub mod state;
+
+pub use machine::{Context, apply, start};
+pub use state::*;
+
+use crate::core::audit::AuditEvent;
+use crate::core::event::Actor;
+use crate::core::ids::{RunId, StepId};
+use crate::core::message::Outgoing;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+
+/// Something that happened to a run, to be applied by the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A step attempt came back from a worker.
+    StepFinished {
+        step: StepId,
+        attempt: u32,
+        result: Result<Value, String>,
+    },
+    /// Someone clicked Approve or Reject.
+    Decide {
+        step: StepId,
+        actor: Actor,
+        approve: bool,
+        reason: Option<String>,
+    },
+    /// A persisted timer came due.
+    TimerFired { key: String },
+    /// Someone asked to stop the run.
+    Cancel { actor: Actor },
+    /// A step attempt was in flight when the process stopped; it will not report back.
+    AttemptLost { step: StepId, attempt: u32 },
+}
+
+/// Work to carry out after the transaction commits. The store persists all of them in the
+/// same transaction as the state, so none is lost to a crash.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Run one attempt of a step on the worker pool.
+    Run(Job),
+    /// Record how an attempt ended.
+    AttemptEnded {
+        step: StepId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        detail: Value,
+        at: DateTime<Utc>,
+    },
+    /// Post or edit a chat message, through the outbox.
+    Send(Outgoing),
+    /// Append to the ledger.
+    Audit(AuditEvent),
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Lost,
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One unit of background work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub run: RunId,
+    pub step: StepId,
+    pub attempt: u32,
+    pub timeout: Duration,
+    pub work: Work,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Call a tool. `declared` is the set of tools the step may use; the worker refuses others.
+    Tool { tool: String, args: Value, declared: Vec<String> },
+    /// Build a digest over the ledger for the period ending now.
+    Digest { period: Duration },
+}
+
+/// The result of applying a command.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Transition {
+    pub effects: Vec<Effect>,
+    /// A private notice for the person who sent the command (a refusal, "already decided").
+    pub notice: Option<String>,
+}
+
+impl Transition {
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.effects.iter().filter_map(|e| match e {
+            Effect::Run(j) => Some(j),
+            _ => None,
+        })
+    }
+}

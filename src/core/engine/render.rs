@@ -1,0 +1,166 @@
+//! The words Baton says in chat. Every platform shows the same text; adapters only change the
+//! markup.
+
+use super::state::*;
+use crate::core::event::Actor;
+use crate::core::ids::{ActionId, RunId};
+use crate::core::message::{Button, ButtonStyle, OutMessage};
+use crate::core::workflow::{Workflow, format_duration};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// Longest step output shown inline; the rest is on the run's page.
+pub const MAX_INLINE_OUTPUT: usize = 1500;
+
+pub fn time_of_day(at: DateTime<Utc>) -> String {
+    at.format("%H:%M UTC").to_string()
+}
+
+/// The root message: title, who started it, status, and Cancel while it is active.
+pub fn root(state: &RunState) -> OutMessage {
+    let run = &state.run;
+    let mut text = format!(
+        "*{}* — run {} · started by {}\nStatus: *{}*",
+        run.title,
+        run.id,
+        mention(&run.requested_by),
+        run.status.label()
+    );
+    if run.late {
+        text.push_str("\n(started late: this schedule slot passed while Baton was down)");
+    }
+    if let Some(err) = &run.error {
+        text.push_str(&format!("\n{err}"));
+    }
+    let buttons = if run.status.is_terminal() {
+        vec![]
+    } else {
+        vec![Button::new("Cancel", ActionId::Cancel { run: run.id }, ButtonStyle::Default)]
+    };
+    OutMessage { text, buttons, ..Default::default() }
+}
+
+pub fn mention(actor: &Actor) -> String {
+    format!("@{}", actor.display)
+}
+
+pub fn step_started(step: &str, attempt: u32) -> OutMessage {
+    let text = if attempt > 1 {
+        format!("*{step}*: started (attempt {attempt})")
+    } else {
+        format!("*{step}*: started")
+    };
+    OutMessage { text, ..Default::default() }
+}
+
+pub fn step_done(step: &str, took: String, output: &Value, run: RunId) -> OutMessage {
+    OutMessage {
+        text: format!("*{step}*: done in {took}"),
+        detail: summarize_output(output, run),
+        ..Default::default()
+    }
+}
+
+pub fn step_failed(step: &str, took: String, error: &str, retry: Option<(String, u32, u32)>) -> OutMessage {
+    let mut text = format!("*{step}*: failed after {took}: {error}");
+    if let Some((wait, next, of)) = retry {
+        text.push_str(&format!("\nRetrying in {wait} (attempt {next} of {of})."));
+    }
+    OutMessage { text, ..Default::default() }
+}
+
+/// A step output as a short block; long ones are cut and point at the run page.
+pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
+    let text = match output {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Object(map) if map.len() == 1 && map.get("text").is_some_and(Value::is_string) => {
+            map["text"].as_str().unwrap_or_default().to_owned()
+        }
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    if text.chars().count() <= MAX_INLINE_OUTPUT {
+        return Some(text);
+    }
+    let cut: String = text.chars().take(MAX_INLINE_OUTPUT).collect();
+    Some(format!("{cut}…\n(output cut; the whole of it is on the page of run {run})"))
+}
+
+/// The approval request with its buttons.
+pub fn approval_request(run: RunId, step: &str, a: &Approval) -> OutMessage {
+    let approvers: Vec<String> = a.approvers.iter().map(|x| format!("@{}", x.rsplit(':').next().unwrap_or(x))).collect();
+    OutMessage {
+        text: format!(
+            "*Approval needed* for step *{step}*\nApprovers: {} · expires at {} ({})",
+            approvers.join(", "),
+            a.expires_at.format("%Y-%m-%d %H:%M UTC"),
+            format_duration(a.expires_at - a.requested_at),
+        ),
+        detail: Some(a.summary.clone()),
+        buttons: vec![
+            Button::new("Approve", ActionId::Approve { run, step: step.into() }, ButtonStyle::Primary),
+            Button::new("Reject", ActionId::Reject { run, step: step.into() }, ButtonStyle::Danger),
+        ],
+        mentions: a.approvers.clone(),
+    }
+}
+
+/// The approval message once decided: the decision, no buttons.
+pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
+    let who = a.decided_by.as_ref().map(mention).unwrap_or_default();
+    let when = a.decided_at.map(time_of_day).unwrap_or_default();
+    let line = match a.status {
+        ApprovalStatus::Approved => format!("Approved by {who} at {when}"),
+        ApprovalStatus::Rejected => match &a.reason {
+            Some(r) => format!("Rejected by {who} at {when}: {r}"),
+            None => format!("Rejected by {who} at {when}"),
+        },
+        ApprovalStatus::Expired => format!("Expired at {when} with no decision: rejected"),
+        ApprovalStatus::Cancelled => format!("Cancelled at {when}: the run was cancelled"),
+        ApprovalStatus::Pending => "Waiting for a decision".into(),
+    };
+    OutMessage {
+        text: format!("*Approval* for step *{step}*\n{line}"),
+        detail: Some(a.summary.clone()),
+        ..Default::default()
+    }
+}
+
+/// The final reply in the thread.
+pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessage {
+    let run = &state.run;
+    let mut lines = vec![format!(
+        "Run {} *{}* after {}.",
+        run.id,
+        run.status.label(),
+        format_duration(now - run.created_at)
+    )];
+    for step in &wf.steps {
+        let Some(s) = state.steps.get(&step.id) else { continue };
+        let took = match (s.started_at, s.finished_at) {
+            (Some(a), Some(b)) => format!(" ({})", format_duration(b - a)),
+            _ => String::new(),
+        };
+        let what = match (s.status, state.approvals.get(&step.id)) {
+            (_, Some(a)) if a.status != ApprovalStatus::Pending => approval_word(a),
+            (StepStatus::Failed, _) => format!("failed: {}", s.error.clone().unwrap_or_default()),
+            (status, _) => status.as_str().to_owned(),
+        };
+        lines.push(format!("• {}: {what}{took}", step.id));
+    }
+    OutMessage { text: lines.join("\n"), ..Default::default() }
+}
+
+fn approval_word(a: &Approval) -> String {
+    let who = a.decided_by.as_ref().map(mention).unwrap_or_default();
+    match a.status {
+        ApprovalStatus::Approved => format!("approved by {who}"),
+        ApprovalStatus::Rejected => format!("rejected by {who}"),
+        ApprovalStatus::Expired => "expired".into(),
+        ApprovalStatus::Cancelled => "cancelled".into(),
+        ApprovalStatus::Pending => "waiting".into(),
+    }
+}

@@ -1,0 +1,69 @@
+//! What the platform adapters hand to the core: one [`InboundEvent`] per slash command, channel
+//! message or button click, already stripped of every platform type.
+
+use crate::core::ids::ActionId;
+use serde::{Deserialize, Serialize};
+
+/// A person (or bot) acting on a platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The platform the identity belongs to: `console`, `slack`, `discord`, or `schedule`.
+    pub platform: String,
+    /// The platform's stable id for the actor (a console user name, a Slack `U…` id).
+    pub id: String,
+    /// How to show the actor to people.
+    pub display: String,
+    /// Bots are ignored by triggers unless a workflow opts in.
+    pub is_bot: bool,
+}
+
+impl Actor {
+    /// The identity schedules act under.
+    pub fn scheduler() -> Self {
+        Self {
+            platform: "schedule".into(),
+            id: "schedule".into(),
+            display: "the schedule".into(),
+            is_bot: true,
+        }
+    }
+
+    /// Whether a configured name (`ben`, or `console:ben` to pin the platform) names this actor.
+    pub fn is_named_by(&self, name: &str) -> bool {
+        match name.split_once(':') {
+            Some((platform, id)) => platform == self.platform && id == self.id,
+            None => name == self.id,
+        }
+    }
+}
+
+/// Where a conversation happens: a channel on a platform, optionally inside a thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRef {
+    pub platform: String,
+    pub channel: String,
+    /// The platform reference of the thread's root message, when the event came from a thread.
+    pub thread: Option<String>,
+}
+
+/// One thing that happened on a platform.
+#[derive(Debug, Clone)]
+pub struct InboundEvent {
+    /// Unique per platform delivery (Slack `event_id`, a Discord interaction id, a console
+    /// client id). The same id seen twice starts at most one run.
+    pub id: String,
+    pub actor: Actor,
+    pub conversation: ConversationRef,
+    pub kind: EventKind,
+}
+
+/// The kinds of inbound events.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// `/name rest of the line`; `name` has no slash.
+    Slash { command: String, text: String },
+    /// A plain channel message; `mentions_bot` when it addressed the bot.
+    Message { text: String, mentions_bot: bool },
+    /// A button click on a message the bot posted.
+    Action { action: ActionId, reason: Option<String> },
+}

@@ -1,0 +1,787 @@
+//! From TOML text to a validated [`Workflow`], collecting every problem with its line rather
+//! than stopping at the first.
+
+use super::*;
+use crate::core::template;
+use crate::core::tools::{Capability, ToolCatalog};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use toml::Spanned;
+
+/// Default time one step attempt may take.
+const DEFAULT_STEP_TIMEOUT: &str = "5m";
+/// Default time an approval waits before it expires as rejected.
+const DEFAULT_APPROVAL_TIMEOUT: &str = "24h";
+/// The roots a template may read.
+const TEMPLATE_ROOTS: [&str; 4] = ["input", "steps", "run", "trigger"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    title: Option<Spanned<String>>,
+    #[serde(default)]
+    trigger: Vec<Spanned<RawTrigger>>,
+    #[serde(default)]
+    permissions: RawPermissions,
+    #[serde(default)]
+    tools: BTreeMap<String, RawToolPolicy>,
+    #[serde(default)]
+    inputs: toml::Table,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToolPolicy {
+    #[serde(default)]
+    auto: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    kind: Spanned<String>,
+    // slash
+    command: Option<Spanned<String>>,
+    usage: Option<String>,
+    #[serde(default)]
+    args: Vec<Spanned<RawArg>>,
+    // message
+    #[serde(default)]
+    channels: Vec<String>,
+    pattern: Option<Spanned<String>>,
+    mention: Option<bool>,
+    #[serde(default)]
+    in_threads: bool,
+    #[serde(default)]
+    include_bots: bool,
+    // schedule
+    id: Option<String>,
+    cron: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    channel: Option<String>,
+    #[serde(default)]
+    inputs: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArg {
+    name: String,
+    #[serde(rename = "type", default = "default_arg_type")]
+    ty: String,
+    #[serde(default)]
+    required: bool,
+    default: Option<toml::Value>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    choices: Vec<String>,
+}
+
+fn default_arg_type() -> String {
+    "string".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: Spanned<String>,
+    kind: Spanned<String>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retry: Option<Spanned<RawRetry>>,
+    // tool
+    tool: Option<Spanned<String>>,
+    with: Option<Spanned<toml::Table>>,
+    // approval
+    #[serde(default)]
+    approvers: Vec<String>,
+    #[serde(default)]
+    allow_self_approval: bool,
+    message: Option<Spanned<String>>,
+    // notify and digest
+    channel: Option<String>,
+    text: Option<Spanned<String>>,
+    period: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    max: u32,
+    backoff: Option<String>,
+}
+
+/// Collects diagnostics for one file, turning byte offsets into line numbers.
+struct Report<'a> {
+    file: &'a Path,
+    text: &'a str,
+    out: Vec<Diagnostic>,
+}
+
+impl Report<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    }
+    fn error(&mut self, offset: usize, message: impl Into<String>) {
+        self.push(offset, Severity::Error, message.into());
+    }
+    fn warn(&mut self, offset: usize, message: impl Into<String>) {
+        self.push(offset, Severity::Warning, message.into());
+    }
+    fn push(&mut self, offset: usize, severity: Severity, message: String) {
+        let line = self.line_of(offset);
+        self.out.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            severity,
+            message,
+        });
+    }
+}
+
+/// Parses and validates one workflow file. Returns the workflow only when it has no errors;
+/// the diagnostics may hold warnings either way.
+pub fn parse_workflow(
+    file: &Path,
+    text: &str,
+    tools: &ToolCatalog,
+) -> (Option<Workflow>, Vec<Diagnostic>) {
+    let mut r = Report {
+        file,
+        text,
+        out: Vec::new(),
+    };
+    let raw: RawWorkflow = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let at = e.span().map(|s| s.start).unwrap_or(0);
+            r.error(at, e.message().to_string());
+            return (None, r.out);
+        }
+    };
+    let wf = build(&mut r, file, text, raw, tools);
+    let ok = !r.out.iter().any(|d| d.severity == Severity::Error);
+    (wf.filter(|_| ok), r.out)
+}
+
+fn build(
+    r: &mut Report<'_>,
+    file: &Path,
+    text: &str,
+    raw: RawWorkflow,
+    tools: &ToolCatalog,
+) -> Option<Workflow> {
+    let name = raw.name.get_ref().trim().to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        r.error(
+            raw.name.span().start,
+            format!("workflow name `{name}` must be letters, digits, `-` or `_`"),
+        );
+    }
+
+    let mut inputs: Map<String, Value> = Map::new();
+    for (k, v) in raw.inputs {
+        inputs.insert(k, toml_to_json(v));
+    }
+    // Every input name some trigger or default can provide; templates may only read these.
+    let mut known_inputs: BTreeSet<String> = inputs.keys().cloned().collect();
+    known_inputs.insert("text".into());
+
+    let mut triggers = Vec::new();
+    for (i, t) in raw.trigger.into_iter().enumerate() {
+        let at = t.span().start;
+        if let Some(trigger) = build_trigger(r, at, i, t.into_inner(), &mut known_inputs) {
+            triggers.push(trigger);
+        }
+    }
+    if triggers.is_empty() {
+        r.warn(0, "no [[trigger]]: this workflow can never start");
+    }
+
+    // Steps: ids first, so `needs` can point forward.
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for s in &raw.step {
+        let id = s.get_ref().id.get_ref().clone();
+        let at = s.get_ref().id.span().start;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            r.error(at, format!("step id `{id}` must be letters, digits, `-` or `_`"));
+        }
+        if ids.insert(id.clone(), at).is_some() {
+            r.error(at, format!("step id `{id}` is used twice"));
+        }
+    }
+    if raw.step.is_empty() {
+        r.error(0, "a workflow needs at least one [[step]]");
+    }
+
+    let mut steps = Vec::new();
+    let mut template_checks: Vec<(String, usize, String)> = Vec::new();
+    for s in raw.step {
+        let line_at = s.span().start;
+        let s = s.into_inner();
+        if let Some(step) = build_step(r, line_at, s, &ids, tools, &mut template_checks) {
+            steps.push(step);
+        }
+    }
+
+    let wf = Workflow {
+        name,
+        description: raw.description,
+        title: raw.title.as_ref().map(|t| t.get_ref().clone()),
+        file: file.to_path_buf(),
+        source: Arc::from(text),
+        triggers,
+        permissions: Permissions {
+            users: raw.permissions.users,
+            channels: raw.permissions.channels,
+        },
+        tools: raw
+            .tools
+            .into_iter()
+            .map(|(k, v)| (k, ToolPolicy { auto: v.auto }))
+            .collect(),
+        inputs,
+        steps,
+    };
+    for name in wf.tools.keys() {
+        if tools.get(name).is_none() {
+            r.error(0, format!("[tools.\"{name}\"] names an unknown tool"));
+        }
+    }
+
+    if let Some((at, cycle)) = find_cycle(&wf, &ids) {
+        r.error(at, format!("steps form a cycle: {}", cycle.join(" -> ")));
+        return None;
+    }
+
+    if let Some(title) = &raw.title {
+        template_checks.push((String::new(), title.span().start, title.get_ref().clone()));
+    }
+    for (step, at, source) in template_checks {
+        check_template(r, &wf, &known_inputs, &step, at, &source);
+    }
+    check_external_tools(r, &wf, tools);
+    Some(wf)
+}
+
+fn build_trigger(
+    r: &mut Report<'_>,
+    at: usize,
+    index: usize,
+    t: RawTrigger,
+    known_inputs: &mut BTreeSet<String>,
+) -> Option<Trigger> {
+    match t.kind.get_ref().as_str() {
+        "slash" => {
+            let Some(command) = t.command else {
+                r.error(at, "a slash trigger needs `command`");
+                return None;
+            };
+            let cmd = command.get_ref().trim_start_matches('/').to_string();
+            let valid = !cmd.is_empty()
+                && cmd.len() <= 32
+                && cmd.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid {
+                r.error(
+                    command.span().start,
+                    format!("command `{cmd}` must be 1-32 lowercase letters, digits, `-` or `_`"),
+                );
+            }
+            if cmd == "baton" {
+                r.error(command.span().start, "`/baton` is reserved for Baton's own commands");
+            }
+            let mut args = Vec::new();
+            let mut seen_optional = false;
+            for a in t.args {
+                let a_at = a.span().start;
+                let a = a.into_inner();
+                let ty = match a.ty.as_str() {
+                    "string" if !a.choices.is_empty() => ArgType::Choice(a.choices.clone()),
+                    "string" => ArgType::String,
+                    "int" => ArgType::Int,
+                    "number" => ArgType::Number,
+                    "bool" => ArgType::Bool,
+                    "choice" if !a.choices.is_empty() => ArgType::Choice(a.choices.clone()),
+                    "choice" => {
+                        r.error(a_at, format!("argument `{}` of type choice needs `choices`", a.name));
+                        continue;
+                    }
+                    other => {
+                        r.error(
+                            a_at,
+                            format!("argument `{}` has unknown type `{other}` (string, int, number, bool, choice)", a.name),
+                        );
+                        continue;
+                    }
+                };
+                if a.required && seen_optional {
+                    r.error(a_at, format!("required argument `{}` comes after an optional one", a.name));
+                }
+                seen_optional |= !a.required;
+                known_inputs.insert(a.name.clone());
+                args.push(ArgSpec {
+                    name: a.name,
+                    ty,
+                    required: a.required,
+                    default: a.default.map(toml_to_json),
+                    description: a.description,
+                });
+            }
+            let usage = t.usage.unwrap_or_else(|| {
+                let mut u = format!("/{cmd}");
+                for a in &args {
+                    if a.required {
+                        u.push_str(&format!(" <{}>", a.name));
+                    } else {
+                        u.push_str(&format!(" [{}]", a.name));
+                    }
+                }
+                u
+            });
+            Some(Trigger::Slash(SlashTrigger { command: cmd, usage, args }))
+        }
+        "message" => {
+            let mention = t.mention.unwrap_or(false);
+            let mut pattern = None;
+            if let Some(p) = &t.pattern {
+                match Regex::new(p.get_ref()) {
+                    Ok(re) => {
+                        known_inputs.extend(re.capture_names().flatten().map(str::to_owned));
+                        pattern = Some(re);
+                    }
+                    Err(e) => r.error(p.span().start, format!("bad regex: {e}")),
+                }
+            }
+            if t.pattern.is_none() && !mention {
+                r.error(at, "a message trigger needs `pattern` or `mention = true`");
+                return None;
+            }
+            Some(Trigger::Message(MessageTrigger {
+                channels: t.channels,
+                pattern,
+                mention,
+                in_threads: t.in_threads,
+                include_bots: t.include_bots,
+            }))
+        }
+        "schedule" => {
+            let (Some(cron_text), Some(tz), Some(channel)) = (&t.cron, &t.timezone, &t.channel) else {
+                r.error(at, "a schedule trigger needs `cron`, `timezone` and `channel`");
+                return None;
+            };
+            let cron = match croner::Cron::new(cron_text.get_ref()).parse() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    r.error(cron_text.span().start, format!("bad cron `{}`: {e}", cron_text.get_ref()));
+                    None
+                }
+            };
+            let timezone = match tz.get_ref().parse::<Tz>() {
+                Ok(z) => Some(z),
+                Err(_) => {
+                    r.error(
+                        tz.span().start,
+                        format!("unknown time zone `{}` (use an IANA name like Europe/Berlin)", tz.get_ref()),
+                    );
+                    None
+                }
+            };
+            let mut inputs = Map::new();
+            for (k, v) in t.inputs {
+                known_inputs.insert(k.clone());
+                inputs.insert(k, toml_to_json(v));
+            }
+            known_inputs.insert("slot".into());
+            Some(Trigger::Schedule(ScheduleTrigger {
+                key: t.id.unwrap_or_else(|| format!("schedule-{index}")),
+                cron_text: cron_text.get_ref().clone(),
+                cron: cron?,
+                timezone: timezone?,
+                channel: channel.clone(),
+                inputs,
+            }))
+        }
+        other => {
+            r.error(
+                t.kind.span().start,
+                format!("unknown trigger kind `{other}` (slash, message, schedule)"),
+            );
+            None
+        }
+    }
+}
+
+fn build_step(
+    r: &mut Report<'_>,
+    at: usize,
+    s: RawStep,
+    ids: &HashMap<String, usize>,
+    tools: &ToolCatalog,
+    templates: &mut Vec<(String, usize, String)>,
+) -> Option<Step> {
+    let id = s.id.get_ref().clone();
+    for n in &s.needs {
+        if !ids.contains_key(n.get_ref()) {
+            r.error(n.span().start, format!("step `{id}` needs unknown step `{}`", n.get_ref()));
+        }
+    }
+    let duration = |r: &mut Report<'_>, v: &Option<Spanned<String>>, default: &str| -> Duration {
+        match v {
+            None => parse_duration(default).expect("default durations parse"),
+            Some(v) => parse_duration(v.get_ref()).unwrap_or_else(|e| {
+                r.error(v.span().start, e);
+                Duration::seconds(1)
+            }),
+        }
+    };
+    let timeout = duration(r, &s.timeout, DEFAULT_STEP_TIMEOUT);
+    let retry = match &s.retry {
+        None => RetryPolicy {
+            max: 0,
+            backoff: Duration::seconds(10),
+        },
+        Some(raw) => {
+            let rr = raw.get_ref();
+            let backoff = match &rr.backoff {
+                None => Duration::seconds(10),
+                Some(b) => parse_duration(b).unwrap_or_else(|e| {
+                    r.error(raw.span().start, e);
+                    Duration::seconds(10)
+                }),
+            };
+            if rr.max > 20 {
+                r.error(raw.span().start, "retry.max above 20 is almost certainly a mistake");
+            }
+            RetryPolicy { max: rr.max, backoff }
+        }
+    };
+
+    let kind_at = s.kind.span().start;
+    let misplaced = |r: &mut Report<'_>, field: &str, present: bool| {
+        if present {
+            r.error(kind_at, format!("`{field}` does not apply to a {} step", s.kind.get_ref()));
+        }
+    };
+    let kind = match s.kind.get_ref().as_str() {
+        "tool" => {
+            misplaced(r, "approvers", !s.approvers.is_empty());
+            misplaced(r, "text", s.text.is_some());
+            let Some(tool) = &s.tool else {
+                r.error(kind_at, format!("tool step `{id}` needs `tool`"));
+                return None;
+            };
+            let Some(info) = tools.get(tool.get_ref()) else {
+                let known: Vec<&str> = tools.names().collect();
+                r.error(
+                    tool.span().start,
+                    format!("unknown tool `{}` (known: {})", tool.get_ref(), known.join(", ")),
+                );
+                return None;
+            };
+            let with_at = s.with.as_ref().map(|w| w.span().start).unwrap_or(kind_at);
+            let with: Map<String, Value> = s
+                .with
+                .map(|w| w.into_inner().into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+                .unwrap_or_default();
+            for arg in &info.required_args {
+                if !with.contains_key(arg) {
+                    r.error(with_at, format!("tool `{}` needs `with.{arg}`", info.name));
+                }
+            }
+            collect_strings(&Value::Object(with.clone()), &mut |s| {
+                templates.push((id.clone(), with_at, s.to_owned()));
+            });
+            StepKind::Tool {
+                tool: info.name.clone(),
+                with,
+            }
+        }
+        "approval" => {
+            if s.approvers.is_empty() {
+                r.error(kind_at, format!("approval step `{id}` needs `approvers`"));
+            }
+            let message = s.message.as_ref().map(|m| m.get_ref().clone()).unwrap_or_else(|| {
+                format!("Approve step `{id}`?")
+            });
+            if let Some(m) = &s.message {
+                templates.push((id.clone(), m.span().start, m.get_ref().clone()));
+            }
+            let timeout = duration(r, &s.timeout, DEFAULT_APPROVAL_TIMEOUT);
+            StepKind::Approval(ApprovalSpec {
+                approvers: s.approvers,
+                allow_self_approval: s.allow_self_approval,
+                message,
+                timeout,
+            })
+        }
+        "notify" => {
+            let Some(text) = &s.text else {
+                r.error(kind_at, format!("notify step `{id}` needs `text`"));
+                return None;
+            };
+            templates.push((id.clone(), text.span().start, text.get_ref().clone()));
+            StepKind::Notify {
+                channel: s.channel,
+                text: text.get_ref().clone(),
+            }
+        }
+        "digest" => StepKind::Digest {
+            period: duration(r, &s.period, "24h"),
+            channel: s.channel,
+        },
+        "agent" => {
+            r.error(
+                kind_at,
+                "step kind `agent` is not available in this version (tool, approval, notify, digest)",
+            );
+            return None;
+        }
+        other => {
+            r.error(
+                kind_at,
+                format!("unknown step kind `{other}` (tool, approval, notify, digest)"),
+            );
+            return None;
+        }
+    };
+    Some(Step {
+        id,
+        needs: s.needs.into_iter().map(Spanned::into_inner).collect(),
+        timeout,
+        retry,
+        kind,
+        line: r.line_of(at),
+    })
+}
+
+fn collect_strings(v: &Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, f)),
+        Value::Object(map) => map.values().for_each(|i| collect_strings(i, f)),
+        _ => {}
+    }
+}
+
+/// Finds a cycle in `needs`, returning where to point and the path around it.
+fn find_cycle(wf: &Workflow, ids: &HashMap<String, usize>) -> Option<(usize, Vec<String>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut marks: HashMap<&str, Mark> = wf.steps.iter().map(|s| (s.id.as_str(), Mark::New)).collect();
+    fn visit<'a>(
+        wf: &'a Workflow,
+        id: &'a str,
+        marks: &mut HashMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match marks.get(id).copied() {
+            Some(Mark::Done) | None => return None,
+            Some(Mark::Open) => {
+                let start = path.iter().position(|p| *p == id).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(id.to_string());
+                return Some(cycle);
+            }
+            Some(Mark::New) => {}
+        }
+        marks.insert(id, Mark::Open);
+        path.push(id);
+        if let Some(step) = wf.step(id) {
+            for n in &step.needs {
+                if let Some(c) = visit(wf, n, marks, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        marks.insert(id, Mark::Done);
+        None
+    }
+    for s in &wf.steps {
+        let mut path = Vec::new();
+        if let Some(cycle) = visit(wf, &s.id, &mut marks, &mut path) {
+            let at = ids.get(&cycle[0]).copied().unwrap_or(0);
+            return Some((at, cycle));
+        }
+    }
+    None
+}
+
+fn check_template(
+    r: &mut Report<'_>,
+    wf: &Workflow,
+    known_inputs: &BTreeSet<String>,
+    step: &str,
+    at: usize,
+    source: &str,
+) {
+    let vars = match template::variables(source) {
+        Ok(v) => v,
+        Err(e) => {
+            r.error(at, format!("template does not parse: {e}"));
+            return;
+        }
+    };
+    let ancestors = if step.is_empty() { BTreeSet::new() } else { wf.ancestors(step) };
+    for var in vars {
+        let mut parts = var.split('.');
+        let root = parts.next().unwrap_or_default();
+        let second = parts.next();
+        match (root, second) {
+            ("input", Some(name)) if !known_inputs.contains(name) => r.error(
+                at,
+                format!(
+                    "template reads unknown input `{name}` (known: {})",
+                    known_inputs.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            ("steps", Some(other)) if wf.step(other).is_none() => {
+                r.error(at, format!("template reads unknown step `{other}`"))
+            }
+            ("steps", Some(other)) if !ancestors.contains(other) => r.error(
+                at,
+                if step.is_empty() {
+                    format!("the title cannot read step `{other}`: it is rendered when the run starts")
+                } else {
+                    format!("step `{step}` reads step `{other}` but does not need it (add it to `needs`)")
+                },
+            ),
+            (root, _) if !TEMPLATE_ROOTS.contains(&root) => r.error(
+                at,
+                format!("template reads unknown variable `{root}` (input, steps, run, trigger)"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// An external tool acts on the outside world: it needs an approval step before it, unless the
+/// workflow says `auto = true` for that tool.
+fn check_external_tools(r: &mut Report<'_>, wf: &Workflow, tools: &ToolCatalog) {
+    for step in &wf.steps {
+        let StepKind::Tool { tool, .. } = &step.kind else { continue };
+        let Some(info) = tools.get(tool) else { continue };
+        if info.capability != Capability::External || wf.tools.get(tool).is_some_and(|p| p.auto) {
+            continue;
+        }
+        let approved = wf
+            .ancestors(&step.id)
+            .iter()
+            .any(|a| matches!(wf.step(a).map(|s| &s.kind), Some(StepKind::Approval(_))));
+        if !approved {
+            let line = step.line;
+            r.out.push(Diagnostic {
+                file: r.file.to_path_buf(),
+                line,
+                severity: Severity::Error,
+                message: format!(
+                    "step `{}` calls external tool `{tool}` with no approval step before it (add one to `needs`, or set [tools.\"{tool}\"] auto = true)",
+                    step.id
+                ),
+            });
+        }
+    }
+}
+
+/// TOML to JSON, the one value model the engine uses. Dates become strings.
+pub(crate) fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+/// Loads every `*.toml` in `dir` (sorted, not recursive), checks each file and the set as a
+/// whole (no command name used twice, no workflow name used twice).
+pub fn load_dir(dir: &Path, tools: &ToolCatalog) -> std::io::Result<(WorkflowSet, Vec<Diagnostic>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut diagnostics = Vec::new();
+    let mut workflows: Vec<Workflow> = Vec::new();
+    let mut commands: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let (wf, diags) = parse_workflow(&file, &text, tools);
+        diagnostics.extend(diags);
+        let Some(wf) = wf else { continue };
+        if let Some(first) = names.insert(wf.name.clone(), file.clone()) {
+            diagnostics.push(Diagnostic {
+                file: file.clone(),
+                line: line_of_key(&text, "name"),
+                severity: Severity::Error,
+                message: format!("workflow name `{}` is also used by {}", wf.name, first.display()),
+            });
+            continue;
+        }
+        for t in &wf.triggers {
+            if let Trigger::Slash(s) = t {
+                let line = line_of_command(&text, &s.command);
+                if let Some((first, first_line)) = commands.get(&s.command) {
+                    diagnostics.push(Diagnostic {
+                        file: file.clone(),
+                        line,
+                        severity: Severity::Error,
+                        message: format!(
+                            "command `/{}` is also declared at {}:{first_line}",
+                            s.command,
+                            first.display()
+                        ),
+                    });
+                } else {
+                    commands.insert(s.command.clone(), (file.clone(), line));
+                }
+            }
+        }
+        workflows.push(wf);
+    }
+    Ok((WorkflowSet::new(workflows), diagnostics))
+}
+
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(key) && l.contains('='))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+fn line_of_command(text: &str, command: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with("command") && l.contains(&format!("\"{command}\"")) || l.contains(&format!("\"/{command}\""))
+        })
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}

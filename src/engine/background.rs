@@ -1,0 +1,200 @@
+//! The loops that wake runs up: due timers, schedule slots, and outbox delivery.
+
+use super::{Engine, StartOutcome, StartRequest};
+use crate::adapters::DeliveryError;
+use crate::core::audit::{AuditEvent, AuditKind};
+use crate::core::engine::Command;
+use crate::core::event::{Actor, ConversationRef};
+use crate::core::workflow::Trigger;
+use chrono::Duration;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A slot handled within this long of its time is on time; later, it is marked late.
+const LATE_AFTER_SECONDS: i64 = 60;
+
+/// The running background tasks, stopped together.
+pub struct Background {
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    loops: Vec<JoinHandle<()>>,
+    outbox: Option<JoinHandle<()>>,
+    engine: Arc<Engine>,
+}
+
+impl Engine {
+    /// Recovers interrupted attempts, then starts the workers and the loops.
+    pub async fn start_background(self: &Arc<Self>) -> anyhow::Result<Background> {
+        let (tx, rx) = watch::channel(false);
+        let workers = self.spawn_workers(rx.clone());
+        let recovered = self.recover().await?;
+        if recovered > 0 {
+            tracing::info!(attempts = recovered, "resumed runs interrupted by the last stop");
+        }
+        let loops = vec![
+            tokio::spawn(self.clone().timer_loop(rx.clone())),
+            tokio::spawn(self.clone().schedule_loop(rx.clone())),
+        ];
+        let outbox = Some(tokio::spawn(self.clone().outbox_loop(rx)));
+        Ok(Background { shutdown: tx, workers, loops, outbox, engine: self.clone() })
+    }
+
+    /// Waits for the poll interval, a clock change, new outbox work, or shutdown.
+    async fn pause(&self, shutdown: &mut watch::Receiver<bool>, wake_on_outbox: bool) {
+        let changed = self.clock.changed();
+        tokio::select! {
+            _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            _ = changed.notified() => {}
+            _ = self.outbox_wake.notified(), if wake_on_outbox => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+
+    async fn timer_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            match self.store.due_timers(self.clock.now(), 200).await {
+                Ok(due) => {
+                    for (run, key) in due {
+                        if let Err(e) = self.submit(run, Command::TimerFired { key: key.clone() }).await {
+                            tracing::warn!(run = %run, timer = %key, error = %e, "could not fire a timer; trying again");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read due timers"),
+            }
+            self.pause(&mut shutdown, false).await;
+        }
+    }
+
+    async fn schedule_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            if let Err(e) = self.schedule_tick().await {
+                tracing::warn!(error = %e, "schedule check failed; trying again");
+            }
+            self.pause(&mut shutdown, false).await;
+        }
+    }
+
+    /// Fires each schedule's latest due slot once. A slot missed while Baton was down fires
+    /// once at the next tick, marked late; older missed slots are not replayed one by one.
+    pub async fn schedule_tick(self: &Arc<Self>) -> anyhow::Result<()> {
+        for wf in self.workflows.iter() {
+            for t in &wf.triggers {
+                let Trigger::Schedule(s) = t else { continue };
+                let now = self.clock.now();
+                let Some(cursor) = self.store.schedule_cursor(&wf.name, &s.key).await? else {
+                    // First sighting: slots count from now on.
+                    self.store.set_schedule_cursor(&wf.name, &s.key, now).await?;
+                    continue;
+                };
+                let Some(slot) = s.latest_slot(cursor, now) else { continue };
+                let late = now - slot > Duration::seconds(LATE_AFTER_SECONDS);
+                let mut inputs = wf.inputs.clone();
+                inputs.extend(s.inputs.clone());
+                inputs.insert("slot".into(), Value::String(slot.to_rfc3339()));
+                inputs.insert("text".into(), Value::String(String::new()));
+                let req = StartRequest {
+                    workflow: wf.clone(),
+                    inputs,
+                    actor: Actor::scheduler(),
+                    conversation: ConversationRef { platform: self.settings.default_platform.clone(), channel: s.channel.clone(), thread: None },
+                    // The slot is in the event id, so the run for a slot is created once, even
+                    // if this tick is repeated after a crash.
+                    event_id: format!("schedule:{}:{}:{}", wf.name, s.key, slot.timestamp()),
+                    late,
+                };
+                let outcome = self.start_run(req).await?;
+                if let StartOutcome::Started(run) = outcome {
+                    let ev = AuditEvent::new(now, AuditKind::ScheduleFired, Some(run), json!({"workflow": wf.name, "schedule": s.key, "slot": slot, "late": late}));
+                    self.store.audit_append(vec![ev]).await?;
+                    tracing::info!(workflow = %wf.name, %slot, late, run = %run, "schedule slot fired");
+                }
+                self.store.set_schedule_cursor(&wf.name, &s.key, slot).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let delivered = self.deliver_ready().await;
+            if *shutdown.borrow() {
+                break;
+            }
+            if delivered == 0 {
+                self.pause(&mut shutdown, true).await;
+            }
+        }
+    }
+
+    /// Delivers what is ready now; returns how many entries were tried.
+    pub async fn deliver_ready(&self) -> usize {
+        let now = self.clock.now();
+        let entries = match self.store.outbox_ready(now, 50).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the outbox");
+                return 0;
+            }
+        };
+        for entry in &entries {
+            let result = match self.platforms.get(entry.platform.as_str()) {
+                Some(p) => p.deliver(entry).await,
+                None => Err(DeliveryError::Permanent(format!("no `{}` platform is configured", entry.platform))),
+            };
+            let now = self.clock.now();
+            let recorded = match result {
+                Ok(reference) => {
+                    self.metrics.delivered();
+                    self.store.outbox_delivered(entry.id, &reference, now).await
+                }
+                Err(DeliveryError::Transient { message, retry_after }) => {
+                    self.metrics.delivery_failed();
+                    let backoff = retry_after
+                        .and_then(|d| Duration::from_std(d).ok())
+                        .unwrap_or_else(|| Duration::seconds(1i64 << entry.attempts.min(8)));
+                    tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
+                    self.store.outbox_failed(entry.id, &message, Some(now + backoff), now).await
+                }
+                Err(DeliveryError::Permanent(message)) => {
+                    self.metrics.delivery_failed();
+                    tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
+                    self.store.outbox_failed(entry.id, &message, None, now).await
+                }
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "could not record a delivery outcome");
+            }
+        }
+        entries.len()
+    }
+}
+
+impl Background {
+    /// Stops taking new work, lets running steps finish within the grace period (the rest
+    /// re-run after restart), then flushes the outbox.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for h in self.loops {
+            let _ = h.await;
+        }
+        let grace = self.engine.settings.shutdown_grace;
+        let workers = futures_join(self.workers);
+        if tokio::time::timeout(grace, workers).await.is_err() {
+            tracing::warn!("steps still running after the grace period; they re-run after restart");
+        }
+        if let Some(h) = self.outbox {
+            let _ = h.await;
+        }
+        // One last pass for posts produced by the steps that just finished.
+        while self.engine.deliver_ready().await > 0 {}
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}

@@ -1,0 +1,103 @@
+//! From a core event to engine commands: the single path every adapter's inbound traffic takes.
+
+use super::{Engine, EngineError, StartOutcome, StartRequest};
+use crate::core::audit::{AuditEvent, AuditKind};
+use crate::core::engine::Command;
+use crate::core::event::{EventKind, InboundEvent};
+use crate::core::ids::{ActionId, RunId};
+use crate::core::trigger::{self, BatonCommand, MessageFacts, SlashMatch};
+use crate::core::workflow::Workflow;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// What an adapter should tell the person who sent the event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Response {
+    /// Private notices, shown only to the sender.
+    pub notices: Vec<String>,
+    /// Runs started by this event.
+    pub started: Vec<RunId>,
+}
+
+impl Response {
+    fn notice(text: impl Into<String>) -> Self {
+        Self { notices: vec![text.into()], started: vec![] }
+    }
+}
+
+impl Engine {
+    /// Handles one inbound event end to end.
+    #[tracing::instrument(skip_all, fields(event_id = %ev.id))]
+    pub async fn handle(self: &Arc<Self>, ev: InboundEvent) -> Result<Response, EngineError> {
+        match ev.kind.clone() {
+            EventKind::Slash { command, text } => {
+                let now = self.clock.now();
+                let received = AuditEvent::new(now, AuditKind::TriggerReceived, None, json!({"kind": "slash", "command": command, "text": text, "channel": ev.conversation.channel, "event_id": ev.id}))
+                    .actor(&ev.actor);
+                match trigger::match_slash(&self.workflows, &command, &text) {
+                    SlashMatch::Start { workflow, inputs } => {
+                        self.store.audit_append(vec![received]).await?;
+                        self.start_for(&ev, workflow, inputs, ev.id.clone()).await
+                    }
+                    SlashMatch::Baton(BatonCommand::Cancel(run)) => {
+                        self.store.audit_append(vec![received]).await?;
+                        let notice = self.submit(run, Command::Cancel { actor: ev.actor.clone() }).await?;
+                        Ok(Response { notices: notice.into_iter().collect(), started: vec![] })
+                    }
+                    SlashMatch::Baton(BatonCommand::Help) => Ok(Response::notice(trigger::help(&self.workflows))),
+                    SlashMatch::Usage(text) | SlashMatch::Unknown(text) => Ok(Response::notice(text)),
+                }
+            }
+            EventKind::Message { text, mentions_bot } => {
+                let facts = MessageFacts {
+                    channel: &ev.conversation.channel,
+                    text: &text,
+                    mentions_bot,
+                    from_bot: ev.actor.is_bot,
+                    in_thread: ev.conversation.thread.is_some(),
+                };
+                let mut out = Response::default();
+                for (workflow, inputs) in trigger::match_message(&self.workflows, facts) {
+                    let received = AuditEvent::new(self.clock.now(), AuditKind::TriggerReceived, None, json!({"kind": "message", "workflow": workflow.name, "text": text, "channel": ev.conversation.channel, "event_id": ev.id}))
+                        .actor(&ev.actor);
+                    self.store.audit_append(vec![received]).await?;
+                    // One message may start several workflows; each gets its own event id.
+                    let id = format!("{}:{}", ev.id, workflow.name);
+                    let r = self.start_for(&ev, workflow, inputs, id).await?;
+                    out.notices.extend(r.notices);
+                    out.started.extend(r.started);
+                }
+                Ok(out)
+            }
+            EventKind::Action { action, reason } => {
+                // A click delivered twice (retries, two connections) is handled once.
+                if !self.store.first_seen(&ev.id, self.clock.now()).await? {
+                    return Ok(Response::default());
+                }
+                let (run, cmd) = match action {
+                    ActionId::Approve { run, step } => (run, Command::Decide { step, actor: ev.actor.clone(), approve: true, reason: None }),
+                    ActionId::Reject { run, step } => (run, Command::Decide { step, actor: ev.actor.clone(), approve: false, reason }),
+                    ActionId::Cancel { run } => (run, Command::Cancel { actor: ev.actor.clone() }),
+                };
+                let notice = self.submit(run, cmd).await?;
+                Ok(Response { notices: notice.into_iter().collect(), started: vec![] })
+            }
+        }
+    }
+
+    async fn start_for(self: &Arc<Self>, ev: &InboundEvent, workflow: Arc<Workflow>, inputs: Map<String, Value>, event_id: String) -> Result<Response, EngineError> {
+        let req = StartRequest {
+            workflow,
+            inputs,
+            actor: ev.actor.clone(),
+            conversation: ev.conversation.clone(),
+            event_id,
+            late: false,
+        };
+        Ok(match self.start_run(req).await? {
+            StartOutcome::Started(run) => Response { notices: vec![], started: vec![run] },
+            StartOutcome::Duplicate(_) => Response::default(),
+            StartOutcome::Refused(text) => Response::notice(text),
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The engine's driver: applies commands through the store (one transaction each), then carries
+//! out the effects: jobs go to the worker pool, posts to the outbox deliverer. Background loops
+//! fire timers and schedule slots. A run that waits holds no task here: only its rows.
+
+mod background;
+mod inbound;
+mod workers;
+
+pub use inbound::Response;
+
+use crate::adapters::Platform;
+use crate::core::audit::{AuditEvent, AuditKind};
+use crate::core::clock::Clock;
+use crate::core::engine::{self as machine, Command, Job, Transition};
+use crate::core::event::{Actor, ConversationRef};
+use crate::core::ids::RunId;
+use crate::core::template;
+use crate::core::tools::ToolCatalog;
+use crate::core::workflow::{Workflow, WorkflowSet, parse_workflow};
+use crate::metrics::Metrics;
+use crate::store::{Definition, NewRun, Store, StoreError};
+use crate::tools::ToolBox;
+use anyhow::Context as _;
+use chrono::Duration;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
+
+/// Engine settings, from `crate::config`.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Worker tasks running step attempts at once.
+    pub workers: usize,
+    /// How often timers, schedules and the outbox are polled when nothing wakes them.
+    pub poll_interval: std::time::Duration,
+    /// A running run with no change for this long is listed as stalled.
+    pub stall_after: Duration,
+    /// The platform schedules post on when their channel names none.
+    pub default_platform: String,
+    /// How long shutdown waits for running steps.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// Errors the engine reports to adapters; mapped to replies in one place (`crate::http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// What happened to a start request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartOutcome {
+    Started(RunId),
+    /// The same inbound event already started this run.
+    Duplicate(RunId),
+    /// The actor may not start this workflow here; the notice says so.
+    Refused(String),
+}
+
+/// A request to start a run.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub workflow: Arc<Workflow>,
+    pub inputs: Map<String, Value>,
+    pub actor: Actor,
+    pub conversation: ConversationRef,
+    pub event_id: String,
+    pub late: bool,
+}
+
+/// The driver.
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    workflows: Arc<WorkflowSet>,
+    catalog: Arc<ToolCatalog>,
+    tools: Arc<ToolBox>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: EngineSettings,
+    pub(crate) metrics: Arc<Metrics>,
+    platforms: HashMap<&'static str, Arc<dyn Platform>>,
+    jobs: mpsc::UnboundedSender<Job>,
+    job_rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    pub(crate) outbox_wake: Notify,
+    /// Parsed workflow definitions by the hash of their text, so each run's own definition is
+    /// parsed once, not on every command.
+    definitions: Mutex<HashMap<[u8; 32], Arc<Workflow>>>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        workflows: Arc<WorkflowSet>,
+        catalog: Arc<ToolCatalog>,
+        tools: Arc<ToolBox>,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+        metrics: Arc<Metrics>,
+        platforms: Vec<Arc<dyn Platform>>,
+    ) -> Arc<Self> {
+        let (jobs, job_rx) = mpsc::unbounded_channel();
+        let mut definitions = HashMap::new();
+        for wf in workflows.iter() {
+            definitions.insert(hash_of(&wf.source), wf.clone());
+        }
+        Arc::new(Self {
+            store,
+            workflows,
+            catalog,
+            tools,
+            clock,
+            settings,
+            metrics,
+            platforms: platforms.into_iter().map(|p| (p.name(), p)).collect(),
+            jobs,
+            job_rx: Mutex::new(Some(job_rx)),
+            outbox_wake: Notify::new(),
+            definitions: Mutex::new(definitions),
+        })
+    }
+
+    pub fn workflows(&self) -> &WorkflowSet {
+        &self.workflows
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The workflow a run was started with, parsed from its stored text.
+    fn definition(&self, def: &Definition) -> Result<Arc<Workflow>, String> {
+        let key = hash_of(&def.source);
+        if let Some(wf) = self.definitions.lock().expect("definitions lock").get(&key) {
+            return Ok(wf.clone());
+        }
+        let (wf, diags) = parse_workflow(Path::new(&def.file), &def.source, &self.catalog);
+        let wf = Arc::new(wf.ok_or_else(|| {
+            let errors: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            format!("the run's workflow definition no longer parses: {}", errors.join("; "))
+        })?);
+        self.definitions.lock().expect("definitions lock").insert(key, wf.clone());
+        Ok(wf)
+    }
+
+    /// Starts a run, unless the actor may not or the event already started one.
+    #[tracing::instrument(skip_all, fields(workflow = %req.workflow.name, event_id = %req.event_id))]
+    pub async fn start_run(self: &Arc<Self>, req: StartRequest) -> Result<StartOutcome, EngineError> {
+        let now = self.clock.now();
+        let wf = req.workflow.clone();
+        if !wf.may_start(&req.actor, &req.conversation.channel) {
+            let ev = AuditEvent::new(now, AuditKind::TriggerRefused, None, json!({"workflow": wf.name, "channel": req.conversation.channel, "event_id": req.event_id}))
+                .actor(&req.actor);
+            self.store.audit_append(vec![ev]).await?;
+            let how = wf.slash().map(|s| format!("/{}", s.command)).unwrap_or_else(|| wf.name.clone());
+            return Ok(StartOutcome::Refused(format!("You are not allowed to start {how} here.")));
+        }
+        let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}});
+        let title = match &wf.title {
+            Some(t) => template::render(t, &title_ctx).unwrap_or_else(|_| wf.description.clone()),
+            None if !wf.description.is_empty() => wf.description.clone(),
+            None => wf.name.clone(),
+        };
+        let new = NewRun {
+            workflow: wf.name.clone(),
+            event_id: req.event_id.clone(),
+            conversation: req.conversation.clone(),
+            requested_by: req.actor.clone(),
+            inputs: req.inputs.clone(),
+            late: req.late,
+            title,
+            file: wf.file.display().to_string(),
+            definition: wf.source.clone(),
+        };
+        let catalog = self.catalog.clone();
+        let created = self
+            .store
+            .create_run(new, now, &mut |state, _def| {
+                let cx = machine::Context { workflow: &wf, tools: &catalog, now };
+                machine::start(state, &cx)
+            })
+            .await?;
+        if !created.new {
+            return Ok(StartOutcome::Duplicate(created.run));
+        }
+        tracing::info!(run = %created.run, "run started");
+        self.carry_out(created.transition);
+        Ok(StartOutcome::Started(created.run))
+    }
+
+    /// Applies a command to a run and carries out what it asks for. Returns the private notice
+    /// for whoever sent it, if any.
+    #[tracing::instrument(skip_all, fields(run_id = %run))]
+    pub async fn submit(self: &Arc<Self>, run: RunId, cmd: Command) -> Result<Option<String>, EngineError> {
+        let now = self.clock.now();
+        let catalog = self.catalog.clone();
+        let mut cmd = Some(cmd);
+        let transition = self
+            .store
+            .apply(run, &mut |state, def| {
+                let Some(cmd) = cmd.take() else { return Transition::default() };
+                match self.definition(def) {
+                    Ok(wf) => {
+                        let cx = machine::Context { workflow: &wf, tools: &catalog, now };
+                        machine::apply(state, cmd, &cx)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot apply a command to a run whose workflow does not parse");
+                        Transition { notice: Some(e), ..Default::default() }
+                    }
+                }
+            })
+            .await?;
+        let Some(transition) = transition else {
+            return Ok(Some(format!("There is no run {run}.")));
+        };
+        let notice = transition.notice.clone();
+        self.carry_out(transition);
+        Ok(notice)
+    }
+
+    /// Hands jobs to the workers and wakes the outbox. Everything here was persisted by the
+    /// transaction that produced it, so a crash between commit and this call loses nothing:
+    /// recovery re-runs the attempts and the outbox is read from the store.
+    fn carry_out(&self, t: Transition) {
+        for job in t.jobs() {
+            if self.jobs.send(job.clone()).is_err() {
+                tracing::warn!(run = %job.run, step = %job.step, "worker pool is shut down; the attempt runs after restart");
+            }
+        }
+        self.outbox_wake.notify_one();
+    }
+
+    /// Re-runs attempts that were in flight when the process last stopped.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let lost = self.store.unfinished_attempts().await.context("listing unfinished attempts")?;
+        for (run, step, attempt) in &lost {
+            tracing::info!(run = %run, step = %step, attempt, "re-running an attempt interrupted by a restart");
+            self.submit(*run, Command::AttemptLost { step: step.clone(), attempt: *attempt })
+                .await
+                .with_context(|| format!("recovering run {run}"))?;
+        }
+        Ok(lost.len())
+    }
+}
+
+fn hash_of(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+pub use background::Background;

@@ -1,0 +1,19 @@
+//! Baton: a chat-ops bot that turns slash commands, channel messages and schedules into durable
+//! workflow runs, with approvals and a hash-chained audit ledger.
+//!
+//! Codemap (ARCHITECTURE.md has the full picture and the invariants):
+//! - [`core`]: workflows, triggers, the engine's pure state machine, approvals, the ledger's
+//!   types. No platform, HTTP-server or database crate.
+//! - [`store`]: storage traits and the SQLite backend.
+//! - [`engine`]: the driver that applies commands through the store and carries out effects.
+//! - [`tools`]: built-in tool implementations.
+//! - [`adapters`]: platforms (the local console today).
+//! - [`http`]: the HTTP server shared by the console, health and metrics.
+//! - [`app`], [`config`], [`cli`]: wiring, settings and the command line.
+
+pub mod core;
+pub mod adapters;
+pub mod engine;
+pub mod metrics;
+pub mod store;
+pub mod tools;

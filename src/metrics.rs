@@ -1,0 +1,72 @@
+//! Process-wide counters for `/metrics`. Metric names are defined here and nowhere else.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds, in seconds, of the step duration histogram.
+pub const STEP_BUCKETS: [f64; 8] = [0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0];
+
+pub const RUNS: &str = "baton_runs";
+pub const STEP_DURATION: &str = "baton_step_duration_seconds";
+pub const APPROVALS_PENDING: &str = "baton_approvals_pending";
+pub const OUTBOX_DEPTH: &str = "baton_outbox_depth";
+pub const OUTBOX_FAILED: &str = "baton_outbox_failed_total";
+pub const DELIVERIES: &str = "baton_deliveries_total";
+pub const DELIVERY_FAILURES: &str = "baton_delivery_failures_total";
+pub const AUDIT_ENTRIES: &str = "baton_audit_entries";
+
+/// Counters kept in memory since start-up.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    steps: Mutex<Histogram>,
+    pub deliveries: AtomicU64,
+    pub delivery_failures: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; STEP_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    pub fn observe_step(&self, seconds: f64) {
+        let mut h = self.steps.lock().expect("metrics lock poisoned");
+        for (i, bound) in STEP_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    pub fn delivered(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn delivery_failed(&self) {
+        self.delivery_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the in-memory series in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let h = self.steps.lock().expect("metrics lock poisoned");
+        let _ = writeln!(out, "# HELP {STEP_DURATION} How long step attempts took.");
+        let _ = writeln!(out, "# TYPE {STEP_DURATION} histogram");
+        for (i, bound) in STEP_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{STEP_DURATION}_bucket{{le=\"{bound}\"}} {}", h.buckets[i]);
+        }
+        let _ = writeln!(out, "{STEP_DURATION}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{STEP_DURATION}_sum {}", h.sum);
+        let _ = writeln!(out, "{STEP_DURATION}_count {}", h.count);
+        let _ = writeln!(out, "# HELP {DELIVERIES} Outbox entries delivered since start-up.");
+        let _ = writeln!(out, "# TYPE {DELIVERIES} counter");
+        let _ = writeln!(out, "{DELIVERIES} {}", self.deliveries.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP {DELIVERY_FAILURES} Failed delivery attempts since start-up.");
+        let _ = writeln!(out, "# TYPE {DELIVERY_FAILURES} counter");
+        let _ = writeln!(out, "{DELIVERY_FAILURES} {}", self.delivery_failures.load(Ordering::Relaxed));
+    }
+}

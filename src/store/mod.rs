@@ -1,0 +1,251 @@
+//! Storage behind narrow traits, one implementation per backend, chosen from `DATABASE_URL` at
+//! start-up. Only the files of each backend import the database crate.
+
+pub mod sqlite;
+
+use crate::core::audit::{AuditEntry, AuditEvent};
+use crate::core::digest::DigestFigures;
+use crate::core::engine::{RunState, RunStatus, Transition};
+use crate::core::event::{Actor, ConversationRef};
+use crate::core::ids::{MessageKey, RunId};
+use crate::core::message::OutMessage;
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Errors from the store. Callers add context; nothing here is shown to chat users verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is not what this version expects: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: String,
+    pub event_id: String,
+    pub conversation: ConversationRef,
+    pub requested_by: Actor,
+    pub inputs: Map<String, Value>,
+    pub late: bool,
+    pub title: String,
+    /// The workflow file's path and text, kept with the run.
+    pub file: String,
+    pub definition: Arc<str>,
+}
+
+/// The workflow text a run was started with.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub file: String,
+    pub source: Arc<str>,
+}
+
+/// The pure transition function the engine hands to the store.
+pub type ApplyFn<'a> = dyn FnMut(&mut RunState, &Definition) -> Transition + Send + 'a;
+
+/// What `create_run` did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub run: RunId,
+    /// False when a run already existed for the event id: nothing new was started.
+    pub new: bool,
+    pub transition: Transition,
+}
+
+/// One row of the run list.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: RunId,
+    pub workflow: String,
+    pub title: String,
+    pub status: String,
+    pub requested_by: String,
+    pub platform: String,
+    pub channel: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One attempt of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub step: String,
+    pub attempt: u32,
+    pub status: String,
+    pub input: Value,
+    pub detail: Value,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A pending approval, for the approvals page and the digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    pub run: RunId,
+    pub workflow: String,
+    pub step: String,
+    pub approvers: Vec<String>,
+    pub summary: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Runs, steps, attempts, approvals and timers.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Creates a run for an inbound event and applies `start` to it in the same transaction.
+    /// A second call with the same event id changes nothing and returns the first run.
+    async fn create_run(&self, new: NewRun, now: DateTime<Utc>, start: &mut ApplyFn<'_>) -> StoreResult<Created>;
+    /// Loads a run, applies `f`, and writes the new state and every effect in one transaction.
+    /// `None` when the run does not exist.
+    async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>>;
+    async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>>;
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreResult<Vec<RunSummary>>;
+    async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRow>>;
+    /// Attempts recorded as started and never ended: after a restart these were lost.
+    async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>>;
+    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(RunId, String)>>;
+    async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>>;
+}
+
+/// The state of an outbox entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxOp {
+    Post,
+    Edit,
+}
+
+/// An outbox entry ready for an adapter, with its references resolved.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub run: Option<RunId>,
+    pub key: MessageKey,
+    pub op: OutboxOp,
+    pub platform: String,
+    pub channel: String,
+    /// For a post in a thread: the platform reference of the thread's root message.
+    pub thread_ref: Option<String>,
+    /// For an edit: the platform reference of the message to change.
+    pub target_ref: Option<String>,
+    pub message: OutMessage,
+    pub attempts: u32,
+}
+
+/// Every outgoing post and edit, persisted before delivery.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Entries due for delivery, in order, at most one blocked entry per conversation so a
+    /// thread never goes out of order.
+    async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
+    /// Records the platform's reference: delivery is confirmed.
+    async fn outbox_delivered(&self, id: i64, platform_ref: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Records a failure: retried at `retry_at`, or given up (with everything that depends on
+    /// it) when `None`. Audited either way when given up.
+    async fn outbox_failed(&self, id: i64, error: &str, retry_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> StoreResult<()>;
+    /// The platform reference of a delivered post.
+    async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>>;
+    /// The outbox rows of a run, for its page.
+    async fn outbox_of_run(&self, run: RunId) -> StoreResult<Vec<OutboxRow>>;
+}
+
+/// An outbox row as shown on a run's page.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub key: String,
+    pub op: String,
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub platform_ref: Option<String>,
+}
+
+/// The ledger.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends events that belong to no run transaction (a refused trigger, a schedule firing).
+    async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
+    /// Entries after `after_seq`, in order.
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// The newest entries, newest first, optionally of one run.
+    async fn audit_recent(&self, run: Option<RunId>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// Figures for the digest: counts from the ledger, waiting approvals and stalled runs now.
+    async fn digest_figures(&self, since: DateTime<Utc>, until: DateTime<Utc>, stall_after: Duration) -> StoreResult<DigestFigures>;
+}
+
+/// Schedule bookkeeping and inbound de-duplication.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync {
+    /// The last slot handled for a schedule; `None` before its first sighting.
+    async fn schedule_cursor(&self, workflow: &str, key: &str) -> StoreResult<Option<DateTime<Utc>>>;
+    async fn set_schedule_cursor(&self, workflow: &str, key: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Records an inbound event id; false when it was seen before.
+    async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
+}
+
+/// One message in the console's chat.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleMessage {
+    pub id: i64,
+    pub channel: String,
+    pub thread_id: Option<i64>,
+    pub author: String,
+    pub is_bot: bool,
+    pub message: OutMessage,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub replies: i64,
+}
+
+/// The console platform's own chat history.
+#[async_trait]
+pub trait ConsoleStore: Send + Sync {
+    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<ConsoleMessage>;
+    async fn console_edit(&self, id: i64, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<Option<ConsoleMessage>>;
+    async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>>;
+    /// The newest top-level messages of a channel, oldest first.
+    async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>>;
+    /// A thread: its root then the replies, oldest first.
+    async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>>;
+}
+
+/// Figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    pub runs_by_status: Vec<(String, i64)>,
+    pub approvals_pending: i64,
+    pub outbox_pending: i64,
+    pub outbox_failed: i64,
+    pub audit_entries: i64,
+}
+
+/// Everything, for the app to hold as one `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore {
+    async fn metrics(&self) -> StoreResult<StoreMetrics>;
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Opens the store named by `url` and brings its schema up to date.
+pub async fn open(url: &str, redactor: crate::core::audit::Redactor) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url, redactor).await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this version yet; use a sqlite: URL")
+    } else {
+        anyhow::bail!("DATABASE_URL: `{url}` is neither a sqlite: nor a postgres: URL")
+    }
+}

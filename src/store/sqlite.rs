@@ -1,0 +1,876 @@
+//! The SQLite backend: the default, a single file, nothing to install.
+//!
+//! SQLite allows one writer at a time. Every write transaction here takes `write` first and
+//! opens with `BEGIN IMMEDIATE`, so transactions in this process queue instead of failing, and a
+//! second process (the CLI cancelling a run) waits on the busy timeout.
+
+use super::*;
+use crate::core::audit::{AuditKind, GENESIS, Redactor, entry_hash};
+use crate::core::digest::{StalledRun, WaitingApproval};
+use crate::core::engine::{Approval, Effect, Run, StepState};
+use crate::core::message::Outgoing;
+use anyhow::Context as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use tokio::sync::Mutex;
+
+/// The migrations, embedded in the binary so it runs anywhere.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// The embedded migrations as a source for sqlx's migrator, which records them in
+/// `_sqlx_migrations` and refuses a database changed behind its back.
+#[derive(Debug)]
+struct Embedded;
+
+impl sqlx::migrate::MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>> + Send>> {
+        use sqlx::migrate::{Migration, MigrationType};
+        use std::borrow::Cow;
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, Cow::Borrowed(*sql), false))
+                .collect())
+        })
+    }
+}
+
+/// Runs a block inside a write transaction, committing when it returns `Ok`.
+macro_rules! write_tx {
+    ($self:ident, |$c:ident| $body:block) => {{
+        let _guard = $self.write.lock().await;
+        let mut tx = $self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let result: StoreResult<_> = async {
+            let $c: &mut SqliteConnection = &mut tx;
+            $body
+        }
+        .await;
+        if result.is_ok() {
+            tx.commit().await?;
+        }
+        result
+    }};
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write: Mutex<()>,
+    redactor: Redactor,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn opt_at(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.map(at)
+}
+
+fn parse<T: FromStr<Err = String>>(s: &str) -> StoreResult<T> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    pub async fn open(url: &str, redactor: Redactor) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| "DATABASE_URL is not a valid sqlite: URL".to_string())?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .context("could not open the SQLite database named by DATABASE_URL")?;
+        sqlx::migrate::Migrator::new(Embedded).await.context("could not read the embedded migrations")?.run(&pool).await.context("could not apply the SQLite migrations")?;
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+            redactor,
+        })
+    }
+}
+
+async fn load_state(c: &mut SqliteConnection, id: RunId) -> StoreResult<Option<(RunState, Definition)>> {
+    let Some(r) = sqlx::query("SELECT * FROM runs WHERE id = ?").bind(id.0).fetch_optional(&mut *c).await? else {
+        return Ok(None);
+    };
+    let inputs: Map<String, Value> = serde_json::from_str(r.get::<&str, _>("inputs"))?;
+    let run = Run {
+        id,
+        workflow: r.get("workflow"),
+        status: parse(r.get::<&str, _>("status"))?,
+        event_id: r.get("event_id"),
+        conversation: ConversationRef {
+            platform: r.get("platform"),
+            channel: r.get("channel"),
+            thread: r.get("thread"),
+        },
+        requested_by: Actor {
+            platform: r.get("actor_platform"),
+            id: r.get("actor_id"),
+            display: r.get("actor_display"),
+            is_bot: r.get::<i64, _>("actor_is_bot") != 0,
+        },
+        inputs,
+        late: r.get::<i64, _>("late") != 0,
+        title: r.get("title"),
+        error: r.get("error"),
+        created_at: at(r.get("created_at")),
+        updated_at: at(r.get("updated_at")),
+        finished_at: opt_at(r.get("finished_at")),
+    };
+    let def = Definition {
+        file: r.get("file"),
+        source: Arc::from(r.get::<&str, _>("definition")),
+    };
+    let mut steps = BTreeMap::new();
+    for s in sqlx::query("SELECT * FROM steps WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+        steps.insert(
+            s.get::<String, _>("step_id"),
+            StepState {
+                status: parse(s.get::<&str, _>("status"))?,
+                attempt: s.get::<i64, _>("attempt") as u32,
+                retries_used: s.get::<i64, _>("retries_used") as u32,
+                output: s.get::<Option<&str>, _>("output").map(serde_json::from_str).transpose()?,
+                error: s.get("error"),
+                started_at: opt_at(s.get("started_at")),
+                finished_at: opt_at(s.get("finished_at")),
+            },
+        );
+    }
+    let mut approvals = BTreeMap::new();
+    for a in sqlx::query("SELECT * FROM approvals WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+        approvals.insert(a.get::<String, _>("step_id"), approval_from_row(&a)?);
+    }
+    let mut timers = BTreeMap::new();
+    for t in sqlx::query("SELECT key, due_at FROM timers WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+        timers.insert(t.get::<String, _>("key"), at(t.get("due_at")));
+    }
+    Ok(Some((RunState { run, steps, approvals, timers }, def)))
+}
+
+fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
+    Ok(Approval {
+        status: parse(a.get::<&str, _>("status"))?,
+        approvers: serde_json::from_str(a.get::<&str, _>("approvers"))?,
+        summary: a.get("summary"),
+        requested_at: at(a.get("requested_at")),
+        expires_at: at(a.get("expires_at")),
+        decided_by: a.get::<Option<&str>, _>("decided_by").map(serde_json::from_str).transpose()?,
+        decided_at: opt_at(a.get("decided_at")),
+        reason: a.get("reason"),
+    })
+}
+
+async fn save_state(c: &mut SqliteConnection, before: &RunState, after: &RunState) -> StoreResult<()> {
+    let r = &after.run;
+    sqlx::query("UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?")
+        .bind(r.status.as_str())
+        .bind(&r.error)
+        .bind(ms(r.updated_at))
+        .bind(r.finished_at.map(ms))
+        .bind(r.id.0)
+        .execute(&mut *c)
+        .await?;
+    for (id, s) in &after.steps {
+        if before.steps.get(id) == Some(s) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+               retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
+               started_at = excluded.started_at, finished_at = excluded.finished_at",
+        )
+        .bind(r.id.0)
+        .bind(id)
+        .bind(s.status.as_str())
+        .bind(s.attempt as i64)
+        .bind(s.retries_used as i64)
+        .bind(s.output.as_ref().map(Value::to_string))
+        .bind(&s.error)
+        .bind(s.started_at.map(ms))
+        .bind(s.finished_at.map(ms))
+        .execute(&mut *c)
+        .await?;
+    }
+    for (id, a) in &after.approvals {
+        if before.approvals.get(id) == Some(a) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
+               summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
+               decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason",
+        )
+        .bind(r.id.0)
+        .bind(id)
+        .bind(a.status.as_str())
+        .bind(serde_json::to_string(&a.approvers)?)
+        .bind(&a.summary)
+        .bind(ms(a.requested_at))
+        .bind(ms(a.expires_at))
+        .bind(a.decided_by.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(a.decided_at.map(ms))
+        .bind(&a.reason)
+        .execute(&mut *c)
+        .await?;
+    }
+    for key in before.timers.keys().filter(|k| !after.timers.contains_key(*k)) {
+        sqlx::query("DELETE FROM timers WHERE run_id = ? AND key = ?").bind(r.id.0).bind(key).execute(&mut *c).await?;
+    }
+    for (key, due) in &after.timers {
+        if before.timers.get(key) == Some(due) {
+            continue;
+        }
+        sqlx::query("INSERT INTO timers (run_id, key, due_at) VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at")
+            .bind(r.id.0)
+            .bind(key)
+            .bind(ms(*due))
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn persist_effects(c: &mut SqliteConnection, redactor: &Redactor, t: &Transition, now: DateTime<Utc>) -> StoreResult<()> {
+    for e in &t.effects {
+        match e {
+            Effect::Run(job) => {
+                let input = match &job.work {
+                    crate::core::engine::Work::Tool { tool, args, .. } => serde_json::json!({"tool": tool, "args": args}),
+                    crate::core::engine::Work::Digest { period } => serde_json::json!({"digest_seconds": period.num_seconds()}),
+                };
+                let mut input = input;
+                redactor.redact(&mut input);
+                sqlx::query("INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at) VALUES (?, ?, ?, 'running', ?, ?)")
+                    .bind(job.run.0)
+                    .bind(&job.step)
+                    .bind(job.attempt as i64)
+                    .bind(input.to_string())
+                    .bind(ms(now))
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Effect::AttemptEnded { step, attempt, outcome, detail, at: ended } => {
+                let mut detail = detail.clone();
+                redactor.redact(&mut detail);
+                let run = run_of(t).unwrap_or_default();
+                sqlx::query("UPDATE attempts SET status = ?, detail = ?, finished_at = ? WHERE run_id = ? AND step_id = ? AND attempt = ?")
+                    .bind(outcome.as_str())
+                    .bind(detail.to_string())
+                    .bind(ms(*ended))
+                    .bind(run)
+                    .bind(step)
+                    .bind(*attempt as i64)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Effect::Send(Outgoing::Post { run, key, to, message }) => {
+                sqlx::query(
+                    "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at)
+                     VALUES (?, ?, 'post', ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(run.map(|r| r.0))
+                .bind(&key.0)
+                .bind(&to.platform)
+                .bind(&to.channel)
+                .bind(to.thread.as_ref().map(|k| k.0.clone()))
+                .bind(serde_json::to_string(message)?)
+                .bind(ms(now))
+                .bind(ms(now))
+                .execute(&mut *c)
+                .await?;
+            }
+            Effect::Send(Outgoing::Edit { run, key, message }) => {
+                // The edit goes where the post went.
+                let target = sqlx::query("SELECT platform, channel FROM outbox WHERE key = ? AND op = 'post'")
+                    .bind(&key.0)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let Some(target) = target else { continue };
+                sqlx::query(
+                    "INSERT INTO outbox (run_id, key, op, platform, channel, body, status, next_attempt_at, created_at)
+                     VALUES (?, ?, 'edit', ?, ?, ?, 'pending', ?, ?)",
+                )
+                .bind(run.map(|r| r.0))
+                .bind(&key.0)
+                .bind(target.get::<String, _>("platform"))
+                .bind(target.get::<String, _>("channel"))
+                .bind(serde_json::to_string(message)?)
+                .bind(ms(now))
+                .bind(ms(now))
+                .execute(&mut *c)
+                .await?;
+            }
+            Effect::Audit(ev) => append_audit(c, redactor, ev).await?,
+        }
+    }
+    Ok(())
+}
+
+fn run_of(t: &Transition) -> Option<i64> {
+    t.effects.iter().find_map(|e| match e {
+        Effect::Audit(a) => a.run.map(|r| r.0),
+        Effect::Run(j) => Some(j.run.0),
+        _ => None,
+    })
+}
+
+async fn append_audit(c: &mut SqliteConnection, redactor: &Redactor, ev: &AuditEvent) -> StoreResult<()> {
+    let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *c).await?;
+    let (prev_seq, prev_hash) = match last {
+        Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
+        None => (0, GENESIS.to_owned()),
+    };
+    let mut data = ev.data.clone();
+    redactor.redact(&mut data);
+    let data = data.to_string();
+    let seq = prev_seq + 1;
+    // Stored at millisecond precision, so hash what is stored.
+    let when = at(ms(ev.at));
+    let kind = ev.kind.as_str();
+    let run = ev.run.map(|r| r.0);
+    let hash = entry_hash(&prev_hash, seq, when, kind, run, ev.step.as_deref(), ev.actor.as_deref(), &data);
+    sqlx::query("INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        .bind(seq)
+        .bind(ms(when))
+        .bind(kind)
+        .bind(run)
+        .bind(&ev.step)
+        .bind(&ev.actor)
+        .bind(&data)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+fn audit_from_row(r: &SqliteRow) -> AuditEntry {
+    AuditEntry {
+        seq: r.get("seq"),
+        at: at(r.get("at")),
+        kind: r.get("kind"),
+        run: r.get("run_id"),
+        step: r.get("step_id"),
+        actor: r.get("actor"),
+        data: r.get("data"),
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
+    }
+}
+
+fn summary_from_row(r: &SqliteRow) -> RunSummary {
+    RunSummary {
+        id: RunId(r.get("id")),
+        workflow: r.get("workflow"),
+        title: r.get("title"),
+        status: r.get("status"),
+        requested_by: r.get("actor_display"),
+        platform: r.get("platform"),
+        channel: r.get("channel"),
+        created_at: at(r.get("created_at")),
+        updated_at: at(r.get("updated_at")),
+        finished_at: opt_at(r.get("finished_at")),
+    }
+}
+
+fn console_from_row(r: &SqliteRow) -> StoreResult<ConsoleMessage> {
+    Ok(ConsoleMessage {
+        id: r.get("id"),
+        channel: r.get("channel"),
+        thread_id: r.get("thread_id"),
+        author: r.get("author"),
+        is_bot: r.get::<i64, _>("is_bot") != 0,
+        message: serde_json::from_str(r.get::<&str, _>("body"))?,
+        created_at: at(r.get("created_at")),
+        updated_at: at(r.get("updated_at")),
+        replies: r.try_get("replies").unwrap_or(0),
+    })
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_run(&self, new: NewRun, now: DateTime<Utc>, start: &mut ApplyFn<'_>) -> StoreResult<Created> {
+        let redactor = &self.redactor;
+        write_tx!(self, |c| {
+                if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?").bind(&new.event_id).fetch_optional(&mut *c).await? {
+                    return Ok(Created { run: RunId(r.get("id")), new: false, transition: Transition::default() });
+                }
+                let id: i64 = sqlx::query(
+                    "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
+                       actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
+                     VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(&new.workflow)
+                .bind(&new.event_id)
+                .bind(&new.conversation.platform)
+                .bind(&new.conversation.channel)
+                .bind(&new.conversation.thread)
+                .bind(&new.requested_by.platform)
+                .bind(&new.requested_by.id)
+                .bind(&new.requested_by.display)
+                .bind(new.requested_by.is_bot as i64)
+                .bind(Value::Object(new.inputs.clone()).to_string())
+                .bind(new.late as i64)
+                .bind(&new.title)
+                .bind(&new.file)
+                .bind(&*new.definition)
+                .bind(ms(now))
+                .bind(ms(now))
+                .fetch_one(&mut *c)
+                .await?
+                .get("id");
+                let (mut state, def) = load_state(c, RunId(id)).await?.ok_or_else(|| StoreError::Corrupt("run vanished".into()))?;
+                let before = state.clone();
+                let transition = start(&mut state, &def);
+                save_state(c, &before, &state).await?;
+                persist_effects(c, redactor, &transition, now).await?;
+                Ok(Created { run: RunId(id), new: true, transition })
+        })
+    }
+
+    async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>> {
+        let redactor = &self.redactor;
+        write_tx!(self, |c| {
+                let Some((mut state, def)) = load_state(c, run).await? else { return Ok(None) };
+                let before = state.clone();
+                let transition = f(&mut state, &def);
+                save_state(c, &before, &state).await?;
+                persist_effects(c, redactor, &transition, state.run.updated_at).await?;
+                Ok(Some(transition))
+        })
+    }
+
+    async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>> {
+        let mut c = self.pool.acquire().await?;
+        Ok(load_state(&mut c, run).await?.map(|(s, _)| s))
+    }
+
+    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreResult<Vec<RunSummary>> {
+        let rows = match status {
+            Some(s) => sqlx::query("SELECT * FROM runs WHERE status = ? ORDER BY id DESC LIMIT ?").bind(s.as_str()).bind(limit as i64).fetch_all(&self.pool).await?,
+            None => sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?").bind(limit as i64).fetch_all(&self.pool).await?,
+        };
+        Ok(rows.iter().map(summary_from_row).collect())
+    }
+
+    async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRow>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, step_id, attempt").bind(run.0).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    step: r.get("step_id"),
+                    attempt: r.get::<i64, _>("attempt") as u32,
+                    status: r.get("status"),
+                    input: serde_json::from_str(r.get::<&str, _>("input"))?,
+                    detail: r.get::<Option<&str>, _>("detail").map(serde_json::from_str).transpose()?.unwrap_or(Value::Null),
+                    started_at: at(r.get("started_at")),
+                    finished_at: opt_at(r.get("finished_at")),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>> {
+        let rows = sqlx::query("SELECT run_id, step_id, attempt FROM attempts WHERE status = 'running' ORDER BY run_id, step_id").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (RunId(r.get("run_id")), r.get("step_id"), r.get::<i64, _>("attempt") as u32)).collect())
+    }
+
+    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(RunId, String)>> {
+        let rows = sqlx::query("SELECT run_id, key FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?").bind(ms(now)).bind(limit as i64).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (RunId(r.get("run_id")), r.get("key"))).collect())
+    }
+
+    async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>> {
+        let rows = sqlx::query("SELECT a.*, r.workflow FROM approvals a JOIN runs r ON r.id = a.run_id WHERE a.status = 'pending' ORDER BY a.requested_at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingApproval {
+                    run: RunId(r.get("run_id")),
+                    workflow: r.get("workflow"),
+                    step: r.get("step_id"),
+                    approvers: serde_json::from_str(r.get::<&str, _>("approvers"))?,
+                    summary: r.get("summary"),
+                    requested_at: at(r.get("requested_at")),
+                    expires_at: at(r.get("expires_at")),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT o.*,
+                    (SELECT p.platform_ref FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post') AS thread_ref,
+                    (SELECT p.platform_ref FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_ref
+             FROM outbox o WHERE o.status = 'pending' ORDER BY o.id LIMIT ?",
+        )
+        .bind((limit as i64) * 4)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
+        let mut latest_edit: BTreeMap<String, i64> = BTreeMap::new();
+        for r in &rows {
+            if r.get::<&str, _>("op") == "edit" {
+                latest_edit.insert(r.get("key"), r.get("id"));
+            }
+        }
+        let mut superseded = Vec::new();
+        let mut out = Vec::new();
+        for r in &rows {
+            let id: i64 = r.get("id");
+            let op = if r.get::<&str, _>("op") == "edit" { OutboxOp::Edit } else { OutboxOp::Post };
+            let key: String = r.get("key");
+            if op == OutboxOp::Edit && latest_edit.get(&key) != Some(&id) {
+                superseded.push(id);
+                continue;
+            }
+            let conversation = (r.get::<String, _>("platform"), r.get::<String, _>("channel"));
+            if blocked.contains(&conversation) {
+                continue;
+            }
+            let thread_key: Option<String> = r.get("thread_key");
+            let thread_ref: Option<String> = r.get("thread_ref");
+            let target_ref: Option<String> = r.get("target_ref");
+            let waiting = r.get::<i64, _>("next_attempt_at") > ms(now)
+                || (thread_key.is_some() && thread_ref.is_none())
+                || (op == OutboxOp::Edit && target_ref.is_none());
+            if waiting {
+                // Later messages of this conversation wait too, so a thread keeps its order.
+                blocked.insert(conversation);
+                continue;
+            }
+            out.push(OutboxEntry {
+                id,
+                run: r.get::<Option<i64>, _>("run_id").map(RunId),
+                key: MessageKey(key),
+                op,
+                platform: conversation.0,
+                channel: conversation.1,
+                thread_ref,
+                target_ref,
+                message: serde_json::from_str(r.get::<&str, _>("body"))?,
+                attempts: r.get::<i64, _>("attempts") as u32,
+            });
+            if out.len() >= limit as usize {
+                break;
+            }
+        }
+        if !superseded.is_empty() {
+            let _guard = self.write.lock().await;
+            for id in superseded {
+                sqlx::query("UPDATE outbox SET status = 'superseded' WHERE id = ? AND status = 'pending'").bind(id).execute(&self.pool).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn outbox_delivered(&self, id: i64, platform_ref: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        let redactor = &self.redactor;
+        let platform_ref = platform_ref.to_owned();
+        write_tx!(self, |c| {
+                let row = sqlx::query(
+                    "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
+                     WHERE id = ? RETURNING run_id, key, op, platform, channel, body",
+                )
+                .bind(&platform_ref)
+                .bind(ms(now))
+                .bind(id)
+                .fetch_optional(&mut *c)
+                .await?;
+                if let Some(r) = row {
+                    let body: OutMessage = serde_json::from_str(r.get::<&str, _>("body"))?;
+                    let ev = AuditEvent::new(
+                        now,
+                        AuditKind::PostDelivered,
+                        r.get::<Option<i64>, _>("run_id").map(RunId),
+                        serde_json::json!({"key": r.get::<String, _>("key"), "op": r.get::<String, _>("op"), "platform": r.get::<String, _>("platform"),
+                            "channel": r.get::<String, _>("channel"), "ref": platform_ref, "text": body.text}),
+                    );
+                    append_audit(c, redactor, &ev).await?;
+                }
+                Ok(())
+        })
+    }
+
+    async fn outbox_failed(&self, id: i64, error: &str, retry_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> StoreResult<()> {
+        let redactor = &self.redactor;
+        let error = error.to_owned();
+        write_tx!(self, |c| {
+                match retry_at {
+                    Some(next) => {
+                        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?")
+                            .bind(&error)
+                            .bind(ms(next))
+                            .bind(id)
+                            .execute(&mut *c)
+                            .await?;
+                    }
+                    None => {
+                        let row = sqlx::query("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING run_id, key, op, platform, channel")
+                            .bind(&error)
+                            .bind(id)
+                            .fetch_optional(&mut *c)
+                            .await?;
+                        let Some(r) = row else { return Ok(()) };
+                        let key: String = r.get("key");
+                        let op: String = r.get("op");
+                        // Replies and edits that depend on a post that will never exist cannot be
+                        // delivered either; they fail with it rather than wait forever.
+                        if op == "post" {
+                            sqlx::query("UPDATE outbox SET status = 'failed', last_error = ? WHERE status = 'pending' AND (thread_key = ? OR (key = ? AND op = 'edit'))")
+                                .bind(format!("depends on {key}, which could not be delivered"))
+                                .bind(&key)
+                                .bind(&key)
+                                .execute(&mut *c)
+                                .await?;
+                        }
+                        let ev = AuditEvent::new(
+                            now,
+                            AuditKind::PostFailed,
+                            r.get::<Option<i64>, _>("run_id").map(RunId),
+                            serde_json::json!({"key": key, "op": op, "platform": r.get::<String, _>("platform"), "channel": r.get::<String, _>("channel"), "error": error}),
+                        );
+                        append_audit(c, redactor, &ev).await?;
+                    }
+                }
+                Ok(())
+        })
+    }
+
+    async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>> {
+        let r = sqlx::query("SELECT platform_ref FROM outbox WHERE key = ? AND op = 'post'").bind(&key.0).fetch_optional(&self.pool).await?;
+        Ok(r.and_then(|r| r.get("platform_ref")))
+    }
+
+    async fn outbox_of_run(&self, run: RunId) -> StoreResult<Vec<OutboxRow>> {
+        let rows = sqlx::query("SELECT * FROM outbox WHERE run_id = ? ORDER BY id").bind(run.0).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow {
+                id: r.get("id"),
+                key: r.get("key"),
+                op: r.get("op"),
+                status: r.get("status"),
+                attempts: r.get::<i64, _>("attempts") as u32,
+                last_error: r.get("last_error"),
+                platform_ref: r.get("platform_ref"),
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        let redactor = &self.redactor;
+        write_tx!(self, |c| {
+                for ev in &events {
+                    append_audit(c, redactor, ev).await?;
+                }
+                Ok(())
+        })
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?").bind(after_seq).bind(limit as i64).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(audit_from_row).collect())
+    }
+
+    async fn audit_recent(&self, run: Option<RunId>, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let rows = match run {
+            Some(r) => sqlx::query("SELECT * FROM audit WHERE run_id = ? ORDER BY seq DESC LIMIT ?").bind(r.0).bind(limit as i64).fetch_all(&self.pool).await?,
+            None => sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?").bind(limit as i64).fetch_all(&self.pool).await?,
+        };
+        Ok(rows.iter().map(audit_from_row).collect())
+    }
+
+    async fn digest_figures(&self, since: DateTime<Utc>, until: DateTime<Utc>, stall_after: Duration) -> StoreResult<DigestFigures> {
+        let mut f = DigestFigures { since, until, ..Default::default() };
+        // Outcomes come from the ledger: the status changes recorded in the period.
+        let rows = sqlx::query(
+            "SELECT json_extract(data, '$.to') AS outcome, COUNT(*) AS n FROM audit
+             WHERE kind = 'run.status' AND at > ? AND at <= ? GROUP BY outcome",
+        )
+        .bind(ms(since))
+        .bind(ms(until))
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let n = r.get::<i64, _>("n") as u64;
+            match r.get::<Option<String>, _>("outcome").as_deref() {
+                Some("succeeded") => f.succeeded = n,
+                Some("failed") => f.failed = n,
+                Some("rejected") => f.rejected = n,
+                Some("cancelled") => f.cancelled = n,
+                _ => {}
+            }
+        }
+        f.started = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE kind = 'run.started' AND at > ? AND at <= ?")
+            .bind(ms(since))
+            .bind(ms(until))
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>("n") as u64;
+        f.waiting = self
+            .pending_approvals()
+            .await?
+            .into_iter()
+            .map(|p| WaitingApproval { run: p.run, workflow: p.workflow, step: p.step, approvers: p.approvers, since: p.requested_at })
+            .collect();
+        let stalled = sqlx::query("SELECT id, workflow, status, updated_at FROM runs WHERE status = 'running' AND updated_at < ? ORDER BY updated_at")
+            .bind(ms(until - stall_after))
+            .fetch_all(&self.pool)
+            .await?;
+        f.stalled = stalled
+            .iter()
+            .map(|r| StalledRun { run: RunId(r.get("id")), workflow: r.get("workflow"), status: r.get("status"), idle_since: at(r.get("updated_at")) })
+            .collect();
+        Ok(f)
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for SqliteStore {
+    async fn schedule_cursor(&self, workflow: &str, key: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let r = sqlx::query("SELECT last_slot FROM schedule_cursors WHERE workflow = ? AND key = ?").bind(workflow).bind(key).fetch_optional(&self.pool).await?;
+        Ok(r.map(|r| at(r.get("last_slot"))))
+    }
+
+    async fn set_schedule_cursor(&self, workflow: &str, key: &str, slot: DateTime<Utc>) -> StoreResult<()> {
+        let _guard = self.write.lock().await;
+        sqlx::query("INSERT INTO schedule_cursors (workflow, key, last_slot) VALUES (?, ?, ?) ON CONFLICT (workflow, key) DO UPDATE SET last_slot = MAX(last_slot, excluded.last_slot)")
+            .bind(workflow)
+            .bind(key)
+            .bind(ms(slot))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let _guard = self.write.lock().await;
+        let done = sqlx::query("INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(ms(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+const CONSOLE_SELECT: &str = "SELECT m.*, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = m.id) AS replies FROM console_messages m";
+
+#[async_trait]
+impl ConsoleStore for SqliteStore {
+    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<ConsoleMessage> {
+        let id: i64 = {
+            let _guard = self.write.lock().await;
+            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id")
+                .bind(channel)
+                .bind(thread_id)
+                .bind(author)
+                .bind(is_bot as i64)
+                .bind(serde_json::to_string(message)?)
+                .bind(ms(now))
+                .bind(ms(now))
+                .fetch_one(&self.pool)
+                .await?
+                .get("id")
+        };
+        self.console_get(id).await?.ok_or_else(|| StoreError::Corrupt("message vanished".into()))
+    }
+
+    async fn console_edit(&self, id: i64, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<Option<ConsoleMessage>> {
+        {
+            let _guard = self.write.lock().await;
+            sqlx::query("UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?")
+                .bind(serde_json::to_string(message)?)
+                .bind(ms(now))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.console_get(id).await
+    }
+
+    async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>> {
+        let r = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        r.as_ref().map(console_from_row).transpose()
+    }
+
+    async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>> {
+        let rows = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.channel = ? AND m.thread_id IS NULL ORDER BY m.id DESC LIMIT ?"))
+            .bind(channel)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<ConsoleMessage> = rows.iter().map(console_from_row).collect::<StoreResult<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>> {
+        let rows = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.id = ? OR m.thread_id = ? ORDER BY m.id"))
+            .bind(root)
+            .bind(root)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(console_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn metrics(&self) -> StoreResult<StoreMetrics> {
+        let runs = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status").fetch_all(&self.pool).await?;
+        let one = |sql: &'static str| async move { sqlx::query(sql).fetch_one(&self.pool).await.map(|r| r.get::<i64, _>("n")) };
+        Ok(StoreMetrics {
+            runs_by_status: runs.iter().map(|r| (r.get("status"), r.get("n"))).collect(),
+            approvals_pending: one("SELECT COUNT(*) AS n FROM approvals WHERE status = 'pending'").await?,
+            outbox_pending: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'").await?,
+            outbox_failed: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'failed'").await?,
+            audit_entries: one("SELECT COUNT(*) AS n FROM audit").await?,
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

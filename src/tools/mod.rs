@@ -1,0 +1,87 @@
+//! Built-in tool implementations. The engine decides whether a tool may run (see
+//! `core::tools` for capability classes); this module only runs it, within its own guards.
+
+mod http_get;
+mod webhook_post;
+
+pub use http_get::HostAllowList;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Why a tool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The call was not allowed; the engine audits it as a refusal.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The arguments were wrong.
+    #[error("bad arguments: {0}")]
+    BadArgs(String),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Settings for the built-in tools.
+#[derive(Debug, Clone, Default)]
+pub struct ToolSettings {
+    pub http_allow: HostAllowList,
+    /// Named webhook endpoints (`BATON_WEBHOOKS`). The URLs are secrets.
+    pub webhooks: BTreeMap<String, String>,
+}
+
+/// Runs built-in tools.
+pub struct ToolBox {
+    settings: ToolSettings,
+    client: reqwest::Client,
+}
+
+impl ToolBox {
+    pub fn new(settings: ToolSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { settings, client })
+    }
+
+    /// Calls `tool` with `args`. `declared` is what the step may use: any other tool is refused
+    /// here, whatever asked for it.
+    pub async fn call(&self, tool: &str, args: &Value, declared: &[String]) -> Result<Value, ToolError> {
+        if !declared.iter().any(|d| d == tool) {
+            return Err(ToolError::Refused(format!("tool `{tool}` is not declared by this step")));
+        }
+        match tool {
+            "http.get" => http_get::call(&self.settings.http_allow, args).await,
+            "webhook.post" => webhook_post::call(&self.client, &self.settings.webhooks, args).await,
+            other => Err(ToolError::Refused(format!("unknown tool `{other}`"))),
+        }
+    }
+}
+
+/// Reads a response body up to `limit` bytes; longer bodies are cut, not buffered whole.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<(String, bool), ToolError> {
+    let mut body = Vec::new();
+    let mut cut = false;
+    while let Some(chunk) = response.chunk().await.map_err(|e| ToolError::Failed(format!("reading the response: {e}")))? {
+        let room = limit.saturating_sub(body.len());
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((String::from_utf8_lossy(&body).into_owned(), cut))
+}
+
+/// The JSON a tool returns for an HTTP response.
+fn response_value(status: u16, content_type: Option<String>, body: String, cut: bool) -> Value {
+    let json = if content_type.as_deref().is_some_and(|c| c.contains("json")) && !cut {
+        serde_json::from_str::<Value>(&body).ok()
+    } else {
+        None
+    };
+    serde_json::json!({"status": status, "content_type": content_type, "body": body, "json": json, "truncated": cut})
+}
