@@ -13,7 +13,12 @@
 
 pub mod core;
 pub mod adapters;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
 pub mod engine;
 pub mod metrics;
 pub mod store;
+pub mod telemetry;
 pub mod tools;

@@ -4,6 +4,9 @@
 use crate::core::ids::ActionId;
 use serde::{Deserialize, Serialize};
 
+/// The platform name of operators acting through the CLI.
+pub const OPERATOR_PLATFORM: &str = "cli";
+
 /// A person (or bot) acting on a platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -26,6 +29,21 @@ impl Actor {
             display: "the schedule".into(),
             is_bot: true,
         }
+    }
+
+    /// An operator acting from the command line, who may cancel any run.
+    pub fn operator(name: &str) -> Self {
+        Self {
+            platform: OPERATOR_PLATFORM.into(),
+            id: name.into(),
+            display: name.into(),
+            is_bot: false,
+        }
+    }
+
+    /// Whether this is an operator on the command line (who has the database anyway).
+    pub fn is_operator(&self) -> bool {
+        self.platform == OPERATOR_PLATFORM
     }
 
     /// Whether a configured name (`ben`, or `console:ben` to pin the platform) names this actor.

@@ -38,6 +38,8 @@ pub struct EngineSettings {
     pub poll_interval: std::time::Duration,
     /// A running run with no change for this long is listed as stalled.
     pub stall_after: Duration,
+    /// The console's address, for `{{ baton.url }}` in templates and links in chat.
+    pub base_url: String,
     /// The platform schedules post on when their channel names none.
     pub default_platform: String,
     /// How long shutdown waits for running steps.
@@ -160,7 +162,7 @@ impl Engine {
             let how = wf.slash().map(|s| format!("/{}", s.command)).unwrap_or_else(|| wf.name.clone());
             return Ok(StartOutcome::Refused(format!("You are not allowed to start {how} here.")));
         }
-        let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}});
+        let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}, "baton": {"url": self.settings.base_url}});
         let title = match &wf.title {
             Some(t) => template::render(t, &title_ctx).unwrap_or_else(|_| wf.description.clone()),
             None if !wf.description.is_empty() => wf.description.clone(),
@@ -181,7 +183,7 @@ impl Engine {
         let created = self
             .store
             .create_run(new, now, &mut |state, _def| {
-                let cx = machine::Context { workflow: &wf, tools: &catalog, now };
+                let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url };
                 machine::start(state, &cx)
             })
             .await?;
@@ -206,7 +208,7 @@ impl Engine {
                 let Some(cmd) = cmd.take() else { return Transition::default() };
                 match self.definition(def) {
                     Ok(wf) => {
-                        let cx = machine::Context { workflow: &wf, tools: &catalog, now };
+                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url };
                         machine::apply(state, cmd, &cx)
                     }
                     Err(e) => {

@@ -20,6 +20,8 @@ pub struct Context<'a> {
     pub workflow: &'a Workflow,
     pub tools: &'a ToolCatalog,
     pub now: DateTime<Utc>,
+    /// Where Baton's console is reachable, for templates (`{{ baton.url }}`) and links.
+    pub base_url: &'a str,
 }
 
 struct Apply<'a, 'b> {
@@ -152,6 +154,7 @@ impl Apply<'_, '_> {
             "steps": steps,
             "run": {"id": run.id.0, "workflow": run.workflow, "started_by": run.requested_by.display, "channel": run.conversation.channel},
             "trigger": {"event_id": run.event_id, "late": run.late},
+            "baton": {"url": self.cx.base_url},
         })
     }
 
@@ -484,7 +487,7 @@ impl Apply<'_, '_> {
     fn cancel(&mut self, actor: &Actor) {
         let run = &self.state.run;
         let own = actor.platform == run.requested_by.platform && actor.id == run.requested_by.id;
-        if !own && !self.cx.workflow.may_start(actor, &run.conversation.channel) {
+        if !own && !actor.is_operator() && !self.cx.workflow.may_start(actor, &run.conversation.channel) {
             let text = format!("You may not cancel run {}: only its requester or people allowed to start `{}` can.", run.id, run.workflow);
             let ev = self.event(AuditKind::TriggerRefused, None, json!({"action": "cancel"})).actor(actor);
             self.audit(ev);

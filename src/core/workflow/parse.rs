@@ -14,7 +14,7 @@ const DEFAULT_STEP_TIMEOUT: &str = "5m";
 /// Default time an approval waits before it expires as rejected.
 const DEFAULT_APPROVAL_TIMEOUT: &str = "24h";
 /// The roots a template may read.
-const TEMPLATE_ROOTS: [&str; 4] = ["input", "steps", "run", "trigger"];
+const TEMPLATE_ROOTS: [&str; 5] = ["input", "steps", "run", "trigger", "baton"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -671,7 +671,7 @@ fn check_template(
             ),
             (root, _) if !TEMPLATE_ROOTS.contains(&root) => r.error(
                 at,
-                format!("template reads unknown variable `{root}` (input, steps, run, trigger)"),
+                format!("template reads unknown variable `{root}` (input, steps, run, trigger, baton)"),
             ),
             _ => {}
         }

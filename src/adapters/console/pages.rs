@@ -1,0 +1,248 @@
+//! Server-rendered pages: the chat workspace shell, runs, pending approvals and the ledger.
+//! Every piece of user-supplied text goes through [`esc`].
+
+use crate::core::audit::{ChainVerifier, Verification};
+use crate::core::engine::RunStatus;
+use crate::core::ids::RunId;
+use crate::core::workflow::format_duration;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use std::fmt::Write;
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route("/assets/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }))
+        .route("/assets/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
+        .route("/runs", get(runs))
+        .route("/runs/{id}", get(run))
+        .route("/approvals", get(approvals))
+        .route("/audit", get(audit))
+}
+
+/// Escapes text for HTML bodies and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, body: &str) -> Response {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Baton</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body class=\"page\">\
+         <nav class=\"top\"><a href=\"/\">Chat</a><a href=\"/runs\">Runs</a><a href=\"/approvals\">Approvals</a><a href=\"/audit\">Audit ledger</a></nav>\
+         <main>{body}</main></body></html>",
+        esc(title)
+    ))
+    .into_response()
+}
+
+fn when(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    status: Option<String>,
+}
+
+async fn runs(State(state): State<AppState>, Query(q): Query<RunsQuery>) -> Result<Response, ApiError> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(s.parse::<RunStatus>().map_err(ApiError::BadRequest)?),
+        None => None,
+    };
+    let runs = state.engine.store().list_runs(status, 200).await?;
+    let mut body = String::from("<h1>Runs</h1><p class=\"filters\">");
+    for s in std::iter::once(None).chain(RunStatus::ALL.iter().map(Some)) {
+        let (href, label) = match s {
+            Some(s) => (format!("/runs?status={}", s.as_str()), s.label()),
+            None => ("/runs".to_owned(), "all"),
+        };
+        let _ = write!(body, "<a href=\"{href}\">{label}</a> ");
+    }
+    body.push_str("</p><table><thead><tr><th>Run</th><th>Workflow</th><th>Title</th><th>Status</th><th>Started by</th><th>Channel</th><th>Started</th><th>Took</th></tr></thead><tbody>");
+    for r in &runs {
+        let took = r.finished_at.map(|f| format_duration(f - r.created_at)).unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>#{}</td><td>{}</td><td>{took}</td></tr>",
+            esc(&r.workflow),
+            esc(&r.title),
+            esc(&r.requested_by),
+            esc(&r.channel),
+            when(r.created_at),
+            id = r.id,
+            st = esc(&r.status),
+        );
+    }
+    if runs.is_empty() {
+        body.push_str("<tr><td colspan=\"8\">No runs yet. Type a command such as <code>/demo</code> in the chat.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    Ok(page("Runs", &body))
+}
+
+async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id: RunId = id.parse().map_err(ApiError::BadRequest)?;
+    let store = state.engine.store();
+    let Some(run) = store.load_run(id).await? else {
+        return Err(ApiError::NotFound(format!("there is no run {id}")));
+    };
+    let r = &run.run;
+    let mut body = format!(
+        "<h1>Run {id}: {}</h1><dl><dt>Workflow</dt><dd>{}</dd><dt>Status</dt><dd class=\"status {st}\">{st}</dd><dt>Started by</dt><dd>{}</dd>\
+         <dt>Channel</dt><dd>{} #{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd><dt>Inputs</dt><dd><pre>{}</pre></dd>",
+        esc(&r.title),
+        esc(&r.workflow),
+        esc(&r.requested_by.display),
+        esc(&r.conversation.platform),
+        esc(&r.conversation.channel),
+        when(r.created_at),
+        r.finished_at.map(when).unwrap_or_else(|| "–".into()),
+        esc(&serde_json::to_string_pretty(&r.inputs).unwrap_or_default()),
+        st = r.status.as_str(),
+    );
+    if let Some(e) = &r.error {
+        let _ = write!(body, "<dt>Note</dt><dd>{}</dd>", esc(e));
+    }
+    if let Some(root) = store.message_ref(&crate::core::ids::MessageKey::root(id)).await?
+        && r.conversation.platform == "console"
+    {
+        let _ = write!(body, "<dt>Thread</dt><dd><a href=\"/#{}/{}\">open the thread in the chat</a></dd>", esc(&r.conversation.channel), esc(&root));
+    }
+    body.push_str("</dl><h2>Steps</h2><table><thead><tr><th>Step</th><th>Status</th><th>Attempts</th><th>Took</th><th>Output or error</th></tr></thead><tbody>");
+    for (step, s) in &run.steps {
+        let took = match (s.started_at, s.finished_at) {
+            (Some(a), Some(b)) => format_duration(b - a),
+            _ => String::new(),
+        };
+        let out = match (&s.error, &s.output) {
+            (Some(e), _) => esc(e),
+            (None, Some(o)) => format!("<pre>{}</pre>", esc(&serde_json::to_string_pretty(o).unwrap_or_default())),
+            _ => String::new(),
+        };
+        let _ = write!(body, "<tr><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>{took}</td><td>{out}</td></tr>", esc(step), s.attempt, st = s.status.as_str());
+    }
+    body.push_str("</tbody></table><h2>Attempts</h2><table><thead><tr><th>Step</th><th>#</th><th>Status</th><th>Started</th><th>Finished</th><th>Input</th></tr></thead><tbody>");
+    for a in store.attempts(id).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            esc(&a.step),
+            a.attempt,
+            when(a.started_at),
+            a.finished_at.map(when).unwrap_or_default(),
+            esc(&serde_json::to_string(&a.input).unwrap_or_default()),
+            st = esc(&a.status),
+        );
+    }
+    body.push_str("</tbody></table><h2>Messages</h2><table><thead><tr><th>Key</th><th>Op</th><th>Status</th><th>Tries</th><th>Error</th></tr></thead><tbody>");
+    for o in store.outbox_of_run(id).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>{}</td></tr>",
+            esc(&o.key),
+            esc(&o.op),
+            o.attempts,
+            esc(o.last_error.as_deref().unwrap_or("")),
+            st = esc(&o.status),
+        );
+    }
+    body.push_str("</tbody></table><h2>Ledger</h2>");
+    audit_table(&mut body, &store.audit_recent(Some(id), 500).await?);
+    Ok(page(&format!("Run {id}"), &body))
+}
+
+async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let pending = state.engine.store().pending_approvals().await?;
+    let mut body = String::from("<h1>Pending approvals</h1><table><thead><tr><th>Run</th><th>Workflow</th><th>Step</th><th>Approvers</th><th>Waiting for</th><th>Expires</th><th>What</th></tr></thead><tbody>");
+    for p in &pending {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/runs/{run}\">{run}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            esc(&p.workflow),
+            esc(&p.step),
+            esc(&p.approvers.join(", ")),
+            format_duration(now - p.requested_at),
+            when(p.expires_at),
+            esc(&p.summary),
+            run = p.run,
+        );
+    }
+    if pending.is_empty() {
+        body.push_str("<tr><td colspan=\"7\">Nothing is waiting for a decision.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    Ok(page("Approvals", &body))
+}
+
+async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let store = state.engine.store();
+    let verification = verify(store.as_ref()).await?;
+    let mut body = String::from("<h1>Audit ledger</h1>");
+    match verification {
+        Verification::Intact { entries } => {
+            let _ = write!(body, "<p class=\"verify ok\" id=\"verification\">Intact: {entries} entries, every hash checks out.</p>");
+        }
+        Verification::Broken { seq, reason } => {
+            let _ = write!(body, "<p class=\"verify broken\" id=\"verification\">Broken at entry {seq}: {}</p>", esc(&reason));
+        }
+    }
+    body.push_str("<p>The newest 500 entries. <code>baton audit export</code> writes them all as JSON Lines.</p>");
+    audit_table(&mut body, &store.audit_recent(None, 500).await?);
+    Ok(page("Audit ledger", &body))
+}
+
+/// Walks the whole chain in pages.
+pub async fn verify(store: &dyn crate::store::Store) -> Result<Verification, crate::store::StoreError> {
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_page(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        page.iter().for_each(|e| v.push(e));
+    }
+    Ok(v.finish())
+}
+
+fn audit_table(body: &mut String, entries: &[crate::core::audit::AuditEntry]) {
+    body.push_str("<table class=\"audit\"><thead><tr><th>#</th><th>At</th><th>Kind</th><th>Run</th><th>Step</th><th>Actor</th><th>Data</th><th>Hash</th></tr></thead><tbody>");
+    for e in entries {
+        let run = e.run.map(|r| format!("<a href=\"/runs/{r}\">{r}</a>")).unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{run}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code title=\"{h}\">{}</code></td></tr>",
+            e.seq,
+            when(e.at),
+            esc(&e.kind),
+            esc(e.step.as_deref().unwrap_or("")),
+            esc(e.actor.as_deref().unwrap_or("")),
+            esc(&e.data),
+            esc(&e.hash[..12.min(e.hash.len())]),
+            h = esc(&e.hash),
+        );
+    }
+    body.push_str("</tbody></table>");
+}

@@ -1,0 +1,89 @@
+//! Wiring: settings in, a running bot out. `run` serves on a listener the caller bound, so tests
+//! run the real app on port 0.
+
+use crate::adapters::Platform;
+use crate::adapters::console::Console;
+use crate::config::Settings;
+use crate::core::audit::Redactor;
+use crate::core::clock::Clock;
+use crate::core::tools::ToolCatalog;
+use crate::core::workflow::{Severity, WorkflowSet, load_dir};
+use crate::engine::{Engine, EngineSettings};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+use crate::tools::ToolBox;
+use anyhow::{Context as _, bail};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Loads and checks the workflows; any error stops start-up with every problem listed.
+pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Result<WorkflowSet> {
+    let dir = &settings.commands_dir;
+    let (set, diagnostics) = load_dir(dir, catalog).with_context(|| format!("BATON_COMMANDS_DIR: cannot read {}", dir.display()))?;
+    let errors: Vec<String> = diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
+    for d in diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
+        tracing::warn!("{d}");
+    }
+    if !errors.is_empty() {
+        bail!("the workflows in {} have {} error(s):\n{}\n(`baton check` lists them too)", dir.display(), errors.len(), errors.join("\n"));
+    }
+    Ok(set)
+}
+
+/// Opens the store named by the settings.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    store::open(settings.database_url.expose(), Redactor::new(settings.secrets())).await
+}
+
+/// The engine with its store, without platforms or background loops: what the CLI needs to
+/// apply a command.
+pub async fn engine_for_cli(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
+    let catalog = Arc::new(ToolCatalog::builtin());
+    let workflows = Arc::new(load_workflows(settings, &catalog).unwrap_or_default());
+    let store = open_store(settings).await?;
+    let engine_settings = engine_settings(settings, settings.http_addr);
+    let tools = Arc::new(ToolBox::new(settings.tool_settings(&engine_settings.base_url))?);
+    Ok(Engine::new(store, workflows, catalog, tools, clock, engine_settings, Arc::new(Metrics::default()), vec![]))
+}
+
+fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> EngineSettings {
+    EngineSettings {
+        base_url: settings.public_url.clone().unwrap_or_else(|| format!("http://{listening}")),
+        workers: settings.workers,
+        poll_interval: settings.poll_interval,
+        stall_after: settings.stall_after,
+        default_platform: "console".into(),
+        shutdown_grace: settings.shutdown_grace,
+    }
+}
+
+/// Runs the bot until `shutdown` resolves, then stops taking events, lets running steps finish
+/// (within the grace period) and flushes the outbox.
+pub async fn run(settings: Settings, listener: TcpListener, clock: Arc<dyn Clock>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let catalog = Arc::new(ToolCatalog::builtin());
+    let workflows = Arc::new(load_workflows(&settings, &catalog)?);
+    let store = open_store(&settings).await?;
+    let addr = listener.local_addr()?;
+    let engine_settings = engine_settings(&settings, addr);
+    let tools = Arc::new(ToolBox::new(settings.tool_settings(&engine_settings.base_url))?);
+    let metrics = Arc::new(Metrics::default());
+    let console = Console::new(store.clone(), clock.clone());
+    console.healthcheck().await.context("the console's store does not answer")?;
+    let platforms: Vec<Arc<dyn Platform>> = vec![console.clone()];
+    let engine = Engine::new(store, workflows.clone(), catalog, tools, clock.clone(), engine_settings, metrics.clone(), platforms);
+    let background = engine.start_background().await.context("could not resume the runs that were under way")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = AppState { engine, console, settings: Arc::new(settings), metrics, clock, shutdown: stop_rx };
+    tracing::info!(%addr, workflows = workflows.len(), "Baton is up: open http://{addr} for the console");
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new events; finishing running steps");
+        let _ = stop_tx.send(true);
+    });
+    server.await.context("the HTTP server stopped")?;
+    background.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The command line: `baton` runs the bot; the subcommands check workflows, inspect and cancel
+//! runs, verify and export the ledger, and apply migrations.
+
+use crate::adapters::console::pages::verify;
+use crate::app;
+use crate::config::Settings;
+use crate::core::audit::Verification;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::engine::{Command, RunStatus};
+use crate::core::event::Actor;
+use crate::core::ids::RunId;
+use crate::core::tools::ToolCatalog;
+use crate::core::workflow::{Severity, load_dir};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Baton: durable chat-ops workflows with approvals and an audit ledger.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the bot (the default): console, workflows, schedules.
+    Run,
+    /// Validate every workflow file; errors name the file and line.
+    Check {
+        /// The workflow directory (default: BATON_COMMANDS_DIR or ./commands).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Inspect and cancel runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCmd,
+    },
+    /// Verify or export the audit ledger.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+    /// Create or update the database schema, then exit.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// List recent runs.
+    List {
+        /// Only runs with this status (running, waiting_approval, succeeded, failed, rejected, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one run: steps, attempts, approvals.
+    Show { run: String },
+    /// Cancel a run. The bot posts the cancellation in its thread.
+    Cancel {
+        run: String,
+        /// Who is cancelling, for the ledger.
+        #[arg(long = "as", default_value = "operator")]
+        operator: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Walk the hash chain; report intact or the first broken entry (exit code 1).
+    Verify,
+    /// Write every entry as JSON Lines.
+    Export {
+        /// File to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `baton check`: prints every diagnostic; returns whether there were no errors.
+pub fn check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<bool> {
+    let dir = dir.unwrap_or_else(|| settings.commands_dir.clone());
+    let (set, diagnostics) = load_dir(&dir, &ToolCatalog::builtin()).with_context(|| format!("cannot read {}", dir.display()))?;
+    for d in &diagnostics {
+        eprintln!("{d}");
+    }
+    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    if errors == 0 {
+        println!("{}: {} workflow(s) OK", dir.display(), set.len());
+    } else {
+        eprintln!("{}: {errors} error(s)", dir.display());
+    }
+    Ok(errors == 0)
+}
+
+pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let engine = app::engine_for_cli(settings, clock).await?;
+    let store = engine.store().clone();
+    let mut out = std::io::stdout().lock();
+    match command {
+        RunsCmd::List { status, limit } => {
+            let status = status.map(|s| s.parse::<RunStatus>()).transpose().map_err(anyhow::Error::msg)?;
+            writeln!(out, "{:>6}  {:<18} {:<17} {:<20} {:<10} TITLE", "RUN", "WORKFLOW", "STATUS", "STARTED", "BY")?;
+            for r in store.list_runs(status, limit).await? {
+                writeln!(out, "{:>6}  {:<18} {:<17} {:<20} {:<10} {}", r.id, r.workflow, r.status, r.created_at.format("%Y-%m-%d %H:%M:%S"), r.requested_by, r.title)?;
+            }
+        }
+        RunsCmd::Show { run } => {
+            let id: RunId = run.parse().map_err(anyhow::Error::msg)?;
+            let state = store.load_run(id).await?.with_context(|| format!("there is no run {id}"))?;
+            let r = &state.run;
+            writeln!(out, "run {id}: {}\nworkflow: {}\nstatus:   {}\nstarted:  {} by {} in {} #{}", r.title, r.workflow, r.status, r.created_at, r.requested_by.display, r.conversation.platform, r.conversation.channel)?;
+            if let Some(f) = r.finished_at {
+                writeln!(out, "finished: {f}")?;
+            }
+            writeln!(out, "inputs:   {}", serde_json::Value::Object(r.inputs.clone()))?;
+            writeln!(out, "\nsteps:")?;
+            for (step, s) in &state.steps {
+                writeln!(out, "  {step:<16} {:<10} attempts={} {}", s.status, s.attempt, s.error.as_deref().unwrap_or(""))?;
+            }
+            writeln!(out, "\nattempts:")?;
+            for a in store.attempts(id).await? {
+                writeln!(out, "  {:<16} #{} {:<10} {}", a.step, a.attempt, a.status, a.started_at)?;
+            }
+            for (step, a) in &state.approvals {
+                let by = a.decided_by.as_ref().map(|x| x.display.clone()).unwrap_or_default();
+                writeln!(out, "\napproval {step}: {} {by} (approvers: {})", a.status, a.approvers.join(", "))?;
+            }
+        }
+        RunsCmd::Cancel { run, operator } => {
+            let id: RunId = run.parse().map_err(anyhow::Error::msg)?;
+            let notice = engine.submit(id, Command::Cancel { actor: Actor::operator(&operator) }).await?;
+            writeln!(out, "{}", notice.unwrap_or_else(|| format!("Run {id} cancelled.")))?;
+        }
+    }
+    Ok(())
+}
+
+/// `baton audit …`; returns false when verification found a break.
+pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<bool> {
+    let store = app::open_store(settings).await?;
+    match command {
+        AuditCmd::Verify => match verify(store.as_ref()).await? {
+            Verification::Intact { entries } => {
+                println!("intact: {entries} entries, every hash checks out");
+                Ok(true)
+            }
+            Verification::Broken { seq, reason } => {
+                println!("broken at entry {seq}: {reason}");
+                Ok(false)
+            }
+        },
+        AuditCmd::Export { out } => {
+            let mut sink: Box<dyn Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut after = 0;
+            let mut count = 0u64;
+            loop {
+                let page = store.audit_page(after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for e in &page {
+                    serde_json::to_writer(&mut sink, e)?;
+                    sink.write_all(b"\n")?;
+                    count += 1;
+                }
+            }
+            sink.flush()?;
+            if let Some(path) = out {
+                eprintln!("wrote {count} entries to {}", path.display());
+            }
+            Ok(true)
+        }
+    }
+}
+
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    app::open_store(settings).await?;
+    println!("database is up to date");
+    Ok(())
+}

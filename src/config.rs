@@ -1,0 +1,248 @@
+//! Settings: defaults, then the environment (with `.env` loaded into it by `main`), then
+//! `validate`. Every setting is listed with a comment in `.env.example`.
+
+use crate::tools::{HostAllowList, ToolSettings};
+use chrono::Duration;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A value that must not reach logs. Debug and Display print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting that is wrong, named so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting Baton reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`: where runs and the ledger live.
+    pub database_url: Secret,
+    /// `BATON_HTTP_ADDR`: console, health, metrics and webhooks.
+    pub http_addr: SocketAddr,
+    /// `BATON_PUBLIC_URL`: how people reach the console, for links in chat. Unset, it is the
+    /// address the server actually listens on.
+    pub public_url: Option<String>,
+    /// `BATON_COMMANDS_DIR`: the workflow files.
+    pub commands_dir: PathBuf,
+    /// `BATON_CONSOLE_TOKEN`: required when the console is bound beyond loopback.
+    pub console_token: Option<Secret>,
+    /// `BATON_CONSOLE_USERS`: the people one can act as in the console.
+    pub console_users: Vec<String>,
+    /// `BATON_CONSOLE_CHANNELS`: channels the console shows besides those workflows name.
+    pub console_channels: Vec<String>,
+    /// `BATON_LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// `BATON_LOG`: a tracing filter such as `info` or `baton=debug`.
+    pub log_filter: String,
+    /// `BATON_WORKERS`: step attempts running at once.
+    pub workers: usize,
+    /// `BATON_POLL_INTERVAL`: how often timers, schedules and the outbox are checked.
+    pub poll_interval: std::time::Duration,
+    /// `BATON_STALL_AFTER`: a running run with no progress this long is listed as stalled.
+    pub stall_after: Duration,
+    /// `BATON_SHUTDOWN_GRACE`: how long shutdown waits for running steps.
+    pub shutdown_grace: std::time::Duration,
+    /// `BATON_HTTP_ALLOW` and `BATON_HTTP_ALLOW_PRIVATE`.
+    pub http_allow: HostAllowList,
+    /// `BATON_WEBHOOKS`: `name=url` pairs.
+    pub webhooks: BTreeMap<String, Secret>,
+    /// `BATON_SECRETS`: extra values to redact from the ledger and logs.
+    pub extra_secrets: Vec<Secret>,
+}
+
+impl Settings {
+    /// Reads settings through `get` (the process environment in production, a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let list = |k: &str, default: &str| -> Vec<String> {
+            var(k).unwrap_or_else(|| default.to_owned()).split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        };
+        let http_addr: SocketAddr = parse("BATON_HTTP_ADDR", var("BATON_HTTP_ADDR").as_deref().unwrap_or("127.0.0.1:8080"), |s| {
+            s.parse().map_err(|_| "must be an address and port, like 127.0.0.1:8080".to_string())
+        })?;
+        let duration = |k: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            let text = var(k).unwrap_or_else(|| default.to_owned());
+            if let Some(ms) = text.strip_suffix("ms") {
+                return ms.parse::<i64>().ok().filter(|n| *n > 0).map(Duration::milliseconds).ok_or_else(|| ConfigError {
+                    setting: k,
+                    problem: format!("`{text}` is not a duration like 500ms, 30s or 5m"),
+                });
+            }
+            crate::core::workflow::parse_duration(&text).map_err(|problem| ConfigError { setting: k, problem })
+        };
+        let console_token = var("BATON_CONSOLE_TOKEN").map(Secret::new);
+        if !http_addr.ip().is_loopback() && console_token.is_none() {
+            return Err(ConfigError {
+                setting: "BATON_CONSOLE_TOKEN",
+                problem: format!("must be set when BATON_HTTP_ADDR ({http_addr}) is not a loopback address, so the console is not open to the network"),
+            });
+        }
+        if let Some(t) = &console_token
+            && t.expose().len() < 16
+        {
+            return Err(ConfigError { setting: "BATON_CONSOLE_TOKEN", problem: "must be at least 16 characters".into() });
+        }
+        let public_url = var("BATON_PUBLIC_URL");
+        let mut webhooks = BTreeMap::new();
+        match var("BATON_WEBHOOKS") {
+            Some(text) => {
+                for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let Some((name, url)) = pair.split_once('=') else {
+                        return Err(ConfigError { setting: "BATON_WEBHOOKS", problem: format!("`{}` is not name=url", pair.split('=').next().unwrap_or_default()) });
+                    };
+                    let parsed = reqwest::Url::parse(url.trim()).map_err(|_| ConfigError { setting: "BATON_WEBHOOKS", problem: format!("the URL for `{name}` is not a valid URL") })?;
+                    if !matches!(parsed.scheme(), "http" | "https") {
+                        return Err(ConfigError { setting: "BATON_WEBHOOKS", problem: format!("the URL for `{name}` must be http or https") });
+                    }
+                    webhooks.insert(name.trim().to_owned(), Secret::new(url.trim()));
+                }
+            }
+            // Out of the box, `pager` is the console's own inbox (see `tool_settings`), so the
+            // example workflows work with nothing else running.
+            None => {}
+        }
+        let workers = parse("BATON_WORKERS", var("BATON_WORKERS").as_deref().unwrap_or("8"), |s| {
+            s.parse::<usize>().ok().filter(|n| (1..=256).contains(n)).ok_or_else(|| "must be a whole number from 1 to 256".to_string())
+        })?;
+        let log_format = match var("BATON_LOG_FORMAT").as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError { setting: "BATON_LOG_FORMAT", problem: format!("`{other}` is neither text nor json") }),
+        };
+        let allow_private = match var("BATON_HTTP_ALLOW_PRIVATE").as_deref().unwrap_or("false") {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => return Err(ConfigError { setting: "BATON_HTTP_ALLOW_PRIVATE", problem: format!("`{other}` is neither true nor false") }),
+        };
+        let database_url = var("DATABASE_URL").unwrap_or_else(|| "sqlite://baton.db".to_owned());
+        if !database_url.starts_with("sqlite:") && !database_url.starts_with("postgres") {
+            return Err(ConfigError { setting: "DATABASE_URL", problem: "must start with sqlite: (or postgres: in a later version)".into() });
+        }
+        let to_std = |d: Duration| d.to_std().unwrap_or_default();
+        Ok(Self {
+            database_url: Secret::new(database_url),
+            http_addr,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            commands_dir: PathBuf::from(var("BATON_COMMANDS_DIR").unwrap_or_else(|| "./commands".into())),
+            console_token,
+            console_users: list("BATON_CONSOLE_USERS", "ana,ben,cy,dee"),
+            console_channels: list("BATON_CONSOLE_CHANNELS", "general"),
+            log_format,
+            log_filter: var("BATON_LOG").unwrap_or_else(|| "info".into()),
+            workers,
+            poll_interval: to_std(duration("BATON_POLL_INTERVAL", "1s")?),
+            stall_after: duration("BATON_STALL_AFTER", "1h")?,
+            shutdown_grace: to_std(duration("BATON_SHUTDOWN_GRACE", "10s")?),
+            http_allow: HostAllowList { hosts: list("BATON_HTTP_ALLOW", "127.0.0.1"), allow_private },
+            webhooks,
+            extra_secrets: list("BATON_SECRETS", "").into_iter().map(Secret::new).collect(),
+        })
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Every secret value, for the ledger's redactor.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.webhooks.values().map(|s| s.expose().to_owned()).collect();
+        out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
+        out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));
+        // A database URL carries a password only with a scheme like postgres://user:pw@host.
+        if let Ok(u) = reqwest::Url::parse(self.database_url.expose())
+            && let Some(pw) = u.password()
+        {
+            out.push(pw.to_owned());
+        }
+        out
+    }
+
+    /// Tool settings for a server reachable at `base_url`. With no `BATON_WEBHOOKS`, the
+    /// `pager` endpoint is the console's inbox.
+    pub fn tool_settings(&self, base_url: &str) -> ToolSettings {
+        let mut webhooks: BTreeMap<String, String> = self.webhooks.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect();
+        if webhooks.is_empty() {
+            let token = self.console_token.as_ref().map(|t| format!("?token={}", t.expose())).unwrap_or_default();
+            webhooks.insert("pager".into(), format!("{base_url}/inbox/pager{token}"));
+        }
+        ToolSettings { http_allow: self.http_allow.clone(), webhooks }
+    }
+}
+
+fn parse<T>(setting: &'static str, text: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    f(text).map_err(|problem| ConfigError { setting, problem: format!("`{text}` {problem}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn every_default_works() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database_url.expose(), "sqlite://baton.db");
+        assert_eq!(s.commands_dir, PathBuf::from("./commands"));
+        assert!(s.tool_settings("http://127.0.0.1:8080").webhooks["pager"].ends_with("/inbox/pager"));
+    }
+
+    #[test]
+    fn a_bad_setting_names_itself() {
+        for (k, v) in [("BATON_HTTP_ADDR", "nowhere"), ("BATON_WORKERS", "0"), ("BATON_LOG_FORMAT", "xml"), ("BATON_WEBHOOKS", "pager"), ("DATABASE_URL", "mysql://x"), ("BATON_POLL_INTERVAL", "soon")] {
+            let err = settings(&[(k, v)]).unwrap_err();
+            assert_eq!(err.setting, k, "{err}");
+        }
+    }
+
+    #[test]
+    fn binding_beyond_loopback_requires_a_console_token() {
+        let err = settings(&[("BATON_HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
+        assert_eq!(err.setting, "BATON_CONSOLE_TOKEN");
+        assert!(settings(&[("BATON_HTTP_ADDR", "0.0.0.0:8080"), ("BATON_CONSOLE_TOKEN", "0123456789abcdef")]).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = settings(&[("BATON_WEBHOOKS", "pager=https://hooks.example.com/T0/secret-path")]).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("secret-path"), "{shown}");
+        assert!(s.secrets().iter().any(|x| x.contains("secret-path")));
+    }
+}

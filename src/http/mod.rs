@@ -1,0 +1,121 @@
+//! The HTTP server: the console and its API, the webhook inbox, `/healthz`, `/readyz` and
+//! `/metrics`, on one address.
+
+pub mod error;
+
+use crate::adapters::console::{self, Console};
+use crate::config::Settings;
+use crate::core::clock::Clock;
+use crate::engine::Engine;
+use crate::metrics::{self, Metrics};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Largest request body accepted anywhere.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Shared state for every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub console: Arc<Console>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    /// Turns true when the server is shutting down; long-lived streams end on it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let open = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let guarded = console::inbound::routes()
+        .merge(console::pages::routes())
+        .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    open.merge(guarded).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state)
+}
+
+/// With `BATON_CONSOLE_TOKEN` set, every guarded route needs it: as a bearer token, as the
+/// `baton_token` cookie, or once as `?token=` (which sets the cookie).
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.settings.console_token else {
+        return next.run(request).await;
+    };
+    let expected = token.expose();
+    let headers = request.headers();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = cookie_value(headers, "baton_token");
+    let query = request.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")));
+    let ok = |v: Option<&str>| v.is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+    if ok(bearer) || ok(cookie.as_deref()) {
+        return next.run(request).await;
+    }
+    if ok(query) {
+        let mut response = next.run(request).await;
+        let cookie = format!("baton_token={expected}; HttpOnly; SameSite=Strict; Path=/");
+        if let Ok(v) = cookie.parse() {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+        return response;
+    }
+    error::ApiError::Unauthorized.into_response()
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, error::ApiError> {
+    let m = state.engine.store().metrics().await?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP {} Runs by status.", metrics::RUNS);
+    let _ = writeln!(out, "# TYPE {} gauge", metrics::RUNS);
+    for status in crate::core::engine::RunStatus::ALL {
+        let n = m.runs_by_status.iter().find(|(s, _)| s == status.as_str()).map(|(_, n)| *n).unwrap_or(0);
+        let _ = writeln!(out, "{}{{status=\"{}\"}} {n}", metrics::RUNS, status.as_str());
+    }
+    for (name, help, value) in [
+        (metrics::APPROVALS_PENDING, "Approvals waiting for a decision.", m.approvals_pending),
+        (metrics::OUTBOX_DEPTH, "Outgoing messages not yet delivered.", m.outbox_pending),
+        (metrics::OUTBOX_FAILED, "Outgoing messages given up on.", m.outbox_failed),
+        (metrics::AUDIT_ENTRIES, "Entries in the audit ledger.", m.audit_entries),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    state.metrics.render(&mut out);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
