@@ -258,12 +258,13 @@ impl Apply<'_, '_> {
         }
     }
 
-    /// Posts text for a step: into `channel` when given, else into the run's thread.
+    /// Posts text for a step: as a new message in `channel` when the workflow names one (even
+    /// the run's own channel), else as a reply in the run's thread.
     fn post_to(&mut self, id: &str, channel: Option<&str>, text: &str) {
         let message = OutMessage { text: text.to_owned(), ..Default::default() };
         let key = MessageKey::of(self.state.run.id, &format!("post:{id}"));
         let to = match channel {
-            Some(c) if c != self.state.run.conversation.channel => Destination {
+            Some(c) => Destination {
                 platform: self.state.run.conversation.platform.clone(),
                 channel: c.to_owned(),
                 thread: None,
