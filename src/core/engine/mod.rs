@@ -7,6 +7,9 @@ pub mod render;
 pub mod state;
 
 pub use machine::{Context, apply, start};
+
+#[cfg(test)]
+mod tests;
 pub use state::*;
 
 use crate::core::audit::AuditEvent;

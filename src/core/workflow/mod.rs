@@ -3,6 +3,8 @@
 
 mod duration;
 mod parse;
+#[cfg(test)]
+mod tests;
 
 pub use duration::{format_duration, parse_duration};
 pub use parse::{load_dir, parse_workflow};

@@ -745,6 +745,7 @@ pub fn load_dir(dir: &Path, tools: &ToolCatalog) -> std::io::Result<(WorkflowSet
             });
             continue;
         }
+        let mut clash = false;
         for t in &wf.triggers {
             if let Trigger::Slash(s) = t {
                 let line = line_of_command(&text, &s.command);
@@ -759,12 +760,15 @@ pub fn load_dir(dir: &Path, tools: &ToolCatalog) -> std::io::Result<(WorkflowSet
                             first.display()
                         ),
                     });
+                    clash = true;
                 } else {
                     commands.insert(s.command.clone(), (file.clone(), line));
                 }
             }
         }
-        workflows.push(wf);
+        if !clash {
+            workflows.push(wf);
+        }
     }
     Ok((WorkflowSet::new(workflows), diagnostics))
 }

@@ -1,0 +1,121 @@
+//! `baton check`: every kind of error, with the line it points at.
+
+use super::*;
+use crate::core::tools::ToolCatalog;
+use std::path::Path;
+
+fn diagnostics(text: &str) -> Vec<(usize, String)> {
+    let (_, diags) = parse_workflow(Path::new("w.toml"), text, &ToolCatalog::builtin());
+    diags.into_iter().filter(|d| d.severity == Severity::Error).map(|d| (d.line, d.message)).collect()
+}
+
+fn assert_error(text: &str, line: usize, needle: &str) {
+    let d = diagnostics(text);
+    assert!(d.iter().any(|(l, m)| *l == line && m.contains(needle)), "wanted line {line} `{needle}`, got {d:?}");
+}
+
+const HEAD: &str = "name = \"w\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"w\"\n";
+
+#[test]
+fn a_valid_workflow_has_no_errors() {
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"{{{{ input.text }}}}\"\n");
+    assert!(diagnostics(&text).is_empty(), "{:?}", diagnostics(&text));
+}
+
+#[test]
+fn an_unknown_step_in_needs_points_at_the_need() {
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"ghost\"]\n");
+    assert_error(&text, 9, "needs unknown step `ghost`");
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"b\"]\n[[step]]\nid = \"b\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"a\"]\n");
+    assert_error(&text, 6, "steps form a cycle: a -> b -> a");
+}
+
+#[test]
+fn a_bad_regex_points_at_the_pattern() {
+    let text = "name = \"w\"\n[[trigger]]\nkind = \"message\"\npattern = '(unclosed'\n[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
+    assert_error(text, 4, "bad regex");
+}
+
+#[test]
+fn a_bad_cron_or_time_zone_points_at_the_field() {
+    let text = "name = \"w\"\n[[trigger]]\nkind = \"schedule\"\ncron = \"99 * * * *\"\ntimezone = \"Mars/Olympus\"\nchannel = \"general\"\n[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
+    assert_error(text, 4, "bad cron");
+    assert_error(text, 5, "unknown time zone `Mars/Olympus`");
+}
+
+#[test]
+fn templates_may_only_read_known_inputs_and_steps_they_need() {
+    let text = format!(
+        "{HEAD}args = [{{ name = \"who\" }}]\n[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"{{{{ input.whom }}}}\"\n[[step]]\nid = \"b\"\nkind = \"notify\"\ntext = \"{{{{ steps.a.output.text }}}} {{{{ steps.zz.output }}}} {{{{ secrets.key }}}}\"\n"
+    );
+    assert_error(&text, 9, "unknown input `whom`");
+    assert_error(&text, 13, "step `b` reads step `a` but does not need it");
+    assert_error(&text, 13, "unknown step `zz`");
+    assert_error(&text, 13, "unknown variable `secrets`");
+}
+
+#[test]
+fn a_template_that_does_not_parse_is_an_error() {
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"{{{{ oops\"\n");
+    assert_error(&text, 8, "template does not parse");
+}
+
+#[test]
+fn an_unknown_tool_lists_the_known_ones() {
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"shell.exec\"\n");
+    assert_error(&text, 8, "unknown tool `shell.exec` (known: http.get, webhook.post)");
+}
+
+#[test]
+fn an_external_tool_needs_an_approval_before_it_unless_auto() {
+    let step = "[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"webhook.post\"\nwith = { endpoint = \"x\", body = {} }\n";
+    assert_error(&format!("{HEAD}{step}"), 5, "external tool `webhook.post` with no approval step before it");
+    let auto = format!("{HEAD}{step}[tools.\"webhook.post\"]\nauto = true\n");
+    assert!(diagnostics(&auto).is_empty(), "{:?}", diagnostics(&auto));
+}
+
+#[test]
+fn unknown_fields_and_kinds_are_errors_not_silently_ignored() {
+    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntxt = \"x\"\n"), 8, "unknown field `txt`");
+    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"teleport\"\n"), 7, "unknown step kind `teleport`");
+    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"agent\"\n"), 7, "not available in this version");
+}
+
+#[test]
+fn duplicate_commands_across_files_are_reported_with_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
+    std::fs::write(dir.path().join("a.toml"), format!("name = \"one\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}")).unwrap();
+    std::fs::write(dir.path().join("b.toml"), format!("name = \"two\"\n\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}")).unwrap();
+    let (set, diags) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
+    let d = diags.iter().find(|d| d.message.contains("command `/go` is also declared")).expect("duplicate reported");
+    assert!(d.file.ends_with("b.toml") && d.line == 5, "{d}");
+    assert!(d.message.contains("a.toml:4"), "{d}");
+    assert_eq!(set.len(), 1);
+}
+
+#[test]
+fn the_shipped_examples_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("commands");
+    let (set, diags) = load_dir(&dir, &ToolCatalog::builtin()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    for name in ["demo", "incident", "daily-digest"] {
+        assert!(set.get(name).is_some(), "{name} missing");
+    }
+}
+
+#[test]
+fn schedule_slots_follow_daylight_saving_time() {
+    let text = "name = \"w\"\n[[trigger]]\nkind = \"schedule\"\ncron = \"0 9 * * *\"\ntimezone = \"Europe/Berlin\"\nchannel = \"general\"\n[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
+    let (wf, _) = parse_workflow(Path::new("w.toml"), text, &ToolCatalog::builtin());
+    let Trigger::Schedule(s) = &wf.unwrap().triggers[0] else { panic!() };
+    let utc = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&chrono::Utc);
+    // 09:00 Berlin is 08:00 UTC in winter and 07:00 UTC in summer (the switch was 2026-03-29).
+    assert_eq!(s.latest_slot(utc("2026-03-27T09:00:00Z"), utc("2026-03-28T12:00:00Z")), Some(utc("2026-03-28T08:00:00Z")));
+    assert_eq!(s.latest_slot(utc("2026-03-28T09:00:00Z"), utc("2026-03-29T12:00:00Z")), Some(utc("2026-03-29T07:00:00Z")));
+    assert_eq!(s.latest_slot(utc("2026-03-29T07:00:00Z"), utc("2026-03-29T12:00:00Z")), None, "a slot fires once");
+}
