@@ -134,6 +134,9 @@ CREATE TABLE console_messages (
     author     TEXT    NOT NULL,
     is_bot     INTEGER NOT NULL,
     body       TEXT    NOT NULL,
+    -- The outbox entry that posted it: delivering the same entry again after a crash finds
+    -- this message instead of posting a second one.
+    outbox_id  INTEGER UNIQUE,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );

@@ -211,7 +211,9 @@ pub struct ConsoleMessage {
 /// The console platform's own chat history.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
-    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<ConsoleMessage>;
+    /// Posts a message. With `outbox_id`, posting the same outbox entry again returns the
+    /// message already posted for it.
+    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, outbox_id: Option<i64>, now: DateTime<Utc>) -> StoreResult<ConsoleMessage>;
     async fn console_edit(&self, id: i64, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<Option<ConsoleMessage>>;
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>>;
     /// The newest top-level messages of a channel, oldest first.

@@ -798,15 +798,21 @@ const CONSOLE_SELECT: &str = "SELECT m.*, (SELECT COUNT(*) FROM console_messages
 
 #[async_trait]
 impl ConsoleStore for SqliteStore {
-    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<ConsoleMessage> {
+    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, outbox_id: Option<i64>, now: DateTime<Utc>) -> StoreResult<ConsoleMessage> {
         let id: i64 = {
             let _guard = self.write.lock().await;
-            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id")
+            if let Some(o) = outbox_id
+                && let Some(r) = sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?").bind(o).fetch_optional(&self.pool).await?
+            {
+                return self.console_get(r.get("id")).await?.ok_or_else(|| StoreError::Corrupt("message vanished".into()));
+            }
+            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
                 .bind(channel)
                 .bind(thread_id)
                 .bind(author)
                 .bind(is_bot as i64)
                 .bind(serde_json::to_string(message)?)
+                .bind(outbox_id)
                 .bind(ms(now))
                 .bind(ms(now))
                 .fetch_one(&self.pool)

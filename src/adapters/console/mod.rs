@@ -52,7 +52,7 @@ impl Console {
 
     /// Stores a message and tells every open console.
     pub async fn post(&self, channel: &str, thread: Option<i64>, author: &str, is_bot: bool, message: &OutMessage) -> anyhow::Result<ConsoleMessage> {
-        let m = self.store.console_post(channel, thread, author, is_bot, message, self.clock.now()).await?;
+        let m = self.store.console_post(channel, thread, author, is_bot, message, None, self.clock.now()).await?;
         self.announce(&m).await;
         Ok(m)
     }
@@ -85,7 +85,7 @@ impl Platform for Console {
                     Some(r) => Some(r.parse::<i64>().map_err(|_| DeliveryError::Permanent(format!("bad thread reference `{r}`")))?),
                     None => None,
                 };
-                let m = self.store.console_post(&entry.channel, thread, BOT_NAME, true, &entry.message, self.clock.now()).await.map_err(transient)?;
+                let m = self.store.console_post(&entry.channel, thread, BOT_NAME, true, &entry.message, Some(entry.id), self.clock.now()).await.map_err(transient)?;
                 self.announce(&m).await;
                 Ok(m.id.to_string())
             }
