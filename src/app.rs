@@ -21,36 +21,70 @@ use tokio::net::TcpListener;
 /// Loads and checks the workflows; any error stops start-up with every problem listed.
 pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Result<WorkflowSet> {
     let dir = &settings.commands_dir;
-    let (set, diagnostics) = load_dir(dir, catalog).with_context(|| format!("BATON_COMMANDS_DIR: cannot read {}", dir.display()))?;
-    let errors: Vec<String> = diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
-    for d in diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
+    let (set, diagnostics) = load_dir(dir, catalog)
+        .with_context(|| format!("BATON_COMMANDS_DIR: cannot read {}", dir.display()))?;
+    let errors: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    for d in diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+    {
         tracing::warn!("{d}");
     }
     if !errors.is_empty() {
-        bail!("the workflows in {} have {} error(s):\n{}\n(`baton check` lists them too)", dir.display(), errors.len(), errors.join("\n"));
+        bail!(
+            "the workflows in {} have {} error(s):\n{}\n(`baton check` lists them too)",
+            dir.display(),
+            errors.len(),
+            errors.join("\n")
+        );
     }
     Ok(set)
 }
 
 /// Opens the store named by the settings.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    store::open(settings.database_url.expose(), Redactor::new(settings.secrets())).await
+    store::open(
+        settings.database_url.expose(),
+        Redactor::new(settings.secrets()),
+    )
+    .await
 }
 
 /// The engine with its store, without platforms or background loops: what the CLI needs to
 /// apply a command.
-pub async fn engine_for_cli(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
+pub async fn engine_for_cli(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Engine>> {
     let catalog = Arc::new(ToolCatalog::builtin());
     let workflows = Arc::new(load_workflows(settings, &catalog).unwrap_or_default());
     let store = open_store(settings).await?;
     let engine_settings = engine_settings(settings, settings.http_addr);
-    let tools = Arc::new(ToolBox::new(settings.tool_settings(&engine_settings.base_url))?);
-    Ok(Engine::new(store, workflows, catalog, tools, clock, engine_settings, Arc::new(Metrics::default()), vec![]))
+    let tools = Arc::new(ToolBox::new(
+        settings.tool_settings(&engine_settings.base_url),
+    )?);
+    Ok(Engine::new(
+        store,
+        workflows,
+        catalog,
+        tools,
+        clock,
+        engine_settings,
+        Arc::new(Metrics::default()),
+        vec![],
+    ))
 }
 
 fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> EngineSettings {
     EngineSettings {
-        base_url: settings.public_url.clone().unwrap_or_else(|| format!("http://{listening}")),
+        base_url: settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listening}")),
         workers: settings.workers,
         poll_interval: settings.poll_interval,
         stall_after: settings.stall_after,
@@ -61,21 +95,50 @@ fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> Engi
 
 /// Runs the bot until `shutdown` resolves, then stops taking events, lets running steps finish
 /// (within the grace period) and flushes the outbox.
-pub async fn run(settings: Settings, listener: TcpListener, clock: Arc<dyn Clock>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let catalog = Arc::new(ToolCatalog::builtin());
     let workflows = Arc::new(load_workflows(&settings, &catalog)?);
     let store = open_store(&settings).await?;
     let addr = listener.local_addr()?;
     let engine_settings = engine_settings(&settings, addr);
-    let tools = Arc::new(ToolBox::new(settings.tool_settings(&engine_settings.base_url))?);
+    let tools = Arc::new(ToolBox::new(
+        settings.tool_settings(&engine_settings.base_url),
+    )?);
     let metrics = Arc::new(Metrics::default());
     let console = Console::new(store.clone(), clock.clone());
-    console.healthcheck().await.context("the console's store does not answer")?;
+    console
+        .healthcheck()
+        .await
+        .context("the console's store does not answer")?;
     let platforms: Vec<Arc<dyn Platform>> = vec![console.clone()];
-    let engine = Engine::new(store, workflows.clone(), catalog, tools, clock.clone(), engine_settings, metrics.clone(), platforms);
-    let background = engine.start_background().await.context("could not resume the runs that were under way")?;
+    let engine = Engine::new(
+        store,
+        workflows.clone(),
+        catalog,
+        tools,
+        clock.clone(),
+        engine_settings,
+        metrics.clone(),
+        platforms,
+    );
+    let background = engine
+        .start_background()
+        .await
+        .context("could not resume the runs that were under way")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = AppState { engine, console, settings: Arc::new(settings), metrics, clock, shutdown: stop_rx };
+    let state = AppState {
+        engine,
+        console,
+        settings: Arc::new(settings),
+        metrics,
+        clock,
+        shutdown: stop_rx,
+    };
     tracing::info!(%addr, workflows = workflows.len(), "Baton is up: open http://{addr} for the console");
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;

@@ -85,11 +85,15 @@ pub enum AuditCmd {
 /// `baton check`: prints every diagnostic; returns whether there were no errors.
 pub fn check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let dir = dir.unwrap_or_else(|| settings.commands_dir.clone());
-    let (set, diagnostics) = load_dir(&dir, &ToolCatalog::builtin()).with_context(|| format!("cannot read {}", dir.display()))?;
+    let (set, diagnostics) = load_dir(&dir, &ToolCatalog::builtin())
+        .with_context(|| format!("cannot read {}", dir.display()))?;
     for d in &diagnostics {
         eprintln!("{d}");
     }
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     if errors == 0 {
         println!("{}: {} workflow(s) OK", dir.display(), set.len());
     } else {
@@ -105,38 +109,101 @@ pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         RunsCmd::List { status, limit } => {
-            let status = status.map(|s| s.parse::<RunStatus>()).transpose().map_err(anyhow::Error::msg)?;
-            writeln!(out, "{:>6}  {:<18} {:<17} {:<20} {:<10} TITLE", "RUN", "WORKFLOW", "STATUS", "STARTED", "BY")?;
+            let status = status
+                .map(|s| s.parse::<RunStatus>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            writeln!(
+                out,
+                "{:>6}  {:<18} {:<17} {:<20} {:<10} TITLE",
+                "RUN", "WORKFLOW", "STATUS", "STARTED", "BY"
+            )?;
             for r in store.list_runs(status, limit).await? {
-                writeln!(out, "{:>6}  {:<18} {:<17} {:<20} {:<10} {}", r.id, r.workflow, r.status, r.created_at.format("%Y-%m-%d %H:%M:%S"), r.requested_by, r.title)?;
+                writeln!(
+                    out,
+                    "{:>6}  {:<18} {:<17} {:<20} {:<10} {}",
+                    r.id,
+                    r.workflow,
+                    r.status,
+                    r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.requested_by,
+                    r.title
+                )?;
             }
         }
         RunsCmd::Show { run } => {
             let id: RunId = run.parse().map_err(anyhow::Error::msg)?;
-            let state = store.load_run(id).await?.with_context(|| format!("there is no run {id}"))?;
+            let state = store
+                .load_run(id)
+                .await?
+                .with_context(|| format!("there is no run {id}"))?;
             let r = &state.run;
-            writeln!(out, "run {id}: {}\nworkflow: {}\nstatus:   {}\nstarted:  {} by {} in {} #{}", r.title, r.workflow, r.status, r.created_at, r.requested_by.display, r.conversation.platform, r.conversation.channel)?;
+            writeln!(
+                out,
+                "run {id}: {}\nworkflow: {}\nstatus:   {}\nstarted:  {} by {} in {} #{}",
+                r.title,
+                r.workflow,
+                r.status,
+                r.created_at,
+                r.requested_by.display,
+                r.conversation.platform,
+                r.conversation.channel
+            )?;
             if let Some(f) = r.finished_at {
                 writeln!(out, "finished: {f}")?;
             }
-            writeln!(out, "inputs:   {}", serde_json::Value::Object(r.inputs.clone()))?;
+            writeln!(
+                out,
+                "inputs:   {}",
+                serde_json::Value::Object(r.inputs.clone())
+            )?;
             writeln!(out, "\nsteps:")?;
             for (step, s) in &state.steps {
-                writeln!(out, "  {step:<16} {:<10} attempts={} {}", s.status, s.attempt, s.error.as_deref().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "  {step:<16} {:<10} attempts={} {}",
+                    s.status,
+                    s.attempt,
+                    s.error.as_deref().unwrap_or("")
+                )?;
             }
             writeln!(out, "\nattempts:")?;
             for a in store.attempts(id).await? {
-                writeln!(out, "  {:<16} #{} {:<10} {}", a.step, a.attempt, a.status, a.started_at)?;
+                writeln!(
+                    out,
+                    "  {:<16} #{} {:<10} {}",
+                    a.step, a.attempt, a.status, a.started_at
+                )?;
             }
             for (step, a) in &state.approvals {
-                let by = a.decided_by.as_ref().map(|x| x.display.clone()).unwrap_or_default();
-                writeln!(out, "\napproval {step}: {} {by} (approvers: {})", a.status, a.approvers.join(", "))?;
+                let by = a
+                    .decided_by
+                    .as_ref()
+                    .map(|x| x.display.clone())
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "\napproval {step}: {} {by} (approvers: {})",
+                    a.status,
+                    a.approvers.join(", ")
+                )?;
             }
         }
         RunsCmd::Cancel { run, operator } => {
             let id: RunId = run.parse().map_err(anyhow::Error::msg)?;
-            let notice = engine.submit(id, Command::Cancel { actor: Actor::operator(&operator) }).await?;
-            writeln!(out, "{}", notice.unwrap_or_else(|| format!("Run {id} cancelled.")))?;
+            let notice = engine
+                .submit(
+                    id,
+                    Command::Cancel {
+                        actor: Actor::operator(&operator),
+                    },
+                )
+                .await?;
+            writeln!(
+                out,
+                "{}",
+                notice.unwrap_or_else(|| format!("Run {id} cancelled."))
+            )?;
         }
     }
     Ok(())
@@ -158,7 +225,10 @@ pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<boo
         },
         AuditCmd::Export { out } => {
             let mut sink: Box<dyn Write> = match &out {
-                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)),
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let mut after = 0;

@@ -83,77 +83,140 @@ pub struct Settings {
 impl Settings {
     /// Reads settings through `get` (the process environment in production, a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let list = |k: &str, default: &str| -> Vec<String> {
-            var(k).unwrap_or_else(|| default.to_owned()).split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
         };
-        let http_addr: SocketAddr = parse("BATON_HTTP_ADDR", var("BATON_HTTP_ADDR").as_deref().unwrap_or("127.0.0.1:8080"), |s| {
-            s.parse().map_err(|_| "must be an address and port, like 127.0.0.1:8080".to_string())
-        })?;
+        let list = |k: &str, default: &str| -> Vec<String> {
+            var(k)
+                .unwrap_or_else(|| default.to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let http_addr: SocketAddr = parse(
+            "BATON_HTTP_ADDR",
+            var("BATON_HTTP_ADDR")
+                .as_deref()
+                .unwrap_or("127.0.0.1:8080"),
+            |s| {
+                s.parse()
+                    .map_err(|_| "must be an address and port, like 127.0.0.1:8080".to_string())
+            },
+        )?;
         let duration = |k: &'static str, default: &str| -> Result<Duration, ConfigError> {
             let text = var(k).unwrap_or_else(|| default.to_owned());
             if let Some(ms) = text.strip_suffix("ms") {
-                return ms.parse::<i64>().ok().filter(|n| *n > 0).map(Duration::milliseconds).ok_or_else(|| ConfigError {
-                    setting: k,
-                    problem: format!("`{text}` is not a duration like 500ms, 30s or 5m"),
-                });
+                return ms
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::milliseconds)
+                    .ok_or_else(|| ConfigError {
+                        setting: k,
+                        problem: format!("`{text}` is not a duration like 500ms, 30s or 5m"),
+                    });
             }
-            crate::core::workflow::parse_duration(&text).map_err(|problem| ConfigError { setting: k, problem })
+            crate::core::workflow::parse_duration(&text).map_err(|problem| ConfigError {
+                setting: k,
+                problem,
+            })
         };
         let console_token = var("BATON_CONSOLE_TOKEN").map(Secret::new);
         if !http_addr.ip().is_loopback() && console_token.is_none() {
             return Err(ConfigError {
                 setting: "BATON_CONSOLE_TOKEN",
-                problem: format!("must be set when BATON_HTTP_ADDR ({http_addr}) is not a loopback address, so the console is not open to the network"),
+                problem: format!(
+                    "must be set when BATON_HTTP_ADDR ({http_addr}) is not a loopback address, so the console is not open to the network"
+                ),
             });
         }
         if let Some(t) = &console_token
             && t.expose().len() < 16
         {
-            return Err(ConfigError { setting: "BATON_CONSOLE_TOKEN", problem: "must be at least 16 characters".into() });
+            return Err(ConfigError {
+                setting: "BATON_CONSOLE_TOKEN",
+                problem: "must be at least 16 characters".into(),
+            });
         }
         let public_url = var("BATON_PUBLIC_URL");
         let mut webhooks = BTreeMap::new();
-        match var("BATON_WEBHOOKS") {
-            Some(text) => {
-                for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let Some((name, url)) = pair.split_once('=') else {
-                        return Err(ConfigError { setting: "BATON_WEBHOOKS", problem: format!("`{}` is not name=url", pair.split('=').next().unwrap_or_default()) });
-                    };
-                    let parsed = reqwest::Url::parse(url.trim()).map_err(|_| ConfigError { setting: "BATON_WEBHOOKS", problem: format!("the URL for `{name}` is not a valid URL") })?;
-                    if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(ConfigError { setting: "BATON_WEBHOOKS", problem: format!("the URL for `{name}` must be http or https") });
-                    }
-                    webhooks.insert(name.trim().to_owned(), Secret::new(url.trim()));
+        // Without BATON_WEBHOOKS, `pager` is the console's own inbox (see `tool_settings`), so
+        // the example workflows work with nothing else running.
+        if let Some(text) = var("BATON_WEBHOOKS") {
+            for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let Some((name, url)) = pair.split_once('=') else {
+                    return Err(ConfigError {
+                        setting: "BATON_WEBHOOKS",
+                        problem: format!(
+                            "`{}` is not name=url",
+                            pair.split('=').next().unwrap_or_default()
+                        ),
+                    });
+                };
+                let parsed = reqwest::Url::parse(url.trim()).map_err(|_| ConfigError {
+                    setting: "BATON_WEBHOOKS",
+                    problem: format!("the URL for `{name}` is not a valid URL"),
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(ConfigError {
+                        setting: "BATON_WEBHOOKS",
+                        problem: format!("the URL for `{name}` must be http or https"),
+                    });
                 }
+                webhooks.insert(name.trim().to_owned(), Secret::new(url.trim()));
             }
-            // Out of the box, `pager` is the console's own inbox (see `tool_settings`), so the
-            // example workflows work with nothing else running.
-            None => {}
         }
-        let workers = parse("BATON_WORKERS", var("BATON_WORKERS").as_deref().unwrap_or("8"), |s| {
-            s.parse::<usize>().ok().filter(|n| (1..=256).contains(n)).ok_or_else(|| "must be a whole number from 1 to 256".to_string())
-        })?;
+        let workers = parse(
+            "BATON_WORKERS",
+            var("BATON_WORKERS").as_deref().unwrap_or("8"),
+            |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| "must be a whole number from 1 to 256".to_string())
+            },
+        )?;
         let log_format = match var("BATON_LOG_FORMAT").as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError { setting: "BATON_LOG_FORMAT", problem: format!("`{other}` is neither text nor json") }),
+            other => {
+                return Err(ConfigError {
+                    setting: "BATON_LOG_FORMAT",
+                    problem: format!("`{other}` is neither text nor json"),
+                });
+            }
         };
-        let allow_private = match var("BATON_HTTP_ALLOW_PRIVATE").as_deref().unwrap_or("false") {
+        let allow_private = match var("BATON_HTTP_ALLOW_PRIVATE")
+            .as_deref()
+            .unwrap_or("false")
+        {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
-            other => return Err(ConfigError { setting: "BATON_HTTP_ALLOW_PRIVATE", problem: format!("`{other}` is neither true nor false") }),
+            other => {
+                return Err(ConfigError {
+                    setting: "BATON_HTTP_ALLOW_PRIVATE",
+                    problem: format!("`{other}` is neither true nor false"),
+                });
+            }
         };
         let database_url = var("DATABASE_URL").unwrap_or_else(|| "sqlite://baton.db".to_owned());
         if !database_url.starts_with("sqlite:") && !database_url.starts_with("postgres") {
-            return Err(ConfigError { setting: "DATABASE_URL", problem: "must start with sqlite: (or postgres: in a later version)".into() });
+            return Err(ConfigError {
+                setting: "DATABASE_URL",
+                problem: "must start with sqlite: (or postgres: in a later version)".into(),
+            });
         }
         let to_std = |d: Duration| d.to_std().unwrap_or_default();
         Ok(Self {
             database_url: Secret::new(database_url),
             http_addr,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
-            commands_dir: PathBuf::from(var("BATON_COMMANDS_DIR").unwrap_or_else(|| "./commands".into())),
+            commands_dir: PathBuf::from(
+                var("BATON_COMMANDS_DIR").unwrap_or_else(|| "./commands".into()),
+            ),
             console_token,
             console_users: list("BATON_CONSOLE_USERS", "ana,ben,cy,dee"),
             console_channels: list("BATON_CONSOLE_CHANNELS", "general"),
@@ -163,9 +226,15 @@ impl Settings {
             poll_interval: to_std(duration("BATON_POLL_INTERVAL", "1s")?),
             stall_after: duration("BATON_STALL_AFTER", "1h")?,
             shutdown_grace: to_std(duration("BATON_SHUTDOWN_GRACE", "10s")?),
-            http_allow: HostAllowList { hosts: list("BATON_HTTP_ALLOW", "127.0.0.1"), allow_private },
+            http_allow: HostAllowList {
+                hosts: list("BATON_HTTP_ALLOW", "127.0.0.1"),
+                allow_private,
+            },
             webhooks,
-            extra_secrets: list("BATON_SECRETS", "").into_iter().map(Secret::new).collect(),
+            extra_secrets: list("BATON_SECRETS", "")
+                .into_iter()
+                .map(Secret::new)
+                .collect(),
         })
     }
 
@@ -176,7 +245,11 @@ impl Settings {
 
     /// Every secret value, for the ledger's redactor.
     pub fn secrets(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.webhooks.values().map(|s| s.expose().to_owned()).collect();
+        let mut out: Vec<String> = self
+            .webhooks
+            .values()
+            .map(|s| s.expose().to_owned())
+            .collect();
         out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
         out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));
         // A database URL carries a password only with a scheme like postgres://user:pw@host.
@@ -191,17 +264,35 @@ impl Settings {
     /// Tool settings for a server reachable at `base_url`. With no `BATON_WEBHOOKS`, the
     /// `pager` endpoint is the console's inbox.
     pub fn tool_settings(&self, base_url: &str) -> ToolSettings {
-        let mut webhooks: BTreeMap<String, String> = self.webhooks.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect();
+        let mut webhooks: BTreeMap<String, String> = self
+            .webhooks
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect();
         if webhooks.is_empty() {
-            let token = self.console_token.as_ref().map(|t| format!("?token={}", t.expose())).unwrap_or_default();
+            let token = self
+                .console_token
+                .as_ref()
+                .map(|t| format!("?token={}", t.expose()))
+                .unwrap_or_default();
             webhooks.insert("pager".into(), format!("{base_url}/inbox/pager{token}"));
         }
-        ToolSettings { http_allow: self.http_allow.clone(), webhooks }
+        ToolSettings {
+            http_allow: self.http_allow.clone(),
+            webhooks,
+        }
     }
 }
 
-fn parse<T>(setting: &'static str, text: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
-    f(text).map_err(|problem| ConfigError { setting, problem: format!("`{text}` {problem}") })
+fn parse<T>(
+    setting: &'static str,
+    text: &str,
+    f: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    f(text).map_err(|problem| ConfigError {
+        setting,
+        problem: format!("`{text}` {problem}"),
+    })
 }
 
 #[cfg(test)]
@@ -210,7 +301,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -220,12 +314,21 @@ mod tests {
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.database_url.expose(), "sqlite://baton.db");
         assert_eq!(s.commands_dir, PathBuf::from("./commands"));
-        assert!(s.tool_settings("http://127.0.0.1:8080").webhooks["pager"].ends_with("/inbox/pager"));
+        assert!(
+            s.tool_settings("http://127.0.0.1:8080").webhooks["pager"].ends_with("/inbox/pager")
+        );
     }
 
     #[test]
     fn a_bad_setting_names_itself() {
-        for (k, v) in [("BATON_HTTP_ADDR", "nowhere"), ("BATON_WORKERS", "0"), ("BATON_LOG_FORMAT", "xml"), ("BATON_WEBHOOKS", "pager"), ("DATABASE_URL", "mysql://x"), ("BATON_POLL_INTERVAL", "soon")] {
+        for (k, v) in [
+            ("BATON_HTTP_ADDR", "nowhere"),
+            ("BATON_WORKERS", "0"),
+            ("BATON_LOG_FORMAT", "xml"),
+            ("BATON_WEBHOOKS", "pager"),
+            ("DATABASE_URL", "mysql://x"),
+            ("BATON_POLL_INTERVAL", "soon"),
+        ] {
             let err = settings(&[(k, v)]).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
         }
@@ -235,12 +338,22 @@ mod tests {
     fn binding_beyond_loopback_requires_a_console_token() {
         let err = settings(&[("BATON_HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
         assert_eq!(err.setting, "BATON_CONSOLE_TOKEN");
-        assert!(settings(&[("BATON_HTTP_ADDR", "0.0.0.0:8080"), ("BATON_CONSOLE_TOKEN", "0123456789abcdef")]).is_ok());
+        assert!(
+            settings(&[
+                ("BATON_HTTP_ADDR", "0.0.0.0:8080"),
+                ("BATON_CONSOLE_TOKEN", "0123456789abcdef")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
     fn secrets_never_print() {
-        let s = settings(&[("BATON_WEBHOOKS", "pager=https://hooks.example.com/T0/secret-path")]).unwrap();
+        let s = settings(&[(
+            "BATON_WEBHOOKS",
+            "pager=https://hooks.example.com/T0/secret-path",
+        )])
+        .unwrap();
         let shown = format!("{s:?}");
         assert!(!shown.contains("secret-path"), "{shown}");
         assert!(s.secrets().iter().any(|x| x.contains("secret-path")));

@@ -11,13 +11,13 @@
 //! - [`http`]: the HTTP server shared by the console, health and metrics.
 //! - [`app`], [`config`], [`cli`]: wiring, settings and the command line.
 
-pub mod core;
 pub mod adapters;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod http;
+pub mod core;
 pub mod engine;
+pub mod http;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

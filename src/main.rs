@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         }
     };
     baton::telemetry::init(settings.log_format, &settings.log_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("baton: cannot start the async runtime: {e}");
@@ -53,8 +56,19 @@ fn main() -> ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("BATON_HTTP_ADDR: cannot listen on {}: {e}", settings.http_addr))?;
-    baton::app::run(settings, listener, Arc::new(SystemClock::default()), shutdown_signal()).await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "BATON_HTTP_ADDR: cannot listen on {}: {e}",
+                settings.http_addr
+            )
+        })?;
+    baton::app::run(
+        settings,
+        listener,
+        Arc::new(SystemClock::default()),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

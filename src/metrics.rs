@@ -57,16 +57,34 @@ impl Metrics {
         let _ = writeln!(out, "# HELP {STEP_DURATION} How long step attempts took.");
         let _ = writeln!(out, "# TYPE {STEP_DURATION} histogram");
         for (i, bound) in STEP_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{STEP_DURATION}_bucket{{le=\"{bound}\"}} {}", h.buckets[i]);
+            let _ = writeln!(
+                out,
+                "{STEP_DURATION}_bucket{{le=\"{bound}\"}} {}",
+                h.buckets[i]
+            );
         }
         let _ = writeln!(out, "{STEP_DURATION}_bucket{{le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(out, "{STEP_DURATION}_sum {}", h.sum);
         let _ = writeln!(out, "{STEP_DURATION}_count {}", h.count);
-        let _ = writeln!(out, "# HELP {DELIVERIES} Outbox entries delivered since start-up.");
+        let _ = writeln!(
+            out,
+            "# HELP {DELIVERIES} Outbox entries delivered since start-up."
+        );
         let _ = writeln!(out, "# TYPE {DELIVERIES} counter");
-        let _ = writeln!(out, "{DELIVERIES} {}", self.deliveries.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP {DELIVERY_FAILURES} Failed delivery attempts since start-up.");
+        let _ = writeln!(
+            out,
+            "{DELIVERIES} {}",
+            self.deliveries.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {DELIVERY_FAILURES} Failed delivery attempts since start-up."
+        );
         let _ = writeln!(out, "# TYPE {DELIVERY_FAILURES} counter");
-        let _ = writeln!(out, "{DELIVERY_FAILURES} {}", self.delivery_failures.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "{DELIVERY_FAILURES} {}",
+            self.delivery_failures.load(Ordering::Relaxed)
+        );
     }
 }

@@ -25,31 +25,75 @@ async fn a_slash_command_runs_to_the_end_with_a_progress_thread() {
     app.wait_in_thread(root, "*health*: done in").await;
     app.wait_in_thread(root, "*ready*: done in").await;
     let approval = app.wait_in_thread(root, "Approval needed").await;
-    assert!(approval["message"]["detail"].as_str().unwrap().contains("Publish the demo result for rockets?"));
-    eventually("the root to say waiting for approval", || async { text(&app.root_of("general", run).await).contains("waiting for approval") }).await;
+    assert!(
+        approval["message"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Publish the demo result for rockets?")
+    );
+    eventually("the root to say waiting for approval", || async {
+        text(&app.root_of("general", run).await).contains("waiting for approval")
+    })
+    .await;
 
     let approve = button(&approval, "Approve").unwrap();
-    assert_eq!(app.click("ben", approval["id"].as_i64().unwrap(), &approve).await, vec!["You approved this step."]);
+    assert_eq!(
+        app.click("ben", approval["id"].as_i64().unwrap(), &approve)
+            .await,
+        vec!["You approved this step."]
+    );
 
     app.wait_for_status(run, "succeeded").await;
     let decided = app.wait_in_thread(root, "Approved by @ben at").await;
-    assert!(decided["message"]["buttons"].is_null(), "buttons are gone: {decided}");
-    app.wait_in_thread(root, "Demo result for rockets: every check passed, approved by @ben.").await;
+    assert!(
+        decided["message"]["buttons"].is_null(),
+        "buttons are gone: {decided}"
+    );
+    app.wait_in_thread(
+        root,
+        "Demo result for rockets: every check passed, approved by @ben.",
+    )
+    .await;
     let summary = app.wait_in_thread(root, &format!("Run {run} *done*")).await;
-    assert!(text(&summary).contains("approve: approved by @ben"), "{summary}");
-    eventually("the root to show the outcome without a Cancel button", || async {
-        let r = app.root_of("general", run).await;
-        text(&r).contains("Status: *done*") && button(&r, "Cancel").is_none()
-    })
+    assert!(
+        text(&summary).contains("approve: approved by @ben"),
+        "{summary}"
+    );
+    eventually(
+        "the root to show the outcome without a Cancel button",
+        || async {
+            let r = app.root_of("general", run).await;
+            text(&r).contains("Status: *done*") && button(&r, "Cancel").is_none()
+        },
+    )
     .await;
 
     // The two checks ran in parallel: both started before either reported.
     let thread: Vec<String> = app.thread(root).await.iter().map(text).collect();
     let pos = |s: &str| thread.iter().position(|t| t.contains(s)).unwrap();
-    assert!(pos("*health*: started") < pos("*ready*: done") && pos("*ready*: started") < pos("*health*: done"), "{thread:?}");
+    assert!(
+        pos("*health*: started") < pos("*ready*: done")
+            && pos("*ready*: started") < pos("*health*: done"),
+        "{thread:?}"
+    );
 
-    let kinds: Vec<String> = app.ledger().await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
-    for k in ["trigger.received", "run.started", "step.started", "tool.called", "step.finished", "approval.requested", "approval.decided", "post.delivered", "run.status"] {
+    let kinds: Vec<String> = app
+        .ledger()
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    for k in [
+        "trigger.received",
+        "run.started",
+        "step.started",
+        "tool.called",
+        "step.finished",
+        "approval.requested",
+        "approval.decided",
+        "post.delivered",
+        "run.status",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "ledger lacks {k}: {kinds:?}");
     }
     let (_, verify) = app.get("/audit").await;
@@ -59,31 +103,78 @@ async fn a_slash_command_runs_to_the_end_with_a_progress_thread() {
 #[tokio::test]
 async fn a_message_matching_a_pattern_starts_a_run_with_its_captures() {
     let app = spawn_app().await;
-    let body = app.say("dee", "incidents", "incident: db latency above 2s").await;
+    let body = app
+        .say("dee", "incidents", "incident: db latency above 2s")
+        .await;
     let run = body["started"][0].as_i64().expect("a run started");
     let root = app.root_of("incidents", run).await;
-    assert!(text(&root).contains("Incident: db latency above 2s"), "{root}");
-    let approval = app.wait_in_thread(root["id"].as_i64().unwrap(), "Approval needed").await;
-    assert!(approval["message"]["detail"].as_str().unwrap().contains("summary: db latency above 2s"));
+    assert!(
+        text(&root).contains("Incident: db latency above 2s"),
+        "{root}"
+    );
+    let approval = app
+        .wait_in_thread(root["id"].as_i64().unwrap(), "Approval needed")
+        .await;
+    assert!(
+        approval["message"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("summary: db latency above 2s")
+    );
 
     // Other channels and non-matching text start nothing.
-    assert!(app.say("dee", "general", "incident: elsewhere").await["started"].as_array().unwrap().is_empty());
-    assert!(app.say("dee", "incidents", "all good here").await["started"].as_array().unwrap().is_empty());
+    assert!(
+        app.say("dee", "general", "incident: elsewhere").await["started"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        app.say("dee", "incidents", "all good here").await["started"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn the_approved_webhook_reaches_the_console_inbox() {
     let app = spawn_app().await;
-    let run = app.say("ana", "incidents", "/incident checkout is down").await["started"][0].as_i64().unwrap();
+    let run = app
+        .say("ana", "incidents", "/incident checkout is down")
+        .await["started"][0]
+        .as_i64()
+        .unwrap();
     let root = app.root_of("incidents", run).await["id"].as_i64().unwrap();
     let approval = app.wait_in_thread(root, "Approval needed").await;
-    app.click("cy", approval["id"].as_i64().unwrap(), &button(&approval, "Approve").unwrap()).await;
+    app.click(
+        "cy",
+        approval["id"].as_i64().unwrap(),
+        &button(&approval, "Approve").unwrap(),
+    )
+    .await;
     app.wait_for_status(run, "succeeded").await;
     let inbox = app.channel("inbox").await;
-    let hit = inbox.iter().find(|m| m["message"]["detail"].as_str().unwrap_or("").contains("checkout is down")).expect("payload in #inbox");
-    assert!(hit["message"]["detail"].as_str().unwrap().contains("\"opened_by\": \"ana\""));
+    let hit = inbox
+        .iter()
+        .find(|m| {
+            m["message"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("checkout is down")
+        })
+        .expect("payload in #inbox");
+    assert!(
+        hit["message"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"opened_by\": \"ana\"")
+    );
     eventually("the announcement in #incidents", || async {
-        app.channel("incidents").await.into_iter().any(|m| text(&m).contains("On-call has been paged about *checkout is down*"))
+        app.channel("incidents")
+            .await
+            .into_iter()
+            .any(|m| text(&m).contains("On-call has been paged about *checkout is down*"))
     })
     .await;
 }
@@ -96,17 +187,38 @@ async fn a_non_approver_and_the_requester_are_refused_and_nothing_changes() {
     let id = approval["id"].as_i64().unwrap();
     let approve = button(&approval, "Approve").unwrap();
 
-    assert_eq!(app.click("dee", id, &approve).await, vec!["You are not an approver for this step."]);
+    assert_eq!(
+        app.click("dee", id, &approve).await,
+        vec!["You are not an approver for this step."]
+    );
     // ben is an approver but started the run: four-eyes.
-    assert_eq!(app.click("ben", id, &approve).await, vec!["You started this run, so you cannot approve it (four-eyes rule)."]);
+    assert_eq!(
+        app.click("ben", id, &approve).await,
+        vec!["You started this run, so you cannot approve it (four-eyes rule)."]
+    );
     assert_eq!(app.run_status(run).await, "waiting_approval");
-    let still = app.thread(root).await.into_iter().find(|m| m["id"] == id).unwrap();
+    let still = app
+        .thread(root)
+        .await
+        .into_iter()
+        .find(|m| m["id"] == id)
+        .unwrap();
     assert!(button(&still, "Approve").is_some(), "buttons remain");
 
-    let refusals: Vec<_> = app.ledger().await.into_iter().filter(|e| e["kind"] == "approval.refused").collect();
+    let refusals: Vec<_> = app
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "approval.refused")
+        .collect();
     assert_eq!(refusals.len(), 2);
     assert_eq!(refusals[0]["actor"], "console:dee");
-    assert!(refusals[0]["data"].as_str().unwrap().contains("not_approver"));
+    assert!(
+        refusals[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("not_approver")
+    );
     assert!(refusals[1]["data"].as_str().unwrap().contains("own_run"));
 
     // A rejection with a reason ends the run as rejected, and says who and why.
@@ -133,11 +245,22 @@ async fn double_and_concurrent_clicks_record_exactly_one_decision() {
         app.click("cy", id, &reject),
     ];
     let notices: Vec<Vec<String>> = futures_join(clicks).await;
-    let decided = notices.iter().filter(|n| n.iter().any(|t| t == "You approved this step." || t == "You rejected this step.")).count();
+    let decided = notices
+        .iter()
+        .filter(|n| {
+            n.iter()
+                .any(|t| t == "You approved this step." || t == "You rejected this step.")
+        })
+        .count();
     assert_eq!(decided, 1, "{notices:?}");
 
     app.wait_for_status(run, "succeeded").await;
-    let decisions = app.ledger().await.into_iter().filter(|e| e["kind"] == "approval.decided").count();
+    let decisions = app
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "approval.decided")
+        .count();
     assert_eq!(decisions, 1);
 }
 
@@ -167,7 +290,11 @@ async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
                 }
             }
         }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     })
     .await;
     results.into_iter().map(Option::unwrap).collect()
@@ -184,12 +311,24 @@ async fn an_approval_left_past_its_timeout_expires_as_rejected() {
     app.advance(Duration::minutes(2));
     app.wait_for_status(run, "rejected").await;
     let expired = app.wait_in_thread(root, "Expired at").await;
-    assert_eq!(expired["id"], approval["id"], "the approval message itself is edited");
+    assert_eq!(
+        expired["id"], approval["id"],
+        "the approval message itself is edited"
+    );
     assert!(button(&expired, "Approve").is_none());
     // A late click changes nothing.
-    let notices = app.click("ben", approval["id"].as_i64().unwrap(), "approve:1:approve").await;
+    let notices = app
+        .click("ben", approval["id"].as_i64().unwrap(), "approve:1:approve")
+        .await;
     assert_eq!(notices, vec!["This button is no longer active."]);
-    assert_eq!(app.ledger().await.iter().filter(|e| e["kind"] == "approval.expired").count(), 1);
+    assert_eq!(
+        app.ledger()
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "approval.expired")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -199,8 +338,16 @@ async fn pending_approvals_survive_a_restart_and_their_buttons_still_work() {
     let approval = app.wait_in_thread(root, "Approval needed").await;
     app.restart().await;
     let (_, page) = app.get("/approvals").await;
-    assert!(page.contains(&format!("<a href=\"/runs/{run}\">{run}</a>")), "{page}");
-    app.click("ben", approval["id"].as_i64().unwrap(), &button(&approval, "Approve").unwrap()).await;
+    assert!(
+        page.contains(&format!("<a href=\"/runs/{run}\">{run}</a>")),
+        "{page}"
+    );
+    app.click(
+        "ben",
+        approval["id"].as_i64().unwrap(),
+        &button(&approval, "Approve").unwrap(),
+    )
+    .await;
     app.wait_for_status(run, "succeeded").await;
 }
 
@@ -209,23 +356,32 @@ async fn a_run_can_be_cancelled_from_chat_and_with_its_button() {
     let app = spawn_app().await;
     let (run, root) = start_demo(&app, "ana").await;
     app.wait_in_thread(root, "Approval needed").await;
-    let notices = app.say("ana", "general", &format!("/baton cancel {run}")).await["notices"].clone();
+    let notices = app
+        .say("ana", "general", &format!("/baton cancel {run}"))
+        .await["notices"]
+        .clone();
     assert_eq!(notices, json!([format!("Run {run} cancelled.")]));
     app.wait_for_status(run, "cancelled").await;
     app.wait_in_thread(root, "Cancelled at").await;
-    app.wait_in_thread(root, &format!("Run {run} *cancelled*")).await;
+    app.wait_in_thread(root, &format!("Run {run} *cancelled*"))
+        .await;
 
     let (run2, _) = start_demo(&app, "cy").await;
     let root2 = app.root_of("general", run2).await;
     let cancel = button(&root2, "Cancel").unwrap();
-    assert_eq!(app.click("cy", root2["id"].as_i64().unwrap(), &cancel).await, vec![format!("Run {run2} cancelled.")]);
+    assert_eq!(
+        app.click("cy", root2["id"].as_i64().unwrap(), &cancel)
+            .await,
+        vec![format!("Run {run2} cancelled.")]
+    );
     app.wait_for_status(run2, "cancelled").await;
 }
 
 #[tokio::test]
 async fn the_same_inbound_event_twice_starts_one_run() {
     let app = spawn_app().await;
-    let body = json!({"channel": "general", "user": "ana", "text": "/demo once", "client_id": "abc-123"});
+    let body =
+        json!({"channel": "general", "user": "ana", "text": "/demo once", "client_id": "abc-123"});
     let (_, first) = app.post("/api/messages", body.clone()).await;
     let (_, second) = app.post("/api/messages", body).await;
     assert_eq!(first["started"].as_array().unwrap().len(), 1);
@@ -238,10 +394,18 @@ async fn the_same_inbound_event_twice_starts_one_run() {
 async fn bad_arguments_get_the_usage_text_privately_and_start_nothing() {
     let app = spawn_app().await;
     let body = app.say("ana", "general", "/incident").await;
-    assert_eq!(body["notices"][0], "Missing argument `summary`.\nUsage: /incident <summary>");
+    assert_eq!(
+        body["notices"][0],
+        "Missing argument `summary`.\nUsage: /incident <summary>"
+    );
     assert!(body["started"].as_array().unwrap().is_empty());
     let body = app.say("ana", "general", "/nosuch thing").await;
-    assert!(body["notices"][0].as_str().unwrap().contains("No workflow declares /nosuch"));
+    assert!(
+        body["notices"][0]
+            .as_str()
+            .unwrap()
+            .contains("No workflow declares /nosuch")
+    );
 }
 
 #[tokio::test]
@@ -260,26 +424,59 @@ async fn malformed_and_oversized_requests_get_a_clear_error_and_change_nothing()
         assert_eq!(status, 400, "{reply}");
         assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let r = app.http.post(format!("{}/api/messages", app.base)).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let r = app
+        .http
+        .post(format!("{}/api/messages", app.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = app.http.post(format!("{}/api/messages", app.base)).header("content-type", "application/json").body(vec![b' '; 100 * 1024]).send().await.unwrap();
+    let r = app
+        .http
+        .post(format!("{}/api/messages", app.base))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 413);
-    let (status, _) = app.post("/api/actions", json!({"user": "ben", "message_id": 1, "action": "explode:1"})).await;
+    let (status, _) = app
+        .post(
+            "/api/actions",
+            json!({"user": "ben", "message_id": 1, "action": "explode:1"}),
+        )
+        .await;
     assert_eq!(status, 400);
-    assert!(app.channel("general").await.is_empty(), "nothing was posted");
+    assert!(
+        app.channel("general").await.is_empty(),
+        "nothing was posted"
+    );
     assert!(app.ledger().await.is_empty(), "nothing was recorded");
 }
 
 #[tokio::test]
 async fn user_text_is_escaped_on_every_page() {
     let app = spawn_app().await;
-    let run = app.say("ana", "general", "/demo <script>alert(1)</script>").await["started"][0].as_i64().unwrap();
+    let run = app
+        .say("ana", "general", "/demo <script>alert(1)</script>")
+        .await["started"][0]
+        .as_i64()
+        .unwrap();
     app.root_of("general", run).await;
-    for page in ["/runs".to_owned(), format!("/runs/{run}"), "/audit".to_owned()] {
+    for page in [
+        "/runs".to_owned(),
+        format!("/runs/{run}"),
+        "/audit".to_owned(),
+    ] {
         let (status, html) = app.get(&page).await;
         assert_eq!(status, 200);
         assert!(!html.contains("<script>alert(1)"), "{page} is not escaped");
-        assert!(html.contains("&lt;script&gt;alert(1)"), "{page} lacks the escaped text");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)"),
+            "{page} lacks the escaped text"
+        );
     }
 }
 
@@ -301,32 +498,78 @@ text = "Good morning{% if trigger.late %} (late){% endif %}"
 #[tokio::test]
 async fn a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart() {
     // 2026-03-02 07:00 UTC is 08:00 in Berlin (winter time).
-    let mut app = spawn(Spawn { extra_workflows: vec![("ticker.toml", EVERY_MINUTE.into())], with_examples: false, ..Default::default() }).await;
+    let mut app = spawn(Spawn {
+        extra_workflows: vec![("ticker.toml", EVERY_MINUTE.into())],
+        with_examples: false,
+        ..Default::default()
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     app.advance(Duration::minutes(59));
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(app.channel("general").await.is_empty(), "nothing before 09:00");
+    assert!(
+        app.channel("general").await.is_empty(),
+        "nothing before 09:00"
+    );
     app.advance(Duration::minutes(2));
-    eventually("the 09:00 slot to fire", || async { app.channel("general").await.iter().any(|m| text(m).contains("run 1 ·")) }).await;
+    eventually("the 09:00 slot to fire", || async {
+        app.channel("general")
+            .await
+            .iter()
+            .any(|m| text(m).contains("run 1 ·"))
+    })
+    .await;
     // More ticks in the same slot start nothing more.
     for _ in 0..5 {
         app.advance(Duration::minutes(5));
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
     }
-    assert_eq!(app.ledger().await.iter().filter(|e| e["kind"] == "schedule.fired").count(), 1);
+    assert_eq!(
+        app.ledger()
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "schedule.fired")
+            .count(),
+        1
+    );
 
     // Down over the next slot: it fires once at start-up, marked late.
     app.stop().await;
     app.advance(Duration::days(2));
     app.start().await;
-    eventually("the missed slot to fire late", || async { app.ledger().await.iter().filter(|e| e["kind"] == "schedule.fired").count() == 2 }).await;
-    let fired: Vec<_> = app.ledger().await.into_iter().filter(|e| e["kind"] == "schedule.fired").collect();
-    assert!(fired[1]["data"].as_str().unwrap().contains("\"late\":true"), "{fired:?}");
+    eventually("the missed slot to fire late", || async {
+        app.ledger()
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "schedule.fired")
+            .count()
+            == 2
+    })
+    .await;
+    let fired: Vec<_> = app
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "schedule.fired")
+        .collect();
+    assert!(
+        fired[1]["data"].as_str().unwrap().contains("\"late\":true"),
+        "{fired:?}"
+    );
     let root = app.root_of("general", 2).await;
     assert!(text(&root).contains("started late"), "{root}");
-    app.wait_in_thread(root["id"].as_i64().unwrap(), "Good morning (late)").await;
+    app.wait_in_thread(root["id"].as_i64().unwrap(), "Good morning (late)")
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert_eq!(app.ledger().await.iter().filter(|e| e["kind"] == "schedule.fired").count(), 2, "two days missed, one late run");
+    assert_eq!(
+        app.ledger()
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "schedule.fired")
+            .count(),
+        2,
+        "two days missed, one late run"
+    );
 }
 
 #[tokio::test]
@@ -334,18 +577,32 @@ async fn the_daily_digest_counts_from_the_ledger() {
     let app = spawn_app().await;
     let (run, root) = start_demo(&app, "ana").await;
     app.wait_in_thread(root, "Approval needed").await;
-    app.say("ana", "general", &format!("/baton cancel {run}")).await;
+    app.say("ana", "general", &format!("/baton cancel {run}"))
+        .await;
     app.wait_for_status(run, "cancelled").await;
     let (run2, root2) = start_demo(&app, "ana").await;
     app.wait_in_thread(root2, "Approval needed").await;
     app.advance(Duration::hours(2));
-    let digest = app.say("dee", "general", "/digest").await["started"][0].as_i64().unwrap();
+    let digest = app.say("dee", "general", "/digest").await["started"][0]
+        .as_i64()
+        .unwrap();
     app.wait_for_status(digest, "succeeded").await;
-    let post = eventually_some("the digest post", || async { app.channel("general").await.into_iter().find(|m| text(m).starts_with("*Daily digest*")) }).await;
+    let post = eventually_some("the digest post", || async {
+        app.channel("general")
+            .await
+            .into_iter()
+            .find(|m| text(m).starts_with("*Daily digest*"))
+    })
+    .await;
     let t = text(&post);
     assert!(t.contains("Runs started: 3"), "{t}");
     assert!(t.contains("cancelled: 1"), "{t}");
-    assert!(t.contains(&format!("run {run2} (demo) step approve: waiting on @ben, @cy for 2 h")), "{t}");
+    assert!(
+        t.contains(&format!(
+            "run {run2} (demo) step approve: waiting on @ben, @cy for 2 h"
+        )),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -356,21 +613,52 @@ async fn health_readiness_and_metrics_answer() {
     start_demo(&app, "ana").await;
     let (status, metrics) = app.get("/metrics").await;
     assert_eq!(status, 200);
-    for line in ["baton_runs{status=\"waiting_approval\"} 1", "baton_approvals_pending 1", "baton_outbox_depth", "baton_step_duration_seconds_count 2", "baton_delivery_failures_total 0"] {
+    for line in [
+        "baton_runs{status=\"waiting_approval\"} 1",
+        "baton_approvals_pending 1",
+        "baton_outbox_depth",
+        "baton_step_duration_seconds_count 2",
+        "baton_delivery_failures_total 0",
+    ] {
         if !metrics.contains(line) {
             // Step durations and deliveries settle a moment after the approval is posted.
-            eventually(line, || async { app.get("/metrics").await.1.contains(line) }).await;
+            eventually(line, || async {
+                app.get("/metrics").await.1.contains(line)
+            })
+            .await;
         }
     }
 }
 
 #[tokio::test]
 async fn a_console_bound_beyond_loopback_demands_its_token() {
-    let app = spawn(Spawn { env: vec![("BATON_CONSOLE_TOKEN", "0123456789abcdef-token".into())], ..Default::default() }).await;
+    let app = spawn(Spawn {
+        env: vec![("BATON_CONSOLE_TOKEN", "0123456789abcdef-token".into())],
+        ..Default::default()
+    })
+    .await;
     assert_eq!(app.get("/api/state").await.0, 401);
     assert_eq!(app.get("/healthz").await.0, 200);
-    let r = app.http.get(format!("{}/api/state", app.base)).bearer_auth("0123456789abcdef-token").send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}/api/state", app.base))
+        .bearer_auth("0123456789abcdef-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = app.http.get(format!("{}/runs?token=0123456789abcdef-token", app.base)).send().await.unwrap();
-    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().starts_with("baton_token="));
+    let r = app
+        .http
+        .get(format!("{}/runs?token=0123456789abcdef-token", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("baton_token=")
+    );
 }

@@ -21,7 +21,11 @@ struct Bot {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Bot {
@@ -32,7 +36,12 @@ impl Bot {
         for (name, text) in workflows {
             std::fs::write(commands.join(name), text).unwrap();
         }
-        Self { dir, port: free_port(), child: None, http: reqwest::Client::new() }
+        Self {
+            dir,
+            port: free_port(),
+            child: None,
+            http: reqwest::Client::new(),
+        }
     }
 
     fn command(&self) -> Command {
@@ -40,7 +49,10 @@ impl Bot {
         c.current_dir(self.dir.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", format!("sqlite://{}", self.dir.path().join("baton.db").display()))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", self.dir.path().join("baton.db").display()),
+            )
             .env("BATON_COMMANDS_DIR", self.dir.path().join("commands"))
             .env("BATON_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("BATON_POLL_INTERVAL", "50ms")
@@ -53,11 +65,27 @@ impl Bot {
     }
 
     async fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("bot.log")).unwrap();
-        let child = self.command().stdout(Stdio::null()).stderr(log).spawn().expect("baton starts");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bot.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("baton starts");
         self.child = Some(child);
         let url = format!("{}/readyz", self.base());
-        eventually("baton to answer", || async { self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }).await;
+        eventually("baton to answer", || async {
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -68,30 +96,75 @@ impl Bot {
     }
 
     async fn say(&self, user: &str, channel: &str, text: &str) -> Value {
-        let r = self.http.post(format!("{}/api/messages", self.base())).json(&json!({"channel": channel, "user": user, "text": text})).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}/api/messages", self.base()))
+            .json(&json!({"channel": channel, "user": user, "text": text}))
+            .send()
+            .await
+            .unwrap();
         r.json().await.unwrap()
     }
 
     async fn run_page(&self, run: i64) -> String {
-        self.http.get(format!("{}/runs/{run}", self.base())).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(format!("{}/runs/{run}", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = self.command().args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     fn ledger(&self) -> Vec<Value> {
         let (ok, out) = self.cli(&["audit", "export"]);
         assert!(ok);
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     async fn thread_texts(&self, channel: &str, run: i64) -> Vec<String> {
-        let msgs: Vec<Value> = self.http.get(format!("{}/api/channels/{channel}/messages", self.base())).send().await.unwrap().json().await.unwrap();
-        let root = msgs.iter().find(|m| m["message"]["text"].as_str().unwrap_or("").contains(&format!("run {run} ·"))).expect("root posted");
-        let thread: Vec<Value> = self.http.get(format!("{}/api/threads/{}", self.base(), root["id"])).send().await.unwrap().json().await.unwrap();
-        thread.iter().map(|m| m["message"]["text"].as_str().unwrap_or("").to_owned()).collect()
+        let msgs: Vec<Value> = self
+            .http
+            .get(format!("{}/api/channels/{channel}/messages", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let root = msgs
+            .iter()
+            .find(|m| {
+                m["message"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("run {run} ·"))
+            })
+            .expect("root posted");
+        let thread: Vec<Value> = self
+            .http
+            .get(format!("{}/api/threads/{}", self.base(), root["id"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        thread
+            .iter()
+            .map(|m| m["message"]["text"].as_str().unwrap_or("").to_owned())
+            .collect()
     }
 }
 
@@ -155,52 +228,124 @@ async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_a
     let (port, hits) = slow_upstream().await;
     let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/slow").await["started"][0].as_i64().expect("run started");
-    eventually("the step to be in flight", || async { hits.load(Ordering::SeqCst) == 1 }).await;
+    let run = bot.say("ana", "general", "/slow").await["started"][0]
+        .as_i64()
+        .expect("run started");
+    eventually("the step to be in flight", || async {
+        hits.load(Ordering::SeqCst) == 1
+    })
+    .await;
     bot.kill();
 
     bot.start().await;
-    eventually("the run to finish after restart", || async { bot.run_page(run).await.contains("<dd class=\"status succeeded\">") }).await;
-    assert_eq!(hits.load(Ordering::SeqCst), 2, "the interrupted step ran again, once");
+    eventually("the run to finish after restart", || async {
+        bot.run_page(run)
+            .await
+            .contains("<dd class=\"status succeeded\">")
+    })
+    .await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the interrupted step ran again, once"
+    );
 
     let ledger = bot.ledger();
-    let started: Vec<&Value> = ledger.iter().filter(|e| e["kind"] == "step.started" && e["step"] == "fetch").collect();
+    let started: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["kind"] == "step.started" && e["step"] == "fetch")
+        .collect();
     assert_eq!(started.len(), 2, "both attempts are in the ledger");
-    assert!(started[0]["data"].as_str().unwrap().contains("\"attempt\":1"));
-    assert!(started[1]["data"].as_str().unwrap().contains("\"attempt\":2"));
-    assert!(ledger.iter().any(|e| e["kind"] == "step.attempt_lost" && e["step"] == "fetch"));
+    assert!(
+        started[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("\"attempt\":1")
+    );
+    assert!(
+        started[1]["data"]
+            .as_str()
+            .unwrap()
+            .contains("\"attempt\":2")
+    );
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e["kind"] == "step.attempt_lost" && e["step"] == "fetch")
+    );
     let (ok, verify) = bot.cli(&["audit", "verify"]);
     assert!(ok, "{verify}");
 
     let page = bot.run_page(run).await;
-    assert!(page.contains("<td class=\"status lost\">lost</td>") && page.contains("<td class=\"status succeeded\">succeeded</td>"), "attempts table shows both");
+    assert!(
+        page.contains("<td class=\"status lost\">lost</td>")
+            && page.contains("<td class=\"status succeeded\">succeeded</td>"),
+        "attempts table shows both"
+    );
     let thread = eventually_some("the summary", || async {
         let t = bot.thread_texts("general", run).await;
         t.iter().any(|x| x.contains("*done*")).then_some(t)
     })
     .await;
-    assert!(thread.iter().any(|t| t == "fetched: upstream ok"), "{thread:?}");
+    assert!(
+        thread.iter().any(|t| t == "fetched: upstream ok"),
+        "{thread:?}"
+    );
     // Nothing already posted was posted again.
     let mut seen = thread.clone();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), thread.len(), "a message was posted twice: {thread:?}");
+    assert_eq!(
+        seen.len(),
+        thread.len(),
+        "a message was posted twice: {thread:?}"
+    );
 }
 
 #[tokio::test]
 async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
-    let demo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml")).unwrap();
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
+            .unwrap();
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/demo crash").await["started"][0].as_i64().unwrap();
+    let run = bot.say("ana", "general", "/demo crash").await["started"][0]
+        .as_i64()
+        .unwrap();
     // Kill at once, before the outbox had a chance to deliver anything.
     bot.kill();
     bot.start().await;
     let approval = eventually_some("the approval message", || async {
-        let msgs: Vec<Value> = bot.http.get(format!("{}/api/channels/general/messages", bot.base())).send().await.ok()?.json().await.ok()?;
-        let root = msgs.iter().find(|m| m["message"]["text"].as_str().unwrap_or("").contains(&format!("run {run} ·")))?;
-        let thread: Vec<Value> = bot.http.get(format!("{}/api/threads/{}", bot.base(), root["id"])).send().await.ok()?.json().await.ok()?;
-        thread.into_iter().find(|m| m["message"]["text"].as_str().unwrap_or("").contains("Approval needed"))
+        let msgs: Vec<Value> = bot
+            .http
+            .get(format!("{}/api/channels/general/messages", bot.base()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let root = msgs.iter().find(|m| {
+            m["message"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("run {run} ·"))
+        })?;
+        let thread: Vec<Value> = bot
+            .http
+            .get(format!("{}/api/threads/{}", bot.base(), root["id"]))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        thread.into_iter().find(|m| {
+            m["message"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Approval needed")
+        })
     })
     .await;
     bot.kill();
@@ -213,7 +358,12 @@ async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    eventually("the run to finish", || async { bot.run_page(run).await.contains("<dd class=\"status succeeded\">") }).await;
+    eventually("the run to finish", || async {
+        bot.run_page(run)
+            .await
+            .contains("<dd class=\"status succeeded\">")
+    })
+    .await;
     let thread = eventually_some("the summary", || async {
         let t = bot.thread_texts("general", run).await;
         t.iter().any(|x| x.contains("*done*")).then_some(t)
@@ -222,21 +372,38 @@ async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
     let mut seen = thread.clone();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), thread.len(), "a message was posted twice: {thread:?}");
+    assert_eq!(
+        seen.len(),
+        thread.len(),
+        "a message was posted twice: {thread:?}"
+    );
     assert!(bot.cli(&["audit", "verify"]).0);
 }
 
 #[tokio::test]
 async fn the_cli_cancels_a_run_that_the_running_bot_then_reports() {
-    let demo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml")).unwrap();
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
+            .unwrap();
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/demo cli").await["started"][0].as_i64().unwrap();
-    eventually("the run to wait for approval", || async { bot.run_page(run).await.contains("status waiting_approval") }).await;
+    let run = bot.say("ana", "general", "/demo cli").await["started"][0]
+        .as_i64()
+        .unwrap();
+    eventually("the run to wait for approval", || async {
+        bot.run_page(run).await.contains("status waiting_approval")
+    })
+    .await;
     let (ok, out) = bot.cli(&["runs", "cancel", &run.to_string(), "--as", "oncall"]);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("Run {run} cancelled.")), "{out}");
-    eventually("the thread to report the cancellation", || async { bot.thread_texts("general", run).await.iter().any(|t| t.contains("*cancelled*")) }).await;
+    eventually("the thread to report the cancellation", || async {
+        bot.thread_texts("general", run)
+            .await
+            .iter()
+            .any(|t| t.contains("*cancelled*"))
+    })
+    .await;
     let (ok, list) = bot.cli(&["runs", "list"]);
     assert!(ok && list.contains("cancelled"), "{list}");
     let (ok, show) = bot.cli(&["runs", "show", &run.to_string()]);
@@ -247,32 +414,63 @@ async fn the_cli_cancels_a_run_that_the_running_bot_then_reports() {
 fn check_exits_non_zero_and_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "name = \"bad\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"bad\"\n[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"nope\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baton")).args(["check", "--dir"]).arg(dir.path()).env_clear().output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", "--dir"])
+        .arg(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file: PathBuf = dir.path().join("bad.toml");
-    assert!(stderr.contains(&format!("{}:8: error: unknown tool `nope`", file.display())), "{stderr}");
-    let ok = Command::new(env!("CARGO_BIN_EXE_baton")).args(["check", "--dir"]).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands")).env_clear().output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        stderr.contains(&format!("{}:8: error: unknown tool `nope`", file.display())),
+        "{stderr}"
+    );
+    let ok = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", "--dir"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[test]
 fn a_bad_setting_stops_start_up_naming_the_setting() {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton")).env_clear().env("BATON_WORKERS", "lots").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .env_clear()
+        .env("BATON_WORKERS", "lots")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("BATON_WORKERS: `lots` must be a whole number"), "{stderr}");
+    assert!(
+        stderr.contains("BATON_WORKERS: `lots` must be a whole number"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn audit_verify_finds_the_first_tampered_entry() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let demo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml")).unwrap();
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
+            .unwrap();
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     rt.block_on(async {
         bot.start().await;
-        let run = bot.say("ana", "general", "/demo ledger").await["started"][0].as_i64().unwrap();
-        eventually("the approval", || async { bot.run_page(run).await.contains("status waiting_approval") }).await;
+        let run = bot.say("ana", "general", "/demo ledger").await["started"][0]
+            .as_i64()
+            .unwrap();
+        eventually("the approval", || async {
+            bot.run_page(run).await.contains("status waiting_approval")
+        })
+        .await;
     });
     bot.kill();
     assert!(bot.cli(&["audit", "verify"]).0);
@@ -284,11 +482,24 @@ fn audit_verify_finds_the_first_tampered_entry() {
     rt.block_on(async {
         use sqlx::ConnectOptions;
         let url = format!("sqlite://{}", bot.dir.path().join("baton.db").display());
-        let mut c = url.parse::<sqlx::sqlite::SqliteConnectOptions>().unwrap().connect().await.unwrap();
-        let refused = sqlx::query("UPDATE audit SET data = '{}' WHERE seq = 3").execute(&mut c).await;
+        let mut c = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let refused = sqlx::query("UPDATE audit SET data = '{}' WHERE seq = 3")
+            .execute(&mut c)
+            .await;
         assert!(refused.is_err(), "the ledger refuses updates");
-        sqlx::query("DROP TRIGGER audit_no_update").execute(&mut c).await.unwrap();
-        sqlx::query("UPDATE audit SET data = '{\"forged\":true}' WHERE seq = 3").execute(&mut c).await.unwrap();
+        sqlx::query("DROP TRIGGER audit_no_update")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit SET data = '{\"forged\":true}' WHERE seq = 3")
+            .execute(&mut c)
+            .await
+            .unwrap();
     });
     let (ok, out) = bot.cli(&["audit", "verify"]);
     assert!(!ok);

@@ -14,7 +14,10 @@ pub enum DeliveryError {
     /// Try again later (network trouble, 5xx, rate limited). `retry_after` when the platform
     /// said how long to wait.
     #[error("{message}")]
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Will never succeed (unknown channel, no access): reported in the run and the ledger.
     #[error("{0}")]
     Permanent(String),

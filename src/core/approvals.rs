@@ -30,7 +30,12 @@ impl Refusal {
 
 /// Decides whether `actor` may approve (or reject) under `spec` for a run `requester` started.
 /// An approver may always reject; approving one's own run needs `allow_self_approval`.
-pub fn may_decide(spec: &ApprovalSpec, requester: &Actor, actor: &Actor, approve: bool) -> Result<(), Refusal> {
+pub fn may_decide(
+    spec: &ApprovalSpec,
+    requester: &Actor,
+    actor: &Actor,
+    approve: bool,
+) -> Result<(), Refusal> {
     if !spec.approvers.iter().any(|a| actor.is_named_by(a)) {
         return Err(Refusal::NotApprover);
     }
@@ -47,40 +52,74 @@ mod tests {
     use chrono::Duration;
 
     fn user(id: &str) -> Actor {
-        Actor { platform: "console".into(), id: id.into(), display: id.into(), is_bot: false }
+        Actor {
+            platform: "console".into(),
+            id: id.into(),
+            display: id.into(),
+            is_bot: false,
+        }
     }
 
     fn spec(allow_self: bool) -> ApprovalSpec {
-        ApprovalSpec { approvers: vec!["ben".into(), "console:cy".into()], allow_self_approval: allow_self, message: String::new(), timeout: Duration::hours(1) }
+        ApprovalSpec {
+            approvers: vec!["ben".into(), "console:cy".into()],
+            allow_self_approval: allow_self,
+            message: String::new(),
+            timeout: Duration::hours(1),
+        }
     }
 
     #[test]
     fn a_listed_approver_may_approve_someone_elses_run() {
-        assert_eq!(may_decide(&spec(false), &user("ana"), &user("ben"), true), Ok(()));
-        assert_eq!(may_decide(&spec(false), &user("ana"), &user("cy"), true), Ok(()));
+        assert_eq!(
+            may_decide(&spec(false), &user("ana"), &user("ben"), true),
+            Ok(())
+        );
+        assert_eq!(
+            may_decide(&spec(false), &user("ana"), &user("cy"), true),
+            Ok(())
+        );
     }
 
     #[test]
     fn someone_not_listed_is_refused() {
-        assert_eq!(may_decide(&spec(false), &user("ana"), &user("dee"), true), Err(Refusal::NotApprover));
-        assert_eq!(may_decide(&spec(false), &user("ana"), &user("dee"), false), Err(Refusal::NotApprover));
+        assert_eq!(
+            may_decide(&spec(false), &user("ana"), &user("dee"), true),
+            Err(Refusal::NotApprover)
+        );
+        assert_eq!(
+            may_decide(&spec(false), &user("ana"), &user("dee"), false),
+            Err(Refusal::NotApprover)
+        );
     }
 
     #[test]
     fn a_platform_qualified_approver_does_not_match_another_platform() {
         let mut cy = user("cy");
         cy.platform = "slack".into();
-        assert_eq!(may_decide(&spec(false), &user("ana"), &cy, true), Err(Refusal::NotApprover));
+        assert_eq!(
+            may_decide(&spec(false), &user("ana"), &cy, true),
+            Err(Refusal::NotApprover)
+        );
     }
 
     #[test]
     fn the_requester_cannot_approve_their_own_run_unless_allowed() {
-        assert_eq!(may_decide(&spec(false), &user("ben"), &user("ben"), true), Err(Refusal::OwnRun));
-        assert_eq!(may_decide(&spec(true), &user("ben"), &user("ben"), true), Ok(()));
+        assert_eq!(
+            may_decide(&spec(false), &user("ben"), &user("ben"), true),
+            Err(Refusal::OwnRun)
+        );
+        assert_eq!(
+            may_decide(&spec(true), &user("ben"), &user("ben"), true),
+            Ok(())
+        );
     }
 
     #[test]
     fn the_requester_may_still_reject_their_own_run() {
-        assert_eq!(may_decide(&spec(false), &user("ben"), &user("ben"), false), Ok(()));
+        assert_eq!(
+            may_decide(&spec(false), &user("ben"), &user("ben"), false),
+            Ok(())
+        );
     }
 }

@@ -131,7 +131,16 @@ pub fn entry_hash(
     let run = run.map(|r| r.to_string()).unwrap_or_default();
     let at = at.timestamp_millis().to_string();
     let seq = seq.to_string();
-    for part in [prev, &seq, &at, kind, &run, step.unwrap_or(""), actor.unwrap_or(""), data] {
+    for part in [
+        prev,
+        &seq,
+        &at,
+        kind,
+        &run,
+        step.unwrap_or(""),
+        actor.unwrap_or(""),
+        data,
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -188,7 +197,10 @@ impl ChainVerifier {
             return;
         }
         let problem = if e.seq != self.last_seq + 1 {
-            Some(format!("entry {} follows entry {}: entries are missing", e.seq, self.last_seq))
+            Some(format!(
+                "entry {} follows entry {}: entries are missing",
+                e.seq, self.last_seq
+            ))
         } else if e.prev_hash != self.prev {
             Some("its link to the previous entry does not match".to_owned())
         } else if e.expected_hash() != e.hash {
@@ -208,7 +220,9 @@ impl ChainVerifier {
     pub fn finish(self) -> Verification {
         match self.broken {
             Some((seq, reason)) => Verification::Broken { seq, reason },
-            None => Verification::Intact { entries: self.count },
+            None => Verification::Intact {
+                entries: self.count,
+            },
         }
     }
 }
@@ -220,7 +234,15 @@ pub struct Redactor {
     secrets: Vec<String>,
 }
 
-const SECRET_FIELD_HINTS: [&str; 7] = ["token", "secret", "password", "authorization", "api_key", "apikey", "cookie"];
+const SECRET_FIELD_HINTS: [&str; 7] = [
+    "token",
+    "secret",
+    "password",
+    "authorization",
+    "api_key",
+    "apikey",
+    "cookie",
+];
 
 impl Redactor {
     /// Secrets shorter than 4 characters are ignored: redacting them would shred ordinary text.
@@ -277,7 +299,17 @@ mod tests {
                 let at = DateTime::from_timestamp_millis(1_700_000_000_000 + seq).unwrap();
                 let data = format!("{{\"n\":{seq}}}");
                 let hash = entry_hash(&prev, seq, at, "run.started", Some(1), None, None, &data);
-                let e = AuditEntry { seq, at, kind: "run.started".into(), run: Some(1), step: None, actor: None, data, prev_hash: prev.clone(), hash: hash.clone() };
+                let e = AuditEntry {
+                    seq,
+                    at,
+                    kind: "run.started".into(),
+                    run: Some(1),
+                    step: None,
+                    actor: None,
+                    data,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 e
             })
@@ -299,14 +331,20 @@ mod tests {
     fn an_edited_entry_is_reported_as_the_first_break() {
         let mut entries = chain(5);
         entries[2].data = "{\"n\":99}".into();
-        assert!(matches!(verify(&entries), Verification::Broken { seq: 3, .. }));
+        assert!(matches!(
+            verify(&entries),
+            Verification::Broken { seq: 3, .. }
+        ));
     }
 
     #[test]
     fn a_deleted_entry_is_reported() {
         let mut entries = chain(5);
         entries.remove(1);
-        assert!(matches!(verify(&entries), Verification::Broken { seq: 3, .. }));
+        assert!(matches!(
+            verify(&entries),
+            Verification::Broken { seq: 3, .. }
+        ));
     }
 
     #[test]
@@ -314,6 +352,9 @@ mod tests {
         let r = Redactor::new(["s3cr3t-value".to_owned(), "ab".to_owned()]);
         let mut v = json!({"url": "https://x/?key=s3cr3t-value", "api_key": "zzz", "nested": [{"Authorization": "Bearer q"}], "about": "ab"});
         r.redact(&mut v);
-        assert_eq!(v, json!({"url": "https://x/?key=[redacted]", "api_key": "[redacted]", "nested": [{"Authorization": "[redacted]"}], "about": "ab"}));
+        assert_eq!(
+            v,
+            json!({"url": "https://x/?key=[redacted]", "api_key": "[redacted]", "nested": [{"Authorization": "[redacted]"}], "about": "ab"})
+        );
     }
 }

@@ -90,19 +90,30 @@ mod tests {
 
     #[test]
     fn the_digest_names_counts_waiting_approvals_and_their_age() {
-        let until = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z").unwrap().with_timezone(&Utc);
+        let until = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let f = DigestFigures {
             since: until - Duration::days(1),
             until,
             succeeded: 3,
             failed: 1,
             started: 5,
-            waiting: vec![WaitingApproval { run: RunId(7), workflow: "demo".into(), step: "gate".into(), approvers: vec!["ben".into()], since: until - Duration::hours(3) }],
+            waiting: vec![WaitingApproval {
+                run: RunId(7),
+                workflow: "demo".into(),
+                step: "gate".into(),
+                approvers: vec!["ben".into()],
+                since: until - Duration::hours(3),
+            }],
             ..Default::default()
         };
         let text = render(&f);
         assert!(text.contains("finished: 3 · failed: 1"), "{text}");
-        assert!(text.contains("run 7 (demo) step gate: waiting on @ben for 3 h"), "{text}");
+        assert!(
+            text.contains("run 7 (demo) step gate: waiting on @ben for 3 h"),
+            "{text}"
+        );
         assert!(text.contains("Stalled: none"), "{text}");
     }
 }

@@ -83,5 +83,8 @@ pub enum EventKind {
     /// A plain channel message; `mentions_bot` when it addressed the bot.
     Message { text: String, mentions_bot: bool },
     /// A button click on a message the bot posted.
-    Action { action: ActionId, reason: Option<String> },
+    Action {
+        action: ActionId,
+        reason: Option<String>,
+    },
 }

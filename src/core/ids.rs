@@ -95,8 +95,14 @@ mod tests {
     #[test]
     fn action_ids_round_trip_through_their_text_form() {
         for action in [
-            ActionId::Approve { run: RunId(7), step: "gate".into() },
-            ActionId::Reject { run: RunId(7), step: "gate".into() },
+            ActionId::Approve {
+                run: RunId(7),
+                step: "gate".into(),
+            },
+            ActionId::Reject {
+                run: RunId(7),
+                step: "gate".into(),
+            },
             ActionId::Cancel { run: RunId(12) },
         ] {
             assert_eq!(action.to_string().parse::<ActionId>().unwrap(), action);
@@ -105,7 +111,15 @@ mod tests {
 
     #[test]
     fn malformed_action_ids_are_refused() {
-        for bad in ["", "approve", "approve:x:gate", "approve:0:gate", "approve:3:", "cancel:3:x", "boom:3"] {
+        for bad in [
+            "",
+            "approve",
+            "approve:x:gate",
+            "approve:0:gate",
+            "approve:3:",
+            "cancel:3:x",
+            "boom:3",
+        ] {
             assert!(bad.parse::<ActionId>().is_err(), "{bad} parsed");
         }
     }

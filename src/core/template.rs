@@ -26,9 +26,7 @@ fn env() -> &'static Environment<'static> {
 
 /// Renders `source` against `ctx`.
 pub fn render(source: &str, ctx: &Value) -> Result<String, String> {
-    let out = env()
-        .render_str(source, ctx)
-        .map_err(|e| describe(&e))?;
+    let out = env().render_str(source, ctx).map_err(|e| describe(&e))?;
     if out.len() > MAX_OUTPUT {
         return Err(format!("template output is longer than {MAX_OUTPUT} bytes"));
     }
@@ -57,9 +55,7 @@ pub fn render_value(value: &Value, ctx: &Value) -> Result<Value, String> {
 /// The variables a template reads, as dotted paths (`input.company`, `steps.fetch.output`).
 /// Fails with the syntax error when the template does not parse.
 pub fn variables(source: &str) -> Result<BTreeSet<String>, String> {
-    let tmpl = env()
-        .template_from_str(source)
-        .map_err(|e| describe(&e))?;
+    let tmpl = env().template_from_str(source).map_err(|e| describe(&e))?;
     Ok(tmpl.undeclared_variables(true).into_iter().collect())
 }
 
@@ -78,7 +74,11 @@ mod tests {
     #[test]
     fn templates_render_inputs_and_step_outputs() {
         let ctx = json!({"input": {"company": "acme.com"}, "steps": {"fetch": {"output": {"status": 200}}}});
-        let out = render("{{ input.company }} answered {{ steps.fetch.output.status }}", &ctx).unwrap();
+        let out = render(
+            "{{ input.company }} answered {{ steps.fetch.output.status }}",
+            &ctx,
+        )
+        .unwrap();
         assert_eq!(out, "acme.com answered 200");
     }
 
@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn variables_lists_dotted_paths_read_by_a_template() {
-        let vars = variables("{{ input.a }} {{ steps.s1.output.x }}{% for i in items %}{{ i }}{% endfor %}").unwrap();
+        let vars = variables(
+            "{{ input.a }} {{ steps.s1.output.x }}{% for i in items %}{{ i }}{% endfor %}",
+        )
+        .unwrap();
         assert!(vars.contains("input.a"));
         assert!(vars.iter().any(|v| v.starts_with("steps.s1")));
         assert!(vars.contains("items"));
@@ -109,7 +112,11 @@ mod tests {
 
     #[test]
     fn nested_values_render_every_string() {
-        let out = render_value(&json!({"a": ["{{ input.x }}", 3]}), &json!({"input": {"x": "y"}})).unwrap();
+        let out = render_value(
+            &json!({"a": ["{{ input.x }}", 3]}),
+            &json!({"input": {"x": "y"}}),
+        )
+        .unwrap();
         assert_eq!(out, json!({"a": ["y", 3]}));
     }
 }

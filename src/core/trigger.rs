@@ -10,7 +10,10 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub enum SlashMatch {
     /// Start this workflow with these inputs.
-    Start { workflow: Arc<Workflow>, inputs: Map<String, Value> },
+    Start {
+        workflow: Arc<Workflow>,
+        inputs: Map<String, Value>,
+    },
     /// Baton's own `/baton …` commands.
     Baton(BatonCommand),
     /// The arguments did not fit; show this privately.
@@ -47,7 +50,10 @@ pub fn match_slash(set: &WorkflowSet, command: &str, text: &str) -> SlashMatch {
                 let mut inputs = wf.inputs.clone();
                 inputs.extend(args);
                 inputs.insert("text".into(), Value::String(text.trim().to_owned()));
-                SlashMatch::Start { workflow: wf.clone(), inputs }
+                SlashMatch::Start {
+                    workflow: wf.clone(),
+                    inputs,
+                }
             }
             Err(e) => SlashMatch::Usage(format!("{e}\nUsage: {}", slash.usage)),
         },
@@ -122,7 +128,12 @@ fn typed(name: &str, ty: &ArgType, word: &str) -> Result<Value, String> {
             .iter()
             .find(|c| c.eq_ignore_ascii_case(word))
             .map(|c| Value::String(c.clone()))
-            .ok_or_else(|| format!("`{name}` must be one of {}, not `{word}`.", choices.join(", "))),
+            .ok_or_else(|| {
+                format!(
+                    "`{name}` must be one of {}, not `{word}`.",
+                    choices.join(", ")
+                )
+            }),
     }
 }
 
@@ -137,7 +148,10 @@ pub struct MessageFacts<'a> {
 }
 
 /// Every workflow a message starts, with its inputs (named captures plus `text`).
-pub fn match_message(set: &WorkflowSet, m: MessageFacts<'_>) -> Vec<(Arc<Workflow>, Map<String, Value>)> {
+pub fn match_message(
+    set: &WorkflowSet,
+    m: MessageFacts<'_>,
+) -> Vec<(Arc<Workflow>, Map<String, Value>)> {
     let mut out = Vec::new();
     for wf in set.iter() {
         for t in &wf.triggers {
@@ -154,7 +168,10 @@ pub fn match_message(set: &WorkflowSet, m: MessageFacts<'_>) -> Vec<(Arc<Workflo
                     Some(caps) => {
                         for name in re.capture_names().flatten() {
                             if let Some(v) = caps.name(name) {
-                                inputs.insert(name.to_owned(), Value::String(v.as_str().trim().to_owned()));
+                                inputs.insert(
+                                    name.to_owned(),
+                                    Value::String(v.as_str().trim().to_owned()),
+                                );
                             }
                         }
                         !mt.mention || m.mentions_bot
@@ -222,7 +239,11 @@ text = "hi"
     #[test]
     fn a_slash_command_starts_its_workflow_with_typed_inputs() {
         let s = set(&[LEAD, TYPED]);
-        let SlashMatch::Start { workflow, inputs } = match_slash(&s, "/typed", "4 yes HIGH the rest of it") else { panic!() };
+        let SlashMatch::Start { workflow, inputs } =
+            match_slash(&s, "/typed", "4 yes HIGH the rest of it")
+        else {
+            panic!()
+        };
         assert_eq!(workflow.name, "typed");
         assert_eq!(inputs["n"], json!(4));
         assert_eq!(inputs["urgent"], json!(true));
@@ -233,7 +254,9 @@ text = "hi"
     #[test]
     fn defaults_fill_missing_optional_arguments() {
         let s = set(&[TYPED]);
-        let SlashMatch::Start { inputs, .. } = match_slash(&s, "typed", "4") else { panic!() };
+        let SlashMatch::Start { inputs, .. } = match_slash(&s, "typed", "4") else {
+            panic!()
+        };
         assert_eq!(inputs["urgent"], json!(false));
         assert!(!inputs.contains_key("note"));
     }
@@ -241,8 +264,16 @@ text = "hi"
     #[test]
     fn bad_arguments_answer_with_the_usage_text() {
         let s = set(&[TYPED, LEAD]);
-        for (cmd, text, needle) in [("typed", "four", "whole number"), ("typed", "", "Missing argument `n`"), ("typed", "1 maybe", "yes or no"), ("typed", "1 no medium", "one of low, high"), ("lead", "", "Usage: /lead <company>")] {
-            let SlashMatch::Usage(msg) = match_slash(&s, cmd, text) else { panic!("{cmd} {text}") };
+        for (cmd, text, needle) in [
+            ("typed", "four", "whole number"),
+            ("typed", "", "Missing argument `n`"),
+            ("typed", "1 maybe", "yes or no"),
+            ("typed", "1 no medium", "one of low, high"),
+            ("lead", "", "Usage: /lead <company>"),
+        ] {
+            let SlashMatch::Usage(msg) = match_slash(&s, cmd, text) else {
+                panic!("{cmd} {text}")
+            };
             assert!(msg.contains(needle), "{msg}");
         }
     }
@@ -250,29 +281,95 @@ text = "hi"
     #[test]
     fn baton_cancel_parses_the_run_number() {
         let s = set(&[]);
-        assert!(matches!(match_slash(&s, "baton", "cancel 42"), SlashMatch::Baton(BatonCommand::Cancel(RunId(42)))));
-        assert!(matches!(match_slash(&s, "baton", "cancel x"), SlashMatch::Usage(_)));
-        assert!(matches!(match_slash(&s, "nope", ""), SlashMatch::Unknown(_)));
+        assert!(matches!(
+            match_slash(&s, "baton", "cancel 42"),
+            SlashMatch::Baton(BatonCommand::Cancel(RunId(42)))
+        ));
+        assert!(matches!(
+            match_slash(&s, "baton", "cancel x"),
+            SlashMatch::Usage(_)
+        ));
+        assert!(matches!(
+            match_slash(&s, "nope", ""),
+            SlashMatch::Unknown(_)
+        ));
     }
 
     #[test]
     fn a_message_in_the_right_channel_fires_with_named_captures() {
         let s = set(&[LEAD]);
-        let facts = MessageFacts { channel: "leads", text: "New lead: acme.com", mentions_bot: false, from_bot: false, in_thread: false };
+        let facts = MessageFacts {
+            channel: "leads",
+            text: "New lead: acme.com",
+            mentions_bot: false,
+            from_bot: false,
+            in_thread: false,
+        };
         let hits = match_message(&s, facts);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].1["company"], json!("acme.com"));
-        assert!(match_message(&s, MessageFacts { channel: "general", ..facts }).is_empty());
-        assert!(match_message(&s, MessageFacts { from_bot: true, ..facts }).is_empty());
-        assert!(match_message(&s, MessageFacts { in_thread: true, ..facts }).is_empty());
-        assert!(match_message(&s, MessageFacts { text: "old lead: x", ..facts }).is_empty());
+        assert!(
+            match_message(
+                &s,
+                MessageFacts {
+                    channel: "general",
+                    ..facts
+                }
+            )
+            .is_empty()
+        );
+        assert!(
+            match_message(
+                &s,
+                MessageFacts {
+                    from_bot: true,
+                    ..facts
+                }
+            )
+            .is_empty()
+        );
+        assert!(
+            match_message(
+                &s,
+                MessageFacts {
+                    in_thread: true,
+                    ..facts
+                }
+            )
+            .is_empty()
+        );
+        assert!(
+            match_message(
+                &s,
+                MessageFacts {
+                    text: "old lead: x",
+                    ..facts
+                }
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn a_mention_trigger_fires_only_when_the_bot_is_mentioned() {
         let s = set(&[TYPED]);
-        let facts = MessageFacts { channel: "any", text: "@baton hi", mentions_bot: true, from_bot: false, in_thread: false };
+        let facts = MessageFacts {
+            channel: "any",
+            text: "@baton hi",
+            mentions_bot: true,
+            from_bot: false,
+            in_thread: false,
+        };
         assert_eq!(match_message(&s, facts).len(), 1);
-        assert!(match_message(&s, MessageFacts { mentions_bot: false, ..facts }).is_empty());
+        assert!(
+            match_message(
+                &s,
+                MessageFacts {
+                    mentions_bot: false,
+                    ..facts
+                }
+            )
+            .is_empty()
+        );
     }
 }

@@ -31,14 +31,23 @@ impl Engine {
         let workers = self.spawn_workers(rx.clone());
         let recovered = self.recover().await?;
         if recovered > 0 {
-            tracing::info!(attempts = recovered, "resumed runs interrupted by the last stop");
+            tracing::info!(
+                attempts = recovered,
+                "resumed runs interrupted by the last stop"
+            );
         }
         let loops = vec![
             tokio::spawn(self.clone().timer_loop(rx.clone())),
             tokio::spawn(self.clone().schedule_loop(rx.clone())),
         ];
         let outbox = Some(tokio::spawn(self.clone().outbox_loop(rx)));
-        Ok(Background { shutdown: tx, workers, loops, outbox, engine: self.clone() })
+        Ok(Background {
+            shutdown: tx,
+            workers,
+            loops,
+            outbox,
+            engine: self.clone(),
+        })
     }
 
     /// Waits for the poll interval, a clock change, new outbox work, or shutdown.
@@ -57,7 +66,10 @@ impl Engine {
             match self.store.due_timers(self.clock.now(), 200).await {
                 Ok(due) => {
                     for (run, key) in due {
-                        if let Err(e) = self.submit(run, Command::TimerFired { key: key.clone() }).await {
+                        if let Err(e) = self
+                            .submit(run, Command::TimerFired { key: key.clone() })
+                            .await
+                        {
                             tracing::warn!(run = %run, timer = %key, error = %e, "could not fire a timer; trying again");
                         }
                     }
@@ -86,10 +98,14 @@ impl Engine {
                 let now = self.clock.now();
                 let Some(cursor) = self.store.schedule_cursor(&wf.name, &s.key).await? else {
                     // First sighting: slots count from now on.
-                    self.store.set_schedule_cursor(&wf.name, &s.key, now).await?;
+                    self.store
+                        .set_schedule_cursor(&wf.name, &s.key, now)
+                        .await?;
                     continue;
                 };
-                let Some(slot) = s.latest_slot(cursor, now) else { continue };
+                let Some(slot) = s.latest_slot(cursor, now) else {
+                    continue;
+                };
                 let late = now - slot > Duration::seconds(LATE_AFTER_SECONDS);
                 let mut inputs = wf.inputs.clone();
                 inputs.extend(s.inputs.clone());
@@ -99,7 +115,11 @@ impl Engine {
                     workflow: wf.clone(),
                     inputs,
                     actor: Actor::scheduler(),
-                    conversation: ConversationRef { platform: self.settings.default_platform.clone(), channel: s.channel.clone(), thread: None },
+                    conversation: ConversationRef {
+                        platform: self.settings.default_platform.clone(),
+                        channel: s.channel.clone(),
+                        thread: None,
+                    },
                     // The slot is in the event id, so the run for a slot is created once, even
                     // if this tick is repeated after a crash.
                     event_id: format!("schedule:{}:{}:{}", wf.name, s.key, slot.timestamp()),
@@ -107,11 +127,18 @@ impl Engine {
                 };
                 let outcome = self.start_run(req).await?;
                 if let StartOutcome::Started(run) = outcome {
-                    let ev = AuditEvent::new(now, AuditKind::ScheduleFired, Some(run), json!({"workflow": wf.name, "schedule": s.key, "slot": slot, "late": late}));
+                    let ev = AuditEvent::new(
+                        now,
+                        AuditKind::ScheduleFired,
+                        Some(run),
+                        json!({"workflow": wf.name, "schedule": s.key, "slot": slot, "late": late}),
+                    );
                     self.store.audit_append(vec![ev]).await?;
                     tracing::info!(workflow = %wf.name, %slot, late, run = %run, "schedule slot fired");
                 }
-                self.store.set_schedule_cursor(&wf.name, &s.key, slot).await?;
+                self.store
+                    .set_schedule_cursor(&wf.name, &s.key, slot)
+                    .await?;
             }
         }
         Ok(())
@@ -142,7 +169,10 @@ impl Engine {
         for entry in &entries {
             let result = match self.platforms.get(entry.platform.as_str()) {
                 Some(p) => p.deliver(entry).await,
-                None => Err(DeliveryError::Permanent(format!("no `{}` platform is configured", entry.platform))),
+                None => Err(DeliveryError::Permanent(format!(
+                    "no `{}` platform is configured",
+                    entry.platform
+                ))),
             };
             let now = self.clock.now();
             let recorded = match result {
@@ -150,18 +180,25 @@ impl Engine {
                     self.metrics.delivered();
                     self.store.outbox_delivered(entry.id, &reference, now).await
                 }
-                Err(DeliveryError::Transient { message, retry_after }) => {
+                Err(DeliveryError::Transient {
+                    message,
+                    retry_after,
+                }) => {
                     self.metrics.delivery_failed();
                     let backoff = retry_after
                         .and_then(|d| Duration::from_std(d).ok())
                         .unwrap_or_else(|| Duration::seconds(1i64 << entry.attempts.min(8)));
                     tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
-                    self.store.outbox_failed(entry.id, &message, Some(now + backoff), now).await
+                    self.store
+                        .outbox_failed(entry.id, &message, Some(now + backoff), now)
+                        .await
                 }
                 Err(DeliveryError::Permanent(message)) => {
                     self.metrics.delivery_failed();
                     tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
-                    self.store.outbox_failed(entry.id, &message, None, now).await
+                    self.store
+                        .outbox_failed(entry.id, &message, None, now)
+                        .await
                 }
             };
             if let Err(e) = recorded {

@@ -21,7 +21,10 @@ pub struct Response {
 
 impl Response {
     fn notice(text: impl Into<String>) -> Self {
-        Self { notices: vec![text.into()], started: vec![] }
+        Self {
+            notices: vec![text.into()],
+            started: vec![],
+        }
     }
 }
 
@@ -41,11 +44,25 @@ impl Engine {
                     }
                     SlashMatch::Baton(BatonCommand::Cancel(run)) => {
                         self.store.audit_append(vec![received]).await?;
-                        let notice = self.submit(run, Command::Cancel { actor: ev.actor.clone() }).await?;
-                        Ok(Response { notices: notice.into_iter().collect(), started: vec![] })
+                        let notice = self
+                            .submit(
+                                run,
+                                Command::Cancel {
+                                    actor: ev.actor.clone(),
+                                },
+                            )
+                            .await?;
+                        Ok(Response {
+                            notices: notice.into_iter().collect(),
+                            started: vec![],
+                        })
                     }
-                    SlashMatch::Baton(BatonCommand::Help) => Ok(Response::notice(trigger::help(&self.workflows))),
-                    SlashMatch::Usage(text) | SlashMatch::Unknown(text) => Ok(Response::notice(text)),
+                    SlashMatch::Baton(BatonCommand::Help) => {
+                        Ok(Response::notice(trigger::help(&self.workflows)))
+                    }
+                    SlashMatch::Usage(text) | SlashMatch::Unknown(text) => {
+                        Ok(Response::notice(text))
+                    }
                 }
             }
             EventKind::Message { text, mentions_bot } => {
@@ -75,17 +92,47 @@ impl Engine {
                     return Ok(Response::default());
                 }
                 let (run, cmd) = match action {
-                    ActionId::Approve { run, step } => (run, Command::Decide { step, actor: ev.actor.clone(), approve: true, reason: None }),
-                    ActionId::Reject { run, step } => (run, Command::Decide { step, actor: ev.actor.clone(), approve: false, reason }),
-                    ActionId::Cancel { run } => (run, Command::Cancel { actor: ev.actor.clone() }),
+                    ActionId::Approve { run, step } => (
+                        run,
+                        Command::Decide {
+                            step,
+                            actor: ev.actor.clone(),
+                            approve: true,
+                            reason: None,
+                        },
+                    ),
+                    ActionId::Reject { run, step } => (
+                        run,
+                        Command::Decide {
+                            step,
+                            actor: ev.actor.clone(),
+                            approve: false,
+                            reason,
+                        },
+                    ),
+                    ActionId::Cancel { run } => (
+                        run,
+                        Command::Cancel {
+                            actor: ev.actor.clone(),
+                        },
+                    ),
                 };
                 let notice = self.submit(run, cmd).await?;
-                Ok(Response { notices: notice.into_iter().collect(), started: vec![] })
+                Ok(Response {
+                    notices: notice.into_iter().collect(),
+                    started: vec![],
+                })
             }
         }
     }
 
-    async fn start_for(self: &Arc<Self>, ev: &InboundEvent, workflow: Arc<Workflow>, inputs: Map<String, Value>, event_id: String) -> Result<Response, EngineError> {
+    async fn start_for(
+        self: &Arc<Self>,
+        ev: &InboundEvent,
+        workflow: Arc<Workflow>,
+        inputs: Map<String, Value>,
+        event_id: String,
+    ) -> Result<Response, EngineError> {
         let req = StartRequest {
             workflow,
             inputs,
@@ -95,7 +142,10 @@ impl Engine {
             late: false,
         };
         Ok(match self.start_run(req).await? {
-            StartOutcome::Started(run) => Response { notices: vec![], started: vec![run] },
+            StartOutcome::Started(run) => Response {
+                notices: vec![],
+                started: vec![run],
+            },
             StartOutcome::Duplicate(_) => Response::default(),
             StartOutcome::Refused(text) => Response::notice(text),
         })

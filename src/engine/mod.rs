@@ -144,23 +144,37 @@ impl Engine {
         let (wf, diags) = parse_workflow(Path::new(&def.file), &def.source, &self.catalog);
         let wf = Arc::new(wf.ok_or_else(|| {
             let errors: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-            format!("the run's workflow definition no longer parses: {}", errors.join("; "))
+            format!(
+                "the run's workflow definition no longer parses: {}",
+                errors.join("; ")
+            )
         })?);
-        self.definitions.lock().expect("definitions lock").insert(key, wf.clone());
+        self.definitions
+            .lock()
+            .expect("definitions lock")
+            .insert(key, wf.clone());
         Ok(wf)
     }
 
     /// Starts a run, unless the actor may not or the event already started one.
     #[tracing::instrument(skip_all, fields(workflow = %req.workflow.name, event_id = %req.event_id))]
-    pub async fn start_run(self: &Arc<Self>, req: StartRequest) -> Result<StartOutcome, EngineError> {
+    pub async fn start_run(
+        self: &Arc<Self>,
+        req: StartRequest,
+    ) -> Result<StartOutcome, EngineError> {
         let now = self.clock.now();
         let wf = req.workflow.clone();
         if !wf.may_start(&req.actor, &req.conversation.channel) {
             let ev = AuditEvent::new(now, AuditKind::TriggerRefused, None, json!({"workflow": wf.name, "channel": req.conversation.channel, "event_id": req.event_id}))
                 .actor(&req.actor);
             self.store.audit_append(vec![ev]).await?;
-            let how = wf.slash().map(|s| format!("/{}", s.command)).unwrap_or_else(|| wf.name.clone());
-            return Ok(StartOutcome::Refused(format!("You are not allowed to start {how} here.")));
+            let how = wf
+                .slash()
+                .map(|s| format!("/{}", s.command))
+                .unwrap_or_else(|| wf.name.clone());
+            return Ok(StartOutcome::Refused(format!(
+                "You are not allowed to start {how} here."
+            )));
         }
         let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}, "baton": {"url": self.settings.base_url}});
         let title = match &wf.title {
@@ -183,7 +197,12 @@ impl Engine {
         let created = self
             .store
             .create_run(new, now, &mut |state, _def| {
-                let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url };
+                let cx = machine::Context {
+                    workflow: &wf,
+                    tools: &catalog,
+                    now,
+                    base_url: &self.settings.base_url,
+                };
                 machine::start(state, &cx)
             })
             .await?;
@@ -198,7 +217,11 @@ impl Engine {
     /// Applies a command to a run and carries out what it asks for. Returns the private notice
     /// for whoever sent it, if any.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
-    pub async fn submit(self: &Arc<Self>, run: RunId, cmd: Command) -> Result<Option<String>, EngineError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        run: RunId,
+        cmd: Command,
+    ) -> Result<Option<String>, EngineError> {
         let now = self.clock.now();
         let catalog = self.catalog.clone();
         let mut cmd = Some(cmd);
@@ -240,12 +263,22 @@ impl Engine {
 
     /// Re-runs attempts that were in flight when the process last stopped.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let lost = self.store.unfinished_attempts().await.context("listing unfinished attempts")?;
+        let lost = self
+            .store
+            .unfinished_attempts()
+            .await
+            .context("listing unfinished attempts")?;
         for (run, step, attempt) in &lost {
             tracing::info!(run = %run, step = %step, attempt, "re-running an attempt interrupted by a restart");
-            self.submit(*run, Command::AttemptLost { step: step.clone(), attempt: *attempt })
-                .await
-                .with_context(|| format!("recovering run {run}"))?;
+            self.submit(
+                *run,
+                Command::AttemptLost {
+                    step: step.clone(),
+                    attempt: *attempt,
+                },
+            )
+            .await
+            .with_context(|| format!("recovering run {run}"))?;
         }
         Ok(lost.len())
     }

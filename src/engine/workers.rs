@@ -15,8 +15,16 @@ use tokio::task::JoinHandle;
 impl Engine {
     /// Starts the workers. They stop taking jobs when `shutdown` turns true and finish the one
     /// they hold; queued jobs stay recorded as running and are re-run after the next start.
-    pub(crate) fn spawn_workers(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let rx = self.job_rx.lock().expect("job queue lock").take().expect("workers start once");
+    pub(crate) fn spawn_workers(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let rx = self
+            .job_rx
+            .lock()
+            .expect("job queue lock")
+            .take()
+            .expect("workers start once");
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         (0..self.settings.workers.max(1))
             .map(|_| {
@@ -44,20 +52,29 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(run_id = %job.run, step = %job.step, attempt = job.attempt))]
     async fn execute(self: &Arc<Self>, job: Job) {
         let started = Instant::now();
-        let limit = job.timeout.to_std().unwrap_or(std::time::Duration::from_secs(300));
+        let limit = job
+            .timeout
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(300));
         let result = match tokio::time::timeout(limit, self.perform(&job)).await {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {}", format_duration(job.timeout))),
         };
         self.metrics.observe_step(started.elapsed().as_secs_f64());
-        let cmd = Command::StepFinished { step: job.step.clone(), attempt: job.attempt, result };
+        let cmd = Command::StepFinished {
+            step: job.step.clone(),
+            attempt: job.attempt,
+            result,
+        };
         // The result must reach the store; if the database hiccups, try a few times. If it
         // never does, the attempt stays recorded as running and re-runs after a restart.
         for wait in [0u64, 200, 1000, 5000] {
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
             match self.submit(job.run, cmd.clone()).await {
                 Ok(_) => return,
-                Err(e) => tracing::warn!(error = %e, "could not record a step result; trying again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a step result; trying again")
+                }
             }
         }
         tracing::error!("gave up recording a step result; the step re-runs after restart");
@@ -65,15 +82,28 @@ impl Engine {
 
     async fn perform(&self, job: &Job) -> Result<Value, String> {
         match &job.work {
-            Work::Tool { tool, args, declared } => {
+            Work::Tool {
+                tool,
+                args,
+                declared,
+            } => {
                 let started = Instant::now();
                 let result = self.tools.call(tool, args, declared).await;
                 let ms = started.elapsed().as_millis() as u64;
                 let now = self.clock.now();
                 let (kind, data) = match &result {
-                    Ok(out) => (AuditKind::ToolCalled, json!({"tool": tool, "args": args, "ok": true, "ms": ms, "output": out})),
-                    Err(ToolError::Refused(why)) => (AuditKind::ToolRefused, json!({"tool": tool, "args": args, "why": why})),
-                    Err(e) => (AuditKind::ToolCalled, json!({"tool": tool, "args": args, "ok": false, "ms": ms, "error": e.to_string()})),
+                    Ok(out) => (
+                        AuditKind::ToolCalled,
+                        json!({"tool": tool, "args": args, "ok": true, "ms": ms, "output": out}),
+                    ),
+                    Err(ToolError::Refused(why)) => (
+                        AuditKind::ToolRefused,
+                        json!({"tool": tool, "args": args, "why": why}),
+                    ),
+                    Err(e) => (
+                        AuditKind::ToolCalled,
+                        json!({"tool": tool, "args": args, "ok": false, "ms": ms, "error": e.to_string()}),
+                    ),
                 };
                 let ev = AuditEvent::new(now, kind, Some(job.run), data).step(&job.step);
                 if let Err(e) = self.store.audit_append(vec![ev]).await {

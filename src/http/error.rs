@@ -58,7 +58,9 @@ impl IntoResponse for ApiError {
             }
         };
         let message = match &self {
-            ApiError::Internal(_) => "something went wrong inside Baton; the log has the details".to_owned(),
+            ApiError::Internal(_) => {
+                "something went wrong inside Baton; the log has the details".to_owned()
+            }
             other => other.to_string(),
         };
         (status, Json(json!({ "error": message }))).into_response()

@@ -34,12 +34,16 @@ pub struct AppState {
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    let open = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     let guarded = console::inbound::routes()
         .merge(console::pages::routes())
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    open.merge(guarded).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state)
+    open.merge(guarded)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
 }
 
 /// With `BATON_CONSOLE_TOKEN` set, every guarded route needs it: as a bearer token, as the
@@ -50,10 +54,17 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     };
     let expected = token.expose();
     let headers = request.headers();
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let cookie = cookie_value(headers, "baton_token");
-    let query = request.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")));
-    let ok = |v: Option<&str>| v.is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+    let query = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")));
+    let ok =
+        |v: Option<&str>| v.is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
     if ok(bearer) || ok(cookie.as_deref()) {
         return next.run(request).await;
     }
@@ -74,7 +85,11 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|p| p.trim().strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix(&format!("{name}="))
+                .map(str::to_owned)
+        })
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -105,16 +120,45 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, error::
     let _ = writeln!(out, "# HELP {} Runs by status.", metrics::RUNS);
     let _ = writeln!(out, "# TYPE {} gauge", metrics::RUNS);
     for status in crate::core::engine::RunStatus::ALL {
-        let n = m.runs_by_status.iter().find(|(s, _)| s == status.as_str()).map(|(_, n)| *n).unwrap_or(0);
-        let _ = writeln!(out, "{}{{status=\"{}\"}} {n}", metrics::RUNS, status.as_str());
+        let n = m
+            .runs_by_status
+            .iter()
+            .find(|(s, _)| s == status.as_str())
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{}{{status=\"{}\"}} {n}",
+            metrics::RUNS,
+            status.as_str()
+        );
     }
     for (name, help, value) in [
-        (metrics::APPROVALS_PENDING, "Approvals waiting for a decision.", m.approvals_pending),
-        (metrics::OUTBOX_DEPTH, "Outgoing messages not yet delivered.", m.outbox_pending),
-        (metrics::OUTBOX_FAILED, "Outgoing messages given up on.", m.outbox_failed),
-        (metrics::AUDIT_ENTRIES, "Entries in the audit ledger.", m.audit_entries),
+        (
+            metrics::APPROVALS_PENDING,
+            "Approvals waiting for a decision.",
+            m.approvals_pending,
+        ),
+        (
+            metrics::OUTBOX_DEPTH,
+            "Outgoing messages not yet delivered.",
+            m.outbox_pending,
+        ),
+        (
+            metrics::OUTBOX_FAILED,
+            "Outgoing messages given up on.",
+            m.outbox_failed,
+        ),
+        (
+            metrics::AUDIT_ENTRIES,
+            "Entries in the audit ledger.",
+            m.audit_entries,
+        ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     }
     state.metrics.render(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())

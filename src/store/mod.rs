@@ -104,16 +104,26 @@ pub struct PendingApproval {
 pub trait RunStore: Send + Sync {
     /// Creates a run for an inbound event and applies `start` to it in the same transaction.
     /// A second call with the same event id changes nothing and returns the first run.
-    async fn create_run(&self, new: NewRun, now: DateTime<Utc>, start: &mut ApplyFn<'_>) -> StoreResult<Created>;
+    async fn create_run(
+        &self,
+        new: NewRun,
+        now: DateTime<Utc>,
+        start: &mut ApplyFn<'_>,
+    ) -> StoreResult<Created>;
     /// Loads a run, applies `f`, and writes the new state and every effect in one transaction.
     /// `None` when the run does not exist.
     async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>>;
     async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>>;
-    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreResult<Vec<RunSummary>>;
+    async fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunSummary>>;
     async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRow>>;
     /// Attempts recorded as started and never ended: after a restart these were lost.
     async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>>;
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(RunId, String)>>;
+    async fn due_timers(&self, now: DateTime<Utc>, limit: u32)
+    -> StoreResult<Vec<(RunId, String)>>;
     async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>>;
 }
 
@@ -149,10 +159,21 @@ pub trait OutboxStore: Send + Sync {
     /// thread never goes out of order.
     async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
     /// Records the platform's reference: delivery is confirmed.
-    async fn outbox_delivered(&self, id: i64, platform_ref: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn outbox_delivered(
+        &self,
+        id: i64,
+        platform_ref: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Records a failure: retried at `retry_at`, or given up (with everything that depends on
     /// it) when `None`. Audited either way when given up.
-    async fn outbox_failed(&self, id: i64, error: &str, retry_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// The platform reference of a delivered post.
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>>;
     /// The outbox rows of a run, for its page.
@@ -181,15 +202,29 @@ pub trait AuditStore: Send + Sync {
     /// The newest entries, newest first, optionally of one run.
     async fn audit_recent(&self, run: Option<RunId>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
     /// Figures for the digest: counts from the ledger, waiting approvals and stalled runs now.
-    async fn digest_figures(&self, since: DateTime<Utc>, until: DateTime<Utc>, stall_after: Duration) -> StoreResult<DigestFigures>;
+    async fn digest_figures(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        stall_after: Duration,
+    ) -> StoreResult<DigestFigures>;
 }
 
 /// Schedule bookkeeping and inbound de-duplication.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
     /// The last slot handled for a schedule; `None` before its first sighting.
-    async fn schedule_cursor(&self, workflow: &str, key: &str) -> StoreResult<Option<DateTime<Utc>>>;
-    async fn set_schedule_cursor(&self, workflow: &str, key: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn schedule_cursor(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>>;
+    async fn set_schedule_cursor(
+        &self,
+        workflow: &str,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Records an inbound event id; false when it was seen before.
     async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
 }
@@ -208,13 +243,34 @@ pub struct ConsoleMessage {
     pub replies: i64,
 }
 
+/// A message to add to the console's chat.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsolePost<'a> {
+    pub channel: &'a str,
+    pub thread_id: Option<i64>,
+    pub author: &'a str,
+    pub is_bot: bool,
+    pub message: &'a OutMessage,
+    /// The outbox entry delivering it, when the bot posts.
+    pub outbox_id: Option<i64>,
+}
+
 /// The console platform's own chat history.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
     /// Posts a message. With `outbox_id`, posting the same outbox entry again returns the
     /// message already posted for it.
-    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, outbox_id: Option<i64>, now: DateTime<Utc>) -> StoreResult<ConsoleMessage>;
-    async fn console_edit(&self, id: i64, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<Option<ConsoleMessage>>;
+    async fn console_post(
+        &self,
+        post: ConsolePost<'_>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleMessage>;
+    async fn console_edit(
+        &self,
+        id: i64,
+        message: &OutMessage,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ConsoleMessage>>;
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>>;
     /// The newest top-level messages of a channel, oldest first.
     async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>>;
@@ -241,12 +297,17 @@ pub trait Store: RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleSt
 }
 
 /// Opens the store named by `url` and brings its schema up to date.
-pub async fn open(url: &str, redactor: crate::core::audit::Redactor) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open(
+    url: &str,
+    redactor: crate::core::audit::Redactor,
+) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url, redactor).await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("DATABASE_URL: PostgreSQL is not supported by this version yet; use a sqlite: URL")
+        anyhow::bail!(
+            "DATABASE_URL: PostgreSQL is not supported by this version yet; use a sqlite: URL"
+        )
     } else {
         anyhow::bail!("DATABASE_URL: `{url}` is neither a sqlite: nor a postgres: URL")
     }

@@ -10,14 +10,20 @@ use crate::core::digest::{StalledRun, WaitingApproval};
 use crate::core::engine::{Approval, Effect, Run, StepState};
 use crate::core::message::Outgoing;
 use anyhow::Context as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use tokio::sync::Mutex;
 
 /// The migrations, embedded in the binary so it runs anywhere.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
 
 /// The embedded migrations as a source for sqlx's migrator, which records them in
 /// `_sqlx_migrations` and refuses a database changed behind its back.
@@ -27,13 +33,27 @@ struct Embedded;
 impl sqlx::migrate::MigrationSource<'static> for Embedded {
     fn resolve(
         self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>> + Send>> {
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+                > + Send,
+        >,
+    > {
         use sqlx::migrate::{Migration, MigrationType};
         use std::borrow::Cow;
         Box::pin(async {
             Ok(MIGRATIONS
                 .iter()
-                .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, Cow::Borrowed(*sql), false))
+                .map(|(version, name, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
                 .collect())
         })
     }
@@ -106,7 +126,12 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .context("could not open the SQLite database named by DATABASE_URL")?;
-        sqlx::migrate::Migrator::new(Embedded).await.context("could not read the embedded migrations")?.run(&pool).await.context("could not apply the SQLite migrations")?;
+        sqlx::migrate::Migrator::new(Embedded)
+            .await
+            .context("could not read the embedded migrations")?
+            .run(&pool)
+            .await
+            .context("could not apply the SQLite migrations")?;
         Ok(Self {
             pool,
             write: Mutex::new(()),
@@ -115,8 +140,15 @@ impl SqliteStore {
     }
 }
 
-async fn load_state(c: &mut SqliteConnection, id: RunId) -> StoreResult<Option<(RunState, Definition)>> {
-    let Some(r) = sqlx::query("SELECT * FROM runs WHERE id = ?").bind(id.0).fetch_optional(&mut *c).await? else {
+async fn load_state(
+    c: &mut SqliteConnection,
+    id: RunId,
+) -> StoreResult<Option<(RunState, Definition)>> {
+    let Some(r) = sqlx::query("SELECT * FROM runs WHERE id = ?")
+        .bind(id.0)
+        .fetch_optional(&mut *c)
+        .await?
+    else {
         return Ok(None);
     };
     let inputs: Map<String, Value> = serde_json::from_str(r.get::<&str, _>("inputs"))?;
@@ -149,14 +181,21 @@ async fn load_state(c: &mut SqliteConnection, id: RunId) -> StoreResult<Option<(
         source: Arc::from(r.get::<&str, _>("definition")),
     };
     let mut steps = BTreeMap::new();
-    for s in sqlx::query("SELECT * FROM steps WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+    for s in sqlx::query("SELECT * FROM steps WHERE run_id = ?")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
         steps.insert(
             s.get::<String, _>("step_id"),
             StepState {
                 status: parse(s.get::<&str, _>("status"))?,
                 attempt: s.get::<i64, _>("attempt") as u32,
                 retries_used: s.get::<i64, _>("retries_used") as u32,
-                output: s.get::<Option<&str>, _>("output").map(serde_json::from_str).transpose()?,
+                output: s
+                    .get::<Option<&str>, _>("output")
+                    .map(serde_json::from_str)
+                    .transpose()?,
                 error: s.get("error"),
                 started_at: opt_at(s.get("started_at")),
                 finished_at: opt_at(s.get("finished_at")),
@@ -164,14 +203,30 @@ async fn load_state(c: &mut SqliteConnection, id: RunId) -> StoreResult<Option<(
         );
     }
     let mut approvals = BTreeMap::new();
-    for a in sqlx::query("SELECT * FROM approvals WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+    for a in sqlx::query("SELECT * FROM approvals WHERE run_id = ?")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
         approvals.insert(a.get::<String, _>("step_id"), approval_from_row(&a)?);
     }
     let mut timers = BTreeMap::new();
-    for t in sqlx::query("SELECT key, due_at FROM timers WHERE run_id = ?").bind(id.0).fetch_all(&mut *c).await? {
+    for t in sqlx::query("SELECT key, due_at FROM timers WHERE run_id = ?")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
         timers.insert(t.get::<String, _>("key"), at(t.get("due_at")));
     }
-    Ok(Some((RunState { run, steps, approvals, timers }, def)))
+    Ok(Some((
+        RunState {
+            run,
+            steps,
+            approvals,
+            timers,
+        },
+        def,
+    )))
 }
 
 fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
@@ -181,22 +236,31 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
         summary: a.get("summary"),
         requested_at: at(a.get("requested_at")),
         expires_at: at(a.get("expires_at")),
-        decided_by: a.get::<Option<&str>, _>("decided_by").map(serde_json::from_str).transpose()?,
+        decided_by: a
+            .get::<Option<&str>, _>("decided_by")
+            .map(serde_json::from_str)
+            .transpose()?,
         decided_at: opt_at(a.get("decided_at")),
         reason: a.get("reason"),
     })
 }
 
-async fn save_state(c: &mut SqliteConnection, before: &RunState, after: &RunState) -> StoreResult<()> {
+async fn save_state(
+    c: &mut SqliteConnection,
+    before: &RunState,
+    after: &RunState,
+) -> StoreResult<()> {
     let r = &after.run;
-    sqlx::query("UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?")
-        .bind(r.status.as_str())
-        .bind(&r.error)
-        .bind(ms(r.updated_at))
-        .bind(r.finished_at.map(ms))
-        .bind(r.id.0)
-        .execute(&mut *c)
-        .await?;
+    sqlx::query(
+        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+    )
+    .bind(r.status.as_str())
+    .bind(&r.error)
+    .bind(ms(r.updated_at))
+    .bind(r.finished_at.map(ms))
+    .bind(r.id.0)
+    .execute(&mut *c)
+    .await?;
     for (id, s) in &after.steps {
         if before.steps.get(id) == Some(s) {
             continue;
@@ -244,8 +308,16 @@ async fn save_state(c: &mut SqliteConnection, before: &RunState, after: &RunStat
         .execute(&mut *c)
         .await?;
     }
-    for key in before.timers.keys().filter(|k| !after.timers.contains_key(*k)) {
-        sqlx::query("DELETE FROM timers WHERE run_id = ? AND key = ?").bind(r.id.0).bind(key).execute(&mut *c).await?;
+    for key in before
+        .timers
+        .keys()
+        .filter(|k| !after.timers.contains_key(*k))
+    {
+        sqlx::query("DELETE FROM timers WHERE run_id = ? AND key = ?")
+            .bind(r.id.0)
+            .bind(key)
+            .execute(&mut *c)
+            .await?;
     }
     for (key, due) in &after.timers {
         if before.timers.get(key) == Some(due) {
@@ -261,13 +333,22 @@ async fn save_state(c: &mut SqliteConnection, before: &RunState, after: &RunStat
     Ok(())
 }
 
-async fn persist_effects(c: &mut SqliteConnection, redactor: &Redactor, t: &Transition, now: DateTime<Utc>) -> StoreResult<()> {
+async fn persist_effects(
+    c: &mut SqliteConnection,
+    redactor: &Redactor,
+    t: &Transition,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     for e in &t.effects {
         match e {
             Effect::Run(job) => {
                 let input = match &job.work {
-                    crate::core::engine::Work::Tool { tool, args, .. } => serde_json::json!({"tool": tool, "args": args}),
-                    crate::core::engine::Work::Digest { period } => serde_json::json!({"digest_seconds": period.num_seconds()}),
+                    crate::core::engine::Work::Tool { tool, args, .. } => {
+                        serde_json::json!({"tool": tool, "args": args})
+                    }
+                    crate::core::engine::Work::Digest { period } => {
+                        serde_json::json!({"digest_seconds": period.num_seconds()})
+                    }
                 };
                 let mut input = input;
                 redactor.redact(&mut input);
@@ -280,7 +361,13 @@ async fn persist_effects(c: &mut SqliteConnection, redactor: &Redactor, t: &Tran
                     .execute(&mut *c)
                     .await?;
             }
-            Effect::AttemptEnded { step, attempt, outcome, detail, at: ended } => {
+            Effect::AttemptEnded {
+                step,
+                attempt,
+                outcome,
+                detail,
+                at: ended,
+            } => {
                 let mut detail = detail.clone();
                 redactor.redact(&mut detail);
                 let run = run_of(t).unwrap_or_default();
@@ -294,7 +381,12 @@ async fn persist_effects(c: &mut SqliteConnection, redactor: &Redactor, t: &Tran
                     .execute(&mut *c)
                     .await?;
             }
-            Effect::Send(Outgoing::Post { run, key, to, message }) => {
+            Effect::Send(Outgoing::Post {
+                run,
+                key,
+                to,
+                message,
+            }) => {
                 sqlx::query(
                     "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at)
                      VALUES (?, ?, 'post', ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
@@ -312,10 +404,12 @@ async fn persist_effects(c: &mut SqliteConnection, redactor: &Redactor, t: &Tran
             }
             Effect::Send(Outgoing::Edit { run, key, message }) => {
                 // The edit goes where the post went.
-                let target = sqlx::query("SELECT platform, channel FROM outbox WHERE key = ? AND op = 'post'")
-                    .bind(&key.0)
-                    .fetch_optional(&mut *c)
-                    .await?;
+                let target = sqlx::query(
+                    "SELECT platform, channel FROM outbox WHERE key = ? AND op = 'post'",
+                )
+                .bind(&key.0)
+                .fetch_optional(&mut *c)
+                .await?;
                 let Some(target) = target else { continue };
                 sqlx::query(
                     "INSERT INTO outbox (run_id, key, op, platform, channel, body, status, next_attempt_at, created_at)
@@ -345,8 +439,14 @@ fn run_of(t: &Transition) -> Option<i64> {
     })
 }
 
-async fn append_audit(c: &mut SqliteConnection, redactor: &Redactor, ev: &AuditEvent) -> StoreResult<()> {
-    let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *c).await?;
+async fn append_audit(
+    c: &mut SqliteConnection,
+    redactor: &Redactor,
+    ev: &AuditEvent,
+) -> StoreResult<()> {
+    let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *c)
+        .await?;
     let (prev_seq, prev_hash) = match last {
         Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
         None => (0, GENESIS.to_owned()),
@@ -359,7 +459,16 @@ async fn append_audit(c: &mut SqliteConnection, redactor: &Redactor, ev: &AuditE
     let when = at(ms(ev.at));
     let kind = ev.kind.as_str();
     let run = ev.run.map(|r| r.0);
-    let hash = entry_hash(&prev_hash, seq, when, kind, run, ev.step.as_deref(), ev.actor.as_deref(), &data);
+    let hash = entry_hash(
+        &prev_hash,
+        seq,
+        when,
+        kind,
+        run,
+        ev.step.as_deref(),
+        ev.actor.as_deref(),
+        &data,
+    );
     sqlx::query("INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(seq)
         .bind(ms(when))
@@ -420,13 +529,26 @@ fn console_from_row(r: &SqliteRow) -> StoreResult<ConsoleMessage> {
 
 #[async_trait]
 impl RunStore for SqliteStore {
-    async fn create_run(&self, new: NewRun, now: DateTime<Utc>, start: &mut ApplyFn<'_>) -> StoreResult<Created> {
+    async fn create_run(
+        &self,
+        new: NewRun,
+        now: DateTime<Utc>,
+        start: &mut ApplyFn<'_>,
+    ) -> StoreResult<Created> {
         let redactor = &self.redactor;
         write_tx!(self, |c| {
-                if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?").bind(&new.event_id).fetch_optional(&mut *c).await? {
-                    return Ok(Created { run: RunId(r.get("id")), new: false, transition: Transition::default() });
-                }
-                let id: i64 = sqlx::query(
+            if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?")
+                .bind(&new.event_id)
+                .fetch_optional(&mut *c)
+                .await?
+            {
+                return Ok(Created {
+                    run: RunId(r.get("id")),
+                    new: false,
+                    transition: Transition::default(),
+                });
+            }
+            let id: i64 = sqlx::query(
                     "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
                        actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
                      VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -450,24 +572,32 @@ impl RunStore for SqliteStore {
                 .fetch_one(&mut *c)
                 .await?
                 .get("id");
-                let (mut state, def) = load_state(c, RunId(id)).await?.ok_or_else(|| StoreError::Corrupt("run vanished".into()))?;
-                let before = state.clone();
-                let transition = start(&mut state, &def);
-                save_state(c, &before, &state).await?;
-                persist_effects(c, redactor, &transition, now).await?;
-                Ok(Created { run: RunId(id), new: true, transition })
+            let (mut state, def) = load_state(c, RunId(id))
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?;
+            let before = state.clone();
+            let transition = start(&mut state, &def);
+            save_state(c, &before, &state).await?;
+            persist_effects(c, redactor, &transition, now).await?;
+            Ok(Created {
+                run: RunId(id),
+                new: true,
+                transition,
+            })
         })
     }
 
     async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>> {
         let redactor = &self.redactor;
         write_tx!(self, |c| {
-                let Some((mut state, def)) = load_state(c, run).await? else { return Ok(None) };
-                let before = state.clone();
-                let transition = f(&mut state, &def);
-                save_state(c, &before, &state).await?;
-                persist_effects(c, redactor, &transition, state.run.updated_at).await?;
-                Ok(Some(transition))
+            let Some((mut state, def)) = load_state(c, run).await? else {
+                return Ok(None);
+            };
+            let before = state.clone();
+            let transition = f(&mut state, &def);
+            save_state(c, &before, &state).await?;
+            persist_effects(c, redactor, &transition, state.run.updated_at).await?;
+            Ok(Some(transition))
         })
     }
 
@@ -476,16 +606,36 @@ impl RunStore for SqliteStore {
         Ok(load_state(&mut c, run).await?.map(|(s, _)| s))
     }
 
-    async fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreResult<Vec<RunSummary>> {
+    async fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunSummary>> {
         let rows = match status {
-            Some(s) => sqlx::query("SELECT * FROM runs WHERE status = ? ORDER BY id DESC LIMIT ?").bind(s.as_str()).bind(limit as i64).fetch_all(&self.pool).await?,
-            None => sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?").bind(limit as i64).fetch_all(&self.pool).await?,
+            Some(s) => {
+                sqlx::query("SELECT * FROM runs WHERE status = ? ORDER BY id DESC LIMIT ?")
+                    .bind(s.as_str())
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT ?")
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
         };
         Ok(rows.iter().map(summary_from_row).collect())
     }
 
     async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRow>> {
-        let rows = sqlx::query("SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, step_id, attempt").bind(run.0).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, step_id, attempt",
+        )
+        .bind(run.0)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(AttemptRow {
@@ -493,7 +643,11 @@ impl RunStore for SqliteStore {
                     attempt: r.get::<i64, _>("attempt") as u32,
                     status: r.get("status"),
                     input: serde_json::from_str(r.get::<&str, _>("input"))?,
-                    detail: r.get::<Option<&str>, _>("detail").map(serde_json::from_str).transpose()?.unwrap_or(Value::Null),
+                    detail: r
+                        .get::<Option<&str>, _>("detail")
+                        .map(serde_json::from_str)
+                        .transpose()?
+                        .unwrap_or(Value::Null),
                     started_at: at(r.get("started_at")),
                     finished_at: opt_at(r.get("finished_at")),
                 })
@@ -503,12 +657,33 @@ impl RunStore for SqliteStore {
 
     async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>> {
         let rows = sqlx::query("SELECT run_id, step_id, attempt FROM attempts WHERE status = 'running' ORDER BY run_id, step_id").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (RunId(r.get("run_id")), r.get("step_id"), r.get::<i64, _>("attempt") as u32)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    RunId(r.get("run_id")),
+                    r.get("step_id"),
+                    r.get::<i64, _>("attempt") as u32,
+                )
+            })
+            .collect())
     }
 
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(RunId, String)>> {
-        let rows = sqlx::query("SELECT run_id, key FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?").bind(ms(now)).bind(limit as i64).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (RunId(r.get("run_id")), r.get("key"))).collect())
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(RunId, String)>> {
+        let rows =
+            sqlx::query("SELECT run_id, key FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?")
+                .bind(ms(now))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (RunId(r.get("run_id")), r.get("key")))
+            .collect())
     }
 
     async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>> {
@@ -554,13 +729,20 @@ impl OutboxStore for SqliteStore {
         let mut out = Vec::new();
         for r in &rows {
             let id: i64 = r.get("id");
-            let op = if r.get::<&str, _>("op") == "edit" { OutboxOp::Edit } else { OutboxOp::Post };
+            let op = if r.get::<&str, _>("op") == "edit" {
+                OutboxOp::Edit
+            } else {
+                OutboxOp::Post
+            };
             let key: String = r.get("key");
             if op == OutboxOp::Edit && latest_edit.get(&key) != Some(&id) {
                 superseded.push(id);
                 continue;
             }
-            let conversation = (r.get::<String, _>("platform"), r.get::<String, _>("channel"));
+            let conversation = (
+                r.get::<String, _>("platform"),
+                r.get::<String, _>("channel"),
+            );
             if blocked.contains(&conversation) {
                 continue;
             }
@@ -594,17 +776,27 @@ impl OutboxStore for SqliteStore {
         if !superseded.is_empty() {
             let _guard = self.write.lock().await;
             for id in superseded {
-                sqlx::query("UPDATE outbox SET status = 'superseded' WHERE id = ? AND status = 'pending'").bind(id).execute(&self.pool).await?;
+                sqlx::query(
+                    "UPDATE outbox SET status = 'superseded' WHERE id = ? AND status = 'pending'",
+                )
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
             }
         }
         Ok(out)
     }
 
-    async fn outbox_delivered(&self, id: i64, platform_ref: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn outbox_delivered(
+        &self,
+        id: i64,
+        platform_ref: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let redactor = &self.redactor;
         let platform_ref = platform_ref.to_owned();
         write_tx!(self, |c| {
-                let row = sqlx::query(
+            let row = sqlx::query(
                     "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
                      WHERE id = ? RETURNING run_id, key, op, platform, channel, body",
                 )
@@ -613,73 +805,85 @@ impl OutboxStore for SqliteStore {
                 .bind(id)
                 .fetch_optional(&mut *c)
                 .await?;
-                if let Some(r) = row {
-                    let body: OutMessage = serde_json::from_str(r.get::<&str, _>("body"))?;
-                    let ev = AuditEvent::new(
-                        now,
-                        AuditKind::PostDelivered,
-                        r.get::<Option<i64>, _>("run_id").map(RunId),
-                        serde_json::json!({"key": r.get::<String, _>("key"), "op": r.get::<String, _>("op"), "platform": r.get::<String, _>("platform"),
+            if let Some(r) = row {
+                let body: OutMessage = serde_json::from_str(r.get::<&str, _>("body"))?;
+                let ev = AuditEvent::new(
+                    now,
+                    AuditKind::PostDelivered,
+                    r.get::<Option<i64>, _>("run_id").map(RunId),
+                    serde_json::json!({"key": r.get::<String, _>("key"), "op": r.get::<String, _>("op"), "platform": r.get::<String, _>("platform"),
                             "channel": r.get::<String, _>("channel"), "ref": platform_ref, "text": body.text}),
-                    );
-                    append_audit(c, redactor, &ev).await?;
-                }
-                Ok(())
+                );
+                append_audit(c, redactor, &ev).await?;
+            }
+            Ok(())
         })
     }
 
-    async fn outbox_failed(&self, id: i64, error: &str, retry_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> StoreResult<()> {
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let redactor = &self.redactor;
         let error = error.to_owned();
         write_tx!(self, |c| {
-                match retry_at {
-                    Some(next) => {
-                        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?")
+            match retry_at {
+                Some(next) => {
+                    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?")
                             .bind(&error)
                             .bind(ms(next))
                             .bind(id)
                             .execute(&mut *c)
                             .await?;
-                    }
-                    None => {
-                        let row = sqlx::query("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING run_id, key, op, platform, channel")
+                }
+                None => {
+                    let row = sqlx::query("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ? RETURNING run_id, key, op, platform, channel")
                             .bind(&error)
                             .bind(id)
                             .fetch_optional(&mut *c)
                             .await?;
-                        let Some(r) = row else { return Ok(()) };
-                        let key: String = r.get("key");
-                        let op: String = r.get("op");
-                        // Replies and edits that depend on a post that will never exist cannot be
-                        // delivered either; they fail with it rather than wait forever.
-                        if op == "post" {
-                            sqlx::query("UPDATE outbox SET status = 'failed', last_error = ? WHERE status = 'pending' AND (thread_key = ? OR (key = ? AND op = 'edit'))")
+                    let Some(r) = row else { return Ok(()) };
+                    let key: String = r.get("key");
+                    let op: String = r.get("op");
+                    // Replies and edits that depend on a post that will never exist cannot be
+                    // delivered either; they fail with it rather than wait forever.
+                    if op == "post" {
+                        sqlx::query("UPDATE outbox SET status = 'failed', last_error = ? WHERE status = 'pending' AND (thread_key = ? OR (key = ? AND op = 'edit'))")
                                 .bind(format!("depends on {key}, which could not be delivered"))
                                 .bind(&key)
                                 .bind(&key)
                                 .execute(&mut *c)
                                 .await?;
-                        }
-                        let ev = AuditEvent::new(
-                            now,
-                            AuditKind::PostFailed,
-                            r.get::<Option<i64>, _>("run_id").map(RunId),
-                            serde_json::json!({"key": key, "op": op, "platform": r.get::<String, _>("platform"), "channel": r.get::<String, _>("channel"), "error": error}),
-                        );
-                        append_audit(c, redactor, &ev).await?;
                     }
+                    let ev = AuditEvent::new(
+                        now,
+                        AuditKind::PostFailed,
+                        r.get::<Option<i64>, _>("run_id").map(RunId),
+                        serde_json::json!({"key": key, "op": op, "platform": r.get::<String, _>("platform"), "channel": r.get::<String, _>("channel"), "error": error}),
+                    );
+                    append_audit(c, redactor, &ev).await?;
                 }
-                Ok(())
+            }
+            Ok(())
         })
     }
 
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>> {
-        let r = sqlx::query("SELECT platform_ref FROM outbox WHERE key = ? AND op = 'post'").bind(&key.0).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT platform_ref FROM outbox WHERE key = ? AND op = 'post'")
+            .bind(&key.0)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(r.and_then(|r| r.get("platform_ref")))
     }
 
     async fn outbox_of_run(&self, run: RunId) -> StoreResult<Vec<OutboxRow>> {
-        let rows = sqlx::query("SELECT * FROM outbox WHERE run_id = ? ORDER BY id").bind(run.0).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
+            .bind(run.0)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| OutboxRow {
@@ -700,28 +904,52 @@ impl AuditStore for SqliteStore {
     async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
         let redactor = &self.redactor;
         write_tx!(self, |c| {
-                for ev in &events {
-                    append_audit(c, redactor, ev).await?;
-                }
-                Ok(())
+            for ev in &events {
+                append_audit(c, redactor, ev).await?;
+            }
+            Ok(())
         })
     }
 
     async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?").bind(after_seq).bind(limit as i64).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after_seq)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(audit_from_row).collect())
     }
 
     async fn audit_recent(&self, run: Option<RunId>, limit: u32) -> StoreResult<Vec<AuditEntry>> {
         let rows = match run {
-            Some(r) => sqlx::query("SELECT * FROM audit WHERE run_id = ? ORDER BY seq DESC LIMIT ?").bind(r.0).bind(limit as i64).fetch_all(&self.pool).await?,
-            None => sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?").bind(limit as i64).fetch_all(&self.pool).await?,
+            Some(r) => {
+                sqlx::query("SELECT * FROM audit WHERE run_id = ? ORDER BY seq DESC LIMIT ?")
+                    .bind(r.0)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT ?")
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
         };
         Ok(rows.iter().map(audit_from_row).collect())
     }
 
-    async fn digest_figures(&self, since: DateTime<Utc>, until: DateTime<Utc>, stall_after: Duration) -> StoreResult<DigestFigures> {
-        let mut f = DigestFigures { since, until, ..Default::default() };
+    async fn digest_figures(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        stall_after: Duration,
+    ) -> StoreResult<DigestFigures> {
+        let mut f = DigestFigures {
+            since,
+            until,
+            ..Default::default()
+        };
         // Outcomes come from the ledger: the status changes recorded in the period.
         let rows = sqlx::query(
             "SELECT json_extract(data, '$.to') AS outcome, COUNT(*) AS n FROM audit
@@ -741,17 +969,25 @@ impl AuditStore for SqliteStore {
                 _ => {}
             }
         }
-        f.started = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE kind = 'run.started' AND at > ? AND at <= ?")
-            .bind(ms(since))
-            .bind(ms(until))
-            .fetch_one(&self.pool)
-            .await?
-            .get::<i64, _>("n") as u64;
+        f.started = sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit WHERE kind = 'run.started' AND at > ? AND at <= ?",
+        )
+        .bind(ms(since))
+        .bind(ms(until))
+        .fetch_one(&self.pool)
+        .await?
+        .get::<i64, _>("n") as u64;
         f.waiting = self
             .pending_approvals()
             .await?
             .into_iter()
-            .map(|p| WaitingApproval { run: p.run, workflow: p.workflow, step: p.step, approvers: p.approvers, since: p.requested_at })
+            .map(|p| WaitingApproval {
+                run: p.run,
+                workflow: p.workflow,
+                step: p.step,
+                approvers: p.approvers,
+                since: p.requested_at,
+            })
             .collect();
         let stalled = sqlx::query("SELECT id, workflow, status, updated_at FROM runs WHERE status = 'running' AND updated_at < ? ORDER BY updated_at")
             .bind(ms(until - stall_after))
@@ -759,7 +995,12 @@ impl AuditStore for SqliteStore {
             .await?;
         f.stalled = stalled
             .iter()
-            .map(|r| StalledRun { run: RunId(r.get("id")), workflow: r.get("workflow"), status: r.get("status"), idle_since: at(r.get("updated_at")) })
+            .map(|r| StalledRun {
+                run: RunId(r.get("id")),
+                workflow: r.get("workflow"),
+                status: r.get("status"),
+                idle_since: at(r.get("updated_at")),
+            })
             .collect();
         Ok(f)
     }
@@ -767,12 +1008,26 @@ impl AuditStore for SqliteStore {
 
 #[async_trait]
 impl ScheduleStore for SqliteStore {
-    async fn schedule_cursor(&self, workflow: &str, key: &str) -> StoreResult<Option<DateTime<Utc>>> {
-        let r = sqlx::query("SELECT last_slot FROM schedule_cursors WHERE workflow = ? AND key = ?").bind(workflow).bind(key).fetch_optional(&self.pool).await?;
+    async fn schedule_cursor(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        let r =
+            sqlx::query("SELECT last_slot FROM schedule_cursors WHERE workflow = ? AND key = ?")
+                .bind(workflow)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(r.map(|r| at(r.get("last_slot"))))
     }
 
-    async fn set_schedule_cursor(&self, workflow: &str, key: &str, slot: DateTime<Utc>) -> StoreResult<()> {
+    async fn set_schedule_cursor(
+        &self,
+        workflow: &str,
+        key: &str,
+        slot: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let _guard = self.write.lock().await;
         sqlx::query("INSERT INTO schedule_cursors (workflow, key, last_slot) VALUES (?, ?, ?) ON CONFLICT (workflow, key) DO UPDATE SET last_slot = MAX(last_slot, excluded.last_slot)")
             .bind(workflow)
@@ -785,11 +1040,13 @@ impl ScheduleStore for SqliteStore {
 
     async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
         let _guard = self.write.lock().await;
-        let done = sqlx::query("INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(event_id)
-            .bind(ms(now))
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -798,13 +1055,31 @@ const CONSOLE_SELECT: &str = "SELECT m.*, (SELECT COUNT(*) FROM console_messages
 
 #[async_trait]
 impl ConsoleStore for SqliteStore {
-    async fn console_post(&self, channel: &str, thread_id: Option<i64>, author: &str, is_bot: bool, message: &OutMessage, outbox_id: Option<i64>, now: DateTime<Utc>) -> StoreResult<ConsoleMessage> {
+    async fn console_post(
+        &self,
+        post: ConsolePost<'_>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ConsoleMessage> {
+        let ConsolePost {
+            channel,
+            thread_id,
+            author,
+            is_bot,
+            message,
+            outbox_id,
+        } = post;
         let id: i64 = {
             let _guard = self.write.lock().await;
             if let Some(o) = outbox_id
-                && let Some(r) = sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?").bind(o).fetch_optional(&self.pool).await?
+                && let Some(r) = sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?")
+                    .bind(o)
+                    .fetch_optional(&self.pool)
+                    .await?
             {
-                return self.console_get(r.get("id")).await?.ok_or_else(|| StoreError::Corrupt("message vanished".into()));
+                return self
+                    .console_get(r.get("id"))
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("message vanished".into()));
             }
             sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
                 .bind(channel)
@@ -819,10 +1094,17 @@ impl ConsoleStore for SqliteStore {
                 .await?
                 .get("id")
         };
-        self.console_get(id).await?.ok_or_else(|| StoreError::Corrupt("message vanished".into()))
+        self.console_get(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("message vanished".into()))
     }
 
-    async fn console_edit(&self, id: i64, message: &OutMessage, now: DateTime<Utc>) -> StoreResult<Option<ConsoleMessage>> {
+    async fn console_edit(
+        &self,
+        id: i64,
+        message: &OutMessage,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ConsoleMessage>> {
         {
             let _guard = self.write.lock().await;
             sqlx::query("UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?")
@@ -836,7 +1118,10 @@ impl ConsoleStore for SqliteStore {
     }
 
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>> {
-        let r = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         r.as_ref().map(console_from_row).transpose()
     }
 
@@ -846,17 +1131,22 @@ impl ConsoleStore for SqliteStore {
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
-        let mut out: Vec<ConsoleMessage> = rows.iter().map(console_from_row).collect::<StoreResult<_>>()?;
+        let mut out: Vec<ConsoleMessage> = rows
+            .iter()
+            .map(console_from_row)
+            .collect::<StoreResult<_>>()?;
         out.reverse();
         Ok(out)
     }
 
     async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>> {
-        let rows = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.id = ? OR m.thread_id = ? ORDER BY m.id"))
-            .bind(root)
-            .bind(root)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{CONSOLE_SELECT} WHERE m.id = ? OR m.thread_id = ? ORDER BY m.id"
+        ))
+        .bind(root)
+        .bind(root)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(console_from_row).collect()
     }
 }
@@ -864,12 +1154,21 @@ impl ConsoleStore for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn metrics(&self) -> StoreResult<StoreMetrics> {
-        let runs = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status").fetch_all(&self.pool).await?;
-        let one = |sql: &'static str| async move { sqlx::query(sql).fetch_one(&self.pool).await.map(|r| r.get::<i64, _>("n")) };
+        let runs = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let one = |sql: &'static str| async move {
+            sqlx::query(sql)
+                .fetch_one(&self.pool)
+                .await
+                .map(|r| r.get::<i64, _>("n"))
+        };
         Ok(StoreMetrics {
             runs_by_status: runs.iter().map(|r| (r.get("status"), r.get("n"))).collect(),
-            approvals_pending: one("SELECT COUNT(*) AS n FROM approvals WHERE status = 'pending'").await?,
-            outbox_pending: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'").await?,
+            approvals_pending: one("SELECT COUNT(*) AS n FROM approvals WHERE status = 'pending'")
+                .await?,
+            outbox_pending: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'")
+                .await?,
             outbox_failed: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'failed'").await?,
             audit_entries: one("SELECT COUNT(*) AS n FROM audit").await?,
         })

@@ -52,24 +52,41 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = v6.segments();
-            v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
         }
     }
 }
 
 pub(super) async fn call(allow: &HostAllowList, args: &Value) -> Result<Value, ToolError> {
-    let url = args.get("url").and_then(Value::as_str).ok_or_else(|| ToolError::BadArgs("`url` must be a string".into()))?;
-    let url = reqwest::Url::parse(url).map_err(|e| ToolError::BadArgs(format!("`{url}` is not a URL: {e}")))?;
+    let url = args
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::BadArgs("`url` must be a string".into()))?;
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| ToolError::BadArgs(format!("`{url}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ToolError::Refused(format!("scheme `{}` is not allowed (http, https)", url.scheme())));
+        return Err(ToolError::Refused(format!(
+            "scheme `{}` is not allowed (http, https)",
+            url.scheme()
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(ToolError::Refused("credentials in URLs are not allowed".into()));
+        return Err(ToolError::Refused(
+            "credentials in URLs are not allowed".into(),
+        ));
     }
-    let host = url.host_str().ok_or_else(|| ToolError::BadArgs("the URL has no host".into()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| ToolError::BadArgs("the URL has no host".into()))?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if !allow.allows(bare) {
-        return Err(ToolError::Refused(format!("host `{bare}` is not on BATON_HTTP_ALLOW")));
+        return Err(ToolError::Refused(format!(
+            "host `{bare}` is not on BATON_HTTP_ALLOW"
+        )));
     }
     let port = url.port_or_known_default().unwrap_or(80);
     let literal: Option<IpAddr> = bare.parse().ok();
@@ -93,9 +110,17 @@ pub(super) async fn call(allow: &HostAllowList, args: &Value) -> Result<Value, T
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ToolError::Failed(format!("could not build the HTTP client: {e}")))?;
-    let response = client.get(url.clone()).send().await.map_err(|e| ToolError::Failed(format!("GET {url} failed: {e}")))?;
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| ToolError::Failed(format!("GET {url} failed: {e}")))?;
     let status = response.status();
-    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (body, cut) = read_limited(response, MAX_BODY).await?;
     if status.is_server_error() || status.is_client_error() {
         return Err(ToolError::Failed(format!("GET {url} answered {status}")));
@@ -109,7 +134,10 @@ mod tests {
     use serde_json::json;
 
     fn list(hosts: &[&str]) -> HostAllowList {
-        HostAllowList { hosts: hosts.iter().map(|s| s.to_string()).collect(), allow_private: false }
+        HostAllowList {
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            allow_private: false,
+        }
     }
 
     #[test]
@@ -117,12 +145,28 @@ mod tests {
         let l = list(&["status.example.com", "*.acme.io"]);
         assert!(l.allows("status.example.com"));
         assert!(l.allows("api.acme.io") && l.allows("acme.io"));
-        assert!(!l.allows("example.com") && !l.allows("evilacme.io") && !l.allows("status.example.com.evil.org"));
+        assert!(
+            !l.allows("example.com")
+                && !l.allows("evilacme.io")
+                && !l.allows("status.example.com.evil.org")
+        );
     }
 
     #[test]
     fn internal_ranges_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2001:4860:4860::8888"] {
@@ -132,20 +176,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_host_not_on_the_list_is_refused_before_any_request() {
-        let err = call(&list(&["example.com"]), &json!({"url": "http://127.0.0.1:9/x"})).await.unwrap_err();
+        let err = call(
+            &list(&["example.com"]),
+            &json!({"url": "http://127.0.0.1:9/x"}),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ToolError::Refused(_)), "{err}");
     }
 
     #[tokio::test]
     async fn a_name_resolving_to_loopback_is_refused_unless_private_is_allowed() {
-        let err = call(&list(&["localhost"]), &json!({"url": "http://localhost:9/x"})).await.unwrap_err();
-        assert!(matches!(err, ToolError::Refused(ref m) if m.contains("internal")), "{err}");
+        let err = call(
+            &list(&["localhost"]),
+            &json!({"url": "http://localhost:9/x"}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ToolError::Refused(ref m) if m.contains("internal")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn other_schemes_and_credentials_are_refused() {
         for url in ["file:///etc/passwd", "http://user:pw@example.com/"] {
-            let err = call(&list(&["example.com"]), &json!({ "url": url })).await.unwrap_err();
+            let err = call(&list(&["example.com"]), &json!({ "url": url }))
+                .await
+                .unwrap_err();
             assert!(matches!(err, ToolError::Refused(_)), "{url}: {err}");
         }
     }

@@ -48,9 +48,16 @@ impl ToolBox {
 
     /// Calls `tool` with `args`. `declared` is what the step may use: any other tool is refused
     /// here, whatever asked for it.
-    pub async fn call(&self, tool: &str, args: &Value, declared: &[String]) -> Result<Value, ToolError> {
+    pub async fn call(
+        &self,
+        tool: &str,
+        args: &Value,
+        declared: &[String],
+    ) -> Result<Value, ToolError> {
         if !declared.iter().any(|d| d == tool) {
-            return Err(ToolError::Refused(format!("tool `{tool}` is not declared by this step")));
+            return Err(ToolError::Refused(format!(
+                "tool `{tool}` is not declared by this step"
+            )));
         }
         match tool {
             "http.get" => http_get::call(&self.settings.http_allow, args).await,
@@ -61,10 +68,17 @@ impl ToolBox {
 }
 
 /// Reads a response body up to `limit` bytes; longer bodies are cut, not buffered whole.
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<(String, bool), ToolError> {
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(String, bool), ToolError> {
     let mut body = Vec::new();
     let mut cut = false;
-    while let Some(chunk) = response.chunk().await.map_err(|e| ToolError::Failed(format!("reading the response: {e}")))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ToolError::Failed(format!("reading the response: {e}")))?
+    {
         let room = limit.saturating_sub(body.len());
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);

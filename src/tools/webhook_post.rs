@@ -8,23 +8,38 @@ use std::collections::BTreeMap;
 
 const MAX_BODY: usize = 64 * 1024;
 
-pub(super) async fn call(client: &reqwest::Client, endpoints: &BTreeMap<String, String>, args: &Value) -> Result<Value, ToolError> {
-    let name = args.get("endpoint").and_then(Value::as_str).ok_or_else(|| ToolError::BadArgs("`endpoint` must be a string".into()))?;
-    let url = endpoints
-        .get(name)
-        .ok_or_else(|| ToolError::Refused(format!("webhook endpoint `{name}` is not configured (add {name}=URL to BATON_WEBHOOKS)")))?;
+pub(super) async fn call(
+    client: &reqwest::Client,
+    endpoints: &BTreeMap<String, String>,
+    args: &Value,
+) -> Result<Value, ToolError> {
+    let name = args
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::BadArgs("`endpoint` must be a string".into()))?;
+    let url = endpoints.get(name).ok_or_else(|| {
+        ToolError::Refused(format!(
+            "webhook endpoint `{name}` is not configured (add {name}=URL to BATON_WEBHOOKS)"
+        ))
+    })?;
     let body = args.get("body").cloned().unwrap_or(Value::Null);
-    let response = client
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| ToolError::Failed(format!("POST to webhook `{name}` failed: {}", e.without_url())))?;
+    let response = client.post(url).json(&body).send().await.map_err(|e| {
+        ToolError::Failed(format!(
+            "POST to webhook `{name}` failed: {}",
+            e.without_url()
+        ))
+    })?;
     let status = response.status();
-    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (text, cut) = read_limited(response, MAX_BODY).await?;
     if !status.is_success() {
-        return Err(ToolError::Failed(format!("webhook `{name}` answered {status}")));
+        return Err(ToolError::Failed(format!(
+            "webhook `{name}` answered {status}"
+        )));
     }
     Ok(response_value(status.as_u16(), content_type, text, cut))
 }

@@ -32,7 +32,9 @@ pub fn example_commands() -> PathBuf {
 
 /// A start time on a Monday morning, so schedule tests know where they stand.
 pub fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-02T07:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-03-02T07:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 pub struct Spawn {
@@ -44,7 +46,12 @@ pub struct Spawn {
 
 impl Default for Spawn {
     fn default() -> Self {
-        Self { extra_workflows: vec![], with_examples: true, env: vec![], start: start_time() }
+        Self {
+            extra_workflows: vec![],
+            with_examples: true,
+            env: vec![],
+            start: start_time(),
+        }
     }
 }
 
@@ -68,7 +75,10 @@ pub async fn spawn(opts: Spawn) -> TestApp {
         std::fs::write(commands.join(name), text).unwrap();
     }
     let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("DATABASE_URL".into(), format!("sqlite://{}", dir.path().join("baton.db").display()));
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("sqlite://{}", dir.path().join("baton.db").display()),
+    );
     env.insert("BATON_COMMANDS_DIR".into(), commands.display().to_string());
     env.insert("BATON_POLL_INTERVAL".into(), "20ms".into());
     env.insert("BATON_HTTP_ADDR".into(), "127.0.0.1:0".into());
@@ -76,7 +86,16 @@ pub async fn spawn(opts: Spawn) -> TestApp {
         env.insert(k.into(), v);
     }
     let clock = Arc::new(ManualClock::new(opts.start));
-    let mut app = TestApp { addr: "127.0.0.1:0".parse().unwrap(), base: String::new(), http: reqwest::Client::new(), clock, dir, stop: None, task: None, env };
+    let mut app = TestApp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        base: String::new(),
+        http: reqwest::Client::new(),
+        clock,
+        dir,
+        stop: None,
+        task: None,
+        env,
+    };
     app.start().await;
     app
 }
@@ -85,18 +104,32 @@ impl TestApp {
     /// Starts (or restarts) the app on a fresh port with the same database and clock.
     pub async fn start(&mut self) {
         let env = self.env.clone();
-        let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid");
+        let settings =
+            Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.addr = listener.local_addr().unwrap();
         self.base = format!("http://{}", self.addr);
         let (tx, rx) = oneshot::channel::<()>();
         let clock: Arc<dyn Clock> = self.clock.clone();
-        self.task = Some(tokio::spawn(baton::app::run(settings, listener, clock, async move {
-            let _ = rx.await;
-        })));
+        self.task = Some(tokio::spawn(baton::app::run(
+            settings,
+            listener,
+            clock,
+            async move {
+                let _ = rx.await;
+            },
+        )));
         self.stop = Some(tx);
         // Ready when it answers.
-        eventually("the app answers /readyz", || async { self.http.get(format!("{}/readyz", self.base)).send().await.map(|r| r.status().is_success()).unwrap_or(false) }).await;
+        eventually("the app answers /readyz", || async {
+            self.http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        })
+        .await;
     }
 
     /// Stops the app gracefully and waits for it.
@@ -115,13 +148,24 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
@@ -133,50 +177,87 @@ impl TestApp {
 
     /// Types a message into a channel as a user; returns the response body.
     pub async fn say(&self, user: &str, channel: &str, text: &str) -> Value {
-        let (status, body) = self.post("/api/messages", json!({"channel": channel, "user": user, "text": text})).await;
+        let (status, body) = self
+            .post(
+                "/api/messages",
+                json!({"channel": channel, "user": user, "text": text}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
 
     /// Clicks a button; returns the private notices.
     pub async fn click(&self, user: &str, message_id: i64, action: &str) -> Vec<String> {
-        let (status, body) = self.post("/api/actions", json!({"user": user, "message_id": message_id, "action": action})).await;
+        let (status, body) = self
+            .post(
+                "/api/actions",
+                json!({"user": user, "message_id": message_id, "action": action}),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
-        body["notices"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect()
+        body["notices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn channel(&self, channel: &str) -> Vec<Value> {
-        self.get_json(&format!("/api/channels/{channel}/messages")).await.as_array().unwrap().clone()
+        self.get_json(&format!("/api/channels/{channel}/messages"))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// The root message the bot posted for a run.
     pub async fn root_of(&self, channel: &str, run: i64) -> Value {
         let needle = format!("run {run} ·");
         eventually_some(&format!("the root message of run {run}"), || async {
-            self.channel(channel).await.into_iter().find(|m| m["is_bot"] == true && text(m).contains(&needle))
+            self.channel(channel)
+                .await
+                .into_iter()
+                .find(|m| m["is_bot"] == true && text(m).contains(&needle))
         })
         .await
     }
 
     pub async fn thread(&self, root: i64) -> Vec<Value> {
-        self.get_json(&format!("/api/threads/{root}")).await.as_array().unwrap().clone()
+        self.get_json(&format!("/api/threads/{root}"))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// Waits for a message in a run's thread whose text contains `needle`.
     pub async fn wait_in_thread(&self, root: i64, needle: &str) -> Value {
-        eventually_some(&format!("`{needle}` in thread {root}"), || async { self.thread(root).await.into_iter().find(|m| text(m).contains(needle)) }).await
+        eventually_some(&format!("`{needle}` in thread {root}"), || async {
+            self.thread(root)
+                .await
+                .into_iter()
+                .find(|m| text(m).contains(needle))
+        })
+        .await
     }
 
     /// The run's status as the store has it.
     pub async fn run_status(&self, run: i64) -> String {
         let page = self.get(&format!("/runs/{run}")).await.1;
-        let at = page.find("<dt>Status</dt><dd class=\"status ").expect("run page shows a status");
+        let at = page
+            .find("<dt>Status</dt><dd class=\"status ")
+            .expect("run page shows a status");
         let rest = &page[at + "<dt>Status</dt><dd class=\"status ".len()..];
         rest[..rest.find('"').unwrap()].to_owned()
     }
 
     pub async fn wait_for_status(&self, run: i64, status: &str) {
-        eventually(&format!("run {run} to be {status}"), || async { self.run_status(run).await == status }).await;
+        eventually(&format!("run {run} to be {status}"), || async {
+            self.run_status(run).await == status
+        })
+        .await;
     }
 
     /// The ledger, oldest first, through the CLI's export path.
@@ -212,7 +293,11 @@ pub fn text(m: &Value) -> String {
 }
 
 pub fn button(m: &Value, label: &str) -> Option<String> {
-    m["message"]["buttons"].as_array()?.iter().find(|b| b["label"] == label).map(|b| b["action"].as_str().unwrap().to_owned())
+    m["message"]["buttons"]
+        .as_array()?
+        .iter()
+        .find(|b| b["label"] == label)
+        .map(|b| b["action"].as_str().unwrap().to_owned())
 }
 
 /// Polls until `check` holds; fails the test with `what` after 10 s. A wait, not a timing

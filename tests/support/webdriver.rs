@@ -34,14 +34,27 @@ impl Browser {
     /// either is missing (the test command installs both).
     pub async fn start() -> Self {
         let driver_bin = find_binary(&["chromedriver"]).expect("chromedriver is not installed: run ./scripts/test, which installs chromium and chromium-driver");
-        let chromium = find_binary(&["chromium", "chromium-browser", "google-chrome"]).expect("chromium is not installed: run ./scripts/test");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(driver_bin).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts");
+        let chromium = find_binary(&["chromium", "chromium-browser", "google-chrome"])
+            .expect("chromium is not installed: run ./scripts/test");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "chromedriver did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chromedriver did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let profile = tempfile::tempdir().unwrap();
@@ -60,9 +73,26 @@ impl Browser {
             format!("--user-data-dir={}", profile.path().display()),
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": chromium, "args": args}}}});
-        let r: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
-        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}")).to_owned();
-        Self { driver, base, session, http, _profile: profile }
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}"))
+            .to_owned();
+        Self {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -76,14 +106,24 @@ impl Browser {
     }
 
     pub async fn goto(&self, url: &str) {
-        let v = self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+        let v = self
+            .call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
         assert!(v.is_null(), "navigation to {url} failed: {v}");
     }
 
     /// Finds the first element matching a CSS selector, if any.
     pub async fn find(&self, css: &str) -> Option<String> {
-        let v = self.call(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
-        v.get(ELEMENT_KEY).and_then(Value::as_str).map(str::to_owned)
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.get(ELEMENT_KEY)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     /// Waits for an element.
@@ -94,7 +134,10 @@ impl Browser {
                 return e;
             }
             if std::time::Instant::now() > deadline {
-                panic!("no element matches `{css}`; the page shows:\n{}", self.page_text().await);
+                panic!(
+                    "no element matches `{css}`; the page shows:\n{}",
+                    self.page_text().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -103,11 +146,21 @@ impl Browser {
     /// The visible text of the whole page, for failure messages.
     pub async fn page_text(&self) -> String {
         let v = self.script("return document.body ? document.body.innerText : document.documentElement.outerHTML", json!([])).await;
-        v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
     }
 
     pub async fn text_of(&self, element: &str) -> String {
-        self.call(reqwest::Method::GET, &format!("/element/{element}/text"), None).await.as_str().unwrap_or_default().to_owned()
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     /// Waits until the element matching `css` contains `needle`.
@@ -119,25 +172,46 @@ impl Browser {
                 if t.contains(needle) {
                     return t;
                 }
-                assert!(std::time::Instant::now() < deadline, "`{css}` never showed `{needle}`; it shows: {t}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "`{css}` never showed `{needle}`; it shows: {t}"
+                );
             } else {
-                assert!(std::time::Instant::now() < deadline, "no element matches `{css}`");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no element matches `{css}`"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn click(&self, element: &str) {
-        self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     pub async fn type_into(&self, element: &str, text: &str) {
-        self.call(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({ "text": text }))).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     /// Runs JavaScript in the page and returns its result.
     pub async fn script(&self, script: &str, args: Value) -> Value {
-        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": args }))).await
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
     }
 
     /// Saves a PNG of the window.

@@ -48,7 +48,11 @@ async fn state(State(state): State<AppState>) -> Json<Value> {
         .engine
         .workflows()
         .iter()
-        .filter_map(|w| w.slash().map(|s| json!({"command": s.command, "usage": s.usage, "description": w.description})))
+        .filter_map(|w| {
+            w.slash().map(
+                |s| json!({"command": s.command, "usage": s.usage, "description": w.description}),
+            )
+        })
         .collect();
     Json(json!({
         "bot": BOT_NAME,
@@ -58,14 +62,24 @@ async fn state(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-async fn channel_messages(State(state): State<AppState>, Path(channel): Path<String>) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
+async fn channel_messages(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
     if !channels(&state).contains(&channel) {
-        return Err(ApiError::NotFound(format!("there is no channel #{channel}")));
+        return Err(ApiError::NotFound(format!(
+            "there is no channel #{channel}"
+        )));
     }
-    Ok(Json(state.engine.store().console_channel(&channel, 200).await?))
+    Ok(Json(
+        state.engine.store().console_channel(&channel, 200).await?,
+    ))
 }
 
-async fn thread(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
+async fn thread(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
     let messages = state.engine.store().console_thread(id).await?;
     if messages.is_empty() {
         return Err(ApiError::NotFound(format!("there is no message {id}")));
@@ -96,15 +110,29 @@ struct Click {
 
 fn actor(state: &AppState, user: &str) -> Result<Actor, ApiError> {
     if !state.settings.console_users.iter().any(|u| u == user) {
-        return Err(ApiError::BadRequest(format!("`{}` is not a console user (BATON_CONSOLE_USERS)", truncate(user, 40))));
+        return Err(ApiError::BadRequest(format!(
+            "`{}` is not a console user (BATON_CONSOLE_USERS)",
+            truncate(user, 40)
+        )));
     }
-    Ok(Actor { platform: "console".into(), id: user.to_owned(), display: user.to_owned(), is_bot: false })
+    Ok(Actor {
+        platform: "console".into(),
+        id: user.to_owned(),
+        display: user.to_owned(),
+        is_bot: false,
+    })
 }
 
 fn client_id(id: Option<&str>) -> Result<Option<&str>, ApiError> {
     match id {
-        Some(id) if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
-            Err(ApiError::BadRequest("client_id must be 1-64 letters, digits or dashes".into()))
+        Some(id)
+            if id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            Err(ApiError::BadRequest(
+                "client_id must be 1-64 letters, digits or dashes".into(),
+            ))
         }
         other => Ok(other),
     }
@@ -114,49 +142,91 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-async fn send_message(State(state): State<AppState>, body: Result<Json<SendMessage>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+async fn send_message(
+    State(state): State<AppState>,
+    body: Result<Json<SendMessage>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Json(req) = body?;
     let actor = actor(&state, &req.user)?;
     let client = client_id(req.client_id.as_deref())?;
     if !channels(&state).contains(&req.channel) {
-        return Err(ApiError::BadRequest(format!("there is no channel #{}", truncate(&req.channel, 80))));
+        return Err(ApiError::BadRequest(format!(
+            "there is no channel #{}",
+            truncate(&req.channel, 80)
+        )));
     }
     let text = req.text.trim();
     if text.is_empty() {
         return Err(ApiError::BadRequest("the message is empty".into()));
     }
     if text.chars().count() > MAX_TEXT {
-        return Err(ApiError::BadRequest(format!("messages are limited to {MAX_TEXT} characters")));
+        return Err(ApiError::BadRequest(format!(
+            "messages are limited to {MAX_TEXT} characters"
+        )));
     }
     let thread = match req.thread_id {
         Some(id) => match state.engine.store().console_get(id).await? {
             Some(root) if root.thread_id.is_none() && root.channel == req.channel => Some(id),
-            _ => return Err(ApiError::BadRequest(format!("message {id} is not a thread in #{}", req.channel))),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "message {id} is not a thread in #{}",
+                    req.channel
+                )));
+            }
         },
         None => None,
     };
     let message = state
         .console
-        .post(&req.channel, thread, &actor.id, false, &OutMessage { text: text.to_owned(), ..Default::default() })
+        .post(
+            &req.channel,
+            thread,
+            &actor.id,
+            false,
+            &OutMessage {
+                text: text.to_owned(),
+                ..Default::default()
+            },
+        )
         .await?;
     let kind = match text.strip_prefix('/') {
         Some(rest) => {
             let (command, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-            EventKind::Slash { command: command.to_owned(), text: args.trim().to_owned() }
+            EventKind::Slash {
+                command: command.to_owned(),
+                text: args.trim().to_owned(),
+            }
         }
-        None => EventKind::Message { text: text.to_owned(), mentions_bot: text.contains(&format!("@{BOT_NAME}")) },
+        None => EventKind::Message {
+            text: text.to_owned(),
+            mentions_bot: text.contains(&format!("@{BOT_NAME}")),
+        },
     };
     let event = InboundEvent {
-        id: format!("console:msg:{}", client.map(str::to_owned).unwrap_or_else(|| message.id.to_string())),
+        id: format!(
+            "console:msg:{}",
+            client
+                .map(str::to_owned)
+                .unwrap_or_else(|| message.id.to_string())
+        ),
         actor,
-        conversation: ConversationRef { platform: "console".into(), channel: req.channel.clone(), thread: thread.map(|t| t.to_string()) },
+        conversation: ConversationRef {
+            platform: "console".into(),
+            channel: req.channel.clone(),
+            thread: thread.map(|t| t.to_string()),
+        },
         kind,
     };
     let response = state.engine.handle(event).await?;
-    Ok(Json(json!({"message": message, "notices": response.notices, "started": response.started})))
+    Ok(Json(
+        json!({"message": message, "notices": response.notices, "started": response.started}),
+    ))
 }
 
-async fn click(State(state): State<AppState>, body: Result<Json<Click>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+async fn click(
+    State(state): State<AppState>,
+    body: Result<Json<Click>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Json(req) = body?;
     let actor = actor(&state, &req.user)?;
     let client = client_id(req.client_id.as_deref())?;
@@ -169,27 +239,54 @@ async fn click(State(state): State<AppState>, body: Result<Json<Click>, JsonReje
         .ok_or_else(|| ApiError::NotFound(format!("there is no message {}", req.message_id)))?;
     // A button only works on the message that shows it: a click on a message whose buttons
     // are gone (decided, expired) gets the current state instead of acting.
-    if !message.message.buttons.iter().any(|b| b.action == req.action) {
-        return Ok(Json(json!({"notices": ["This button is no longer active."]})));
+    if !message
+        .message
+        .buttons
+        .iter()
+        .any(|b| b.action == req.action)
+    {
+        return Ok(Json(
+            json!({"notices": ["This button is no longer active."]}),
+        ));
     }
-    if req.reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
-        return Err(ApiError::BadRequest("a reason is limited to 1000 characters".into()));
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 1000)
+    {
+        return Err(ApiError::BadRequest(
+            "a reason is limited to 1000 characters".into(),
+        ));
     }
     let id = match client {
         Some(c) => format!("console:action:{c}"),
-        None => format!("console:action:{}:{}:{}", req.message_id, actor.id, state.clock.now().timestamp_nanos_opt().unwrap_or_default()),
+        None => format!(
+            "console:action:{}:{}:{}",
+            req.message_id,
+            actor.id,
+            state.clock.now().timestamp_nanos_opt().unwrap_or_default()
+        ),
     };
     let event = InboundEvent {
         id,
         actor,
-        conversation: ConversationRef { platform: "console".into(), channel: message.channel.clone(), thread: message.thread_id.map(|t| t.to_string()) },
-        kind: EventKind::Action { action, reason: req.reason },
+        conversation: ConversationRef {
+            platform: "console".into(),
+            channel: message.channel.clone(),
+            thread: message.thread_id.map(|t| t.to_string()),
+        },
+        kind: EventKind::Action {
+            action,
+            reason: req.reason,
+        },
     };
     let response = state.engine.handle(event).await?;
     Ok(Json(json!({"notices": response.notices})))
 }
 
-async fn stream(State(state): State<AppState>) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
+async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
     let mut updates = BroadcastStream::new(state.console.subscribe());
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut shutdown = state.shutdown.clone();
@@ -203,7 +300,10 @@ async fn stream(State(state): State<AppState>) -> Sse<impl tokio_stream::Stream<
             };
             let Some(update) = update else { break };
             let event = match update {
-                Ok(ConsoleUpdate::Message { message }) => Event::default().event("message").json_data(&message).unwrap_or_default(),
+                Ok(ConsoleUpdate::Message { message }) => Event::default()
+                    .event("message")
+                    .json_data(&message)
+                    .unwrap_or_default(),
                 // Fell behind: the page reloads what it shows.
                 Err(_) => Event::default().event("resync").data("{}"),
             };
@@ -217,13 +317,32 @@ async fn stream(State(state): State<AppState>) -> Sse<impl tokio_stream::Stream<
 
 /// The console's webhook inbox: what `webhook.post` sends to `/inbox/NAME` appears in #inbox,
 /// so workflows with external steps can be tried with nothing else running.
-async fn inbox(State(state): State<AppState>, Path(name): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+async fn inbox(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Json(payload) = body?;
     if !valid_channel(&name) {
-        return Err(ApiError::BadRequest("inbox names are lowercase letters, digits, - or _".into()));
+        return Err(ApiError::BadRequest(
+            "inbox names are lowercase letters, digits, - or _".into(),
+        ));
     }
     let pretty = serde_json::to_string_pretty(&payload).unwrap_or_default();
-    let message = OutMessage { text: format!("Webhook *{name}* received:"), detail: Some(pretty), ..Default::default() };
-    let m = state.console.post(INBOX_CHANNEL, None, &format!("webhook:{name}"), true, &message).await?;
+    let message = OutMessage {
+        text: format!("Webhook *{name}* received:"),
+        detail: Some(pretty),
+        ..Default::default()
+    };
+    let m = state
+        .console
+        .post(
+            INBOX_CHANNEL,
+            None,
+            &format!("webhook:{name}"),
+            true,
+            &message,
+        )
+        .await?;
     Ok(Json(json!({"ok": true, "id": m.id})))
 }

@@ -10,7 +10,7 @@ pub mod pages;
 use super::{DeliveryError, Platform};
 use crate::core::clock::Clock;
 use crate::core::message::OutMessage;
-use crate::store::{ConsoleMessage, OutboxEntry, OutboxOp, Store};
+use crate::store::{ConsoleMessage, ConsolePost, OutboxEntry, OutboxOp, Store};
 use async_trait::async_trait;
 use serde::Serialize;
 use std::sync::Arc;
@@ -37,13 +37,21 @@ pub struct Console {
 
 /// Whether a channel name is acceptable: what chat platforms allow, in lower case.
 pub fn valid_channel(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 80 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    !name.is_empty()
+        && name.len() <= 80
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 impl Console {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<Self> {
         let (updates, _) = broadcast::channel(1024);
-        Arc::new(Self { store, clock, updates })
+        Arc::new(Self {
+            store,
+            clock,
+            updates,
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<ConsoleUpdate> {
@@ -51,15 +59,37 @@ impl Console {
     }
 
     /// Stores a message and tells every open console.
-    pub async fn post(&self, channel: &str, thread: Option<i64>, author: &str, is_bot: bool, message: &OutMessage) -> anyhow::Result<ConsoleMessage> {
-        let m = self.store.console_post(channel, thread, author, is_bot, message, None, self.clock.now()).await?;
+    pub async fn post(
+        &self,
+        channel: &str,
+        thread: Option<i64>,
+        author: &str,
+        is_bot: bool,
+        message: &OutMessage,
+    ) -> anyhow::Result<ConsoleMessage> {
+        let m = self
+            .store
+            .console_post(
+                ConsolePost {
+                    channel,
+                    thread_id: thread,
+                    author,
+                    is_bot,
+                    message,
+                    outbox_id: None,
+                },
+                self.clock.now(),
+            )
+            .await?;
         self.announce(&m).await;
         Ok(m)
     }
 
     /// Broadcasts a message and, for a reply, its thread root (whose reply count changed).
     async fn announce(&self, m: &ConsoleMessage) {
-        let _ = self.updates.send(ConsoleUpdate::Message { message: m.clone() });
+        let _ = self
+            .updates
+            .send(ConsoleUpdate::Message { message: m.clone() });
         if let Some(root) = m.thread_id
             && let Ok(Some(root)) = self.store.console_get(root).await
         {
@@ -75,29 +105,60 @@ impl Platform for Console {
     }
 
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
-        let transient = |e: crate::store::StoreError| DeliveryError::Transient { message: e.to_string(), retry_after: None };
+        let transient = |e: crate::store::StoreError| DeliveryError::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        };
         match entry.op {
             OutboxOp::Post => {
                 if !valid_channel(&entry.channel) {
-                    return Err(DeliveryError::Permanent(format!("channel `{}` does not exist", entry.channel)));
+                    return Err(DeliveryError::Permanent(format!(
+                        "channel `{}` does not exist",
+                        entry.channel
+                    )));
                 }
                 let thread = match &entry.thread_ref {
-                    Some(r) => Some(r.parse::<i64>().map_err(|_| DeliveryError::Permanent(format!("bad thread reference `{r}`")))?),
+                    Some(r) => Some(r.parse::<i64>().map_err(|_| {
+                        DeliveryError::Permanent(format!("bad thread reference `{r}`"))
+                    })?),
                     None => None,
                 };
-                let m = self.store.console_post(&entry.channel, thread, BOT_NAME, true, &entry.message, Some(entry.id), self.clock.now()).await.map_err(transient)?;
+                let m = self
+                    .store
+                    .console_post(
+                        ConsolePost {
+                            channel: &entry.channel,
+                            thread_id: thread,
+                            author: BOT_NAME,
+                            is_bot: true,
+                            message: &entry.message,
+                            outbox_id: Some(entry.id),
+                        },
+                        self.clock.now(),
+                    )
+                    .await
+                    .map_err(transient)?;
                 self.announce(&m).await;
                 Ok(m.id.to_string())
             }
             OutboxOp::Edit => {
                 let target = entry.target_ref.as_deref().unwrap_or_default();
-                let id: i64 = target.parse().map_err(|_| DeliveryError::Permanent(format!("bad message reference `{target}`")))?;
-                match self.store.console_edit(id, &entry.message, self.clock.now()).await.map_err(transient)? {
+                let id: i64 = target.parse().map_err(|_| {
+                    DeliveryError::Permanent(format!("bad message reference `{target}`"))
+                })?;
+                match self
+                    .store
+                    .console_edit(id, &entry.message, self.clock.now())
+                    .await
+                    .map_err(transient)?
+                {
                     Some(m) => {
                         self.announce(&m).await;
                         Ok(m.id.to_string())
                     }
-                    None => Err(DeliveryError::Permanent(format!("message {id} no longer exists"))),
+                    None => Err(DeliveryError::Permanent(format!(
+                        "message {id} no longer exists"
+                    ))),
                 }
             }
         }

@@ -22,8 +22,19 @@ const STYLE: &str = include_str!("assets/style.css");
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Html(INDEX) }))
-        .route("/assets/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS) }))
-        .route("/assets/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
+        .route(
+            "/assets/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    APP_JS,
+                )
+            }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
         .route("/runs", get(runs))
         .route("/runs/{id}", get(run))
         .route("/approvals", get(approvals))
@@ -66,7 +77,10 @@ struct RunsQuery {
     status: Option<String>,
 }
 
-async fn runs(State(state): State<AppState>, Query(q): Query<RunsQuery>) -> Result<Response, ApiError> {
+async fn runs(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Response, ApiError> {
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(s.parse::<RunStatus>().map_err(ApiError::BadRequest)?),
         None => None,
@@ -82,7 +96,10 @@ async fn runs(State(state): State<AppState>, Query(q): Query<RunsQuery>) -> Resu
     }
     body.push_str("</p><table><thead><tr><th>Run</th><th>Workflow</th><th>Title</th><th>Status</th><th>Started by</th><th>Channel</th><th>Started</th><th>Took</th></tr></thead><tbody>");
     for r in &runs {
-        let took = r.finished_at.map(|f| format_duration(f - r.created_at)).unwrap_or_default();
+        let took = r
+            .finished_at
+            .map(|f| format_duration(f - r.created_at))
+            .unwrap_or_default();
         let _ = write!(
             body,
             "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>#{}</td><td>{}</td><td>{took}</td></tr>",
@@ -125,10 +142,17 @@ async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
     if let Some(e) = &r.error {
         let _ = write!(body, "<dt>Note</dt><dd>{}</dd>", esc(e));
     }
-    if let Some(root) = store.message_ref(&crate::core::ids::MessageKey::root(id)).await?
+    if let Some(root) = store
+        .message_ref(&crate::core::ids::MessageKey::root(id))
+        .await?
         && r.conversation.platform == "console"
     {
-        let _ = write!(body, "<dt>Thread</dt><dd><a href=\"/#{}/{}\">open the thread in the chat</a></dd>", esc(&r.conversation.channel), esc(&root));
+        let _ = write!(
+            body,
+            "<dt>Thread</dt><dd><a href=\"/#{}/{}\">open the thread in the chat</a></dd>",
+            esc(&r.conversation.channel),
+            esc(&root)
+        );
     }
     body.push_str("</dl><h2>Steps</h2><table><thead><tr><th>Step</th><th>Status</th><th>Attempts</th><th>Took</th><th>Output or error</th></tr></thead><tbody>");
     for (step, s) in &run.steps {
@@ -138,10 +162,19 @@ async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
         };
         let out = match (&s.error, &s.output) {
             (Some(e), _) => esc(e),
-            (None, Some(o)) => format!("<pre>{}</pre>", esc(&serde_json::to_string_pretty(o).unwrap_or_default())),
+            (None, Some(o)) => format!(
+                "<pre>{}</pre>",
+                esc(&serde_json::to_string_pretty(o).unwrap_or_default())
+            ),
             _ => String::new(),
         };
-        let _ = write!(body, "<tr><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>{took}</td><td>{out}</td></tr>", esc(step), s.attempt, st = s.status.as_str());
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td class=\"status {st}\">{st}</td><td>{}</td><td>{took}</td><td>{out}</td></tr>",
+            esc(step),
+            s.attempt,
+            st = s.status.as_str()
+        );
     }
     body.push_str("</tbody></table><h2>Attempts</h2><table><thead><tr><th>Step</th><th>#</th><th>Status</th><th>Started</th><th>Finished</th><th>Input</th></tr></thead><tbody>");
     for a in store.attempts(id).await? {
@@ -176,7 +209,9 @@ async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
 async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let pending = state.engine.store().pending_approvals().await?;
-    let mut body = String::from("<h1>Pending approvals</h1><table><thead><tr><th>Run</th><th>Workflow</th><th>Step</th><th>Approvers</th><th>Waiting for</th><th>Expires</th><th>What</th></tr></thead><tbody>");
+    let mut body = String::from(
+        "<h1>Pending approvals</h1><table><thead><tr><th>Run</th><th>Workflow</th><th>Step</th><th>Approvers</th><th>Waiting for</th><th>Expires</th><th>What</th></tr></thead><tbody>",
+    );
     for p in &pending {
         let _ = write!(
             body,
@@ -203,10 +238,17 @@ async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut body = String::from("<h1>Audit ledger</h1>");
     match verification {
         Verification::Intact { entries } => {
-            let _ = write!(body, "<p class=\"verify ok\" id=\"verification\">Intact: {entries} entries, every hash checks out.</p>");
+            let _ = write!(
+                body,
+                "<p class=\"verify ok\" id=\"verification\">Intact: {entries} entries, every hash checks out.</p>"
+            );
         }
         Verification::Broken { seq, reason } => {
-            let _ = write!(body, "<p class=\"verify broken\" id=\"verification\">Broken at entry {seq}: {}</p>", esc(&reason));
+            let _ = write!(
+                body,
+                "<p class=\"verify broken\" id=\"verification\">Broken at entry {seq}: {}</p>",
+                esc(&reason)
+            );
         }
     }
     body.push_str("<p>The newest 500 entries. <code>baton audit export</code> writes them all as JSON Lines.</p>");
@@ -215,7 +257,9 @@ async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// Walks the whole chain in pages.
-pub async fn verify(store: &dyn crate::store::Store) -> Result<Verification, crate::store::StoreError> {
+pub async fn verify(
+    store: &dyn crate::store::Store,
+) -> Result<Verification, crate::store::StoreError> {
     let mut v = ChainVerifier::default();
     let mut after = 0;
     loop {
@@ -230,7 +274,10 @@ pub async fn verify(store: &dyn crate::store::Store) -> Result<Verification, cra
 fn audit_table(body: &mut String, entries: &[crate::core::audit::AuditEntry]) {
     body.push_str("<table class=\"audit\"><thead><tr><th>#</th><th>At</th><th>Kind</th><th>Run</th><th>Step</th><th>Actor</th><th>Data</th><th>Hash</th></tr></thead><tbody>");
     for e in entries {
-        let run = e.run.map(|r| format!("<a href=\"/runs/{r}\">{r}</a>")).unwrap_or_default();
+        let run = e
+            .run
+            .map(|r| format!("<a href=\"/runs/{r}\">{r}</a>"))
+            .unwrap_or_default();
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{run}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code title=\"{h}\">{}</code></td></tr>",

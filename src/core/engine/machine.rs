@@ -32,10 +32,15 @@ struct Apply<'a, 'b> {
 
 /// Starts a freshly created run: audits it, posts its root message, starts the ready steps.
 pub fn start(state: &mut RunState, cx: &Context<'_>) -> Transition {
-    let mut a = Apply { state, cx, out: Transition::default() };
+    let mut a = Apply {
+        state,
+        cx,
+        out: Transition::default(),
+    };
     let run = &a.state.run;
     let data = json!({"workflow": run.workflow, "inputs": run.inputs, "event_id": run.event_id, "late": run.late, "channel": run.conversation.channel});
-    let ev = AuditEvent::new(cx.now, AuditKind::RunStarted, Some(run.id), data).actor(&run.requested_by);
+    let ev =
+        AuditEvent::new(cx.now, AuditKind::RunStarted, Some(run.id), data).actor(&run.requested_by);
     a.audit(ev);
     for step in &cx.workflow.steps {
         a.state.steps.entry(step.id.clone()).or_default();
@@ -46,7 +51,12 @@ pub fn start(state: &mut RunState, cx: &Context<'_>) -> Transition {
         channel: a.state.run.conversation.channel.clone(),
         thread: None,
     };
-    a.send(Outgoing::Post { run: Some(a.state.run.id), key: MessageKey::root(a.state.run.id), to, message: root });
+    a.send(Outgoing::Post {
+        run: Some(a.state.run.id),
+        key: MessageKey::root(a.state.run.id),
+        to,
+        message: root,
+    });
     a.advance();
     a.finish(None)
 }
@@ -54,13 +64,26 @@ pub fn start(state: &mut RunState, cx: &Context<'_>) -> Transition {
 /// Applies one command to a run.
 pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition {
     let before = state.run.status;
-    let mut a = Apply { state, cx, out: Transition::default() };
+    let mut a = Apply {
+        state,
+        cx,
+        out: Transition::default(),
+    };
     if a.state.run.status.is_terminal() {
         return a.on_finished_run(cmd);
     }
     match cmd {
-        Command::StepFinished { step, attempt, result } => a.step_finished(&step, attempt, result),
-        Command::Decide { step, actor, approve, reason } => a.decide(&step, &actor, approve, reason),
+        Command::StepFinished {
+            step,
+            attempt,
+            result,
+        } => a.step_finished(&step, attempt, result),
+        Command::Decide {
+            step,
+            actor,
+            approve,
+            reason,
+        } => a.decide(&step, &actor, approve, reason),
         Command::TimerFired { key } => a.timer_fired(&key),
         Command::Cancel { actor } => a.cancel(&actor),
         Command::AttemptLost { step, attempt } => a.attempt_lost(&step, attempt),
@@ -117,24 +140,42 @@ impl Apply<'_, '_> {
         let status = self.state.run.status.label();
         match cmd {
             Command::StepFinished { step, attempt, .. } => {
-                let ev = self.event(AuditKind::ResultIgnored, Some(&step), json!({"attempt": attempt, "why": format!("run is {status}")}));
+                let ev = self.event(
+                    AuditKind::ResultIgnored,
+                    Some(&step),
+                    json!({"attempt": attempt, "why": format!("run is {status}")}),
+                );
                 self.audit(ev);
             }
             Command::Decide { step, .. } => {
                 let text = match self.state.approvals.get(&step) {
-                    Some(a) if a.status != ApprovalStatus::Pending => render::approval_outcome(&step, a).text.replace('*', ""),
+                    Some(a) if a.status != ApprovalStatus::Pending => {
+                        render::approval_outcome(&step, a).text.replace('*', "")
+                    }
                     _ => format!("Run {} is already {status}.", self.state.run.id),
                 };
                 self.notice(text);
             }
-            Command::Cancel { .. } => self.notice(format!("Run {} is already {status}.", self.state.run.id)),
+            Command::Cancel { .. } => {
+                self.notice(format!("Run {} is already {status}.", self.state.run.id))
+            }
             Command::TimerFired { key } => {
                 self.state.timers.remove(&key);
             }
             Command::AttemptLost { step, attempt } => {
-                let ev = self.event(AuditKind::AttemptLost, Some(&step), json!({"attempt": attempt}));
+                let ev = self.event(
+                    AuditKind::AttemptLost,
+                    Some(&step),
+                    json!({"attempt": attempt}),
+                );
                 self.audit(ev);
-                self.out.effects.push(Effect::AttemptEnded { step, attempt, outcome: AttemptOutcome::Lost, detail: json!({"error": "lost when the process stopped"}), at: self.cx.now });
+                self.out.effects.push(Effect::AttemptEnded {
+                    step,
+                    attempt,
+                    outcome: AttemptOutcome::Lost,
+                    detail: json!({"error": "lost when the process stopped"}),
+                    at: self.cx.now,
+                });
             }
         }
         self.out
@@ -170,13 +211,28 @@ impl Apply<'_, '_> {
                 let needs: Vec<StepStatus> = step
                     .needs
                     .iter()
-                    .map(|n| self.state.steps.get(n).map(|s| s.status).unwrap_or(StepStatus::Pending))
+                    .map(|n| {
+                        self.state
+                            .steps
+                            .get(n)
+                            .map(|s| s.status)
+                            .unwrap_or(StepStatus::Pending)
+                    })
                     .collect();
-                if let Some(bad) = needs.iter().position(|s| matches!(s, StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)) {
+                if let Some(bad) = needs.iter().position(|s| {
+                    matches!(
+                        s,
+                        StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled
+                    )
+                }) {
                     let s = self.state.steps.get_mut(&step.id).expect("step rows exist");
                     s.status = StepStatus::Skipped;
                     s.finished_at = Some(self.cx.now);
-                    let ev = self.event(AuditKind::StepSkipped, Some(&step.id), json!({"because": step.needs[bad]}));
+                    let ev = self.event(
+                        AuditKind::StepSkipped,
+                        Some(&step.id),
+                        json!({"because": step.needs[bad]}),
+                    );
                     self.audit(ev);
                     changed = true;
                 } else if needs.iter().all(|s| *s == StepStatus::Succeeded) {
@@ -200,23 +256,40 @@ impl Apply<'_, '_> {
             StepKind::Tool { tool, with } => {
                 let args = match template::render_value(&Value::Object(with.clone()), &ctx) {
                     Ok(a) => a,
-                    Err(e) => return self.fail_now(id, format!("could not fill in the arguments: {e}")),
+                    Err(e) => {
+                        return self.fail_now(id, format!("could not fill in the arguments: {e}"));
+                    }
                 };
                 if let Err(why) = self.external_tool_allowed(id, tool) {
-                    let ev = self.event(AuditKind::ToolRefused, Some(id), json!({"tool": tool, "args": args, "why": why}));
+                    let ev = self.event(
+                        AuditKind::ToolRefused,
+                        Some(id),
+                        json!({"tool": tool, "args": args, "why": why}),
+                    );
                     self.audit(ev);
                     return self.fail_now(id, format!("refused: {why}"));
                 }
-                let job = Work::Tool { tool: tool.clone(), args: args.clone(), declared: vec![tool.clone()] };
+                let job = Work::Tool {
+                    tool: tool.clone(),
+                    args: args.clone(),
+                    declared: vec![tool.clone()],
+                };
                 self.launch(id, job, json!({"tool": tool, "args": args}));
             }
             StepKind::Digest { period, .. } => {
-                self.launch(id, Work::Digest { period: *period }, json!({"period": format_duration(*period)}));
+                self.launch(
+                    id,
+                    Work::Digest { period: *period },
+                    json!({"period": format_duration(*period)}),
+                );
             }
             StepKind::Approval(spec) => {
                 let summary = match template::render(&spec.message, &ctx) {
                     Ok(s) => s,
-                    Err(e) => return self.fail_now(id, format!("could not fill in the approval message: {e}")),
+                    Err(e) => {
+                        return self
+                            .fail_now(id, format!("could not fill in the approval message: {e}"));
+                    }
                 };
                 let approval = Approval {
                     status: ApprovalStatus::Pending,
@@ -232,7 +305,9 @@ impl Apply<'_, '_> {
                 s.status = StepStatus::Waiting;
                 s.attempt += 1;
                 s.started_at = Some(now);
-                self.state.timers.insert(timer::expire(id), approval.expires_at);
+                self.state
+                    .timers
+                    .insert(timer::expire(id), approval.expires_at);
                 let msg = render::approval_request(self.state.run.id, id, &approval);
                 let ev = self.event(
                     AuditKind::ApprovalRequested,
@@ -246,7 +321,9 @@ impl Apply<'_, '_> {
             StepKind::Notify { channel, text } => {
                 let text = match template::render(text, &ctx) {
                     Ok(t) => t,
-                    Err(e) => return self.fail_now(id, format!("could not fill in the message: {e}")),
+                    Err(e) => {
+                        return self.fail_now(id, format!("could not fill in the message: {e}"));
+                    }
                 };
                 let s = self.state.steps.get_mut(id).expect("step rows exist");
                 s.attempt += 1;
@@ -261,7 +338,10 @@ impl Apply<'_, '_> {
     /// Posts text for a step: as a new message in `channel` when the workflow names one (even
     /// the run's own channel), else as a reply in the run's thread.
     fn post_to(&mut self, id: &str, channel: Option<&str>, text: &str) {
-        let message = OutMessage { text: text.to_owned(), ..Default::default() };
+        let message = OutMessage {
+            text: text.to_owned(),
+            ..Default::default()
+        };
         let key = MessageKey::of(self.state.run.id, &format!("post:{id}"));
         let to = match channel {
             Some(c) => Destination {
@@ -271,7 +351,12 @@ impl Apply<'_, '_> {
             },
             _ => self.thread(),
         };
-        self.send(Outgoing::Post { run: Some(self.state.run.id), key, to, message });
+        self.send(Outgoing::Post {
+            run: Some(self.state.run.id),
+            key,
+            to,
+            message,
+        });
     }
 
     /// External tools need an approved approval step among the step's ancestors, unless the
@@ -281,24 +366,32 @@ impl Apply<'_, '_> {
         let Some(info) = self.cx.tools.get(tool) else {
             return Err(format!("unknown tool `{tool}`"));
         };
-        if info.capability != Capability::External || self.cx.workflow.tools.get(tool).is_some_and(|p| p.auto) {
+        if info.capability != Capability::External
+            || self.cx.workflow.tools.get(tool).is_some_and(|p| p.auto)
+        {
             return Ok(());
         }
-        let approved = self
-            .cx
-            .workflow
-            .ancestors(id)
-            .iter()
-            .any(|a| self.state.approvals.get(a).is_some_and(|x| x.status == ApprovalStatus::Approved));
+        let approved = self.cx.workflow.ancestors(id).iter().any(|a| {
+            self.state
+                .approvals
+                .get(a)
+                .is_some_and(|x| x.status == ApprovalStatus::Approved)
+        });
         if approved {
             Ok(())
         } else {
-            Err(format!("external tool `{tool}` needs an approved approval step before it"))
+            Err(format!(
+                "external tool `{tool}` needs an approved approval step before it"
+            ))
         }
     }
 
     fn launch(&mut self, id: &str, work: Work, input: Value) {
-        let step = self.cx.workflow.step(id).expect("workflow steps match state");
+        let step = self
+            .cx
+            .workflow
+            .step(id)
+            .expect("workflow steps match state");
         let now = self.now();
         let s = self.state.steps.get_mut(id).expect("step rows exist");
         s.status = StepStatus::Running;
@@ -306,10 +399,23 @@ impl Apply<'_, '_> {
         s.started_at = Some(now);
         s.error = None;
         let attempt = s.attempt;
-        let ev = self.event(AuditKind::StepStarted, Some(id), json!({"attempt": attempt, "input": input}));
+        let ev = self.event(
+            AuditKind::StepStarted,
+            Some(id),
+            json!({"attempt": attempt, "input": input}),
+        );
         self.audit(ev);
-        self.reply(&format!("step:{id}:{attempt}:start"), render::step_started(id, attempt));
-        self.out.effects.push(Effect::Run(Job { run: self.state.run.id, step: id.to_owned(), attempt, timeout: step.timeout, work }));
+        self.reply(
+            &format!("step:{id}:{attempt}:start"),
+            render::step_started(id, attempt),
+        );
+        self.out.effects.push(Effect::Run(Job {
+            run: self.state.run.id,
+            step: id.to_owned(),
+            attempt,
+            timeout: step.timeout,
+            work,
+        }));
     }
 
     fn succeed(&mut self, id: &str, output: Value, report: bool) {
@@ -321,10 +427,17 @@ impl Apply<'_, '_> {
         s.finished_at = Some(now);
         let attempt = s.attempt;
         let took = format_duration(now - s.started_at.unwrap_or(now));
-        let ev = self.event(AuditKind::StepFinished, Some(id), json!({"attempt": attempt, "output": output}));
+        let ev = self.event(
+            AuditKind::StepFinished,
+            Some(id),
+            json!({"attempt": attempt, "output": output}),
+        );
         self.audit(ev);
         if report {
-            self.reply(&format!("step:{id}:{attempt}:end"), render::step_done(id, took, &output, run));
+            self.reply(
+                &format!("step:{id}:{attempt}:end"),
+                render::step_done(id, took, &output, run),
+            );
         }
     }
 
@@ -336,30 +449,59 @@ impl Apply<'_, '_> {
         s.error = Some(error.clone());
         s.started_at.get_or_insert(now);
         s.finished_at = Some(now);
-        let ev = self.event(AuditKind::StepFailed, Some(id), json!({"error": error, "retry": false}));
+        let ev = self.event(
+            AuditKind::StepFailed,
+            Some(id),
+            json!({"error": error, "retry": false}),
+        );
         self.audit(ev);
-        self.reply(&format!("step:{id}:failed"), render::step_failed(id, "0.0 s".into(), &error, None));
+        self.reply(
+            &format!("step:{id}:failed"),
+            render::step_failed(id, "0.0 s".into(), &error, None),
+        );
     }
 
     fn step_finished(&mut self, id: &str, attempt: u32, result: Result<Value, String>) {
         let current = self.state.steps.get(id).map(|s| (s.status, s.attempt));
         if current != Some((StepStatus::Running, attempt)) {
-            let ev = self.event(AuditKind::ResultIgnored, Some(id), json!({"attempt": attempt, "why": "not the current attempt"}));
+            let ev = self.event(
+                AuditKind::ResultIgnored,
+                Some(id),
+                json!({"attempt": attempt, "why": "not the current attempt"}),
+            );
             return self.audit(ev);
         }
         let now = self.now();
         match result {
             Ok(output) => {
-                self.out.effects.push(Effect::AttemptEnded { step: id.into(), attempt, outcome: AttemptOutcome::Succeeded, detail: output.clone(), at: now });
+                self.out.effects.push(Effect::AttemptEnded {
+                    step: id.into(),
+                    attempt,
+                    outcome: AttemptOutcome::Succeeded,
+                    detail: output.clone(),
+                    at: now,
+                });
                 self.succeed(id, output.clone(), true);
                 // A digest posts its text where the workflow says.
-                if let Some(StepKind::Digest { channel, .. }) = self.cx.workflow.step(id).map(|s| &s.kind) {
-                    let text = output.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
+                if let Some(StepKind::Digest { channel, .. }) =
+                    self.cx.workflow.step(id).map(|s| &s.kind)
+                {
+                    let text = output
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
                     self.post_to(id, channel.as_deref(), &text);
                 }
             }
             Err(error) => {
-                self.out.effects.push(Effect::AttemptEnded { step: id.into(), attempt, outcome: AttemptOutcome::Failed, detail: json!({"error": error}), at: now });
+                self.out.effects.push(Effect::AttemptEnded {
+                    step: id.into(),
+                    attempt,
+                    outcome: AttemptOutcome::Failed,
+                    detail: json!({"error": error}),
+                    at: now,
+                });
                 self.attempt_failed(id, error);
             }
         }
@@ -367,7 +509,12 @@ impl Apply<'_, '_> {
     }
 
     fn attempt_failed(&mut self, id: &str, error: String) {
-        let policy = &self.cx.workflow.step(id).expect("workflow steps match state").retry;
+        let policy = &self
+            .cx
+            .workflow
+            .step(id)
+            .expect("workflow steps match state")
+            .retry;
         let now = self.now();
         let s = self.state.steps.get_mut(id).expect("step rows exist");
         let took = format_duration(now - s.started_at.unwrap_or(now));
@@ -380,24 +527,46 @@ impl Apply<'_, '_> {
             let total = policy.max + 1;
             let next = s.retries_used + 1;
             self.state.timers.insert(timer::retry(id), now + wait);
-            let ev = self.event(AuditKind::StepRetryScheduled, Some(id), json!({"attempt": attempt, "error": error, "retry_at": now + wait}));
+            let ev = self.event(
+                AuditKind::StepRetryScheduled,
+                Some(id),
+                json!({"attempt": attempt, "error": error, "retry_at": now + wait}),
+            );
             self.audit(ev);
-            let msg = render::step_failed(id, took, &error, Some((format_duration(wait), next, total)));
+            let msg =
+                render::step_failed(id, took, &error, Some((format_duration(wait), next, total)));
             self.reply(&format!("step:{id}:{attempt}:end"), msg);
         } else {
             s.status = StepStatus::Failed;
             s.finished_at = Some(now);
-            let ev = self.event(AuditKind::StepFailed, Some(id), json!({"attempt": attempt, "error": error}));
+            let ev = self.event(
+                AuditKind::StepFailed,
+                Some(id),
+                json!({"attempt": attempt, "error": error}),
+            );
             self.audit(ev);
-            self.reply(&format!("step:{id}:{attempt}:end"), render::step_failed(id, took, &error, None));
+            self.reply(
+                &format!("step:{id}:{attempt}:end"),
+                render::step_failed(id, took, &error, None),
+            );
         }
     }
 
     fn attempt_lost(&mut self, id: &str, attempt: u32) {
         let now = self.now();
-        let ev = self.event(AuditKind::AttemptLost, Some(id), json!({"attempt": attempt}));
+        let ev = self.event(
+            AuditKind::AttemptLost,
+            Some(id),
+            json!({"attempt": attempt}),
+        );
         self.audit(ev);
-        self.out.effects.push(Effect::AttemptEnded { step: id.into(), attempt, outcome: AttemptOutcome::Lost, detail: json!({"error": "lost when the process stopped"}), at: now });
+        self.out.effects.push(Effect::AttemptEnded {
+            step: id.into(),
+            attempt,
+            outcome: AttemptOutcome::Lost,
+            detail: json!({"error": "lost when the process stopped"}),
+            at: now,
+        });
         let current = self.state.steps.get(id).map(|s| (s.status, s.attempt));
         if current == Some((StepStatus::Running, attempt)) {
             // Run it again without spending a retry: the attempt never reported an outcome.
@@ -419,34 +588,62 @@ impl Apply<'_, '_> {
             let text = render::approval_outcome(id, approval).text.replace('*', "");
             return self.notice(format!("Already decided. {text}"));
         }
-        if let Err(refusal) = approvals::may_decide(spec, &self.state.run.requested_by, actor, approve) {
+        if let Err(refusal) =
+            approvals::may_decide(spec, &self.state.run.requested_by, actor, approve)
+        {
             let ev = self
-                .event(AuditKind::ApprovalRefused, Some(id), json!({"reason": refusal.code(), "approve": approve}))
+                .event(
+                    AuditKind::ApprovalRefused,
+                    Some(id),
+                    json!({"reason": refusal.code(), "approve": approve}),
+                )
                 .actor(actor);
             self.audit(ev);
             return self.notice(refusal.notice());
         }
         let now = self.now();
-        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        let reason = reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
         let a = self.state.approvals.get_mut(id).expect("checked above");
-        a.status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Rejected };
+        a.status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Rejected
+        };
         a.decided_by = Some(actor.clone());
         a.decided_at = Some(now);
         a.reason = reason.clone();
         let a = a.clone();
         self.state.timers.remove(&timer::expire(id));
         let ev = self
-            .event(AuditKind::ApprovalDecided, Some(id), json!({"decision": a.status.as_str(), "reason": reason, "summary": a.summary}))
+            .event(
+                AuditKind::ApprovalDecided,
+                Some(id),
+                json!({"decision": a.status.as_str(), "reason": reason, "summary": a.summary}),
+            )
             .actor(actor);
         self.audit(ev);
-        self.send(Outgoing::Edit { run: Some(self.state.run.id), key: MessageKey::of(self.state.run.id, &format!("approval:{id}")), message: render::approval_outcome(id, &a) });
+        self.send(Outgoing::Edit {
+            run: Some(self.state.run.id),
+            key: MessageKey::of(self.state.run.id, &format!("approval:{id}")),
+            message: render::approval_outcome(id, &a),
+        });
         let output = json!({"decision": a.status.as_str(), "by": actor.display, "at": now, "reason": reason});
         if approve {
             self.succeed(id, output, false);
         } else {
-            self.reject_step(id, format!("rejected by {}", render::mention(actor)), output);
+            self.reject_step(
+                id,
+                format!("rejected by {}", render::mention(actor)),
+                output,
+            );
         }
-        self.notice(if approve { "You approved this step." } else { "You rejected this step." });
+        self.notice(if approve {
+            "You approved this step."
+        } else {
+            "You rejected this step."
+        });
         self.advance();
     }
 
@@ -464,33 +661,55 @@ impl Apply<'_, '_> {
             return; // Already fired or cancelled: a timer acts once.
         }
         if let Some(step) = key.strip_prefix("expire:") {
-            let Some(a) = self.state.approvals.get_mut(step) else { return };
+            let Some(a) = self.state.approvals.get_mut(step) else {
+                return;
+            };
             if a.status != ApprovalStatus::Pending {
                 return;
             }
             a.status = ApprovalStatus::Expired;
             a.decided_at = Some(self.cx.now);
             let a = a.clone();
-            let ev = self.event(AuditKind::ApprovalExpired, Some(step), json!({"requested_at": a.requested_at, "expires_at": a.expires_at}));
+            let ev = self.event(
+                AuditKind::ApprovalExpired,
+                Some(step),
+                json!({"requested_at": a.requested_at, "expires_at": a.expires_at}),
+            );
             self.audit(ev);
-            self.send(Outgoing::Edit { run: Some(self.state.run.id), key: MessageKey::of(self.state.run.id, &format!("approval:{step}")), message: render::approval_outcome(step, &a) });
-            self.reject_step(step, "expired with no decision".into(), json!({"decision": "expired"}));
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &format!("approval:{step}")),
+                message: render::approval_outcome(step, &a),
+            });
+            self.reject_step(
+                step,
+                "expired with no decision".into(),
+                json!({"decision": "expired"}),
+            );
             self.advance();
-        } else if let Some(step) = key.strip_prefix("retry:") {
-            if self.state.steps.get(step).map(|s| s.status) == Some(StepStatus::Retrying) {
-                self.state.steps.get_mut(step).expect("checked").status = StepStatus::Pending;
-                self.start_step(step);
-                self.advance();
-            }
+        } else if let Some(step) = key.strip_prefix("retry:")
+            && self.state.steps.get(step).map(|s| s.status) == Some(StepStatus::Retrying)
+        {
+            self.state.steps.get_mut(step).expect("checked").status = StepStatus::Pending;
+            self.start_step(step);
+            self.advance();
         }
     }
 
     fn cancel(&mut self, actor: &Actor) {
         let run = &self.state.run;
         let own = actor.platform == run.requested_by.platform && actor.id == run.requested_by.id;
-        if !own && !actor.is_operator() && !self.cx.workflow.may_start(actor, &run.conversation.channel) {
-            let text = format!("You may not cancel run {}: only its requester or people allowed to start `{}` can.", run.id, run.workflow);
-            let ev = self.event(AuditKind::TriggerRefused, None, json!({"action": "cancel"})).actor(actor);
+        if !own
+            && !actor.is_operator()
+            && !self.cx.workflow.may_start(actor, &run.conversation.channel)
+        {
+            let text = format!(
+                "You may not cancel run {}: only its requester or people allowed to start `{}` can.",
+                run.id, run.workflow
+            );
+            let ev = self
+                .event(AuditKind::TriggerRefused, None, json!({"action": "cancel"}))
+                .actor(actor);
             self.audit(ev);
             return self.notice(text);
         }
@@ -501,7 +720,13 @@ impl Apply<'_, '_> {
                 continue;
             }
             if s.status == StepStatus::Running {
-                self.out.effects.push(Effect::AttemptEnded { step: id.clone(), attempt: s.attempt, outcome: AttemptOutcome::Cancelled, detail: Value::Null, at: now });
+                self.out.effects.push(Effect::AttemptEnded {
+                    step: id.clone(),
+                    attempt: s.attempt,
+                    outcome: AttemptOutcome::Cancelled,
+                    detail: Value::Null,
+                    at: now,
+                });
             }
             s.status = StepStatus::Cancelled;
             s.finished_at = Some(now);
@@ -511,14 +736,20 @@ impl Apply<'_, '_> {
             if a.status == ApprovalStatus::Pending {
                 a.status = ApprovalStatus::Cancelled;
                 a.decided_at = Some(now);
-                edits.push(Outgoing::Edit { run: Some(run_id), key: MessageKey::of(run_id, &format!("approval:{id}")), message: render::approval_outcome(id, a) });
+                edits.push(Outgoing::Edit {
+                    run: Some(run_id),
+                    key: MessageKey::of(run_id, &format!("approval:{id}")),
+                    message: render::approval_outcome(id, a),
+                });
             }
         }
         edits.into_iter().for_each(|e| self.send(e));
         self.state.timers.clear();
         self.state.run.status = RunStatus::Cancelled;
         self.state.run.error = Some(format!("Cancelled by {}.", render::mention(actor)));
-        let ev = self.event(AuditKind::RunCancelled, None, json!({})).actor(actor);
+        let ev = self
+            .event(AuditKind::RunCancelled, None, json!({}))
+            .actor(actor);
         self.audit(ev);
         self.notice(format!("Run {run_id} cancelled."));
     }
@@ -530,7 +761,10 @@ impl Apply<'_, '_> {
         }
         let statuses: Vec<StepStatus> = self.state.steps.values().map(|s| s.status).collect();
         let status = if statuses.iter().all(|s| s.is_terminal()) {
-            let rejected = self.state.approvals.values().any(|a| matches!(a.status, ApprovalStatus::Rejected | ApprovalStatus::Expired));
+            let rejected =
+                self.state.approvals.values().any(|a| {
+                    matches!(a.status, ApprovalStatus::Rejected | ApprovalStatus::Expired)
+                });
             if rejected {
                 RunStatus::Rejected
             } else if statuses.contains(&StepStatus::Failed) {
@@ -538,7 +772,10 @@ impl Apply<'_, '_> {
             } else {
                 RunStatus::Succeeded
             }
-        } else if statuses.iter().any(|s| matches!(s, StepStatus::Running | StepStatus::Retrying)) {
+        } else if statuses
+            .iter()
+            .any(|s| matches!(s, StepStatus::Running | StepStatus::Retrying))
+        {
             RunStatus::Running
         } else if statuses.contains(&StepStatus::Waiting) {
             RunStatus::WaitingApproval
@@ -558,10 +795,18 @@ impl Apply<'_, '_> {
                 self.state.run.finished_at = Some(now);
                 self.state.timers.clear();
             }
-            let ev = self.event(AuditKind::RunStatusChanged, None, json!({"from": before.map(|b| b.as_str()), "to": after.as_str()}));
+            let ev = self.event(
+                AuditKind::RunStatusChanged,
+                None,
+                json!({"from": before.map(|b| b.as_str()), "to": after.as_str()}),
+            );
             self.audit(ev);
             let root = render::root(self.state);
-            self.send(Outgoing::Edit { run: Some(self.state.run.id), key: MessageKey::root(self.state.run.id), message: root });
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::root(self.state.run.id),
+                message: root,
+            });
             if after.is_terminal() {
                 let summary = render::summary(self.state, self.cx.workflow, now);
                 self.reply("summary", summary);

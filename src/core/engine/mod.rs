@@ -97,7 +97,11 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
     /// Call a tool. `declared` is the set of tools the step may use; the worker refuses others.
-    Tool { tool: String, args: Value, declared: Vec<String> },
+    Tool {
+        tool: String,
+        args: Value,
+        declared: Vec<String>,
+    },
     /// Build a digest over the ledger for the period ending now.
     Digest { period: Duration },
 }

@@ -35,9 +35,17 @@ pub fn root(state: &RunState) -> OutMessage {
     let buttons = if run.status.is_terminal() {
         vec![]
     } else {
-        vec![Button::new("Cancel", ActionId::Cancel { run: run.id }, ButtonStyle::Default)]
+        vec![Button::new(
+            "Cancel",
+            ActionId::Cancel { run: run.id },
+            ButtonStyle::Default,
+        )]
     };
-    OutMessage { text, buttons, ..Default::default() }
+    OutMessage {
+        text,
+        buttons,
+        ..Default::default()
+    }
 }
 
 pub fn mention(actor: &Actor) -> String {
@@ -50,7 +58,10 @@ pub fn step_started(step: &str, attempt: u32) -> OutMessage {
     } else {
         format!("*{step}*: started")
     };
-    OutMessage { text, ..Default::default() }
+    OutMessage {
+        text,
+        ..Default::default()
+    }
 }
 
 pub fn step_done(step: &str, took: String, output: &Value, run: RunId) -> OutMessage {
@@ -61,12 +72,20 @@ pub fn step_done(step: &str, took: String, output: &Value, run: RunId) -> OutMes
     }
 }
 
-pub fn step_failed(step: &str, took: String, error: &str, retry: Option<(String, u32, u32)>) -> OutMessage {
+pub fn step_failed(
+    step: &str,
+    took: String,
+    error: &str,
+    retry: Option<(String, u32, u32)>,
+) -> OutMessage {
     let mut text = format!("*{step}*: failed after {took}: {error}");
     if let Some((wait, next, of)) = retry {
         text.push_str(&format!("\nRetrying in {wait} (attempt {next} of {of})."));
     }
-    OutMessage { text, ..Default::default() }
+    OutMessage {
+        text,
+        ..Default::default()
+    }
 }
 
 /// A step output as a short block; long ones are cut and point at the run page.
@@ -77,6 +96,19 @@ pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
         Value::Object(map) if map.len() == 1 && map.get("text").is_some_and(Value::is_string) => {
             map["text"].as_str().unwrap_or_default().to_owned()
         }
+        // An HTTP response from a tool: the status and the start of the body say enough.
+        Value::Object(map)
+            if map.get("status").is_some_and(Value::is_u64)
+                && map.get("body").is_some_and(Value::is_string) =>
+        {
+            let body: String = map["body"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            format!("HTTP {} · {}", map["status"], body.trim())
+        }
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     };
     if text.trim().is_empty() {
@@ -86,12 +118,18 @@ pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
         return Some(text);
     }
     let cut: String = text.chars().take(MAX_INLINE_OUTPUT).collect();
-    Some(format!("{cut}…\n(output cut; the whole of it is on the page of run {run})"))
+    Some(format!(
+        "{cut}…\n(output cut; the whole of it is on the page of run {run})"
+    ))
 }
 
 /// The approval request with its buttons.
 pub fn approval_request(run: RunId, step: &str, a: &Approval) -> OutMessage {
-    let approvers: Vec<String> = a.approvers.iter().map(|x| format!("@{}", x.rsplit(':').next().unwrap_or(x))).collect();
+    let approvers: Vec<String> = a
+        .approvers
+        .iter()
+        .map(|x| format!("@{}", x.rsplit(':').next().unwrap_or(x)))
+        .collect();
     OutMessage {
         text: format!(
             "*Approval needed* for step *{step}*\nApprovers: {} · expires at {} ({})",
@@ -101,8 +139,22 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval) -> OutMessage {
         ),
         detail: Some(a.summary.clone()),
         buttons: vec![
-            Button::new("Approve", ActionId::Approve { run, step: step.into() }, ButtonStyle::Primary),
-            Button::new("Reject", ActionId::Reject { run, step: step.into() }, ButtonStyle::Danger),
+            Button::new(
+                "Approve",
+                ActionId::Approve {
+                    run,
+                    step: step.into(),
+                },
+                ButtonStyle::Primary,
+            ),
+            Button::new(
+                "Reject",
+                ActionId::Reject {
+                    run,
+                    step: step.into(),
+                },
+                ButtonStyle::Danger,
+            ),
         ],
         mentions: a.approvers.clone(),
     }
@@ -139,7 +191,9 @@ pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessag
         format_duration(now - run.created_at)
     )];
     for step in &wf.steps {
-        let Some(s) = state.steps.get(&step.id) else { continue };
+        let Some(s) = state.steps.get(&step.id) else {
+            continue;
+        };
         let took = match (s.started_at, s.finished_at) {
             (Some(a), Some(b)) => format!(" ({})", format_duration(b - a)),
             _ => String::new(),
@@ -151,7 +205,10 @@ pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessag
         };
         lines.push(format!("• {}: {what}{took}", step.id));
     }
-    OutMessage { text: lines.join("\n"), ..Default::default() }
+    OutMessage {
+        text: lines.join("\n"),
+        ..Default::default()
+    }
 }
 
 fn approval_word(a: &Approval) -> String {

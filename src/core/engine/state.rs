@@ -45,7 +45,10 @@ string_enum!(
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Rejected | RunStatus::Cancelled
+        )
     }
     /// How the status reads in chat.
     pub fn label(self) -> &'static str {
@@ -76,7 +79,13 @@ string_enum!(
 
 impl StepStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
+        matches!(
+            self,
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
     }
 }
 

@@ -49,11 +49,18 @@ fn wf(text: &str) -> Workflow {
 }
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn user(id: &str) -> Actor {
-    Actor { platform: "console".into(), id: id.into(), display: id.into(), is_bot: false }
+    Actor {
+        platform: "console".into(),
+        id: id.into(),
+        display: id.into(),
+        is_bot: false,
+    }
 }
 
 fn fresh() -> RunState {
@@ -65,7 +72,11 @@ fn fresh() -> RunState {
             workflow: "flow".into(),
             status: RunStatus::Running,
             event_id: "e1".into(),
-            conversation: ConversationRef { platform: "console".into(), channel: "general".into(), thread: None },
+            conversation: ConversationRef {
+                platform: "console".into(),
+                channel: "general".into(),
+                thread: None,
+            },
             requested_by: user("ana"),
             inputs,
             late: false,
@@ -90,14 +101,29 @@ struct Harness {
 
 impl Harness {
     fn new(text: &str) -> Self {
-        Self { wf: wf(text), tools: ToolCatalog::builtin(), state: fresh(), now: t0() }
+        Self {
+            wf: wf(text),
+            tools: ToolCatalog::builtin(),
+            state: fresh(),
+            now: t0(),
+        }
     }
     fn start(&mut self) -> Transition {
-        let cx = Context { workflow: &self.wf, tools: &self.tools, now: self.now, base_url: "http://x" };
+        let cx = Context {
+            workflow: &self.wf,
+            tools: &self.tools,
+            now: self.now,
+            base_url: "http://x",
+        };
         start(&mut self.state, &cx)
     }
     fn apply(&mut self, cmd: Command) -> Transition {
-        let cx = Context { workflow: &self.wf, tools: &self.tools, now: self.now, base_url: "http://x" };
+        let cx = Context {
+            workflow: &self.wf,
+            tools: &self.tools,
+            now: self.now,
+            base_url: "http://x",
+        };
         apply(&mut self.state, cmd, &cx)
     }
     fn status(&self, step: &str) -> StepStatus {
@@ -110,15 +136,42 @@ fn jobs(t: &Transition) -> Vec<(String, u32)> {
 }
 
 fn audits(t: &Transition) -> Vec<&'static str> {
-    t.effects.iter().filter_map(|e| if let Effect::Audit(a) = e { Some(a.kind.as_str()) } else { None }).collect()
+    t.effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Audit(a) = e {
+                Some(a.kind.as_str())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn posts(t: &Transition) -> Vec<String> {
-    t.effects.iter().filter_map(|e| if let Effect::Send(Outgoing::Post { key, .. }) = e { Some(key.0.clone()) } else { None }).collect()
+    t.effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Send(Outgoing::Post { key, .. }) = e {
+                Some(key.0.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn edits(t: &Transition) -> Vec<String> {
-    t.effects.iter().filter_map(|e| if let Effect::Send(Outgoing::Edit { key, .. }) = e { Some(key.0.clone()) } else { None }).collect()
+    t.effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Send(Outgoing::Edit { key, .. }) = e {
+                Some(key.0.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn ok(status: u16) -> Result<serde_json::Value, String> {
@@ -129,7 +182,11 @@ fn ok(status: u16) -> Result<serde_json::Value, String> {
 fn starting_posts_the_root_first_and_runs_independent_steps_in_parallel() {
     let mut h = Harness::new(FLOW);
     let t = h.start();
-    assert_eq!(posts(&t)[0], MessageKey::root(RunId(7)).0, "the root is posted before any reply");
+    assert_eq!(
+        posts(&t)[0],
+        MessageKey::root(RunId(7)).0,
+        "the root is posted before any reply"
+    );
     assert_eq!(jobs(&t), vec![("a".into(), 1), ("b".into(), 1)]);
     assert_eq!(h.status("gate"), StepStatus::Pending);
     assert!(audits(&t).contains(&"run.started"));
@@ -139,34 +196,67 @@ fn starting_posts_the_root_first_and_runs_independent_steps_in_parallel() {
 fn an_approval_waits_for_all_its_needs_then_parks_the_run_on_a_timer() {
     let mut h = Harness::new(FLOW);
     h.start();
-    let t = h.apply(Command::StepFinished { step: "a".into(), attempt: 1, result: ok(200) });
+    let t = h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: ok(200),
+    });
     assert!(jobs(&t).is_empty());
     assert_eq!(h.state.run.status, RunStatus::Running);
-    let t = h.apply(Command::StepFinished { step: "b".into(), attempt: 1, result: ok(204) });
+    let t = h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(204),
+    });
     assert!(posts(&t).contains(&"run:7:approval:gate".to_owned()));
     assert_eq!(h.state.approvals["gate"].summary, "a said 200");
-    assert_eq!(h.state.timers.get("expire:gate"), Some(&(t0() + Duration::hours(1))));
+    assert_eq!(
+        h.state.timers.get("expire:gate"),
+        Some(&(t0() + Duration::hours(1)))
+    );
     assert_eq!(h.state.run.status, RunStatus::WaitingApproval);
-    assert!(edits(&t).contains(&"run:7:root".to_owned()), "the root shows the new status");
+    assert!(
+        edits(&t).contains(&"run:7:root".to_owned()),
+        "the root shows the new status"
+    );
     assert!(jobs(&t).is_empty(), "a parked run asks for no work");
 }
 
 fn to_gate(h: &mut Harness) {
     h.start();
-    h.apply(Command::StepFinished { step: "a".into(), attempt: 1, result: ok(200) });
-    h.apply(Command::StepFinished { step: "b".into(), attempt: 1, result: ok(200) });
+    h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
 }
 
 #[test]
 fn approval_by_an_approver_runs_the_external_step_and_cancels_the_expiry() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
-    let t = h.apply(Command::Decide { step: "gate".into(), actor: user("ben"), approve: true, reason: None });
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: true,
+        reason: None,
+    });
     assert_eq!(t.notice.as_deref(), Some("You approved this step."));
     assert_eq!(jobs(&t), vec![("send".into(), 1)]);
     assert!(edits(&t).contains(&"run:7:approval:gate".to_owned()));
     assert!(!h.state.timers.contains_key("expire:gate"));
-    let Some(Job { work: Work::Tool { args, .. }, .. }) = t.jobs().next().cloned() else { panic!() };
+    let Some(Job {
+        work: Work::Tool { args, .. },
+        ..
+    }) = t.jobs().next().cloned()
+    else {
+        panic!()
+    };
     assert_eq!(args, json!({"endpoint": "pager", "body": {"x": "hello"}}));
 }
 
@@ -175,8 +265,16 @@ fn a_refused_click_changes_no_state_and_is_audited() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
     let before = h.state.clone();
-    let t = h.apply(Command::Decide { step: "gate".into(), actor: user("dee"), approve: true, reason: None });
-    assert_eq!(t.notice.as_deref(), Some("You are not an approver for this step."));
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("dee"),
+        approve: true,
+        reason: None,
+    });
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("You are not an approver for this step.")
+    );
     assert_eq!(audits(&t), vec!["approval.refused"]);
     assert!(jobs(&t).is_empty() && posts(&t).is_empty() && edits(&t).is_empty());
     let mut after = h.state.clone();
@@ -188,8 +286,18 @@ fn a_refused_click_changes_no_state_and_is_audited() {
 fn a_second_decision_is_answered_with_the_first() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
-    h.apply(Command::Decide { step: "gate".into(), actor: user("ben"), approve: false, reason: Some("no".into()) });
-    let t = h.apply(Command::Decide { step: "gate".into(), actor: user("ben"), approve: true, reason: None });
+    h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: false,
+        reason: Some("no".into()),
+    });
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: true,
+        reason: None,
+    });
     assert!(t.notice.unwrap().contains("Rejected by @ben"));
     assert!(t.effects.is_empty());
 }
@@ -198,7 +306,12 @@ fn a_second_decision_is_answered_with_the_first() {
 fn rejection_skips_what_depends_on_it_and_ends_the_run_rejected() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
-    let t = h.apply(Command::Decide { step: "gate".into(), actor: user("ben"), approve: false, reason: Some("too risky".into()) });
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: false,
+        reason: Some("too risky".into()),
+    });
     assert_eq!(h.status("send"), StepStatus::Skipped);
     assert_eq!(h.state.run.status, RunStatus::Rejected);
     assert!(posts(&t).contains(&"run:7:summary".to_owned()));
@@ -210,10 +323,14 @@ fn the_expiry_timer_rejects_once_and_a_second_firing_does_nothing() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
     h.now = t0() + Duration::hours(1);
-    let t = h.apply(Command::TimerFired { key: "expire:gate".into() });
+    let t = h.apply(Command::TimerFired {
+        key: "expire:gate".into(),
+    });
     assert!(audits(&t).contains(&"approval.expired"));
     assert_eq!(h.state.run.status, RunStatus::Rejected);
-    let t = h.apply(Command::TimerFired { key: "expire:gate".into() });
+    let t = h.apply(Command::TimerFired {
+        key: "expire:gate".into(),
+    });
     assert!(t.effects.is_empty());
 }
 
@@ -221,14 +338,31 @@ fn the_expiry_timer_rejects_once_and_a_second_firing_does_nothing() {
 fn a_failed_attempt_retries_after_its_backoff_then_fails_for_good() {
     let mut h = Harness::new(FLOW);
     h.start();
-    let t = h.apply(Command::StepFinished { step: "a".into(), attempt: 1, result: Err("boom".into()) });
+    let t = h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: Err("boom".into()),
+    });
     assert_eq!(h.status("a"), StepStatus::Retrying);
-    assert_eq!(h.state.timers.get("retry:a"), Some(&(t0() + Duration::seconds(10))));
+    assert_eq!(
+        h.state.timers.get("retry:a"),
+        Some(&(t0() + Duration::seconds(10)))
+    );
     assert!(jobs(&t).is_empty());
-    let t = h.apply(Command::TimerFired { key: "retry:a".into() });
+    let t = h.apply(Command::TimerFired {
+        key: "retry:a".into(),
+    });
     assert_eq!(jobs(&t), vec![("a".into(), 2)]);
-    h.apply(Command::StepFinished { step: "b".into(), attempt: 1, result: ok(200) });
-    let t = h.apply(Command::StepFinished { step: "a".into(), attempt: 2, result: Err("boom again".into()) });
+    h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    let t = h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 2,
+        result: Err("boom again".into()),
+    });
     assert_eq!(h.status("a"), StepStatus::Failed);
     assert_eq!(h.status("gate"), StepStatus::Skipped);
     assert_eq!(h.state.run.status, RunStatus::Failed);
@@ -239,26 +373,46 @@ fn a_failed_attempt_retries_after_its_backoff_then_fails_for_good() {
 fn a_lost_attempt_runs_again_without_spending_a_retry() {
     let mut h = Harness::new(FLOW);
     h.start();
-    let t = h.apply(Command::AttemptLost { step: "b".into(), attempt: 1 });
+    let t = h.apply(Command::AttemptLost {
+        step: "b".into(),
+        attempt: 1,
+    });
     assert_eq!(jobs(&t), vec![("b".into(), 2)]);
     assert_eq!(h.state.steps["b"].retries_used, 0);
     assert!(audits(&t).contains(&"step.attempt_lost"));
-    assert!(t.effects.iter().any(|e| matches!(e, Effect::AttemptEnded { attempt: 1, outcome: AttemptOutcome::Lost, .. })));
+    assert!(t.effects.iter().any(|e| matches!(
+        e,
+        Effect::AttemptEnded {
+            attempt: 1,
+            outcome: AttemptOutcome::Lost,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn a_result_from_an_old_attempt_is_ignored() {
     let mut h = Harness::new(FLOW);
     h.start();
-    h.apply(Command::AttemptLost { step: "b".into(), attempt: 1 });
-    let t = h.apply(Command::StepFinished { step: "b".into(), attempt: 1, result: ok(200) });
+    h.apply(Command::AttemptLost {
+        step: "b".into(),
+        attempt: 1,
+    });
+    let t = h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
     assert_eq!(audits(&t), vec!["step.result_ignored"]);
     assert_eq!(h.status("b"), StepStatus::Running);
 }
 
 #[test]
 fn cancel_stops_everything_and_only_allowed_people_may_cancel() {
-    let text = FLOW.replace("[[trigger]]", "[permissions]\nusers = [\"ana\", \"ben\"]\n[[trigger]]");
+    let text = FLOW.replace(
+        "[[trigger]]",
+        "[permissions]\nusers = [\"ana\", \"ben\"]\n[[trigger]]",
+    );
     let mut h = Harness::new(&text);
     to_gate(&mut h);
     let t = h.apply(Command::Cancel { actor: user("dee") });
@@ -269,7 +423,11 @@ fn cancel_stops_everything_and_only_allowed_people_may_cancel() {
     assert_eq!(h.state.approvals["gate"].status, ApprovalStatus::Cancelled);
     assert!(h.state.timers.is_empty());
     assert!(edits(&t).contains(&"run:7:approval:gate".to_owned()));
-    let t = h.apply(Command::StepFinished { step: "a".into(), attempt: 1, result: ok(200) });
+    let t = h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: ok(200),
+    });
     assert_eq!(audits(&t), vec!["step.result_ignored"]);
 }
 
@@ -310,9 +468,24 @@ text = "posted"
     let dests: Vec<(String, Option<String>)> = t
         .effects
         .iter()
-        .filter_map(|e| if let Effect::Send(Outgoing::Post { key, to, .. }) = e { Some((key.0.clone(), to.thread.clone().map(|k| k.0).or(Some(to.channel.clone())))) } else { None })
+        .filter_map(|e| {
+            if let Effect::Send(Outgoing::Post { key, to, .. }) = e {
+                Some((
+                    key.0.clone(),
+                    to.thread.clone().map(|k| k.0).or(Some(to.channel.clone())),
+                ))
+            } else {
+                None
+            }
+        })
         .collect();
-    assert!(dests.contains(&("run:7:post:hello".into(), Some("run:7:root".into()))), "{dests:?}");
-    assert!(dests.contains(&("run:7:post:ops".into(), Some("ops".into()))), "{dests:?}");
+    assert!(
+        dests.contains(&("run:7:post:hello".into(), Some("run:7:root".into()))),
+        "{dests:?}"
+    );
+    assert!(
+        dests.contains(&("run:7:post:ops".into(), Some("ops".into()))),
+        "{dests:?}"
+    );
     assert!(posts(&t).last().unwrap().ends_with(":summary"));
 }

@@ -40,7 +40,13 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}: {level}: {}", self.file.display(), self.line, self.message)
+        write!(
+            f,
+            "{}:{}: {level}: {}",
+            self.file.display(),
+            self.line,
+            self.message
+        )
     }
 }
 
@@ -97,8 +103,12 @@ impl WorkflowSet {
             out.extend(w.permissions.channels.iter().cloned());
             for s in &w.steps {
                 match &s.kind {
-                    StepKind::Notify { channel: Some(c), .. }
-                    | StepKind::Digest { channel: Some(c), .. } => {
+                    StepKind::Notify {
+                        channel: Some(c), ..
+                    }
+                    | StepKind::Digest {
+                        channel: Some(c), ..
+                    } => {
                         out.insert(c.clone());
                     }
                     _ => {}
@@ -187,7 +197,8 @@ pub struct ToolPolicy {
 pub enum Trigger {
     Slash(SlashTrigger),
     Message(MessageTrigger),
-    Schedule(ScheduleTrigger),
+    /// Boxed: a schedule carries a parsed cron, much larger than the other triggers.
+    Schedule(Box<ScheduleTrigger>),
 }
 
 /// `/command args…`

@@ -139,7 +139,11 @@ struct Report<'a> {
 impl Report<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
     fn error(&mut self, offset: usize, message: impl Into<String>) {
         self.push(offset, Severity::Error, message.into());
@@ -191,7 +195,11 @@ fn build(
     tools: &ToolCatalog,
 ) -> Option<Workflow> {
     let name = raw.name.get_ref().trim().to_string();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         r.error(
             raw.name.span().start,
             format!("workflow name `{name}` must be letters, digits, `-` or `_`"),
@@ -222,8 +230,15 @@ fn build(
     for s in &raw.step {
         let id = s.get_ref().id.get_ref().clone();
         let at = s.get_ref().id.span().start;
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            r.error(at, format!("step id `{id}` must be letters, digits, `-` or `_`"));
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            r.error(
+                at,
+                format!("step id `{id}` must be letters, digits, `-` or `_`"),
+            );
         }
         if ids.insert(id.clone(), at).is_some() {
             r.error(at, format!("step id `{id}` is used twice"));
@@ -299,7 +314,9 @@ fn build_trigger(
             let cmd = command.get_ref().trim_start_matches('/').to_string();
             let valid = !cmd.is_empty()
                 && cmd.len() <= 32
-                && cmd.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+                && cmd
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
             if !valid {
                 r.error(
                     command.span().start,
@@ -307,7 +324,10 @@ fn build_trigger(
                 );
             }
             if cmd == "baton" {
-                r.error(command.span().start, "`/baton` is reserved for Baton's own commands");
+                r.error(
+                    command.span().start,
+                    "`/baton` is reserved for Baton's own commands",
+                );
             }
             let mut args = Vec::new();
             let mut seen_optional = false;
@@ -322,7 +342,10 @@ fn build_trigger(
                     "bool" => ArgType::Bool,
                     "choice" if !a.choices.is_empty() => ArgType::Choice(a.choices.clone()),
                     "choice" => {
-                        r.error(a_at, format!("argument `{}` of type choice needs `choices`", a.name));
+                        r.error(
+                            a_at,
+                            format!("argument `{}` of type choice needs `choices`", a.name),
+                        );
                         continue;
                     }
                     other => {
@@ -334,7 +357,10 @@ fn build_trigger(
                     }
                 };
                 if a.required && seen_optional {
-                    r.error(a_at, format!("required argument `{}` comes after an optional one", a.name));
+                    r.error(
+                        a_at,
+                        format!("required argument `{}` comes after an optional one", a.name),
+                    );
                 }
                 seen_optional |= !a.required;
                 known_inputs.insert(a.name.clone());
@@ -357,7 +383,11 @@ fn build_trigger(
                 }
                 u
             });
-            Some(Trigger::Slash(SlashTrigger { command: cmd, usage, args }))
+            Some(Trigger::Slash(SlashTrigger {
+                command: cmd,
+                usage,
+                args,
+            }))
         }
         "message" => {
             let mention = t.mention.unwrap_or(false);
@@ -384,14 +414,21 @@ fn build_trigger(
             }))
         }
         "schedule" => {
-            let (Some(cron_text), Some(tz), Some(channel)) = (&t.cron, &t.timezone, &t.channel) else {
-                r.error(at, "a schedule trigger needs `cron`, `timezone` and `channel`");
+            let (Some(cron_text), Some(tz), Some(channel)) = (&t.cron, &t.timezone, &t.channel)
+            else {
+                r.error(
+                    at,
+                    "a schedule trigger needs `cron`, `timezone` and `channel`",
+                );
                 return None;
             };
             let cron = match croner::Cron::new(cron_text.get_ref()).parse() {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    r.error(cron_text.span().start, format!("bad cron `{}`: {e}", cron_text.get_ref()));
+                    r.error(
+                        cron_text.span().start,
+                        format!("bad cron `{}`: {e}", cron_text.get_ref()),
+                    );
                     None
                 }
             };
@@ -400,7 +437,10 @@ fn build_trigger(
                 Err(_) => {
                     r.error(
                         tz.span().start,
-                        format!("unknown time zone `{}` (use an IANA name like Europe/Berlin)", tz.get_ref()),
+                        format!(
+                            "unknown time zone `{}` (use an IANA name like Europe/Berlin)",
+                            tz.get_ref()
+                        ),
                     );
                     None
                 }
@@ -411,14 +451,14 @@ fn build_trigger(
                 inputs.insert(k, toml_to_json(v));
             }
             known_inputs.insert("slot".into());
-            Some(Trigger::Schedule(ScheduleTrigger {
+            Some(Trigger::Schedule(Box::new(ScheduleTrigger {
                 key: t.id.unwrap_or_else(|| format!("schedule-{index}")),
                 cron_text: cron_text.get_ref().clone(),
                 cron: cron?,
                 timezone: timezone?,
                 channel: channel.clone(),
                 inputs,
-            }))
+            })))
         }
         other => {
             r.error(
@@ -441,7 +481,10 @@ fn build_step(
     let id = s.id.get_ref().clone();
     for n in &s.needs {
         if !ids.contains_key(n.get_ref()) {
-            r.error(n.span().start, format!("step `{id}` needs unknown step `{}`", n.get_ref()));
+            r.error(
+                n.span().start,
+                format!("step `{id}` needs unknown step `{}`", n.get_ref()),
+            );
         }
     }
     let duration = |r: &mut Report<'_>, v: &Option<Spanned<String>>, default: &str| -> Duration {
@@ -469,16 +512,25 @@ fn build_step(
                 }),
             };
             if rr.max > 20 {
-                r.error(raw.span().start, "retry.max above 20 is almost certainly a mistake");
+                r.error(
+                    raw.span().start,
+                    "retry.max above 20 is almost certainly a mistake",
+                );
             }
-            RetryPolicy { max: rr.max, backoff }
+            RetryPolicy {
+                max: rr.max,
+                backoff,
+            }
         }
     };
 
     let kind_at = s.kind.span().start;
     let misplaced = |r: &mut Report<'_>, field: &str, present: bool| {
         if present {
-            r.error(kind_at, format!("`{field}` does not apply to a {} step", s.kind.get_ref()));
+            r.error(
+                kind_at,
+                format!("`{field}` does not apply to a {} step", s.kind.get_ref()),
+            );
         }
     };
     let kind = match s.kind.get_ref().as_str() {
@@ -493,14 +545,23 @@ fn build_step(
                 let known: Vec<&str> = tools.names().collect();
                 r.error(
                     tool.span().start,
-                    format!("unknown tool `{}` (known: {})", tool.get_ref(), known.join(", ")),
+                    format!(
+                        "unknown tool `{}` (known: {})",
+                        tool.get_ref(),
+                        known.join(", ")
+                    ),
                 );
                 return None;
             };
             let with_at = s.with.as_ref().map(|w| w.span().start).unwrap_or(kind_at);
             let with: Map<String, Value> = s
                 .with
-                .map(|w| w.into_inner().into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+                .map(|w| {
+                    w.into_inner()
+                        .into_iter()
+                        .map(|(k, v)| (k, toml_to_json(v)))
+                        .collect()
+                })
                 .unwrap_or_default();
             for arg in &info.required_args {
                 if !with.contains_key(arg) {
@@ -519,9 +580,11 @@ fn build_step(
             if s.approvers.is_empty() {
                 r.error(kind_at, format!("approval step `{id}` needs `approvers`"));
             }
-            let message = s.message.as_ref().map(|m| m.get_ref().clone()).unwrap_or_else(|| {
-                format!("Approve step `{id}`?")
-            });
+            let message = s
+                .message
+                .as_ref()
+                .map(|m| m.get_ref().clone())
+                .unwrap_or_else(|| format!("Approve step `{id}`?"));
             if let Some(m) = &s.message {
                 templates.push((id.clone(), m.span().start, m.get_ref().clone()));
             }
@@ -590,7 +653,11 @@ fn find_cycle(wf: &Workflow, ids: &HashMap<String, usize>) -> Option<(usize, Vec
         Open,
         Done,
     }
-    let mut marks: HashMap<&str, Mark> = wf.steps.iter().map(|s| (s.id.as_str(), Mark::New)).collect();
+    let mut marks: HashMap<&str, Mark> = wf
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), Mark::New))
+        .collect();
     fn visit<'a>(
         wf: &'a Workflow,
         id: &'a str,
@@ -645,7 +712,11 @@ fn check_template(
             return;
         }
     };
-    let ancestors = if step.is_empty() { BTreeSet::new() } else { wf.ancestors(step) };
+    let ancestors = if step.is_empty() {
+        BTreeSet::new()
+    } else {
+        wf.ancestors(step)
+    };
     for var in vars {
         let mut parts = var.split('.');
         let root = parts.next().unwrap_or_default();
@@ -682,8 +753,12 @@ fn check_template(
 /// workflow says `auto = true` for that tool.
 fn check_external_tools(r: &mut Report<'_>, wf: &Workflow, tools: &ToolCatalog) {
     for step in &wf.steps {
-        let StepKind::Tool { tool, .. } = &step.kind else { continue };
-        let Some(info) = tools.get(tool) else { continue };
+        let StepKind::Tool { tool, .. } = &step.kind else {
+            continue;
+        };
+        let Some(info) = tools.get(tool) else {
+            continue;
+        };
         if info.capability != Capability::External || wf.tools.get(tool).is_some_and(|p| p.auto) {
             continue;
         }
@@ -715,13 +790,18 @@ pub(crate) fn toml_to_json(v: toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
 /// Loads every `*.toml` in `dir` (sorted, not recursive), checks each file and the set as a
 /// whole (no command name used twice, no workflow name used twice).
-pub fn load_dir(dir: &Path, tools: &ToolCatalog) -> std::io::Result<(WorkflowSet, Vec<Diagnostic>)> {
+pub fn load_dir(
+    dir: &Path,
+    tools: &ToolCatalog,
+) -> std::io::Result<(WorkflowSet, Vec<Diagnostic>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -741,7 +821,11 @@ pub fn load_dir(dir: &Path, tools: &ToolCatalog) -> std::io::Result<(WorkflowSet
                 file: file.clone(),
                 line: line_of_key(&text, "name"),
                 severity: Severity::Error,
-                message: format!("workflow name `{}` is also used by {}", wf.name, first.display()),
+                message: format!(
+                    "workflow name `{}` is also used by {}",
+                    wf.name,
+                    first.display()
+                ),
             });
             continue;
         }
@@ -784,7 +868,8 @@ fn line_of_command(text: &str, command: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.starts_with("command") && l.contains(&format!("\"{command}\"")) || l.contains(&format!("\"/{command}\""))
+            l.starts_with("command") && l.contains(&format!("\"{command}\""))
+                || l.contains(&format!("\"/{command}\""))
         })
         .map(|i| i + 1)
         .unwrap_or(1)

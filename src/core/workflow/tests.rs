@@ -6,31 +6,43 @@ use std::path::Path;
 
 fn diagnostics(text: &str) -> Vec<(usize, String)> {
     let (_, diags) = parse_workflow(Path::new("w.toml"), text, &ToolCatalog::builtin());
-    diags.into_iter().filter(|d| d.severity == Severity::Error).map(|d| (d.line, d.message)).collect()
+    diags
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.message))
+        .collect()
 }
 
 fn assert_error(text: &str, line: usize, needle: &str) {
     let d = diagnostics(text);
-    assert!(d.iter().any(|(l, m)| *l == line && m.contains(needle)), "wanted line {line} `{needle}`, got {d:?}");
+    assert!(
+        d.iter().any(|(l, m)| *l == line && m.contains(needle)),
+        "wanted line {line} `{needle}`, got {d:?}"
+    );
 }
 
 const HEAD: &str = "name = \"w\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"w\"\n";
 
 #[test]
 fn a_valid_workflow_has_no_errors() {
-    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"{{{{ input.text }}}}\"\n");
+    let text =
+        format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"{{{{ input.text }}}}\"\n");
     assert!(diagnostics(&text).is_empty(), "{:?}", diagnostics(&text));
 }
 
 #[test]
 fn an_unknown_step_in_needs_points_at_the_need() {
-    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"ghost\"]\n");
+    let text = format!(
+        "{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"ghost\"]\n"
+    );
     assert_error(&text, 9, "needs unknown step `ghost`");
 }
 
 #[test]
 fn a_cycle_is_reported_with_its_path() {
-    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"b\"]\n[[step]]\nid = \"b\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"a\"]\n");
+    let text = format!(
+        "{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"b\"]\n[[step]]\nid = \"b\"\nkind = \"notify\"\ntext = \"x\"\nneeds = [\"a\"]\n"
+    );
     assert_error(&text, 6, "steps form a cycle: a -> b -> a");
 }
 
@@ -67,32 +79,63 @@ fn a_template_that_does_not_parse_is_an_error() {
 #[test]
 fn an_unknown_tool_lists_the_known_ones() {
     let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"shell.exec\"\n");
-    assert_error(&text, 8, "unknown tool `shell.exec` (known: http.get, webhook.post)");
+    assert_error(
+        &text,
+        8,
+        "unknown tool `shell.exec` (known: http.get, webhook.post)",
+    );
 }
 
 #[test]
 fn an_external_tool_needs_an_approval_before_it_unless_auto() {
     let step = "[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"webhook.post\"\nwith = { endpoint = \"x\", body = {} }\n";
-    assert_error(&format!("{HEAD}{step}"), 5, "external tool `webhook.post` with no approval step before it");
+    assert_error(
+        &format!("{HEAD}{step}"),
+        5,
+        "external tool `webhook.post` with no approval step before it",
+    );
     let auto = format!("{HEAD}{step}[tools.\"webhook.post\"]\nauto = true\n");
     assert!(diagnostics(&auto).is_empty(), "{:?}", diagnostics(&auto));
 }
 
 #[test]
 fn unknown_fields_and_kinds_are_errors_not_silently_ignored() {
-    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntxt = \"x\"\n"), 8, "unknown field `txt`");
-    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"teleport\"\n"), 7, "unknown step kind `teleport`");
-    assert_error(&format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"agent\"\n"), 7, "not available in this version");
+    assert_error(
+        &format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntxt = \"x\"\n"),
+        8,
+        "unknown field `txt`",
+    );
+    assert_error(
+        &format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"teleport\"\n"),
+        7,
+        "unknown step kind `teleport`",
+    );
+    assert_error(
+        &format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"agent\"\n"),
+        7,
+        "not available in this version",
+    );
 }
 
 #[test]
 fn duplicate_commands_across_files_are_reported_with_both_places() {
     let dir = tempfile::tempdir().unwrap();
     let body = "[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
-    std::fs::write(dir.path().join("a.toml"), format!("name = \"one\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}")).unwrap();
-    std::fs::write(dir.path().join("b.toml"), format!("name = \"two\"\n\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}")).unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!("name = \"one\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("name = \"two\"\n\n[[trigger]]\nkind = \"slash\"\ncommand = \"go\"\n{body}"),
+    )
+    .unwrap();
     let (set, diags) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
-    let d = diags.iter().find(|d| d.message.contains("command `/go` is also declared")).expect("duplicate reported");
+    let d = diags
+        .iter()
+        .find(|d| d.message.contains("command `/go` is also declared"))
+        .expect("duplicate reported");
     assert!(d.file.ends_with("b.toml") && d.line == 5, "{d}");
     assert!(d.message.contains("a.toml:4"), "{d}");
     assert_eq!(set.len(), 1);
@@ -112,10 +155,37 @@ fn the_shipped_examples_pass() {
 fn schedule_slots_follow_daylight_saving_time() {
     let text = "name = \"w\"\n[[trigger]]\nkind = \"schedule\"\ncron = \"0 9 * * *\"\ntimezone = \"Europe/Berlin\"\nchannel = \"general\"\n[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n";
     let (wf, _) = parse_workflow(Path::new("w.toml"), text, &ToolCatalog::builtin());
-    let Trigger::Schedule(s) = &wf.unwrap().triggers[0] else { panic!() };
-    let utc = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&chrono::Utc);
+    let Trigger::Schedule(s) = &wf.unwrap().triggers[0] else {
+        panic!()
+    };
+    let utc = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
     // 09:00 Berlin is 08:00 UTC in winter and 07:00 UTC in summer (the switch was 2026-03-29).
-    assert_eq!(s.latest_slot(utc("2026-03-27T09:00:00Z"), utc("2026-03-28T12:00:00Z")), Some(utc("2026-03-28T08:00:00Z")));
-    assert_eq!(s.latest_slot(utc("2026-03-28T09:00:00Z"), utc("2026-03-29T12:00:00Z")), Some(utc("2026-03-29T07:00:00Z")));
-    assert_eq!(s.latest_slot(utc("2026-03-29T07:00:00Z"), utc("2026-03-29T12:00:00Z")), None, "a slot fires once");
+    assert_eq!(
+        s.latest_slot(utc("2026-03-27T09:00:00Z"), utc("2026-03-28T12:00:00Z")),
+        Some(utc("2026-03-28T08:00:00Z"))
+    );
+    assert_eq!(
+        s.latest_slot(utc("2026-03-28T09:00:00Z"), utc("2026-03-29T12:00:00Z")),
+        Some(utc("2026-03-29T07:00:00Z"))
+    );
+    assert_eq!(
+        s.latest_slot(utc("2026-03-29T07:00:00Z"), utc("2026-03-29T12:00:00Z")),
+        None,
+        "a slot fires once"
+    );
+}
+
+#[test]
+fn the_documented_examples_pass_check() {
+    for file in ["docs/workflows.md", "README.md"] {
+        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let start = doc.find("```toml\n").expect("the doc has a toml example") + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let d = diagnostics(&doc[start..end]);
+        assert!(d.is_empty(), "{file}: {d:?}");
+    }
 }
