@@ -667,7 +667,15 @@ async fn a_console_bound_beyond_loopback_demands_its_token() {
 fn the_core_imports_no_platform_http_server_or_database_crate() {
     let core = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
     let mut stack = vec![core];
-    let forbidden = ["sqlx", "axum", "hyper", "reqwest", "serenity", "slack_morphism", "tower"];
+    let forbidden = [
+        "sqlx",
+        "axum",
+        "hyper",
+        "reqwest",
+        "serenity",
+        "slack_morphism",
+        "tower",
+    ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -677,7 +685,11 @@ fn the_core_imports_no_platform_http_server_or_database_crate() {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             for krate in forbidden {
-                assert!(!text.contains(&format!("{krate}::")), "{} uses {krate}", path.display());
+                assert!(
+                    !text.contains(&format!("{krate}::")),
+                    "{} uses {krate}",
+                    path.display()
+                );
             }
         }
     }

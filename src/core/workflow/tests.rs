@@ -182,7 +182,8 @@ fn schedule_slots_follow_daylight_saving_time() {
 #[test]
 fn the_documented_examples_pass_check() {
     for file in ["docs/workflows.md", "README.md"] {
-        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let doc =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         let start = doc.find("```toml\n").expect("the doc has a toml example") + "```toml\n".len();
         let end = start + doc[start..].find("```").unwrap();
         let d = diagnostics(&doc[start..end]);
