@@ -254,7 +254,12 @@ async fn double_and_concurrent_clicks_record_exactly_one_decision() {
         .count();
     assert_eq!(decided, 1, "{notices:?}");
 
-    app.wait_for_status(run, "succeeded").await;
+    // Whichever click won decides the outcome.
+    let approved = notices
+        .iter()
+        .any(|n| n.iter().any(|t| t == "You approved this step."));
+    app.wait_for_status(run, if approved { "succeeded" } else { "rejected" })
+        .await;
     let decisions = app
         .ledger()
         .await
@@ -582,7 +587,8 @@ async fn the_daily_digest_counts_from_the_ledger() {
     app.wait_for_status(run, "cancelled").await;
     let (run2, root2) = start_demo(&app, "ana").await;
     app.wait_in_thread(root2, "Approval needed").await;
-    app.advance(Duration::hours(2));
+    // Within the demo approval's hour, so it is still waiting.
+    app.advance(Duration::minutes(30));
     let digest = app.say("dee", "general", "/digest").await["started"][0]
         .as_i64()
         .unwrap();
@@ -599,7 +605,7 @@ async fn the_daily_digest_counts_from_the_ledger() {
     assert!(t.contains("cancelled: 1"), "{t}");
     assert!(
         t.contains(&format!(
-            "run {run2} (demo) step approve: waiting on @ben, @cy for 2 h"
+            "run {run2} (demo) step approve: waiting on @ben, @cy for 30 min"
         )),
         "{t}"
     );
@@ -693,4 +699,32 @@ fn the_core_imports_no_platform_http_server_or_database_crate() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_click_delivered_twice_is_applied_once() {
+    let app = spawn_app().await;
+    let (run, root) = start_demo(&app, "ana").await;
+    let approval = app.wait_in_thread(root, "Approval needed").await;
+    let click = json!({"user": "ben", "message_id": approval["id"], "action": button(&approval, "Reject").unwrap(), "client_id": "click-1"});
+    let (_, first) = app.post("/api/actions", click.clone()).await;
+    assert_eq!(first["notices"], json!(["You rejected this step."]));
+    // The same delivery again (a retry, a second connection) decides nothing: it is either
+    // silently dropped or, once the buttons are gone, told they are no longer active.
+    let (status, second) = app.post("/api/actions", click).await;
+    assert_eq!(status, 200);
+    assert!(
+        second["notices"] == json!([])
+            || second["notices"] == json!(["This button is no longer active."]),
+        "{second}"
+    );
+    app.wait_for_status(run, "rejected").await;
+    assert_eq!(
+        app.ledger()
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "approval.decided")
+            .count(),
+        1
+    );
 }

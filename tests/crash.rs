@@ -505,3 +505,85 @@ fn audit_verify_finds_the_first_tampered_entry() {
     assert!(!ok);
     assert!(out.contains("broken at entry 3"), "{out}");
 }
+
+/// An upstream that answers every request after `delay`.
+async fn delayed_upstream(delay: std::time::Duration) -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                "upstream ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
+    let (port, hits) = delayed_upstream(std::time::Duration::from_millis(700)).await;
+    let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
+    bot.start().await;
+    let run = bot.say("ana", "general", "/slow").await["started"][0]
+        .as_i64()
+        .unwrap();
+    eventually("the step to be in flight", || async {
+        hits.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut child = bot.child.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "baton exits cleanly on SIGTERM: {status:?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the step was not cut off and re-run"
+    );
+
+    // The step finished before the exit, and the run ended: nothing is left to resume.
+    let ledger = bot.ledger();
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e["kind"] == "step.finished" && e["step"] == "fetch")
+    );
+    assert!(!ledger.iter().any(|e| e["kind"] == "step.attempt_lost"));
+    let summary_key = format!("run:{run}:summary");
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e["kind"] == "post.delivered"
+                && e["data"].as_str().unwrap().contains(&summary_key)),
+        "the outbox was flushed before exit"
+    );
+    bot.start().await;
+    assert!(
+        bot.run_page(run)
+            .await
+            .contains("<dd class=\"status succeeded\">")
+    );
+    let thread = bot.thread_texts("general", run).await;
+    assert!(
+        thread.iter().any(|t| t == "fetched: upstream ok"),
+        "the posts were flushed: {thread:?}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

@@ -6,6 +6,9 @@ use crate::core::workflow::format_duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+/// How many waiting approvals and stalled runs a digest names one by one; the rest are counted.
+pub const LISTED: usize = 15;
+
 /// What happened in a period, and what is waiting now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DigestFigures {
@@ -16,7 +19,11 @@ pub struct DigestFigures {
     pub rejected: u64,
     pub cancelled: u64,
     pub started: u64,
+    /// How many approvals wait, and the oldest of them (at most [`LISTED`]).
+    pub waiting_count: u64,
     pub waiting: Vec<WaitingApproval>,
+    /// How many runs are stalled, and the longest stalled (at most [`LISTED`]).
+    pub stalled_count: u64,
     pub stalled: Vec<StalledRun>,
 }
 
@@ -50,10 +57,10 @@ pub fn render(f: &DigestFigures) -> String {
         "Runs started: {} · finished: {} · failed: {} · rejected: {} · cancelled: {}",
         f.started, f.succeeded, f.failed, f.rejected, f.cancelled
     ));
-    if f.waiting.is_empty() {
+    if f.waiting_count == 0 {
         out.push("Waiting for approval: none".into());
     } else {
-        out.push(format!("Waiting for approval: {}", f.waiting.len()));
+        out.push(format!("Waiting for approval: {}", f.waiting_count));
         for w in &f.waiting {
             let who: Vec<String> = w.approvers.iter().map(|a| format!("@{a}")).collect();
             out.push(format!(
@@ -65,11 +72,12 @@ pub fn render(f: &DigestFigures) -> String {
                 format_duration(f.until - w.since)
             ));
         }
+        more(&mut out, f.waiting_count, f.waiting.len());
     }
-    if f.stalled.is_empty() {
+    if f.stalled_count == 0 {
         out.push("Stalled: none".into());
     } else {
-        out.push(format!("Stalled: {}", f.stalled.len()));
+        out.push(format!("Stalled: {}", f.stalled_count));
         for s in &f.stalled {
             out.push(format!(
                 "• run {} ({}) {} with no progress for {}",
@@ -79,8 +87,18 @@ pub fn render(f: &DigestFigures) -> String {
                 format_duration(f.until - s.idle_since)
             ));
         }
+        more(&mut out, f.stalled_count, f.stalled.len());
     }
     out.join("\n")
+}
+
+fn more(out: &mut Vec<String>, total: u64, listed: usize) {
+    if total > listed as u64 {
+        out.push(format!(
+            "• …and {} more (see the console's approvals and runs pages)",
+            total - listed as u64
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +117,7 @@ mod tests {
             succeeded: 3,
             failed: 1,
             started: 5,
+            waiting_count: 1,
             waiting: vec![WaitingApproval {
                 run: RunId(7),
                 workflow: "demo".into(),

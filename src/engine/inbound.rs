@@ -87,10 +87,6 @@ impl Engine {
                 Ok(out)
             }
             EventKind::Action { action, reason } => {
-                // A click delivered twice (retries, two connections) is handled once.
-                if !self.store.first_seen(&ev.id, self.clock.now()).await? {
-                    return Ok(Response::default());
-                }
                 let (run, cmd) = match action {
                     ActionId::Approve { run, step } => (
                         run,
@@ -117,7 +113,8 @@ impl Engine {
                         },
                     ),
                 };
-                let notice = self.submit(run, cmd).await?;
+                // A click delivered twice (retries, two connections) is applied once.
+                let notice = self.submit_event(run, Some(&ev.id), cmd).await?;
                 Ok(Response {
                     notices: notice.into_iter().collect(),
                     started: vec![],

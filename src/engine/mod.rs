@@ -216,10 +216,21 @@ impl Engine {
 
     /// Applies a command to a run and carries out what it asks for. Returns the private notice
     /// for whoever sent it, if any.
-    #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn submit(
         self: &Arc<Self>,
         run: RunId,
+        cmd: Command,
+    ) -> Result<Option<String>, EngineError> {
+        self.submit_event(run, None, cmd).await
+    }
+
+    /// Like [`Engine::submit`], for a command caused by an inbound event (a click): the event
+    /// id is recorded with the change, and a redelivered event changes nothing.
+    #[tracing::instrument(skip_all, fields(run_id = %run))]
+    pub async fn submit_event(
+        self: &Arc<Self>,
+        run: RunId,
+        event_id: Option<&str>,
         cmd: Command,
     ) -> Result<Option<String>, EngineError> {
         let now = self.clock.now();
@@ -227,7 +238,7 @@ impl Engine {
         let mut cmd = Some(cmd);
         let transition = self
             .store
-            .apply(run, &mut |state, def| {
+            .apply(run, event_id, &mut |state, def| {
                 let Some(cmd) = cmd.take() else { return Transition::default() };
                 match self.definition(def) {
                     Ok(wf) => {

@@ -111,8 +111,14 @@ pub trait RunStore: Send + Sync {
         start: &mut ApplyFn<'_>,
     ) -> StoreResult<Created>;
     /// Loads a run, applies `f`, and writes the new state and every effect in one transaction.
-    /// `None` when the run does not exist.
-    async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>>;
+    /// `None` when the run does not exist. With `event_id`, the inbound event is recorded in
+    /// the same transaction, and an event seen before changes nothing (an empty transition).
+    async fn apply(
+        &self,
+        run: RunId,
+        event_id: Option<&str>,
+        f: &mut ApplyFn<'_>,
+    ) -> StoreResult<Option<Transition>>;
     async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>>;
     async fn list_runs(
         &self,
@@ -124,7 +130,8 @@ pub trait RunStore: Send + Sync {
     async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>>;
     async fn due_timers(&self, now: DateTime<Utc>, limit: u32)
     -> StoreResult<Vec<(RunId, String)>>;
-    async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>>;
+    /// The oldest pending approvals, at most `limit`, and how many there are in all.
+    async fn pending_approvals(&self, limit: u32) -> StoreResult<(Vec<PendingApproval>, u64)>;
 }
 
 /// The state of an outbox entry.
@@ -210,7 +217,7 @@ pub trait AuditStore: Send + Sync {
     ) -> StoreResult<DigestFigures>;
 }
 
-/// Schedule bookkeeping and inbound de-duplication.
+/// Schedule bookkeeping.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync {
     /// The last slot handled for a schedule; `None` before its first sighting.
@@ -225,8 +232,6 @@ pub trait ScheduleStore: Send + Sync {
         key: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
-    /// Records an inbound event id; false when it was seen before.
-    async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool>;
 }
 
 /// One message in the console's chat.

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::core::audit::{AuditKind, GENESIS, Redactor, entry_hash};
-use crate::core::digest::{StalledRun, WaitingApproval};
+use crate::core::digest::{LISTED, StalledRun, WaitingApproval};
 use crate::core::engine::{Approval, Effect, Run, StepState};
 use crate::core::message::Outgoing;
 use anyhow::Context as _;
@@ -587,7 +587,12 @@ impl RunStore for SqliteStore {
         })
     }
 
-    async fn apply(&self, run: RunId, f: &mut ApplyFn<'_>) -> StoreResult<Option<Transition>> {
+    async fn apply(
+        &self,
+        run: RunId,
+        event_id: Option<&str>,
+        f: &mut ApplyFn<'_>,
+    ) -> StoreResult<Option<Transition>> {
         let redactor = &self.redactor;
         write_tx!(self, |c| {
             let Some((mut state, def)) = load_state(c, run).await? else {
@@ -595,6 +600,18 @@ impl RunStore for SqliteStore {
             };
             let before = state.clone();
             let transition = f(&mut state, &def);
+            if let Some(id) = event_id {
+                // Recorded in the same transaction as the change it caused: a redelivered
+                // event finds it and changes nothing; a crash before commit forgets both.
+                let seen = sqlx::query("INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                    .bind(id)
+                    .bind(ms(state.run.updated_at))
+                    .execute(&mut *c)
+                    .await?;
+                if seen.rows_affected() == 0 {
+                    return Ok(Some(Transition::default()));
+                }
+            }
             save_state(c, &before, &state).await?;
             persist_effects(c, redactor, &transition, state.run.updated_at).await?;
             Ok(Some(transition))
@@ -686,11 +703,21 @@ impl RunStore for SqliteStore {
             .collect())
     }
 
-    async fn pending_approvals(&self) -> StoreResult<Vec<PendingApproval>> {
-        let rows = sqlx::query("SELECT a.*, r.workflow FROM approvals a JOIN runs r ON r.id = a.run_id WHERE a.status = 'pending' ORDER BY a.requested_at")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
+    async fn pending_approvals(&self, limit: u32) -> StoreResult<(Vec<PendingApproval>, u64)> {
+        let rows = sqlx::query(
+            "SELECT a.*, r.workflow FROM approvals a JOIN runs r ON r.id = a.run_id
+             WHERE a.status = 'pending' ORDER BY a.requested_at LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM approvals WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .get("n");
+        let listed = rows
+            .iter()
             .map(|r| {
                 Ok(PendingApproval {
                     run: RunId(r.get("run_id")),
@@ -702,7 +729,8 @@ impl RunStore for SqliteStore {
                     expires_at: at(r.get("expires_at")),
                 })
             })
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((listed, total as u64))
     }
 }
 
@@ -977,9 +1005,9 @@ impl AuditStore for SqliteStore {
         .fetch_one(&self.pool)
         .await?
         .get::<i64, _>("n") as u64;
-        f.waiting = self
-            .pending_approvals()
-            .await?
+        let (waiting, waiting_count) = self.pending_approvals(LISTED as u32).await?;
+        f.waiting_count = waiting_count;
+        f.waiting = waiting
             .into_iter()
             .map(|p| WaitingApproval {
                 run: p.run,
@@ -989,10 +1017,22 @@ impl AuditStore for SqliteStore {
                 since: p.requested_at,
             })
             .collect();
-        let stalled = sqlx::query("SELECT id, workflow, status, updated_at FROM runs WHERE status = 'running' AND updated_at < ? ORDER BY updated_at")
-            .bind(ms(until - stall_after))
-            .fetch_all(&self.pool)
-            .await?;
+        let idle_before = ms(until - stall_after);
+        let stalled = sqlx::query(
+            "SELECT id, workflow, status, updated_at FROM runs
+             WHERE status = 'running' AND updated_at < ? ORDER BY updated_at LIMIT ?",
+        )
+        .bind(idle_before)
+        .bind(LISTED as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        f.stalled_count = sqlx::query(
+            "SELECT COUNT(*) AS n FROM runs WHERE status = 'running' AND updated_at < ?",
+        )
+        .bind(idle_before)
+        .fetch_one(&self.pool)
+        .await?
+        .get::<i64, _>("n") as u64;
         f.stalled = stalled
             .iter()
             .map(|r| StalledRun {
@@ -1036,18 +1076,6 @@ impl ScheduleStore for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn first_seen(&self, event_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
-        let _guard = self.write.lock().await;
-        let done = sqlx::query(
-            "INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(event_id)
-        .bind(ms(now))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 }
 

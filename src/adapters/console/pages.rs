@@ -15,6 +15,9 @@ use axum::routing::get;
 use serde::Deserialize;
 use std::fmt::Write;
 
+/// Rows a list page shows at most.
+const PAGE_ROWS: u32 = 500;
+
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
@@ -208,7 +211,7 @@ async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
 
 async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let pending = state.engine.store().pending_approvals().await?;
+    let (pending, total) = state.engine.store().pending_approvals(PAGE_ROWS).await?;
     let mut body = String::from(
         "<h1>Pending approvals</h1><table><thead><tr><th>Run</th><th>Workflow</th><th>Step</th><th>Approvers</th><th>Waiting for</th><th>Expires</th><th>What</th></tr></thead><tbody>",
     );
@@ -229,6 +232,13 @@ async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> 
         body.push_str("<tr><td colspan=\"7\">Nothing is waiting for a decision.</td></tr>");
     }
     body.push_str("</tbody></table>");
+    if total > pending.len() as u64 {
+        let _ = write!(
+            body,
+            "<p>The {} oldest of {total} pending approvals.</p>",
+            pending.len()
+        );
+    }
     Ok(page("Approvals", &body))
 }
 

@@ -1,0 +1,154 @@
+//! How much 100k runs parked on an approval cost: creating them, the process's memory and
+//! tasks afterwards, start-up with them in the database, and the timer poll over them.
+//!
+//! `cargo bench --bench parked_runs` (set `PARKED_RUNS` to change the count). Prints figures;
+//! asserts nothing about speed.
+
+use baton::core::audit::Redactor;
+use baton::core::clock::{Clock, SystemClock};
+use baton::core::event::{Actor, ConversationRef};
+use baton::core::tools::ToolCatalog;
+use baton::core::workflow::{WorkflowSet, parse_workflow};
+use baton::engine::{Engine, EngineSettings, StartRequest};
+use baton::metrics::Metrics;
+use baton::tools::{ToolBox, ToolSettings};
+use chrono::Duration;
+use serde_json::Map;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const WF: &str = r#"
+name = "parked"
+[[trigger]]
+kind = "slash"
+command = "parked"
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["ben"]
+timeout = "7d"
+"#;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn engine(url: &str) -> Arc<Engine> {
+    let store = baton::store::open(url, Redactor::default()).await.unwrap();
+    let (wf, _) = parse_workflow(Path::new("parked.toml"), WF, &ToolCatalog::builtin());
+    let settings = EngineSettings {
+        workers: 8,
+        poll_interval: std::time::Duration::from_millis(200),
+        stall_after: Duration::hours(1),
+        base_url: "http://127.0.0.1:8080".into(),
+        default_platform: "console".into(),
+        shutdown_grace: std::time::Duration::from_secs(1),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    Engine::new(
+        store,
+        Arc::new(WorkflowSet::new([wf.unwrap()])),
+        Arc::new(ToolCatalog::builtin()),
+        Arc::new(ToolBox::new(ToolSettings::default()).unwrap()),
+        clock,
+        settings,
+        Arc::new(Metrics::default()),
+        vec![],
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("PARKED_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("parked.db");
+    let url = format!("sqlite://{}", db.display());
+    let rss_start = rss_mib();
+
+    let e = engine(&url).await;
+    let wf = e.workflows().get("parked").unwrap().clone();
+    let started = Instant::now();
+    for i in 0..n {
+        let req = StartRequest {
+            workflow: wf.clone(),
+            inputs: Map::new(),
+            actor: Actor {
+                platform: "console".into(),
+                id: "ana".into(),
+                display: "ana".into(),
+                is_bot: false,
+            },
+            conversation: ConversationRef {
+                platform: "console".into(),
+                channel: "general".into(),
+                thread: None,
+            },
+            event_id: format!("bench-{i}"),
+            late: false,
+        };
+        e.start_run(req).await.unwrap();
+    }
+    let took = started.elapsed();
+    let rss_parked = rss_mib();
+    drop(e);
+
+    // A fresh start with n parked runs in the database: recovery, loops, idle.
+    let started = Instant::now();
+    let e = engine(&url).await;
+    let background = e.start_background().await.unwrap();
+    let startup = started.elapsed();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let rss_idle = rss_mib();
+    let poll = Instant::now();
+    let due = e.store().due_timers(chrono::Utc::now(), 200).await.unwrap();
+    let poll_took = poll.elapsed();
+    let (pending, total) = e.store().pending_approvals(15).await.unwrap();
+    background.shutdown().await;
+    let db_mib = std::fs::metadata(&db)
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0)
+        + std::fs::metadata(dir.path().join("parked.db-wal"))
+            .map(|m| m.len() as f64 / 1048576.0)
+            .unwrap_or(0.0);
+
+    println!("parked runs:                 {n}");
+    println!(
+        "time to park them:           {:.1} s ({:.0} runs/s)",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!(
+        "database size:               {db_mib:.1} MiB ({:.2} KiB per run, outbox and ledger included)",
+        db_mib * 1024.0 / n as f64
+    );
+    println!("RSS at start:                {rss_start:.1} MiB");
+    println!("RSS after parking:           {rss_parked:.1} MiB");
+    println!(
+        "start-up with them stored:   {:.0} ms",
+        startup.as_secs_f64() * 1000.0
+    );
+    println!("RSS idle after restart:      {rss_idle:.1} MiB");
+    println!("tokio tasks alive when idle: {tasks} (workers and loops; none per run)");
+    println!(
+        "due-timer poll:              {:.2} ms ({} due)",
+        poll_took.as_secs_f64() * 1000.0,
+        due.len()
+    );
+    println!(
+        "pending approvals counted:   {total} ({} listed)",
+        pending.len()
+    );
+}
