@@ -8,8 +8,7 @@ use support::*;
 
 /// Starts `/demo`, returns (run id, root message id).
 async fn start_demo(app: &TestApp, user: &str) -> (i64, i64) {
-    let body = app.say(user, "general", "/demo rockets").await;
-    let run = body["started"][0].as_i64().expect("a run started");
+    let run = app.start_run(user, "general", "/demo rockets").await;
     let root = app.root_of("general", run).await;
     (run, root["id"].as_i64().unwrap())
 }
@@ -141,10 +140,8 @@ async fn a_message_matching_a_pattern_starts_a_run_with_its_captures() {
 async fn the_approved_webhook_reaches_the_console_inbox() {
     let app = spawn_app().await;
     let run = app
-        .say("ana", "incidents", "/incident checkout is down")
-        .await["started"][0]
-        .as_i64()
-        .unwrap();
+        .start_run("ana", "incidents", "/incident checkout is down")
+        .await;
     let root = app.root_of("incidents", run).await["id"].as_i64().unwrap();
     let approval = app.wait_in_thread(root, "Approval needed").await;
     app.click(
@@ -589,9 +586,7 @@ async fn the_daily_digest_counts_from_the_ledger() {
     app.wait_in_thread(root2, "Approval needed").await;
     // Within the demo approval's hour, so it is still waiting.
     app.advance(Duration::minutes(30));
-    let digest = app.say("dee", "general", "/digest").await["started"][0]
-        .as_i64()
-        .unwrap();
+    let digest = app.start_run("dee", "general", "/digest").await;
     app.wait_for_status(digest, "succeeded").await;
     let post = eventually_some("the digest post", || async {
         app.channel("general")

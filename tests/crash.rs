@@ -20,6 +20,28 @@ struct Bot {
     http: reqwest::Client,
 }
 
+/// A workflow file shipped in `commands/`.
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("commands")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Fails when a thread holds the same message twice: nothing already posted is posted again.
+fn assert_posted_once(thread: &[String]) {
+    let mut seen = thread.to_vec();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        thread.len(),
+        "a message was posted twice: {thread:?}"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -104,6 +126,13 @@ impl Bot {
             .await
             .unwrap();
         r.json().await.unwrap()
+    }
+
+    async fn start_run(&self, user: &str, channel: &str, text: &str) -> i64 {
+        let body = self.say(user, channel, text).await;
+        body["started"][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("`{text}` started no run: {body}"))
     }
 
     async fn run_page(&self, run: i64) -> String {
@@ -228,9 +257,7 @@ async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_a
     let (port, hits) = slow_upstream().await;
     let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/slow").await["started"][0]
-        .as_i64()
-        .expect("run started");
+    let run = bot.start_run("ana", "general", "/slow").await;
     eventually("the step to be in flight", || async {
         hits.load(Ordering::SeqCst) == 1
     })
@@ -291,27 +318,15 @@ async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_a
         thread.iter().any(|t| t == "fetched: upstream ok"),
         "{thread:?}"
     );
-    // Nothing already posted was posted again.
-    let mut seen = thread.clone();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(
-        seen.len(),
-        thread.len(),
-        "a message was posted twice: {thread:?}"
-    );
+    assert_posted_once(&thread);
 }
 
 #[tokio::test]
 async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
-    let demo =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
-            .unwrap();
+    let demo = example("demo.toml");
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/demo crash").await["started"][0]
-        .as_i64()
-        .unwrap();
+    let run = bot.start_run("ana", "general", "/demo crash").await;
     // Kill at once, before the outbox had a chance to deliver anything.
     bot.kill();
     bot.start().await;
@@ -369,27 +384,16 @@ async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
         t.iter().any(|x| x.contains("*done*")).then_some(t)
     })
     .await;
-    let mut seen = thread.clone();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(
-        seen.len(),
-        thread.len(),
-        "a message was posted twice: {thread:?}"
-    );
+    assert_posted_once(&thread);
     assert!(bot.cli(&["audit", "verify"]).0);
 }
 
 #[tokio::test]
 async fn the_cli_cancels_a_run_that_the_running_bot_then_reports() {
-    let demo =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
-            .unwrap();
+    let demo = example("demo.toml");
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/demo cli").await["started"][0]
-        .as_i64()
-        .unwrap();
+    let run = bot.start_run("ana", "general", "/demo cli").await;
     eventually("the run to wait for approval", || async {
         bot.run_page(run).await.contains("status waiting_approval")
     })
@@ -458,15 +462,11 @@ fn a_bad_setting_stops_start_up_naming_the_setting() {
 #[test]
 fn audit_verify_finds_the_first_tampered_entry() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let demo =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("commands/demo.toml"))
-            .unwrap();
+    let demo = example("demo.toml");
     let mut bot = Bot::new(&[("demo.toml", demo)]);
     rt.block_on(async {
         bot.start().await;
-        let run = bot.say("ana", "general", "/demo ledger").await["started"][0]
-            .as_i64()
-            .unwrap();
+        let run = bot.start_run("ana", "general", "/demo ledger").await;
         eventually("the approval", || async {
             bot.run_page(run).await.contains("status waiting_approval")
         })
@@ -532,9 +532,7 @@ async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
     let (port, hits) = delayed_upstream(std::time::Duration::from_millis(700)).await;
     let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
     bot.start().await;
-    let run = bot.say("ana", "general", "/slow").await["started"][0]
-        .as_i64()
-        .unwrap();
+    let run = bot.start_run("ana", "general", "/slow").await;
     eventually("the step to be in flight", || async {
         hits.load(Ordering::SeqCst) == 1
     })

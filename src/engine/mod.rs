@@ -246,8 +246,8 @@ impl Engine {
                         machine::apply(state, cmd, &cx)
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot apply a command to a run whose workflow does not parse");
-                        Transition { notice: Some(e), ..Default::default() }
+                        tracing::error!(error = %e, "a run's workflow does not parse; the run fails");
+                        machine::abandon(state, &e, now)
                     }
                 }
             })

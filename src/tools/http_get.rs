@@ -3,7 +3,7 @@
 //! `BATON_HTTP_ALLOW_PRIVATE` is set, so a public name that resolves inward (DNS rebinding) is
 //! still refused. The request goes to the address that was checked, not to a second lookup.
 
-use super::{ToolError, read_limited, response_value};
+use super::{ToolError, response_value};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 
@@ -115,17 +115,11 @@ pub(super) async fn call(allow: &HostAllowList, args: &Value) -> Result<Value, T
         .send()
         .await
         .map_err(|e| ToolError::Failed(format!("GET {url} failed: {e}")))?;
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let (body, cut) = read_limited(response, MAX_BODY).await?;
+    let (status, value) = response_value(response, MAX_BODY).await?;
     if status.is_server_error() || status.is_client_error() {
         return Err(ToolError::Failed(format!("GET {url} answered {status}")));
     }
-    Ok(response_value(status.as_u16(), content_type, body, cut))
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -90,12 +90,23 @@ async fn read_limited(
     Ok((String::from_utf8_lossy(&body).into_owned(), cut))
 }
 
-/// The JSON a tool returns for an HTTP response.
-fn response_value(status: u16, content_type: Option<String>, body: String, cut: bool) -> Value {
+/// Reads a response (body cut at `limit`) into the JSON a tool returns, with its status.
+async fn response_value(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<(reqwest::StatusCode, Value), ToolError> {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (body, cut) = read_limited(response, limit).await?;
     let json = if content_type.as_deref().is_some_and(|c| c.contains("json")) && !cut {
         serde_json::from_str::<Value>(&body).ok()
     } else {
         None
     };
-    serde_json::json!({"status": status, "content_type": content_type, "body": body, "json": json, "truncated": cut})
+    let value = serde_json::json!({"status": status.as_u16(), "content_type": content_type, "body": body, "json": json, "truncated": cut});
+    Ok((status, value))
 }

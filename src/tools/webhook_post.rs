@@ -2,7 +2,7 @@
 //! `BATON_WEBHOOKS`. Workflows name the endpoint, never the URL, so a workflow file cannot send
 //! data anywhere the operator did not configure.
 
-use super::{ToolError, read_limited, response_value};
+use super::{ToolError, response_value};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -29,17 +29,11 @@ pub(super) async fn call(
             e.without_url()
         ))
     })?;
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let (text, cut) = read_limited(response, MAX_BODY).await?;
+    let (status, value) = response_value(response, MAX_BODY).await?;
     if !status.is_success() {
         return Err(ToolError::Failed(format!(
             "webhook `{name}` answered {status}"
         )));
     }
-    Ok(response_value(status.as_u16(), content_type, text, cut))
+    Ok(value)
 }

@@ -187,6 +187,14 @@ impl TestApp {
         body
     }
 
+    /// Types a message that must start a run; returns the run id.
+    pub async fn start_run(&self, user: &str, channel: &str, text: &str) -> i64 {
+        let body = self.say(user, channel, text).await;
+        body["started"][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("`{text}` started no run: {body}"))
+    }
+
     /// Clicks a button; returns the private notices.
     pub async fn click(&self, user: &str, message_id: i64, action: &str) -> Vec<String> {
         let (status, body) = self

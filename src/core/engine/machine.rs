@@ -61,6 +61,51 @@ pub fn start(state: &mut RunState, cx: &Context<'_>) -> Transition {
     a.finish(None)
 }
 
+/// Ends a run that cannot go on at all (its stored workflow no longer parses), so its timers
+/// stop firing and people see why. Whatever command arrived is dropped.
+pub fn abandon(state: &mut RunState, reason: &str, now: DateTime<Utc>) -> Transition {
+    let mut out = Transition::default();
+    if state.run.status.is_terminal() {
+        return out;
+    }
+    let before = state.run.status;
+    state.run.status = RunStatus::Failed;
+    state.run.error = Some(reason.to_owned());
+    state.run.updated_at = now;
+    state.run.finished_at = Some(now);
+    state.timers.clear();
+    let run = state.run.id;
+    let ev = AuditEvent::new(
+        now,
+        AuditKind::RunStatusChanged,
+        Some(run),
+        json!({"from": before.as_str(), "to": "failed", "why": reason}),
+    );
+    out.effects.push(Effect::Audit(ev));
+    out.effects.push(Effect::Send(Outgoing::Edit {
+        run: Some(run),
+        key: MessageKey::root(run),
+        message: render::root(state),
+    }));
+    let to = Destination {
+        platform: state.run.conversation.platform.clone(),
+        channel: state.run.conversation.channel.clone(),
+        thread: Some(MessageKey::root(run)),
+    };
+    let message = OutMessage {
+        text: format!("Run {run} *failed*: {reason}"),
+        ..Default::default()
+    };
+    out.effects.push(Effect::Send(Outgoing::Post {
+        run: Some(run),
+        key: MessageKey::of(run, "summary"),
+        to,
+        message,
+    }));
+    out.notice = Some(format!("Run {run} could not go on: {reason}"));
+    out
+}
+
 /// Applies one command to a run.
 pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition {
     let before = state.run.status;

@@ -6,7 +6,7 @@ pub mod machine;
 pub mod render;
 pub mod state;
 
-pub use machine::{Context, apply, start};
+pub use machine::{Context, abandon, apply, start};
 
 #[cfg(test)]
 mod tests;

@@ -489,3 +489,17 @@ text = "posted"
     );
     assert!(posts(&t).last().unwrap().ends_with(":summary"));
 }
+
+#[test]
+fn an_abandoned_run_fails_with_its_reason_and_stops_its_timers() {
+    let mut h = Harness::new(FLOW);
+    to_gate(&mut h);
+    let t = abandon(&mut h.state, "the workflow no longer parses", t0());
+    assert_eq!(h.state.run.status, RunStatus::Failed);
+    assert!(h.state.timers.is_empty());
+    assert!(posts(&t).contains(&"run:7:summary".to_owned()));
+    assert!(
+        abandon(&mut h.state, "again", t0()).effects.is_empty(),
+        "once ended, nothing more"
+    );
+}
