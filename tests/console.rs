@@ -723,3 +723,48 @@ async fn a_click_delivered_twice_is_applied_once() {
         1
     );
 }
+
+const RESTRICTED: &str = r#"
+name = "deploy"
+description = "Deploy"
+[[trigger]]
+kind = "slash"
+command = "deploy"
+[permissions]
+users = ["ben"]
+channels = ["general"]
+[[step]]
+id = "say"
+kind = "notify"
+text = "deploying"
+"#;
+
+#[tokio::test]
+async fn someone_not_allowed_to_start_a_workflow_is_refused_privately_and_nothing_starts() {
+    let app = spawn(Spawn {
+        extra_workflows: vec![("deploy.toml", RESTRICTED.into())],
+        ..Default::default()
+    })
+    .await;
+    let body = app.say("ana", "general", "/deploy").await;
+    assert_eq!(
+        body["notices"],
+        json!(["You are not allowed to start /deploy here."])
+    );
+    assert!(body["started"].as_array().unwrap().is_empty());
+    let body = app.say("ben", "incidents", "/deploy").await;
+    assert_eq!(
+        body["notices"],
+        json!(["You are not allowed to start /deploy here."]),
+        "wrong channel"
+    );
+    let refused: Vec<_> = app
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "trigger.refused")
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[0]["actor"], "console:ana");
+    app.start_run("ben", "general", "/deploy").await;
+}

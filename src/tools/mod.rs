@@ -110,3 +110,43 @@ async fn response_value(
     let value = serde_json::json!({"status": status.as_u16(), "content_type": content_type, "body": body, "json": json, "truncated": cut});
     Ok((status, value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_tool_the_step_did_not_declare_is_refused() {
+        let tools = ToolBox::new(ToolSettings::default()).unwrap();
+        let err = tools
+            .call(
+                "webhook.post",
+                &json!({"endpoint": "pager", "body": {}}),
+                &["http.get".to_owned()],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ToolError::Refused(ref m) if m.contains("not declared")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unconfigured_webhook_endpoint_is_refused_with_what_to_set() {
+        let tools = ToolBox::new(ToolSettings::default()).unwrap();
+        let err = tools
+            .call(
+                "webhook.post",
+                &json!({"endpoint": "crm", "body": {}}),
+                &["webhook.post".to_owned()],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ToolError::Refused(ref m) if m.contains("BATON_WEBHOOKS")),
+            "{err}"
+        );
+    }
+}
