@@ -202,12 +202,7 @@ async fn a_non_approver_and_the_requester_are_refused_and_nothing_changes() {
         .unwrap();
     assert!(button(&still, "Approve").is_some(), "buttons remain");
 
-    let refusals: Vec<_> = app
-        .ledger()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "approval.refused")
-        .collect();
+    let refusals: Vec<_> = app.ledger_of("approval.refused").await;
     assert_eq!(refusals.len(), 2);
     assert_eq!(refusals[0]["actor"], "console:dee");
     assert!(
@@ -257,12 +252,7 @@ async fn double_and_concurrent_clicks_record_exactly_one_decision() {
         .any(|n| n.iter().any(|t| t == "You approved this step."));
     app.wait_for_status(run, if approved { "succeeded" } else { "rejected" })
         .await;
-    let decisions = app
-        .ledger()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "approval.decided")
-        .count();
+    let decisions = app.ledger_of("approval.decided").await.len();
     assert_eq!(decisions, 1);
 }
 
@@ -323,14 +313,7 @@ async fn an_approval_left_past_its_timeout_expires_as_rejected() {
         .click("ben", approval["id"].as_i64().unwrap(), "approve:1:approve")
         .await;
     assert_eq!(notices, vec!["This button is no longer active."]);
-    assert_eq!(
-        app.ledger()
-            .await
-            .iter()
-            .filter(|e| e["kind"] == "approval.expired")
-            .count(),
-        1
-    );
+    assert_eq!(app.ledger_of("approval.expired").await.len(), 1);
 }
 
 #[tokio::test]
@@ -526,34 +509,17 @@ async fn a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart()
         app.advance(Duration::minutes(5));
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
     }
-    assert_eq!(
-        app.ledger()
-            .await
-            .iter()
-            .filter(|e| e["kind"] == "schedule.fired")
-            .count(),
-        1
-    );
+    assert_eq!(app.ledger_of("schedule.fired").await.len(), 1);
 
     // Down over the next slot: it fires once at start-up, marked late.
     app.stop().await;
     app.advance(Duration::days(2));
     app.start().await;
     eventually("the missed slot to fire late", || async {
-        app.ledger()
-            .await
-            .iter()
-            .filter(|e| e["kind"] == "schedule.fired")
-            .count()
-            == 2
+        app.ledger_of("schedule.fired").await.len() == 2
     })
     .await;
-    let fired: Vec<_> = app
-        .ledger()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "schedule.fired")
-        .collect();
+    let fired: Vec<_> = app.ledger_of("schedule.fired").await;
     assert!(
         fired[1]["data"].as_str().unwrap().contains("\"late\":true"),
         "{fired:?}"
@@ -564,11 +530,7 @@ async fn a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart()
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(
-        app.ledger()
-            .await
-            .iter()
-            .filter(|e| e["kind"] == "schedule.fired")
-            .count(),
+        app.ledger_of("schedule.fired").await.len(),
         2,
         "two days missed, one late run"
     );
@@ -714,14 +676,7 @@ async fn a_click_delivered_twice_is_applied_once() {
         "{second}"
     );
     app.wait_for_status(run, "rejected").await;
-    assert_eq!(
-        app.ledger()
-            .await
-            .iter()
-            .filter(|e| e["kind"] == "approval.decided")
-            .count(),
-        1
-    );
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
 }
 
 const RESTRICTED: &str = r#"
@@ -758,12 +713,7 @@ async fn someone_not_allowed_to_start_a_workflow_is_refused_privately_and_nothin
         json!(["You are not allowed to start /deploy here."]),
         "wrong channel"
     );
-    let refused: Vec<_> = app
-        .ledger()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "trigger.refused")
-        .collect();
+    let refused: Vec<_> = app.ledger_of("trigger.refused").await;
     assert_eq!(refused.len(), 2);
     assert_eq!(refused[0]["actor"], "console:ana");
     app.start_run("ben", "general", "/deploy").await;

@@ -206,9 +206,12 @@ impl Drop for Bot {
     }
 }
 
-/// An upstream whose first request never answers in time (the process dies while waiting) and
-/// whose later requests answer at once.
-async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
+/// An upstream on loopback counting its requests: the first one answers after `first`, the
+/// others after `later`.
+async fn upstream(
+    first: std::time::Duration,
+    later: std::time::Duration,
+) -> (u16, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     let app = Router::new().route(
@@ -216,9 +219,8 @@ async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
         get(move || {
             let h = h.clone();
             async move {
-                if h.fetch_add(1, Ordering::SeqCst) == 0 {
-                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                }
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(if n == 0 { first } else { later }).await;
                 "upstream ok"
             }
         }),
@@ -227,6 +229,16 @@ async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (port, hits)
+}
+
+/// An upstream whose first request never answers in time (the process dies while waiting) and
+/// whose later requests answer at once.
+async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
+    upstream(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::ZERO,
+    )
+    .await
 }
 
 fn slow_workflow(port: u16) -> String {
@@ -506,30 +518,10 @@ fn audit_verify_finds_the_first_tampered_entry() {
     assert!(out.contains("broken at entry 3"), "{out}");
 }
 
-/// An upstream that answers every request after `delay`.
-async fn delayed_upstream(delay: std::time::Duration) -> (u16, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let app = Router::new().route(
-        "/slow",
-        get(move || {
-            let h = h.clone();
-            async move {
-                h.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(delay).await;
-                "upstream ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (port, hits)
-}
-
 #[tokio::test]
 async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
-    let (port, hits) = delayed_upstream(std::time::Duration::from_millis(700)).await;
+    let delay = std::time::Duration::from_millis(700);
+    let (port, hits) = upstream(delay, delay).await;
     let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
     bot.start().await;
     let run = bot.start_run("ana", "general", "/slow").await;

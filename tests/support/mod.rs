@@ -283,6 +283,15 @@ impl TestApp {
         out
     }
 
+    /// The ledger entries of one kind, oldest first.
+    pub async fn ledger_of(&self, kind: &str) -> Vec<Value> {
+        self.ledger()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
     pub fn advance(&self, by: chrono::Duration) {
         self.clock.advance(by);
     }
