@@ -3,6 +3,7 @@
 
 use crate::adapters::Platform;
 use crate::adapters::console::Console;
+use crate::adapters::slack::Slack;
 use crate::config::Settings;
 use crate::core::audit::Redactor;
 use crate::core::clock::Clock;
@@ -88,7 +89,13 @@ fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> Engi
         workers: settings.workers,
         poll_interval: settings.poll_interval,
         stall_after: settings.stall_after,
-        default_platform: "console".into(),
+        // Schedules post where people are: Slack when it is configured.
+        default_platform: if settings.slack.is_some() {
+            "slack"
+        } else {
+            "console"
+        }
+        .into(),
         shutdown_grace: settings.shutdown_grace,
     }
 }
@@ -115,7 +122,16 @@ pub async fn run(
         .healthcheck()
         .await
         .context("the console's store does not answer")?;
-    let platforms: Vec<Arc<dyn Platform>> = vec![console.clone()];
+    let mut platforms: Vec<Arc<dyn Platform>> = vec![console.clone()];
+    let slack = match &settings.slack {
+        Some(s) => {
+            let slack = Slack::new(s.clone())?;
+            slack.healthcheck().await?;
+            platforms.push(slack.clone());
+            Some(slack)
+        }
+        None => None,
+    };
     let engine = Engine::new(
         store,
         workflows.clone(),
@@ -134,6 +150,7 @@ pub async fn run(
     let state = AppState {
         engine,
         console,
+        slack,
         settings: Arc::new(settings),
         metrics,
         clock,

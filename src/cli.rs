@@ -47,6 +47,23 @@ pub enum Cmd {
     },
     /// Create or update the database schema, then exit.
     Migrate,
+    /// Slack helpers.
+    Slack {
+        #[command(subcommand)]
+        command: SlackCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlackCmd {
+    /// Print a Slack app manifest (JSON) with every slash command from the workflows, the bot
+    /// scopes, events and interactivity, for "Create New App → From an app manifest".
+    Manifest {
+        /// Baton's public HTTPS address for the Events API endpoints (default: BATON_PUBLIC_URL;
+        /// without either, the manifest is for Socket Mode).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +265,24 @@ pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<boo
                 eprintln!("wrote {count} entries to {}", path.display());
             }
             Ok(true)
+        }
+    }
+}
+
+/// `baton slack manifest`.
+pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
+    match command {
+        SlackCmd::Manifest { url } => {
+            let workflows = app::load_workflows(settings, &ToolCatalog::builtin())?;
+            let url = url.or_else(|| settings.public_url.clone());
+            if let Some(u) = &url
+                && !u.starts_with("https://")
+            {
+                anyhow::bail!("--url: Slack only sends requests to https:// addresses, not `{u}`");
+            }
+            let m = crate::adapters::slack::manifest::manifest(&workflows, url.as_deref());
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(())
         }
     }
 }

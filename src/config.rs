@@ -78,6 +78,101 @@ pub struct Settings {
     pub webhooks: BTreeMap<String, Secret>,
     /// `BATON_SECRETS`: extra values to redact from the ledger and logs.
     pub extra_secrets: Vec<Secret>,
+    /// Slack, when `SLACK_BOT_TOKEN` is set.
+    pub slack: Option<SlackSettings>,
+}
+
+/// How Baton reaches Slack.
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    /// `SLACK_BOT_TOKEN` (`xoxb-…`): the bot's Web API token.
+    pub bot_token: Secret,
+    /// `SLACK_APP_TOKEN` (`xapp-…`): the app-level token Socket Mode connects with.
+    pub app_token: Option<Secret>,
+    /// `SLACK_SIGNING_SECRET`: verifies requests to the Events API endpoints over HTTP.
+    pub signing_secret: Option<Secret>,
+    /// `SLACK_API_URL`: the Web API base URL, ending in `/`.
+    pub api_url: reqwest::Url,
+}
+
+impl SlackSettings {
+    fn from_lookup(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let Some(bot_token) = var("SLACK_BOT_TOKEN") else {
+            for other in ["SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"] {
+                if var(other).is_some() {
+                    return Err(ConfigError {
+                        setting: "SLACK_BOT_TOKEN",
+                        problem: format!("must be set too when {other} is set"),
+                    });
+                }
+            }
+            return Ok(None);
+        };
+        if !bot_token.starts_with("xoxb-") {
+            return Err(ConfigError {
+                setting: "SLACK_BOT_TOKEN",
+                problem: "must be a bot token starting with xoxb- (OAuth & Permissions → Bot User OAuth Token)".into(),
+            });
+        }
+        let app_token = var("SLACK_APP_TOKEN");
+        if app_token
+            .as_deref()
+            .is_some_and(|t| !t.starts_with("xapp-"))
+        {
+            return Err(ConfigError {
+                setting: "SLACK_APP_TOKEN",
+                problem: "must be an app-level token starting with xapp- (Basic Information → App-Level Tokens, scope connections:write)".into(),
+            });
+        }
+        let signing_secret = var("SLACK_SIGNING_SECRET");
+        if signing_secret.is_none() {
+            return Err(ConfigError {
+                setting: "SLACK_SIGNING_SECRET",
+                problem: match app_token {
+                    // Socket Mode is the next increment; until then the Events API is the way in.
+                    Some(_) => "must be set: this version receives Slack events over HTTP (Events API); Socket Mode is not available yet".into(),
+                    None => "must be set (Basic Information → Signing Secret) so Baton can verify Slack's requests".into(),
+                },
+            });
+        }
+        let api_text = var("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api/".into());
+        let mut api_url = reqwest::Url::parse(&api_text).map_err(|_| ConfigError {
+            setting: "SLACK_API_URL",
+            problem: format!("`{api_text}` is not a URL"),
+        })?;
+        let loopback = match api_url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        match api_url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(ConfigError {
+                    setting: "SLACK_API_URL",
+                    problem: "http:// is accepted only for loopback addresses; use https://".into(),
+                });
+            }
+            other => {
+                return Err(ConfigError {
+                    setting: "SLACK_API_URL",
+                    problem: format!("scheme `{other}` is not http or https"),
+                });
+            }
+        }
+        if !api_url.path().ends_with('/') {
+            let path = format!("{}/", api_url.path());
+            api_url.set_path(&path);
+        }
+        Ok(Some(Self {
+            bot_token: Secret::new(bot_token),
+            app_token: app_token.map(Secret::new),
+            signing_secret: signing_secret.map(Secret::new),
+            api_url,
+        }))
+    }
 }
 
 impl Settings {
@@ -231,6 +326,7 @@ impl Settings {
                 allow_private,
             },
             webhooks,
+            slack: SlackSettings::from_lookup(&var)?,
             extra_secrets: list("BATON_SECRETS", "")
                 .into_iter()
                 .map(Secret::new)
@@ -245,11 +341,19 @@ impl Settings {
 
     /// Every secret value, for the ledger's redactor.
     pub fn secrets(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .webhooks
-            .values()
-            .map(|s| s.expose().to_owned())
-            .collect();
+        let slack = self
+            .slack
+            .iter()
+            .flat_map(|s| {
+                [
+                    Some(&s.bot_token),
+                    s.app_token.as_ref(),
+                    s.signing_secret.as_ref(),
+                ]
+            })
+            .flatten();
+        let mut out: Vec<String> = slack.map(|s| s.expose().to_owned()).collect();
+        out.extend(self.webhooks.values().map(|s| s.expose().to_owned()));
         out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
         out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));
         // A database URL carries a password only with a scheme like postgres://user:pw@host.
@@ -332,6 +436,52 @@ mod tests {
             let err = settings(&[(k, v)]).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
         }
+    }
+
+    #[test]
+    fn slack_settings_are_checked_and_the_api_url_must_be_https_unless_loopback() {
+        let base = [("SLACK_BOT_TOKEN", "xoxb-1"), ("SLACK_SIGNING_SECRET", "s")];
+        let with = |extra: &[(&'static str, &'static str)]| settings(&[&base[..], extra].concat());
+        let s = with(&[]).unwrap().slack.unwrap();
+        assert_eq!(s.api_url.as_str(), "https://slack.com/api/");
+        assert_eq!(
+            with(&[("SLACK_API_URL", "http://127.0.0.1:9/api")])
+                .unwrap()
+                .slack
+                .unwrap()
+                .api_url
+                .as_str(),
+            "http://127.0.0.1:9/api/"
+        );
+        assert_eq!(
+            with(&[("SLACK_API_URL", "http://proxy.internal/api/")])
+                .unwrap_err()
+                .setting,
+            "SLACK_API_URL"
+        );
+        assert_eq!(
+            settings(&[("SLACK_BOT_TOKEN", "xoxp-user")])
+                .unwrap_err()
+                .setting,
+            "SLACK_BOT_TOKEN"
+        );
+        assert_eq!(
+            settings(&[("SLACK_BOT_TOKEN", "xoxb-1")])
+                .unwrap_err()
+                .setting,
+            "SLACK_SIGNING_SECRET"
+        );
+        assert_eq!(
+            settings(&[("SLACK_SIGNING_SECRET", "s")])
+                .unwrap_err()
+                .setting,
+            "SLACK_BOT_TOKEN"
+        );
+        assert_eq!(
+            with(&[("SLACK_APP_TOKEN", "xoxb-no")]).unwrap_err().setting,
+            "SLACK_APP_TOKEN"
+        );
+        assert!(with(&[]).unwrap().secrets().contains(&"xoxb-1".to_owned()));
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Cmd::Runs { command } => cli::runs(&settings, command).await.map(|_| true),
             Cmd::Audit { command } => cli::audit(&settings, command).await,
             Cmd::Migrate => cli::migrate(&settings).await.map(|_| true),
+            Cmd::Slack { command } => cli::slack(&settings, command).map(|_| true),
         }
     });
     match result {

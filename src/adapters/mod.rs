@@ -3,6 +3,7 @@
 //! payloads to core events), and its settings in `crate::config`.
 
 pub mod console;
+pub mod slack;
 
 use crate::store::OutboxEntry;
 use async_trait::async_trait;

@@ -17,6 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("a valid console token is required")]
     Unauthorized,
+    /// A platform request whose signature does not check out.
+    #[error("invalid signature")]
+    BadSignature,
     #[error("the request is too large")]
     TooLarge,
     #[error(transparent)]
@@ -50,7 +53,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadSignature => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "request failed");

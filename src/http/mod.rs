@@ -25,6 +25,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub console: Arc<Console>,
+    /// Slack, when configured.
+    pub slack: Option<Arc<crate::adapters::slack::Slack>>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
@@ -34,9 +36,16 @@ pub struct AppState {
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
+    // Slack signs its requests; the console token does not apply to them.
     let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    // Slack signs its requests itself; the console token does not apply to them.
+    let open = if state.slack.is_some() {
+        open.merge(crate::adapters::slack::inbound::routes())
+    } else {
+        open
+    };
     let guarded = console::inbound::routes()
         .merge(console::pages::routes())
         .route("/metrics", get(metrics_text))

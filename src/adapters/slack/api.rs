@@ -1,0 +1,123 @@
+//! A small Slack Web API client over reqwest: JSON in, JSON out, Slack's error codes and 429s
+//! turned into typed errors. The request and response shapes are Slack's own (see the method
+//! docs at api.slack.com/methods).
+
+use crate::config::Secret;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Why a Web API call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SlackError {
+    /// HTTP 429: wait as long as Slack says.
+    #[error("rate limited by Slack (retry after {0:?})")]
+    RateLimited(Duration),
+    /// `"ok": false` with Slack's error code, such as `channel_not_found`.
+    #[error("Slack answered `{0}`")]
+    Api(String),
+    /// Network trouble or a 5xx: worth trying again.
+    #[error("Slack could not be reached: {0}")]
+    Transport(String),
+}
+
+impl SlackError {
+    /// Errors that no retry will fix. Unknown codes count as permanent, so an unexpected
+    /// answer is reported in the run rather than retried forever.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SlackError::RateLimited(_) | SlackError::Transport(_) => false,
+            SlackError::Api(code) => !matches!(
+                code.as_str(),
+                "ratelimited"
+                    | "internal_error"
+                    | "fatal_error"
+                    | "service_unavailable"
+                    | "request_timeout"
+                    | "team_added_to_org"
+            ),
+        }
+    }
+}
+
+/// The Web API client.
+#[derive(Clone)]
+pub struct SlackApi {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token: Secret,
+}
+
+impl SlackApi {
+    pub fn new(base: reqwest::Url, token: Secret) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
+    /// The host the Web API lives on, for checking `response_url`s in tests behind the seam.
+    pub fn host(&self) -> Option<&str> {
+        self.base.host_str()
+    }
+
+    /// Calls a Web API method with a JSON body; returns the response when `ok` is true.
+    pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
+        let url = self
+            .base
+            .join(method)
+            .map_err(|e| SlackError::Transport(e.to_string()))?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.as_u16() == 429 {
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            return Err(SlackError::RateLimited(Duration::from_secs(wait)));
+        }
+        if status.is_server_error() {
+            return Err(SlackError::Transport(format!("HTTP {status}")));
+        }
+        let value: Value = response.json().await.map_err(|e| {
+            SlackError::Transport(format!("unreadable answer: {}", e.without_url()))
+        })?;
+        if value.get("ok").and_then(Value::as_bool) == Some(true) {
+            Ok(value)
+        } else {
+            let code = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown_error");
+            Err(SlackError::Api(code.to_owned()))
+        }
+    }
+
+    /// Posts a private reply to a slash command or an interaction through its `response_url`.
+    pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), SlackError> {
+        let body = serde_json::json!({"response_type": "ephemeral", "replace_original": false, "text": text});
+        let r = self
+            .http
+            .post(response_url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
+        if r.status().as_u16() == 429 {
+            return Err(SlackError::RateLimited(Duration::from_secs(1)));
+        }
+        if !r.status().is_success() {
+            return Err(SlackError::Transport(format!("HTTP {}", r.status())));
+        }
+        Ok(())
+    }
+}

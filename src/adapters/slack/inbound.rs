@@ -1,0 +1,301 @@
+//! The Events API over HTTP: `/slack/events`, `/slack/commands`, `/slack/interactions`.
+//!
+//! Every request's signature is checked (HMAC-SHA256 over `v0:timestamp:body`, constant-time
+//! compare, at most five minutes old) before anything is parsed or stored. The answer goes back
+//! at once; the work continues in the background and private replies go to the request's
+//! `response_url`.
+
+use super::Slack;
+use crate::core::event::{Actor, ConversationRef, EventKind, InboundEvent};
+use crate::core::ids::ActionId;
+use crate::engine::Engine;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use slack_morphism::prelude::*;
+use slack_morphism::signature_verifier::{
+    SlackEventSignatureVerifier, SlackEventSignatureVerifierError,
+};
+use std::sync::Arc;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/slack/events", post(events))
+        .route("/slack/commands", post(commands))
+        .route("/slack/interactions", post(interactions))
+}
+
+/// Checks the signature; returns the body as text. A refusal is logged without the body.
+fn verify(slack: &Slack, headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let refuse = |why: &str| {
+        tracing::warn!(why, bytes = body.len(), "refused a Slack request");
+        ApiError::BadSignature
+    };
+    let Some(secret) = &slack.settings.signing_secret else {
+        return Err(refuse("no signing secret is configured"));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(signature), Some(timestamp)) = (
+        header(SlackEventSignatureVerifier::SLACK_SIGNED_HASH_HEADER),
+        header(SlackEventSignatureVerifier::SLACK_SIGNED_TIMESTAMP),
+    ) else {
+        return Err(refuse("unsigned"));
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(refuse("body is not UTF-8"));
+    };
+    let verifier =
+        SlackEventSignatureVerifier::new(&SlackSigningSecret::new(secret.expose().to_owned()));
+    match verifier.verify(signature, text, timestamp) {
+        Ok(()) => Ok(text.to_owned()),
+        Err(SlackEventSignatureVerifierError::WrongSignatureError(_)) => {
+            Err(refuse("wrong signature"))
+        }
+        Err(_) => Err(refuse("stale or malformed timestamp")),
+    }
+}
+
+fn slack_of(state: &AppState) -> Result<Arc<Slack>, ApiError> {
+    state
+        .slack
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("Slack is not configured".into()))
+}
+
+fn actor(user: &str, is_bot: bool) -> Actor {
+    Actor {
+        platform: "slack".into(),
+        id: user.to_owned(),
+        display: user.to_owned(),
+        is_bot,
+    }
+}
+
+/// Handles an event in the background and sends any private notices to `response_url`.
+fn handle_later(
+    engine: Arc<Engine>,
+    slack: Arc<Slack>,
+    event: InboundEvent,
+    response_url: Option<String>,
+) {
+    tokio::spawn(async move {
+        let id = event.id.clone();
+        match engine.handle(event).await {
+            Ok(response) => {
+                let Some(url) = response_url else { return };
+                for notice in response.notices {
+                    if !allowed_response_url(&slack, &url) {
+                        tracing::warn!("ignored a response_url outside Slack");
+                        return;
+                    }
+                    if let Err(e) = slack.api.respond(&url, &notice).await {
+                        tracing::warn!(error = %e, event = %id, "could not send a private reply to Slack");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, event = %id, "could not handle a Slack event"),
+        }
+    });
+}
+
+/// Private replies only go to Slack (or to the Web API's host when `SLACK_API_URL` points
+/// elsewhere), never to an address a forged payload names.
+fn allowed_response_url(slack: &Slack, url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default();
+    (u.scheme() == "https" && (host == "slack.com" || host.ends_with(".slack.com")))
+        || Some(host) == slack.api.host()
+}
+
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let slack = slack_of(&state)?;
+    let text = verify(&slack, &headers, &body)?;
+    let push: SlackPushEvent = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => return Err(ApiError::BadRequest(format!("unreadable event: {e}"))),
+    };
+    Ok(match push {
+        SlackPushEvent::UrlVerification(v) => {
+            axum::Json(serde_json::json!({"challenge": v.challenge})).into_response()
+        }
+        SlackPushEvent::EventCallback(cb) => {
+            if let Some(event) = message_event(&slack, &cb.event) {
+                handle_later(state.engine.clone(), slack, event, None);
+            }
+            StatusCode::OK.into_response()
+        }
+        SlackPushEvent::AppRateLimited(_) => {
+            tracing::warn!("Slack is rate-limiting event deliveries to this app");
+            StatusCode::OK.into_response()
+        }
+    })
+}
+
+/// A channel message or a mention as a core event. Both event types carry the message's
+/// `channel` and `ts`, which form the event id: a message delivered as `message` and as
+/// `app_mention`, or redelivered by Slack, starts each workflow at most once.
+fn message_event(slack: &Slack, body: &SlackEventCallbackBody) -> Option<InboundEvent> {
+    let me = slack
+        .identity()
+        .map(|i| i.user_id.clone())
+        .unwrap_or_default();
+    let (user, is_bot, channel, text, ts, thread) = match body {
+        SlackEventCallbackBody::Message(m) => {
+            // Edits, joins, deletions and the like are not new messages.
+            if m.subtype.is_some() {
+                return None;
+            }
+            let user = m.sender.user.as_ref().map(|u| u.0.clone())?;
+            let text = m
+                .content
+                .as_ref()
+                .and_then(|c| c.text.clone())
+                .unwrap_or_default();
+            (
+                user,
+                m.sender.bot_id.is_some(),
+                m.origin.channel.as_ref()?.0.clone(),
+                text,
+                m.origin.ts.0.clone(),
+                m.origin.thread_ts.as_ref().map(|t| t.0.clone()),
+            )
+        }
+        SlackEventCallbackBody::AppMention(a) => (
+            a.user.0.clone(),
+            false,
+            a.channel.0.clone(),
+            a.content.text.clone().unwrap_or_default(),
+            a.origin.ts.0.clone(),
+            a.origin.thread_ts.as_ref().map(|t| t.0.clone()),
+        ),
+        _ => return None,
+    };
+    // The bot never reacts to itself.
+    if user == me {
+        return None;
+    }
+    let mentions_bot = !me.is_empty() && text.contains(&format!("<@{me}>"));
+    // A reply in a thread carries the thread's ts; a top-level message has none (or its own).
+    let thread = thread
+        .filter(|t| *t != ts)
+        .map(|t| format!("{channel}:{t}"));
+    Some(InboundEvent {
+        id: format!("slack:msg:{channel}:{ts}"),
+        actor: actor(&user, is_bot),
+        conversation: ConversationRef {
+            platform: "slack".into(),
+            channel,
+            thread,
+        },
+        kind: EventKind::Message { text, mentions_bot },
+    })
+}
+
+/// The fields of a slash command Baton reads (Slack sends more).
+#[derive(Deserialize)]
+struct Command {
+    command: String,
+    #[serde(default)]
+    text: String,
+    user_id: String,
+    channel_id: String,
+    response_url: String,
+    trigger_id: String,
+}
+
+async fn commands(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let slack = slack_of(&state)?;
+    let text = verify(&slack, &headers, &body)?;
+    let Ok(cmd) = serde_urlencoded::from_str::<Command>(&text) else {
+        return Err(ApiError::BadRequest("unreadable slash command".into()));
+    };
+    let event = InboundEvent {
+        id: format!("slack:cmd:{}", cmd.trigger_id),
+        actor: actor(&cmd.user_id, false),
+        conversation: ConversationRef {
+            platform: "slack".into(),
+            channel: cmd.channel_id,
+            thread: None,
+        },
+        kind: EventKind::Slash {
+            command: cmd.command.trim_start_matches('/').to_owned(),
+            text: cmd.text,
+        },
+    };
+    handle_later(state.engine.clone(), slack, event, Some(cmd.response_url));
+    // An empty 200 acknowledges within Slack's three seconds; replies follow.
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct InteractionForm {
+    payload: String,
+}
+
+async fn interactions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let slack = slack_of(&state)?;
+    let text = verify(&slack, &headers, &body)?;
+    let Ok(form) = serde_urlencoded::from_str::<InteractionForm>(&text) else {
+        return Err(ApiError::BadRequest("unreadable interaction".into()));
+    };
+    let Ok(SlackInteractionEvent::BlockActions(ev)) =
+        serde_json::from_str::<SlackInteractionEvent>(&form.payload)
+    else {
+        // Other interaction kinds (shortcuts, modals) are not used yet.
+        return Ok(StatusCode::OK);
+    };
+    let Some(user) = ev.user.as_ref().map(|u| u.id.0.clone()) else {
+        return Ok(StatusCode::OK);
+    };
+    let channel = ev
+        .channel
+        .as_ref()
+        .map(|c| c.id.0.clone())
+        .unwrap_or_default();
+    for action in ev.actions.iter().flatten() {
+        let Ok(parsed) = action.action_id.0.parse::<ActionId>() else {
+            continue;
+        };
+        // The trigger id is unique per click: a click delivered twice is applied once.
+        let event = InboundEvent {
+            id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
+            actor: actor(&user, false),
+            conversation: ConversationRef {
+                platform: "slack".into(),
+                channel: channel.clone(),
+                thread: None,
+            },
+            kind: EventKind::Action {
+                action: parsed,
+                reason: None,
+            },
+        };
+        handle_later(
+            state.engine.clone(),
+            slack.clone(),
+            event,
+            ev.response_url.as_ref().map(|u| u.0.to_string()),
+        );
+    }
+    Ok(StatusCode::OK)
+}

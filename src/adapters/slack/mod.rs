@@ -1,0 +1,130 @@
+//! Slack: the bot's Web API calls (outbound, through the outbox) and the Events API endpoints
+//! (inbound, in `inbound.rs`). Same shape as the console adapter; the core does not know Slack.
+//!
+//! Message references are `CHANNEL_ID:TS`, which is what `chat.update` and `thread_ts` need.
+
+pub mod api;
+pub mod blocks;
+pub mod inbound;
+pub mod manifest;
+
+use super::{DeliveryError, Platform};
+use crate::config::SlackSettings;
+use crate::store::{OutboxEntry, OutboxOp};
+use anyhow::Context as _;
+use api::{SlackApi, SlackError};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use std::sync::{Arc, OnceLock};
+
+/// Who Baton is in the workspace, from `auth.test`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub team: String,
+    pub team_id: String,
+    pub user_id: String,
+    pub bot_id: Option<String>,
+}
+
+/// The Slack platform.
+pub struct Slack {
+    pub(crate) api: SlackApi,
+    pub(crate) settings: SlackSettings,
+    identity: OnceLock<Identity>,
+}
+
+impl Slack {
+    pub fn new(settings: SlackSettings) -> anyhow::Result<Arc<Self>> {
+        let api = SlackApi::new(settings.api_url.clone(), settings.bot_token.clone())?;
+        Ok(Arc::new(Self {
+            api,
+            settings,
+            identity: OnceLock::new(),
+        }))
+    }
+
+    /// The bot's identity once `healthcheck` ran.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+}
+
+fn delivery_error(e: SlackError) -> DeliveryError {
+    match e {
+        SlackError::RateLimited(wait) => DeliveryError::Transient {
+            message: e.to_string(),
+            retry_after: Some(wait),
+        },
+        e if e.is_permanent() => DeliveryError::Permanent(e.to_string()),
+        e => DeliveryError::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        },
+    }
+}
+
+/// Splits `CHANNEL:TS`.
+fn split_ref(reference: &str) -> Result<(&str, &str), DeliveryError> {
+    reference.split_once(':').ok_or_else(|| {
+        DeliveryError::Permanent(format!("`{reference}` is not a Slack message reference"))
+    })
+}
+
+#[async_trait]
+impl Platform for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
+        let (text, blocks) = blocks::render(&entry.message);
+        match entry.op {
+            OutboxOp::Post => {
+                let mut body = json!({"channel": entry.channel, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
+                if let Some(thread) = &entry.thread_ref {
+                    body["thread_ts"] = Value::String(split_ref(thread)?.1.to_owned());
+                }
+                let answer = self
+                    .api
+                    .call("chat.postMessage", &body)
+                    .await
+                    .map_err(delivery_error)?;
+                let channel = answer["channel"].as_str().unwrap_or(&entry.channel);
+                let ts = answer["ts"].as_str().ok_or_else(|| {
+                    DeliveryError::Permanent("chat.postMessage answered without a ts".into())
+                })?;
+                Ok(format!("{channel}:{ts}"))
+            }
+            OutboxOp::Edit => {
+                let target = entry.target_ref.as_deref().unwrap_or_default();
+                let (channel, ts) = split_ref(target)?;
+                let body = json!({"channel": channel, "ts": ts, "text": text, "blocks": blocks});
+                self.api
+                    .call("chat.update", &body)
+                    .await
+                    .map_err(delivery_error)?;
+                Ok(target.to_owned())
+            }
+        }
+    }
+
+    /// Calls `auth.test`: a bad token stops start-up with Slack's reason.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        let answer = self.api.call("auth.test", &json!({})).await.map_err(|e| match e {
+            SlackError::Api(code) if matches!(code.as_str(), "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked" | "token_expired") => {
+                anyhow::anyhow!("SLACK_BOT_TOKEN: Slack refused the token ({code}); copy the Bot User OAuth Token from the app's OAuth & Permissions page")
+            }
+            other => anyhow::anyhow!("SLACK_BOT_TOKEN: auth.test failed: {other}"),
+        })?;
+        let field = |k: &str| answer[k].as_str().map(str::to_owned);
+        let identity = Identity {
+            team: field("team").unwrap_or_default(),
+            team_id: field("team_id").unwrap_or_default(),
+            user_id: field("user_id").context("auth.test answered without a user_id")?,
+            bot_id: field("bot_id"),
+        };
+        tracing::info!(team = %identity.team, bot_user = %identity.user_id, "connected to Slack");
+        let _ = self.identity.set(identity);
+        Ok(())
+    }
+}

@@ -1,0 +1,530 @@
+//! Slack over the Events API (HTTP), against a fake Slack speaking the real wire formats:
+//! signed slash commands, events and button clicks in; Web API calls out.
+
+mod support;
+
+#[path = "support/fake_slack.rs"]
+mod fake_slack;
+
+use chrono::Duration;
+use fake_slack::{BOT_TOKEN, BOT_USER, FakeSlack, SIGNING_SECRET, now, sign};
+use serde_json::{Value, json};
+use support::*;
+
+const APPROVE: &str = r#"
+name = "ship"
+description = "Ship a release"
+title = "Ship {{ input.version }}"
+[[trigger]]
+kind = "slash"
+command = "ship"
+args = [{ name = "version", required = true }]
+[[trigger]]
+kind = "message"
+pattern = 'ship it: (?P<version>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["UBEN0001"]
+message = "Ship {{ input.version }} to production?"
+timeout = "1h"
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["gate"]
+text = "Shipped {{ input.version }}."
+"#;
+
+async fn slack_app(fake: &FakeSlack) -> TestApp {
+    spawn(Spawn {
+        extra_workflows: vec![("ship.toml", APPROVE.into())],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+/// POSTs a body to Baton signed as Slack would, `age` seconds ago.
+async fn signed(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    age: i64,
+    secret: &str,
+) -> reqwest::Response {
+    let (sig, ts) = sign(body, now() - age, secret);
+    app.http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", content_type)
+        .header("x-slack-signature", sig)
+        .header("x-slack-request-timestamp", ts)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap()
+}
+
+async fn slash(app: &TestApp, fake: &FakeSlack, user: &str, text: &str, trigger: &str) -> u16 {
+    let (command, args) = text.split_once(' ').unwrap_or((text, ""));
+    let body = form(&[
+        ("token", "legacy"),
+        ("team_id", "T0ACME"),
+        ("team_domain", "acme"),
+        ("channel_id", "C0GENERAL"),
+        ("channel_name", "general"),
+        ("user_id", user),
+        ("user_name", "someone"),
+        ("command", command),
+        ("text", args),
+        ("api_app_id", "A0BATON"),
+        ("response_url", &fake.response_url(trigger)),
+        ("trigger_id", trigger),
+    ]);
+    signed(
+        app,
+        "/slack/commands",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+async fn click(
+    app: &TestApp,
+    fake: &FakeSlack,
+    user: &str,
+    action: &str,
+    message_ts: &str,
+    trigger: &str,
+) -> u16 {
+    let payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T0ACME", "domain": "acme"},
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0ACME"},
+        "api_app_id": "A0BATON",
+        "token": "legacy",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": "C0GENERAL", "is_ephemeral": false},
+        "trigger_id": trigger,
+        "channel": {"id": "C0GENERAL", "name": "general"},
+        "response_url": fake.response_url(trigger),
+        "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": action, "action_ts": "1700000100.000200"}]
+    });
+    let body = form(&[("payload", &payload.to_string())]);
+    signed(
+        app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+fn event(event_id: &str, event: Value) -> String {
+    json!({"token": "legacy", "team_id": "T0ACME", "api_app_id": "A0BATON", "event": event, "type": "event_callback", "event_id": event_id, "event_time": 1700000000, "authorizations": []}).to_string()
+}
+
+fn blocks_text(body: &Value) -> String {
+    body["blocks"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| x["text"]["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn action_ids(body: &Value) -> Vec<String> {
+    body["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["action_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The first top-level post containing `needle`, with its ts.
+async fn root_post(fake: &FakeSlack, needle: &str) -> (String, Value) {
+    eventually_some(&format!("a root post with `{needle}`"), || async {
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"].is_null() && b["text"].as_str().unwrap_or_default().contains(needle)
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_signed_slash_command_runs_to_the_end_with_a_thread_and_block_kit_approval() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/ship 1.4.2", "T1.1").await,
+        200
+    );
+    // Acknowledged at once; the run goes on in the background.
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    let (root_ts, root) = root_post(&fake, "Ship 1.4.2").await;
+    assert_eq!(root["channel"], "C0GENERAL");
+    assert!(
+        root["text"]
+            .as_str()
+            .unwrap()
+            .contains("started by <@UANA0001>"),
+        "{root}"
+    );
+    let (approval_ts, approval) = eventually_some("the approval request in the thread", || async {
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("Approval needed")
+        })
+    })
+    .await;
+    assert!(blocks_text(&approval).contains("Ship 1.4.2 to production?"));
+    assert_eq!(
+        action_ids(&approval),
+        vec!["approve:1:gate", "reject:1:gate"]
+    );
+
+    // Not an approver: a private notice through response_url, nothing changes.
+    assert_eq!(
+        click(
+            &app,
+            &fake,
+            "UDEE0001",
+            "approve:1:gate",
+            &approval_ts,
+            "T2.1"
+        )
+        .await,
+        200
+    );
+    eventually("the private notice", || async {
+        fake.responses().iter().any(|r| {
+            r["text"] == "You are not an approver for this step."
+                && r["response_type"] == "ephemeral"
+        })
+    })
+    .await;
+    assert_eq!(app.run_status(1).await, "waiting_approval");
+
+    // The approver decides; the request message is edited and loses its buttons.
+    assert_eq!(
+        click(
+            &app,
+            &fake,
+            "UBEN0001",
+            "approve:1:gate",
+            &approval_ts,
+            "T3.1"
+        )
+        .await,
+        200
+    );
+    app.wait_for_status(1, "succeeded").await;
+    let edited = eventually_some("the approval message edited", || async {
+        fake.calls("chat.update").into_iter().find(|b| {
+            b["ts"] == approval_ts.as_str() && blocks_text(b).contains("Approved by <@UBEN0001> at")
+        })
+    })
+    .await;
+    assert!(action_ids(&edited).is_empty(), "buttons are gone: {edited}");
+    eventually("the summary in the thread", || async {
+        fake.thread(&root_ts).iter().any(|b| {
+            b["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Run 1 *done*")
+        })
+    })
+    .await;
+    eventually("the root edited to done", || async {
+        fake.calls("chat.update").iter().any(|b| {
+            b["ts"] == root_ts.as_str()
+                && b["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Status: *done*")
+        })
+    })
+    .await;
+
+    // The same click delivered again records nothing more.
+    assert_eq!(
+        click(
+            &app,
+            &fake,
+            "UBEN0001",
+            "approve:1:gate",
+            &approval_ts,
+            "T3.1"
+        )
+        .await,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
+}
+
+#[tokio::test]
+async fn forged_stale_and_unsigned_requests_are_refused_and_change_nothing() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    let body = form(&[
+        ("command", "/ship"),
+        ("text", "9.9.9"),
+        ("user_id", "UANA0001"),
+        ("channel_id", "C0GENERAL"),
+        ("response_url", &fake.response_url("x")),
+        ("trigger_id", "T9"),
+    ]);
+    let forged = signed(
+        &app,
+        "/slack/commands",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        "not-the-secret",
+    )
+    .await;
+    assert_eq!(forged.status().as_u16(), 401);
+    let stale = signed(
+        &app,
+        "/slack/commands",
+        "application/x-www-form-urlencoded",
+        &body,
+        6 * 60,
+        SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(stale.status().as_u16(), 401);
+    let unsigned = app
+        .http
+        .post(format!("{}/slack/commands", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    // A valid signature over a different body does not carry over.
+    let (sig, ts) = sign("something else", now(), SIGNING_SECRET);
+    let swapped = app
+        .http
+        .post(format!("{}/slack/commands", app.base))
+        .header("x-slack-signature", sig)
+        .header("x-slack-request-timestamp", ts)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(swapped.status().as_u16(), 401);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(fake.calls("chat.postMessage").is_empty());
+    assert!(app.ledger().await.is_empty());
+}
+
+#[tokio::test]
+async fn url_verification_is_answered_with_the_challenge() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    let body = json!({"token": "legacy", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"}).to_string();
+    let r = signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_message_starts_one_run_however_often_it_is_delivered() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    let message = json!({"type": "message", "channel": "C0GENERAL", "user": "UANA0001", "text": "ship it: 2.0.0", "ts": "1700000050.000100", "channel_type": "channel"});
+    for (id, retry) in [("Ev01", 0), ("Ev01", 1), ("Ev01", 2)] {
+        let body = event(id, message.clone());
+        let (sig, ts) = sign(&body, now(), SIGNING_SECRET);
+        let r = app
+            .http
+            .post(format!("{}/slack/events", app.base))
+            .header("content-type", "application/json")
+            .header("x-slack-signature", sig)
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-retry-num", retry.to_string())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    root_post(&fake, "Ship 2.0.0").await;
+    // The bot's own message and other bots' are ignored.
+    let own = json!({"type": "message", "channel": "C0GENERAL", "user": BOT_USER, "text": "ship it: 6.6.6", "ts": "1700000060.000100"});
+    signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &event("Ev02", own),
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    let bot = json!({"type": "message", "channel": "C0GENERAL", "user": "UOTHERBOT", "bot_id": "B0OTHER", "text": "ship it: 7.7.7", "ts": "1700000070.000100"});
+    signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &event("Ev03", bot),
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_slash_arguments_get_the_usage_privately() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship", "T5.1").await, 200);
+    eventually("the usage text", || async {
+        fake.responses().iter().any(|r| {
+            r["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Usage: /ship <version>")
+        })
+    })
+    .await;
+    assert!(fake.calls("chat.postMessage").is_empty());
+}
+
+#[tokio::test]
+async fn a_429_storm_delays_posts_without_losing_or_reordering_any() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    fake.state.lock().unwrap().rate_limit = 4;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/ship 3.0.0", "T6.1").await,
+        200
+    );
+    for _ in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        app.advance(Duration::seconds(3));
+    }
+    let (root_ts, _) = root_post(&fake, "Ship 3.0.0").await;
+    let posts = fake.posts();
+    assert_eq!(posts[0].0, root_ts, "the root went first");
+    assert!(
+        posts[1..]
+            .iter()
+            .all(|(_, p)| p["thread_ts"] == root_ts.as_str()),
+        "replies follow in its thread"
+    );
+    eventually("the approval request despite the storm", || async {
+        fake.thread(&root_ts)
+            .iter()
+            .any(|b| blocks_text(b).contains("Approval needed"))
+    })
+    .await;
+    let failures = app.ledger_of("post.failed").await;
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[tokio::test]
+async fn a_missing_channel_is_reported_in_the_run_and_the_ledger() {
+    let fake = FakeSlack::start().await;
+    fake.state
+        .lock()
+        .unwrap()
+        .missing_channels
+        .insert("C0GENERAL".into());
+    let app = slack_app(&fake).await;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/ship 4.0.0", "T7.1").await,
+        200
+    );
+    let failed = eventually_some("post.failed in the ledger", || async {
+        app.ledger_of("post.failed").await.into_iter().next()
+    })
+    .await;
+    assert!(
+        failed["data"]
+            .as_str()
+            .unwrap()
+            .contains("channel_not_found"),
+        "{failed}"
+    );
+    let (_, page) = app.get("/runs/1").await;
+    assert!(
+        page.contains("channel_not_found"),
+        "the run's page shows it"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_token_stops_start_up_saying_what_to_fix() {
+    let fake = FakeSlack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("commands")).unwrap();
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("b.db").display()),
+        ),
+        (
+            "BATON_COMMANDS_DIR",
+            dir.path().join("commands").display().to_string(),
+        ),
+        ("SLACK_BOT_TOKEN", "xoxb-wrong".to_owned()),
+        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
+        ("SLACK_API_URL", fake.api_url()),
+    ];
+    let settings = baton::config::Settings::from_lookup(|k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
+        std::sync::Arc::new(baton::core::clock::SystemClock::default());
+    let err = baton::app::run(settings, listener, clock, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("SLACK_BOT_TOKEN: Slack refused the token (invalid_auth)"),
+        "{err:#}"
+    );
+}

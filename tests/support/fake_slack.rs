@@ -1,0 +1,196 @@
+//! A fake Slack on loopback speaking the Web API's wire format (JSON over POST with a bearer
+//! token, `{"ok": false, "error": …}` failures, HTTP 429 with `Retry-After`), plus a
+//! `response_url` sink, and helpers to sign requests the way Slack does.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+pub const BOT_TOKEN: &str = "xoxb-test-token";
+pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const BOT_USER: &str = "UBATON01";
+
+/// One Web API call the bot made.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub body: Value,
+    /// The message's ts: assigned for a post, the target for an update.
+    pub ts: String,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub calls: Vec<Call>,
+    pub responses: Vec<Value>,
+    pub next_ts: u64,
+    /// The next this many posts answer 429.
+    pub rate_limit: u32,
+    pub missing_channels: HashSet<String>,
+}
+
+#[derive(Clone)]
+pub struct FakeSlack {
+    pub state: Arc<Mutex<FakeState>>,
+    pub base: String,
+}
+
+impl FakeSlack {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(FakeState {
+            next_ts: 1,
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/api/{method}", post(api))
+            .route("/response/{id}", post(response))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { state, base }
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("{}/api/", self.base)
+    }
+
+    pub fn response_url(&self, id: &str) -> String {
+        format!("{}/response/{id}", self.base)
+    }
+
+    pub fn calls(&self, method: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .map(|c| c.body.clone())
+            .collect()
+    }
+
+    pub fn responses(&self) -> Vec<Value> {
+        self.state.lock().unwrap().responses.clone()
+    }
+
+    /// Every post with the ts it was given, in order.
+    pub fn posts(&self) -> Vec<(String, Value)> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage")
+            .map(|c| (c.ts.clone(), c.body.clone()))
+            .collect()
+    }
+
+    /// Posts (in order) in a channel's thread, by the root's ts.
+    pub fn thread(&self, root_ts: &str) -> Vec<Value> {
+        self.calls("chat.postMessage")
+            .into_iter()
+            .filter(|b| b["thread_ts"] == root_ts)
+            .collect()
+    }
+}
+
+async fn api(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {BOT_TOKEN}"))
+    {
+        return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    let Ok(body) = serde_json::from_str::<Value>(&body) else {
+        return axum::Json(json!({"ok": false, "error": "invalid_json"})).into_response();
+    };
+    let mut s = state.lock().unwrap();
+    match method.as_str() {
+        "auth.test" => axum::Json(json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "baton", "team_id": "T0ACME", "user_id": BOT_USER, "bot_id": "B0BATON"})).into_response(),
+        "chat.postMessage" | "chat.update" => {
+            if method == "chat.postMessage" && s.rate_limit > 0 {
+                s.rate_limit -= 1;
+                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], axum::Json(json!({"ok": false, "error": "ratelimited"}))).into_response();
+            }
+            let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+            if channel.is_empty() {
+                return axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+            }
+            if s.missing_channels.contains(&channel) {
+                return axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+            }
+            if body["text"].as_str().unwrap_or_default().is_empty() && body["blocks"].is_null() {
+                return axum::Json(json!({"ok": false, "error": "no_text"})).into_response();
+            }
+            let ts = match method.as_str() {
+                "chat.update" => body["ts"].as_str().unwrap_or_default().to_owned(),
+                _ => {
+                    s.next_ts += 1;
+                    format!("1700000000.{:06}", s.next_ts)
+                }
+            };
+            s.calls.push(Call { method: method.clone(), body: body.clone(), ts: ts.clone() });
+            axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"type": "message", "text": body["text"], "ts": ts}})).into_response()
+        }
+        _ => axum::Json(json!({"ok": false, "error": "unknown_method"})).into_response(),
+    }
+}
+
+async fn response(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path(_id): Path<String>,
+    body: String,
+) -> StatusCode {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    state.lock().unwrap().responses.push(body);
+    StatusCode::OK
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// Slack's signature headers for `body` sent at `timestamp` (Unix seconds).
+pub fn sign(body: &str, timestamp: i64, secret: &str) -> (String, String) {
+    let base = format!("v0:{timestamp}:{body}");
+    let sig = format!(
+        "v0={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), base.as_bytes()))
+    );
+    (sig, timestamp.to_string())
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
