@@ -125,7 +125,7 @@ pub async fn run(
     let mut platforms: Vec<Arc<dyn Platform>> = vec![console.clone()];
     let slack = match &settings.slack {
         Some(s) => {
-            let slack = Slack::new(s.clone())?;
+            let slack = Slack::new(s.clone(), clock.clone())?;
             slack.healthcheck().await?;
             platforms.push(slack.clone());
             Some(slack)

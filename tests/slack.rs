@@ -528,3 +528,129 @@ async fn a_bad_token_stops_start_up_saying_what_to_fix() {
         "{err:#}"
     );
 }
+
+const NOTIFY: &str = r##"
+name = "announce"
+description = "Announce"
+[[trigger]]
+kind = "slash"
+command = "announce"
+[[step]]
+id = "ops"
+kind = "notify"
+channel = "ops"
+text = "to ops"
+[[step]]
+id = "incidents"
+kind = "notify"
+channel = "#incidents"
+text = "to incidents"
+[[step]]
+id = "nowhere"
+kind = "notify"
+channel = "nowhere"
+text = "lost"
+"##;
+
+#[tokio::test]
+async fn channel_names_in_workflows_are_resolved_and_an_unknown_one_is_reported() {
+    let fake = FakeSlack::start().await;
+    let app = spawn(Spawn {
+        extra_workflows: vec![("announce.toml", NOTIFY.into())],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/announce", "T8.1").await,
+        200
+    );
+    eventually("posts in #ops and #incidents", || async {
+        let posts = fake.calls("chat.postMessage");
+        posts
+            .iter()
+            .any(|p| p["channel"] == "G0OPS0001" && p["text"] == "to ops")
+            && posts
+                .iter()
+                .any(|p| p["channel"] == "C0INCIDENTS" && p["text"] == "to incidents")
+    })
+    .await;
+    let failed = eventually_some("the unknown channel reported", || async {
+        app.ledger_of("post.failed").await.into_iter().next()
+    })
+    .await;
+    assert!(
+        failed["data"]
+            .as_str()
+            .unwrap()
+            .contains("channel #nowhere not found"),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn posts_to_one_channel_are_paced_and_keep_their_order() {
+    let many: String = (1..=8)
+        .map(|i| {
+            format!(
+                "[[step]]\nid = \"s{i}\"\nkind = \"notify\"\n{}text = \"note {i}\"\n",
+                if i > 1 {
+                    format!("needs = [\"s{}\"]\n", i - 1)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    let wf =
+        format!("name = \"burst\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"burst\"\n{many}");
+    let fake = FakeSlack::start().await;
+    let app = spawn(Spawn {
+        extra_workflows: vec![("burst.toml", wf)],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/burst", "T9.1").await, 200);
+    // A burst of four goes out at once; the rest wait for the channel's pace.
+    eventually("the burst", || async {
+        fake.calls("chat.postMessage").len() == 4
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(fake.calls("chat.postMessage").len(), 4, "paced, not sent");
+    assert!(app.ledger_of("post.failed").await.is_empty());
+    for _ in 0..8 {
+        app.advance(Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    eventually("every post", || async {
+        fake.calls("chat.postMessage").len() == 10
+    })
+    .await;
+    let texts: Vec<String> = fake
+        .calls("chat.postMessage")
+        .iter()
+        .map(|p| p["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let notes: Vec<&String> = texts.iter().filter(|t| t.starts_with("note ")).collect();
+    assert_eq!(
+        notes,
+        (1..=8)
+            .map(|i| format!("note {i}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>(),
+        "in order"
+    );
+}

@@ -22,6 +22,9 @@ pub enum DeliveryError {
     /// Will never succeed (unknown channel, no access): reported in the run and the ledger.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the platform's pace for this channel says wait this long first.
+    #[error("paced: wait {0:?}")]
+    NotYet(Duration),
 }
 
 /// What the outbox needs from a platform.

@@ -193,6 +193,11 @@ impl Engine {
                         .outbox_failed(entry.id, &message, Some(now + backoff), now)
                         .await
                 }
+                Err(DeliveryError::NotYet(wait)) => {
+                    let until =
+                        now + Duration::from_std(wait).unwrap_or_else(|_| Duration::seconds(1));
+                    self.store.outbox_defer(entry.id, until).await
+                }
                 Err(DeliveryError::Permanent(message)) => {
                     self.metrics.delivery_failed();
                     tracing::error!(key = %entry.key, error = %message, "delivery failed for good");

@@ -172,6 +172,8 @@ pub trait OutboxStore: Send + Sync {
         platform_ref: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Puts an entry off until `until` without counting a failed attempt (pacing).
+    async fn outbox_defer(&self, id: i64, until: DateTime<Utc>) -> StoreResult<()>;
     /// Records a failure: retried at `retry_at`, or given up (with everything that depends on
     /// it) when `None`. Audited either way when given up.
     async fn outbox_failed(

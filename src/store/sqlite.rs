@@ -848,6 +848,16 @@ impl OutboxStore for SqliteStore {
         })
     }
 
+    async fn outbox_defer(&self, id: i64, until: DateTime<Utc>) -> StoreResult<()> {
+        let _guard = self.write.lock().await;
+        sqlx::query("UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'pending'")
+            .bind(ms(until))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn outbox_failed(
         &self,
         id: i64,

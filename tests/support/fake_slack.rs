@@ -113,6 +113,9 @@ async fn api(
     {
         return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
     }
+    if method == "conversations.list" {
+        return conversations_list(&headers, &body);
+    }
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
         return axum::Json(json!({"ok": false, "error": "invalid_json"})).into_response();
     };
@@ -156,6 +159,36 @@ async fn response(
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     state.lock().unwrap().responses.push(body);
     StatusCode::OK
+}
+
+/// `conversations.list` takes form parameters and pages with `cursor`; two pages here.
+fn conversations_list(headers: &HeaderMap, body: &str) -> Response {
+    let form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return axum::Json(json!({"ok": false, "error": "invalid_arguments"})).into_response();
+    }
+    let params: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(body).unwrap_or_default();
+    let page = |channels: Value, next: &str| {
+        axum::Json(
+            json!({"ok": true, "channels": channels, "response_metadata": {"next_cursor": next}}),
+        )
+        .into_response()
+    };
+    match params.get("cursor").map(String::as_str) {
+        None | Some("") => page(
+            json!([{"id": "C0GENERAL", "name": "general", "is_channel": true}]),
+            "dGVhbTpDMDYx",
+        ),
+        Some("dGVhbTpDMDYx") => page(
+            json!([{"id": "C0INCIDENTS", "name": "incidents", "is_channel": true}, {"id": "G0OPS0001", "name": "ops", "is_private": true}]),
+            "",
+        ),
+        Some(_) => axum::Json(json!({"ok": false, "error": "invalid_cursor"})).into_response(),
+    }
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {

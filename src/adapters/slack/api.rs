@@ -61,17 +61,45 @@ impl SlackApi {
         self.base.host_str()
     }
 
-    /// Calls a Web API method with a JSON body; returns the response when `ok` is true.
+    /// Calls a Web API method with a JSON body (write methods); returns the response when `ok`
+    /// is true.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
         let url = self
             .base
             .join(method)
             .map_err(|e| SlackError::Transport(e.to_string()))?;
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose())
-            .json(body)
+        self.finish(
+            self.http
+                .post(url)
+                .bearer_auth(self.token.expose())
+                .json(body),
+        )
+        .await
+    }
+
+    /// Calls a Web API method with form parameters, as Slack's read methods (such as
+    /// `conversations.list`) expect.
+    pub async fn call_form(
+        &self,
+        method: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, SlackError> {
+        let url = self
+            .base
+            .join(method)
+            .map_err(|e| SlackError::Transport(e.to_string()))?;
+        self.finish(
+            self.http
+                .post(url)
+                .bearer_auth(self.token.expose())
+                .form(params),
+        )
+        .await
+    }
+
+    /// Sends a request and reads Slack's answer: 429s, 5xx and `"ok": false` become errors.
+    async fn finish(&self, request: reqwest::RequestBuilder) -> Result<Value, SlackError> {
+        let response = request
             .send()
             .await
             .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;

@@ -7,15 +7,18 @@ pub mod api;
 pub mod blocks;
 pub mod inbound;
 pub mod manifest;
+pub mod pace;
 
 use super::{DeliveryError, Platform};
 use crate::config::SlackSettings;
+use crate::core::clock::Clock;
 use crate::store::{OutboxEntry, OutboxOp};
 use anyhow::Context as _;
 use api::{SlackApi, SlackError};
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Who Baton is in the workspace, from `auth.test`.
 #[derive(Debug, Clone)]
@@ -31,16 +34,77 @@ pub struct Slack {
     pub(crate) api: SlackApi,
     pub(crate) settings: SlackSettings,
     identity: OnceLock<Identity>,
+    pacer: pace::Pacer,
+    /// Channel names from workflows, resolved to IDs once.
+    channels: Mutex<HashMap<String, String>>,
+}
+
+/// Whether a channel reference is already a Slack conversation ID (`C…`, `G…`, `D…`).
+fn is_channel_id(s: &str) -> bool {
+    s.len() >= 9
+        && s.starts_with(['C', 'G', 'D'])
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 impl Slack {
-    pub fn new(settings: SlackSettings) -> anyhow::Result<Arc<Self>> {
+    pub fn new(settings: SlackSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
         let api = SlackApi::new(settings.api_url.clone(), settings.bot_token.clone())?;
         Ok(Arc::new(Self {
             api,
             settings,
             identity: OnceLock::new(),
+            pacer: pace::Pacer::new(clock),
+            channels: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The ID of a channel named in a workflow (`general`, `#general` or an ID), looked up
+    /// with `conversations.list` once and cached.
+    async fn channel_id(&self, channel: &str) -> Result<String, DeliveryError> {
+        let name = channel.trim_start_matches('#');
+        if is_channel_id(name) {
+            return Ok(name.to_owned());
+        }
+        if let Some(id) = self.channels.lock().expect("channel cache lock").get(name) {
+            return Ok(id.clone());
+        }
+        let mut cursor = String::new();
+        loop {
+            let mut params = vec![
+                ("types", "public_channel,private_channel".to_owned()),
+                ("exclude_archived", "true".to_owned()),
+                ("limit", "1000".to_owned()),
+            ];
+            if !cursor.is_empty() {
+                params.push(("cursor", cursor.clone()));
+            }
+            let answer = self
+                .api
+                .call_form("conversations.list", &params)
+                .await
+                .map_err(delivery_error)?;
+            {
+                let mut cache = self.channels.lock().expect("channel cache lock");
+                for c in answer["channels"].as_array().into_iter().flatten() {
+                    if let (Some(n), Some(id)) = (c["name"].as_str(), c["id"].as_str()) {
+                        cache.insert(n.to_owned(), id.to_owned());
+                    }
+                }
+                if let Some(id) = cache.get(name) {
+                    return Ok(id.clone());
+                }
+            }
+            cursor = answer["response_metadata"]["next_cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if cursor.is_empty() {
+                return Err(DeliveryError::Permanent(format!(
+                    "channel #{name} not found: check the name in the workflow, or invite the bot to the private channel"
+                )));
+            }
+        }
     }
 
     /// The bot's identity once `healthcheck` ran.
@@ -80,7 +144,9 @@ impl Platform for Slack {
         let (text, blocks) = blocks::render(&entry.message);
         match entry.op {
             OutboxOp::Post => {
-                let mut body = json!({"channel": entry.channel, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
+                let channel = self.channel_id(&entry.channel).await?;
+                self.pacer.take(&channel).map_err(DeliveryError::NotYet)?;
+                let mut body = json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
                 if let Some(thread) = &entry.thread_ref {
                     body["thread_ts"] = Value::String(split_ref(thread)?.1.to_owned());
                 }
@@ -89,7 +155,7 @@ impl Platform for Slack {
                     .call("chat.postMessage", &body)
                     .await
                     .map_err(delivery_error)?;
-                let channel = answer["channel"].as_str().unwrap_or(&entry.channel);
+                let channel = answer["channel"].as_str().unwrap_or(&channel);
                 let ts = answer["ts"].as_str().ok_or_else(|| {
                     DeliveryError::Permanent("chat.postMessage answered without a ts".into())
                 })?;
