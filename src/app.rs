@@ -147,6 +147,11 @@ pub async fn run(
         .await
         .context("could not resume the runs that were under way")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Socket Mode receives Slack's events over a WebSocket Baton opens itself.
+    let socket = slack
+        .as_ref()
+        .filter(|s| s.settings.app_token.is_some())
+        .map(|s| crate::adapters::slack::socket::spawn(s.clone(), engine.clone(), stop_rx.clone()));
     let state = AppState {
         engine,
         console,
@@ -163,6 +168,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     server.await.context("the HTTP server stopped")?;
+    if let Some(socket) = socket {
+        let _ = socket.await;
+    }
     background.shutdown().await;
     tracing::info!("stopped");
     Ok(())

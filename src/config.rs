@@ -125,14 +125,11 @@ impl SlackSettings {
             });
         }
         let signing_secret = var("SLACK_SIGNING_SECRET");
-        if signing_secret.is_none() {
+        // Events reach Baton over Socket Mode (app token) or over HTTP (signed requests).
+        if signing_secret.is_none() && app_token.is_none() {
             return Err(ConfigError {
-                setting: "SLACK_SIGNING_SECRET",
-                problem: match app_token {
-                    // Socket Mode is the next increment; until then the Events API is the way in.
-                    Some(_) => "must be set: this version receives Slack events over HTTP (Events API); Socket Mode is not available yet".into(),
-                    None => "must be set (Basic Information → Signing Secret) so Baton can verify Slack's requests".into(),
-                },
+                setting: "SLACK_APP_TOKEN",
+                problem: "or SLACK_SIGNING_SECRET must be set: the app token (xapp-…, Basic Information → App-Level Tokens, scope connections:write) for Socket Mode, or the signing secret for the Events API over HTTP".into(),
             });
         }
         let api_text = var("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api/".into());
@@ -469,7 +466,15 @@ mod tests {
             settings(&[("SLACK_BOT_TOKEN", "xoxb-1")])
                 .unwrap_err()
                 .setting,
-            "SLACK_SIGNING_SECRET"
+            "SLACK_APP_TOKEN"
+        );
+        assert!(
+            settings(&[("SLACK_BOT_TOKEN", "xoxb-1"), ("SLACK_APP_TOKEN", "xapp-1")])
+                .unwrap()
+                .slack
+                .unwrap()
+                .signing_secret
+                .is_none()
         );
         assert_eq!(
             settings(&[("SLACK_SIGNING_SECRET", "s")])

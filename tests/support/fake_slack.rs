@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 pub const BOT_TOKEN: &str = "xoxb-test-token";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const BOT_USER: &str = "UBATON01";
+pub const APP_TOKEN: &str = "xapp-1-test-token";
 
 /// One Web API call the bot made.
 #[derive(Debug, Clone)]
@@ -34,6 +35,13 @@ pub struct FakeState {
     /// The next this many posts answer 429.
     pub rate_limit: u32,
     pub missing_channels: HashSet<String>,
+    /// Socket Mode: how often the bot opened a connection, what it acknowledged, and the
+    /// sender to the current connection.
+    pub opens: u32,
+    pub acks: Vec<String>,
+    pub socket: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// WebSocket connections served so far.
+    pub connected: u32,
 }
 
 #[derive(Clone)]
@@ -51,11 +59,32 @@ impl FakeSlack {
         let app = Router::new()
             .route("/api/{method}", post(api))
             .route("/response/{id}", post(response))
+            .route("/link/", axum::routing::get(link))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { state, base }
+    }
+
+    /// Sends a Socket Mode envelope on the current connection.
+    pub fn send(&self, envelope: Value) {
+        let tx = self
+            .state
+            .lock()
+            .unwrap()
+            .socket
+            .clone()
+            .expect("a Socket Mode connection is open");
+        tx.send(envelope.to_string()).unwrap();
+    }
+
+    pub fn acks(&self) -> Vec<String> {
+        self.state.lock().unwrap().acks.clone()
+    }
+
+    pub fn opens(&self) -> u32 {
+        self.state.lock().unwrap().opens
     }
 
     pub fn api_url(&self) -> String {
@@ -108,6 +137,22 @@ async fn api(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    if method == "apps.connections.open" {
+        // Only the app-level token may open a Socket Mode connection.
+        if headers.get("authorization").and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {APP_TOKEN}"))
+        {
+            return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+        }
+        let host = headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut s = state.lock().unwrap();
+        s.opens += 1;
+        return axum::Json(json!({"ok": true, "url": format!("ws://{host}/link/?ticket=t-{}&app_id=A0BATON", s.opens)})).into_response();
+    }
     if headers.get("authorization").and_then(|v| v.to_str().ok())
         != Some(&format!("Bearer {BOT_TOKEN}"))
     {
@@ -188,6 +233,45 @@ fn conversations_list(headers: &HeaderMap, body: &str) -> Response {
             "",
         ),
         Some(_) => axum::Json(json!({"ok": false, "error": "invalid_cursor"})).into_response(),
+    }
+}
+
+async fn link(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    State(state): State<Arc<Mutex<FakeState>>>,
+) -> Response {
+    ws.on_upgrade(move |socket| serve_socket(socket, state))
+}
+
+/// One Socket Mode connection: `hello` first, then whatever the test sends; acks are recorded.
+async fn serve_socket(mut socket: axum::extract::ws::WebSocket, state: Arc<Mutex<FakeState>>) {
+    use axum::extract::ws::Message;
+    let hello = json!({"type": "hello", "num_connections": 1, "debug_info": {"host": "applink-7", "build_number": 10, "approximate_connection_time": 18060}, "connection_info": {"app_id": "A0BATON"}});
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    {
+        let mut s = state.lock().unwrap();
+        s.socket = Some(tx);
+        s.connected += 1;
+    }
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
+                None => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(t))) => state.lock().unwrap().acks.push(t.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
     }
 }
 

@@ -98,6 +98,21 @@ impl SlackApi {
     }
 
     /// Sends a request and reads Slack's answer: 429s, 5xx and `"ok": false` become errors.
+    /// Calls a method with another token: `apps.connections.open` takes the app-level token.
+    pub async fn call_with_token(
+        &self,
+        method: &str,
+        token: &Secret,
+        body: &Value,
+    ) -> Result<Value, SlackError> {
+        let url = self
+            .base
+            .join(method)
+            .map_err(|e| SlackError::Transport(e.to_string()))?;
+        self.finish(self.http.post(url).bearer_auth(token.expose()).json(body))
+            .await
+    }
+
     async fn finish(&self, request: reqwest::RequestBuilder) -> Result<Value, SlackError> {
         let response = request
             .send()

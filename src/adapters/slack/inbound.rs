@@ -78,7 +78,7 @@ fn actor(user: &str, is_bot: bool) -> Actor {
 }
 
 /// Handles an event in the background and sends any private notices to `response_url`.
-fn handle_later(
+pub(super) fn handle_later(
     engine: Arc<Engine>,
     slack: Arc<Slack>,
     event: InboundEvent,
@@ -146,7 +146,7 @@ async fn events(
 /// A channel message or a mention as a core event. Both event types carry the message's
 /// `channel` and `ts`, which form the event id: a message delivered as `message` and as
 /// `app_mention`, or redelivered by Slack, starts each workflow at most once.
-fn message_event(slack: &Slack, body: &SlackEventCallbackBody) -> Option<InboundEvent> {
+pub(super) fn message_event(slack: &Slack, body: &SlackEventCallbackBody) -> Option<InboundEvent> {
     let me = slack
         .identity()
         .map(|i| i.user_id.clone())
@@ -215,6 +215,70 @@ struct Command {
     trigger_id: String,
 }
 
+/// A slash command as a core event; the trigger id makes a redelivered command one run.
+pub(super) fn command_event(
+    command: &str,
+    text: &str,
+    user: &str,
+    channel: &str,
+    trigger_id: &str,
+) -> InboundEvent {
+    InboundEvent {
+        id: format!("slack:cmd:{trigger_id}"),
+        actor: actor(user, false),
+        conversation: ConversationRef {
+            platform: "slack".into(),
+            channel: channel.to_owned(),
+            thread: None,
+        },
+        kind: EventKind::Slash {
+            command: command.trim_start_matches('/').to_owned(),
+            text: text.to_owned(),
+        },
+    }
+}
+
+/// Button clicks as core events, with the `response_url` for private replies. The trigger id
+/// is unique per click, so a click delivered twice is applied once.
+pub(super) fn action_events(
+    interaction: &SlackInteractionEvent,
+) -> (Vec<InboundEvent>, Option<String>) {
+    let SlackInteractionEvent::BlockActions(ev) = interaction else {
+        // Other interaction kinds (shortcuts, modals) are not used yet.
+        return (vec![], None);
+    };
+    let Some(user) = ev.user.as_ref().map(|u| u.id.0.clone()) else {
+        return (vec![], None);
+    };
+    let channel = ev
+        .channel
+        .as_ref()
+        .map(|c| c.id.0.clone())
+        .unwrap_or_default();
+    let events = ev
+        .actions
+        .iter()
+        .flatten()
+        .filter_map(|action| {
+            let parsed = action.action_id.0.parse::<ActionId>().ok()?;
+            Some(InboundEvent {
+                id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
+                actor: actor(&user, false),
+                conversation: ConversationRef {
+                    platform: "slack".into(),
+                    channel: channel.clone(),
+                    thread: None,
+                },
+                kind: EventKind::Action {
+                    action: parsed,
+                    reason: None,
+                },
+            })
+        })
+        .collect();
+    (events, ev.response_url.as_ref().map(|u| u.0.to_string()))
+}
+
 async fn commands(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -225,19 +289,13 @@ async fn commands(
     let Ok(cmd) = serde_urlencoded::from_str::<Command>(&text) else {
         return Err(ApiError::BadRequest("unreadable slash command".into()));
     };
-    let event = InboundEvent {
-        id: format!("slack:cmd:{}", cmd.trigger_id),
-        actor: actor(&cmd.user_id, false),
-        conversation: ConversationRef {
-            platform: "slack".into(),
-            channel: cmd.channel_id,
-            thread: None,
-        },
-        kind: EventKind::Slash {
-            command: cmd.command.trim_start_matches('/').to_owned(),
-            text: cmd.text,
-        },
-    };
+    let event = command_event(
+        &cmd.command,
+        &cmd.text,
+        &cmd.user_id,
+        &cmd.channel_id,
+        &cmd.trigger_id,
+    );
     handle_later(state.engine.clone(), slack, event, Some(cmd.response_url));
     // An empty 200 acknowledges within Slack's three seconds; replies follow.
     Ok(StatusCode::OK)
@@ -258,43 +316,18 @@ async fn interactions(
     let Ok(form) = serde_urlencoded::from_str::<InteractionForm>(&text) else {
         return Err(ApiError::BadRequest("unreadable interaction".into()));
     };
-    let Ok(SlackInteractionEvent::BlockActions(ev)) =
-        serde_json::from_str::<SlackInteractionEvent>(&form.payload)
-    else {
-        // Other interaction kinds (shortcuts, modals) are not used yet.
-        return Ok(StatusCode::OK);
+    let Ok(interaction) = serde_json::from_str::<SlackInteractionEvent>(&form.payload) else {
+        return Err(ApiError::BadRequest(
+            "unreadable interaction payload".into(),
+        ));
     };
-    let Some(user) = ev.user.as_ref().map(|u| u.id.0.clone()) else {
-        return Ok(StatusCode::OK);
-    };
-    let channel = ev
-        .channel
-        .as_ref()
-        .map(|c| c.id.0.clone())
-        .unwrap_or_default();
-    for action in ev.actions.iter().flatten() {
-        let Ok(parsed) = action.action_id.0.parse::<ActionId>() else {
-            continue;
-        };
-        // The trigger id is unique per click: a click delivered twice is applied once.
-        let event = InboundEvent {
-            id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
-            actor: actor(&user, false),
-            conversation: ConversationRef {
-                platform: "slack".into(),
-                channel: channel.clone(),
-                thread: None,
-            },
-            kind: EventKind::Action {
-                action: parsed,
-                reason: None,
-            },
-        };
+    let (events, response_url) = action_events(&interaction);
+    for event in events {
         handle_later(
             state.engine.clone(),
             slack.clone(),
             event,
-            ev.response_url.as_ref().map(|u| u.0.to_string()),
+            response_url.clone(),
         );
     }
     Ok(StatusCode::OK)

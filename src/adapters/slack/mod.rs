@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod inbound;
 pub mod manifest;
 pub mod pace;
+pub mod socket;
 
 use super::{DeliveryError, Platform};
 use crate::config::SlackSettings;

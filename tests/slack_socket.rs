@@ -1,0 +1,188 @@
+//! Slack over Socket Mode, against a fake Slack that hands out a WebSocket URL from
+//! `apps.connections.open` and speaks Slack's envelopes on it (`hello`, `slash_commands`,
+//! `events_api`, `interactive`, `disconnect`), checking every acknowledgement.
+
+mod support;
+
+#[path = "support/fake_slack.rs"]
+mod fake_slack;
+
+use fake_slack::{APP_TOKEN, BOT_TOKEN, FakeSlack};
+use serde_json::{Value, json};
+use support::*;
+
+const SHIP: &str = r#"
+name = "ship"
+title = "Ship {{ input.version }}"
+[[trigger]]
+kind = "slash"
+command = "ship"
+args = [{ name = "version", required = true }]
+[[trigger]]
+kind = "message"
+pattern = 'ship it: (?P<version>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["UBEN0001"]
+message = "Ship {{ input.version }}?"
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["gate"]
+text = "Shipped {{ input.version }}."
+"#;
+
+async fn socket_app(fake: &FakeSlack) -> TestApp {
+    let app = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", SHIP.into())],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_APP_TOKEN", APP_TOKEN.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    eventually("the Socket Mode connection", || async {
+        fake.state.lock().unwrap().socket.is_some()
+    })
+    .await;
+    app
+}
+
+fn slash(fake: &FakeSlack, envelope: &str, user: &str, text: &str, trigger: &str) -> Value {
+    let (command, args) = text.split_once(' ').unwrap_or((text, ""));
+    json!({
+        "envelope_id": envelope,
+        "type": "slash_commands",
+        "accepts_response_payload": true,
+        "payload": {
+            "token": "legacy", "team_id": "T0ACME", "team_domain": "acme", "channel_id": "C0GENERAL", "channel_name": "general",
+            "user_id": user, "user_name": "someone", "command": command, "text": args, "api_app_id": "A0BATON",
+            "is_enterprise_install": "false", "response_url": fake.response_url(trigger), "trigger_id": trigger
+        }
+    })
+}
+
+fn click(fake: &FakeSlack, envelope: &str, user: &str, action: &str, trigger: &str) -> Value {
+    json!({
+        "envelope_id": envelope,
+        "type": "interactive",
+        "accepts_response_payload": false,
+        "payload": {
+            "type": "block_actions",
+            "team": {"id": "T0ACME", "domain": "acme"},
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0ACME"},
+            "api_app_id": "A0BATON",
+            "container": {"type": "message", "message_ts": "1700000000.000003", "channel_id": "C0GENERAL", "is_ephemeral": false},
+            "trigger_id": trigger,
+            "channel": {"id": "C0GENERAL", "name": "general"},
+            "response_url": fake.response_url(trigger),
+            "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": action, "action_ts": "1700000100.000200"}]
+        }
+    })
+}
+
+async fn acked(fake: &FakeSlack, envelope: &str) {
+    eventually(&format!("the ack of {envelope}"), || async {
+        fake.acks()
+            .iter()
+            .any(|a| serde_json::from_str::<Value>(a).is_ok_and(|v| v["envelope_id"] == envelope))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slash_command_and_clicks_over_socket_mode_run_to_the_end_and_every_envelope_is_acknowledged()
+ {
+    let fake = FakeSlack::start().await;
+    let app = socket_app(&fake).await;
+    fake.send(slash(&fake, "env-1", "UANA0001", "/ship 1.0", "T1"));
+    acked(&fake, "env-1").await;
+    let (root_ts, _) = eventually_some("the root post", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| b["thread_ts"].is_null())
+    })
+    .await;
+    eventually("the approval request", || async {
+        fake.thread(&root_ts)
+            .iter()
+            .any(|b| b["text"].as_str().unwrap_or("").contains("Approval needed"))
+    })
+    .await;
+
+    fake.send(click(&fake, "env-2", "UDEE0001", "approve:1:gate", "T2"));
+    acked(&fake, "env-2").await;
+    eventually("the private refusal", || async {
+        fake.responses()
+            .iter()
+            .any(|r| r["text"] == "You are not an approver for this step.")
+    })
+    .await;
+
+    // The same click reaching Baton twice (a redelivery, a second connection) decides once.
+    fake.send(click(&fake, "env-3", "UBEN0001", "approve:1:gate", "T3"));
+    fake.send(click(&fake, "env-4", "UBEN0001", "approve:1:gate", "T3"));
+    acked(&fake, "env-3").await;
+    acked(&fake, "env-4").await;
+    app.wait_for_status(1, "succeeded").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
+    eventually("the summary", || async {
+        fake.thread(&root_ts)
+            .iter()
+            .any(|b| b["text"].as_str().unwrap_or("").contains("Run 1 *done*"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_redelivered_event_starts_one_run() {
+    let fake = FakeSlack::start().await;
+    let app = socket_app(&fake).await;
+    let event = |envelope: &str, retry: u32| {
+        json!({
+            "envelope_id": envelope, "type": "events_api", "accepts_response_payload": false, "retry_attempt": retry, "retry_reason": if retry > 0 { "timeout" } else { "" },
+            "payload": {"token": "legacy", "team_id": "T0ACME", "api_app_id": "A0BATON", "type": "event_callback", "event_id": "Ev77", "event_time": 1700000000,
+                "event": {"type": "message", "channel": "C0GENERAL", "user": "UANA0001", "text": "ship it: 5.0", "ts": "1700000050.000100", "channel_type": "channel"}}
+        })
+    };
+    fake.send(event("env-a", 0));
+    fake.send(event("env-b", 1));
+    acked(&fake, "env-a").await;
+    acked(&fake, "env-b").await;
+    eventually("the run", || async {
+        fake.posts()
+            .iter()
+            .any(|(_, b)| b["text"].as_str().unwrap_or("").contains("Ship 5.0"))
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_disconnect_mid_run_reconnects_and_loses_nothing() {
+    let fake = FakeSlack::start().await;
+    let app = socket_app(&fake).await;
+    fake.send(slash(&fake, "env-1", "UANA0001", "/ship 2.0", "T1"));
+    eventually("the approval request", || async {
+        fake.posts()
+            .iter()
+            .any(|(_, b)| b["text"].as_str().unwrap_or("").contains("Approval needed"))
+    })
+    .await;
+    assert_eq!(fake.opens(), 1);
+    fake.send(json!({"type": "disconnect", "reason": "refresh_requested", "debug_info": {"host": "applink-7"}}));
+    eventually("a new connection", || async {
+        fake.opens() == 2 && fake.state.lock().unwrap().connected == 2
+    })
+    .await;
+    fake.send(click(&fake, "env-2", "UBEN0001", "approve:1:gate", "T2"));
+    acked(&fake, "env-2").await;
+    app.wait_for_status(1, "succeeded").await;
+    assert!(app.ledger_of("post.failed").await.is_empty());
+}
