@@ -111,6 +111,19 @@ async fn click(
     message_ts: &str,
     trigger: &str,
 ) -> u16 {
+    click_with_value(app, fake, user, action, None, message_ts, trigger).await
+}
+
+/// A click on a button; Slack sends the button's `value` along when it has one.
+async fn click_with_value(
+    app: &TestApp,
+    fake: &FakeSlack,
+    user: &str,
+    action: &str,
+    value: Option<&str>,
+    message_ts: &str,
+    trigger: &str,
+) -> u16 {
     let payload = json!({
         "type": "block_actions",
         "team": {"id": "T0ACME", "domain": "acme"},
@@ -121,7 +134,7 @@ async fn click(
         "trigger_id": trigger,
         "channel": {"id": "C0GENERAL", "name": "general"},
         "response_url": fake.response_url(trigger),
-        "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": action, "action_ts": "1700000100.000200"}]
+        "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": value, "action_ts": "1700000100.000200"}]
     });
     let body = form(&[("payload", &payload.to_string())]);
     signed(
@@ -652,5 +665,141 @@ async fn posts_to_one_channel_are_paced_and_keep_their_order() {
             .iter()
             .collect::<Vec<_>>(),
         "in order"
+    );
+}
+
+#[tokio::test]
+async fn reject_opens_a_modal_for_the_reason_and_the_submission_decides() {
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "approvers = [\"UBEN0001\"]",
+        "approvers = [\"UBEN0001\"]\nreject_reason = true",
+    );
+    let app = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", wf)],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 8.0", "T1").await, 200);
+    let (approval_ts, approval) = eventually_some("the approval request", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| blocks_text(b).contains("Approval needed"))
+    })
+    .await;
+    let reject = approval["blocks"].as_array().unwrap().last().unwrap()["elements"][1].clone();
+    assert_eq!(reject["action_id"], "reject:1:gate");
+    assert!(
+        reject["value"]
+            .as_str()
+            .unwrap()
+            .contains("Why are you rejecting this?"),
+        "{reject}"
+    );
+
+    // Reject opens a modal on the click's trigger id and decides nothing yet.
+    assert_eq!(
+        click_with_value(
+            &app,
+            &fake,
+            "UBEN0001",
+            "reject:1:gate",
+            reject["value"].as_str(),
+            &approval_ts,
+            "T2.7"
+        )
+        .await,
+        200
+    );
+    let opened = eventually_some("views.open", || async {
+        fake.calls("views.open").into_iter().next()
+    })
+    .await;
+    assert_eq!(opened["trigger_id"], "T2.7");
+    assert_eq!(
+        opened["view"]["blocks"][0]["element"]["type"],
+        "plain_text_input"
+    );
+    assert_eq!(app.run_status(1).await, "waiting_approval");
+
+    let submission = json!({
+        "type": "view_submission",
+        "team": {"id": "T0ACME", "domain": "acme"},
+        "user": {"id": "UBEN0001", "username": "ben", "name": "ben", "team_id": "T0ACME"},
+        "api_app_id": "A0BATON",
+        "trigger_id": "T2.8",
+        "view": {
+            "id": "V0MODAL01", "type": "modal", "callback_id": opened["view"]["callback_id"], "private_metadata": opened["view"]["private_metadata"],
+            "title": {"type": "plain_text", "text": "Reject"}, "blocks": opened["view"]["blocks"],
+            "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": "the changelog is missing"}}}},
+            "team_id": "T0ACME", "app_id": "A0BATON", "bot_id": "B0BATON", "hash": "1700000000.abcd"
+        }
+    });
+    let body = form(&[("payload", &submission.to_string())]);
+    let r = signed(
+        &app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "",
+        "an empty answer closes the modal"
+    );
+    app.wait_for_status(1, "rejected").await;
+    eventually("the decision with its reason", || async {
+        fake.calls("chat.update").iter().any(|b| {
+            b["ts"] == approval_ts.as_str()
+                && blocks_text(b).contains("Rejected by <@UBEN0001> at")
+                && blocks_text(b).contains("the changelog is missing")
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_scope_stops_start_up_naming_it() {
+    let fake = FakeSlack::start().await;
+    fake.state.lock().unwrap().scopes = Some("chat:write,commands".into());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("commands")).unwrap();
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("b.db").display()),
+        ),
+        (
+            "BATON_COMMANDS_DIR",
+            dir.path().join("commands").display().to_string(),
+        ),
+        ("SLACK_BOT_TOKEN", BOT_TOKEN.to_owned()),
+        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
+        ("SLACK_API_URL", fake.api_url()),
+    ];
+    let settings = baton::config::Settings::from_lookup(|k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
+        std::sync::Arc::new(baton::core::clock::SystemClock::default());
+    let err = baton::app::run(settings, listener, clock, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("lacks the scopes app_mentions:read, channels:history, channels:read"),
+        "{err:#}"
     );
 }

@@ -64,6 +64,7 @@ mod tests {
         ApprovalSpec {
             approvers: vec!["ben".into(), "console:cy".into()],
             allow_self_approval: allow_self,
+            reject_reason: false,
             message: String::new(),
             timeout: Duration::hours(1),
         }

@@ -27,6 +27,10 @@ pub struct Button {
     /// The action id text form (see [`ActionId`]).
     pub action: String,
     pub style: ButtonStyle,
+    /// Ask the person for text (a reason) before the click counts: a modal on Slack and
+    /// Discord, a form in the console. The text is the question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 impl Button {
@@ -36,7 +40,14 @@ impl Button {
             label: label.into(),
             action: action.to_string(),
             style,
+            prompt: None,
         }
+    }
+
+    /// The same button, asking `question` first.
+    pub fn asking(mut self, question: &str) -> Self {
+        self.prompt = Some(question.to_owned());
+        self
     }
 }
 

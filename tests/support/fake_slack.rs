@@ -42,6 +42,8 @@ pub struct FakeState {
     pub socket: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// WebSocket connections served so far.
     pub connected: u32,
+    /// Scopes reported in `x-oauth-scopes`; `None` means every scope Baton asks for.
+    pub scopes: Option<String>,
 }
 
 #[derive(Clone)]
@@ -166,18 +168,43 @@ async fn api(
     };
     let mut s = state.lock().unwrap();
     match method.as_str() {
-        "auth.test" => axum::Json(json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "baton", "team_id": "T0ACME", "user_id": BOT_USER, "bot_id": "B0BATON"})).into_response(),
+        "auth.test" => {
+            let scopes = s.scopes.clone().unwrap_or_else(|| "chat:write,chat:write.public,commands,app_mentions:read,channels:history,groups:history,channels:read,groups:read,users:read,usergroups:read".into());
+            let body = json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "baton", "team_id": "T0ACME", "user_id": BOT_USER, "bot_id": "B0BATON"});
+            ([("x-oauth-scopes", scopes)], axum::Json(body)).into_response()
+        }
+        "views.open" => {
+            if body["trigger_id"].as_str().unwrap_or_default().is_empty() {
+                return axum::Json(json!({"ok": false, "error": "invalid_trigger_id"}))
+                    .into_response();
+            }
+            s.calls.push(Call {
+                method: method.clone(),
+                body: body.clone(),
+                ts: String::new(),
+            });
+            let mut view = body["view"].clone();
+            view["id"] = json!("V0MODAL01");
+            axum::Json(json!({"ok": true, "view": view})).into_response()
+        }
         "chat.postMessage" | "chat.update" => {
             if method == "chat.postMessage" && s.rate_limit > 0 {
                 s.rate_limit -= 1;
-                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], axum::Json(json!({"ok": false, "error": "ratelimited"}))).into_response();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "2")],
+                    axum::Json(json!({"ok": false, "error": "ratelimited"})),
+                )
+                    .into_response();
             }
             let channel = body["channel"].as_str().unwrap_or_default().to_owned();
             if channel.is_empty() {
-                return axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+                return axum::Json(json!({"ok": false, "error": "channel_not_found"}))
+                    .into_response();
             }
             if s.missing_channels.contains(&channel) {
-                return axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+                return axum::Json(json!({"ok": false, "error": "channel_not_found"}))
+                    .into_response();
             }
             if body["text"].as_str().unwrap_or_default().is_empty() && body["blocks"].is_null() {
                 return axum::Json(json!({"ok": false, "error": "no_text"})).into_response();
@@ -189,7 +216,11 @@ async fn api(
                     format!("1700000000.{:06}", s.next_ts)
                 }
             };
-            s.calls.push(Call { method: method.clone(), body: body.clone(), ts: ts.clone() });
+            s.calls.push(Call {
+                method: method.clone(),
+                body: body.clone(),
+                ts: ts.clone(),
+            });
             axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"type": "message", "text": body["text"], "ts": ts}})).into_response()
         }
         _ => axum::Json(json!({"ok": false, "error": "unknown_method"})).into_response(),

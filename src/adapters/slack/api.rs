@@ -97,7 +97,6 @@ impl SlackApi {
         .await
     }
 
-    /// Sends a request and reads Slack's answer: 429s, 5xx and `"ok": false` become errors.
     /// Calls a method with another token: `apps.connections.open` takes the app-level token.
     pub async fn call_with_token(
         &self,
@@ -113,7 +112,42 @@ impl SlackApi {
             .await
     }
 
+    /// `auth.test`, with the scopes the token was granted (Slack lists them in the
+    /// `x-oauth-scopes` header; `None` when a proxy dropped it).
+    pub async fn auth_test(&self) -> Result<(Value, Option<Vec<String>>), SlackError> {
+        let url = self
+            .base
+            .join("auth.test")
+            .map_err(|e| SlackError::Transport(e.to_string()))?;
+        let (value, headers) = self
+            .exchange(
+                self.http
+                    .post(url)
+                    .bearer_auth(self.token.expose())
+                    .json(&serde_json::json!({})),
+            )
+            .await?;
+        let scopes = headers
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+        Ok((value, scopes))
+    }
+
     async fn finish(&self, request: reqwest::RequestBuilder) -> Result<Value, SlackError> {
+        self.exchange(request).await.map(|(value, _)| value)
+    }
+
+    /// Sends a request and reads Slack's answer: 429s, 5xx and `"ok": false` become errors.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(Value, reqwest::header::HeaderMap), SlackError> {
         let response = request
             .send()
             .await
@@ -131,11 +165,12 @@ impl SlackApi {
         if status.is_server_error() {
             return Err(SlackError::Transport(format!("HTTP {status}")));
         }
+        let headers = response.headers().clone();
         let value: Value = response.json().await.map_err(|e| {
             SlackError::Transport(format!("unreadable answer: {}", e.without_url()))
         })?;
         if value.get("ok").and_then(Value::as_bool) == Some(true) {
-            Ok(value)
+            Ok((value, headers))
         } else {
             let code = value
                 .get("error")

@@ -94,9 +94,18 @@ pub fn render(message: &OutMessage) -> (String, Value) {
             .buttons
             .iter()
             .map(|b| {
+                // The value carries the question when the click must ask for a reason first.
+                let value = match &b.prompt {
+                    Some(q) => json!({"ask": q}).to_string(),
+                    None => String::new(),
+                };
                 let button = SlackBlockButtonElement::new(b.label.as_str().into())
-                    .with_action_id(b.action.clone().into())
-                    .with_value(b.action.clone());
+                    .with_action_id(b.action.clone().into());
+                let button = if value.is_empty() {
+                    button
+                } else {
+                    button.with_value(value)
+                };
                 let button = match b.style {
                     ButtonStyle::Primary => button.with_style(SlackBlockButtonStyle::Primary),
                     ButtonStyle::Danger => button.with_style(SlackBlockButtonStyle::Danger),

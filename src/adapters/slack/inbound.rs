@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
+use serde_json::{Value, json};
 use slack_morphism::prelude::*;
 use slack_morphism::signature_verifier::{
     SlackEventSignatureVerifier, SlackEventSignatureVerifierError,
@@ -238,45 +239,123 @@ pub(super) fn command_event(
     }
 }
 
-/// Button clicks as core events, with the `response_url` for private replies. The trigger id
-/// is unique per click, so a click delivered twice is applied once.
-pub(super) fn action_events(
-    interaction: &SlackInteractionEvent,
-) -> (Vec<InboundEvent>, Option<String>) {
+/// Callback id of the modal asking for a reason.
+const REASON_MODAL: &str = "baton_reason";
+
+/// Handles an interaction payload (from HTTP or Socket Mode): button clicks become events (or
+/// open a modal when the button asks for a reason first), a submitted reason modal becomes the
+/// click it was asked for.
+pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: Value) {
+    if payload["type"] == "view_submission" {
+        if let Some((event, response_url)) = reason_submitted(&payload) {
+            handle_later(engine.clone(), slack.clone(), event, response_url);
+        }
+        return;
+    }
+    let interaction = match serde_json::from_value::<SlackInteractionEvent>(payload) {
+        Ok(i) => i,
+        Err(e) => return tracing::warn!(error = %e, "unreadable Slack interaction"),
+    };
+    // Other interaction kinds (shortcuts, messages actions) are not used.
     let SlackInteractionEvent::BlockActions(ev) = interaction else {
-        // Other interaction kinds (shortcuts, modals) are not used yet.
-        return (vec![], None);
+        return;
     };
     let Some(user) = ev.user.as_ref().map(|u| u.id.0.clone()) else {
-        return (vec![], None);
+        return;
     };
     let channel = ev
         .channel
         .as_ref()
         .map(|c| c.id.0.clone())
         .unwrap_or_default();
-    let events = ev
-        .actions
-        .iter()
-        .flatten()
-        .filter_map(|action| {
-            let parsed = action.action_id.0.parse::<ActionId>().ok()?;
-            Some(InboundEvent {
-                id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
-                actor: actor(&user, false),
-                conversation: ConversationRef {
-                    platform: "slack".into(),
-                    channel: channel.clone(),
-                    thread: None,
-                },
-                kind: EventKind::Action {
-                    action: parsed,
-                    reason: None,
-                },
-            })
-        })
-        .collect();
-    (events, ev.response_url.as_ref().map(|u| u.0.to_string()))
+    let response_url = ev.response_url.as_ref().map(|u| u.0.to_string());
+    for action in ev.actions.iter().flatten() {
+        let Ok(parsed) = action.action_id.0.parse::<ActionId>() else {
+            continue;
+        };
+        let question = action
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<Value>(v).ok())
+            .and_then(|v| v["ask"].as_str().map(str::to_owned));
+        if let Some(question) = question {
+            let metadata = json!({"action": action.action_id.0, "channel": channel, "response_url": response_url}).to_string();
+            let slack = slack.clone();
+            let trigger = ev.trigger_id.0.clone();
+            tokio::spawn(async move {
+                if let Err(e) = slack
+                    .api
+                    .call("views.open", &reason_modal(&trigger, &question, &metadata))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not open the reason modal");
+                }
+            });
+            continue;
+        }
+        // The trigger id is unique per click: a click delivered twice is applied once.
+        let event = InboundEvent {
+            id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
+            actor: actor(&user, false),
+            conversation: ConversationRef {
+                platform: "slack".into(),
+                channel: channel.clone(),
+                thread: None,
+            },
+            kind: EventKind::Action {
+                action: parsed,
+                reason: None,
+            },
+        };
+        handle_later(engine.clone(), slack.clone(), event, response_url.clone());
+    }
+}
+
+/// The `views.open` body of a modal asking why.
+fn reason_modal(trigger_id: &str, question: &str, metadata: &str) -> Value {
+    json!({
+        "trigger_id": trigger_id,
+        "view": {
+            "type": "modal",
+            "callback_id": REASON_MODAL,
+            "title": {"type": "plain_text", "text": "Reject"},
+            "submit": {"type": "plain_text", "text": "Reject"},
+            "close": {"type": "plain_text", "text": "Cancel"},
+            "private_metadata": metadata,
+            "blocks": [{
+                "type": "input",
+                "block_id": "reason",
+                "label": {"type": "plain_text", "text": question},
+                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": true, "max_length": 1000}
+            }]
+        }
+    })
+}
+
+/// A submitted reason modal as the click it was opened for.
+fn reason_submitted(payload: &Value) -> Option<(InboundEvent, Option<String>)> {
+    let view = &payload["view"];
+    if view["callback_id"] != REASON_MODAL {
+        return None;
+    }
+    let metadata: Value = serde_json::from_str(view["private_metadata"].as_str()?).ok()?;
+    let action = metadata["action"].as_str()?.parse::<ActionId>().ok()?;
+    let reason = view["state"]["values"]["reason"]["reason"]["value"]
+        .as_str()
+        .map(str::to_owned);
+    let user = payload["user"]["id"].as_str()?;
+    let event = InboundEvent {
+        // One submission of one modal is one decision attempt.
+        id: format!("slack:view:{}", view["id"].as_str()?),
+        actor: actor(user, false),
+        conversation: ConversationRef {
+            platform: "slack".into(),
+            channel: metadata["channel"].as_str().unwrap_or_default().to_owned(),
+            thread: None,
+        },
+        kind: EventKind::Action { action, reason },
+    };
+    Some((event, metadata["response_url"].as_str().map(str::to_owned)))
 }
 
 async fn commands(
@@ -316,19 +395,12 @@ async fn interactions(
     let Ok(form) = serde_urlencoded::from_str::<InteractionForm>(&text) else {
         return Err(ApiError::BadRequest("unreadable interaction".into()));
     };
-    let Ok(interaction) = serde_json::from_str::<SlackInteractionEvent>(&form.payload) else {
+    let Ok(payload) = serde_json::from_str::<Value>(&form.payload) else {
         return Err(ApiError::BadRequest(
             "unreadable interaction payload".into(),
         ));
     };
-    let (events, response_url) = action_events(&interaction);
-    for event in events {
-        handle_later(
-            state.engine.clone(),
-            slack.clone(),
-            event,
-            response_url.clone(),
-        );
-    }
+    dispatch_interaction(&state.engine, &slack, payload);
+    // An empty 200 also closes a submitted modal.
     Ok(StatusCode::OK)
 }

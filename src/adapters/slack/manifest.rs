@@ -18,6 +18,15 @@ pub const BOT_SCOPES: &[&str] = &[
     "usergroups:read", // user groups as approvers
 ];
 
+/// Scopes without which Baton cannot work at all; start-up stops when one is missing.
+pub const REQUIRED_SCOPES: &[&str] = &[
+    "chat:write",
+    "commands",
+    "app_mentions:read",
+    "channels:history",
+    "channels:read",
+];
+
 /// Builds the manifest. With `public_url`, Slack sends events, commands and clicks to Baton's
 /// HTTP endpoints there; without, the app is set up for Socket Mode.
 pub fn manifest(workflows: &WorkflowSet, public_url: Option<&str>) -> Value {

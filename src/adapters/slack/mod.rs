@@ -177,12 +177,25 @@ impl Platform for Slack {
 
     /// Calls `auth.test`: a bad token stops start-up with Slack's reason.
     async fn healthcheck(&self) -> anyhow::Result<()> {
-        let answer = self.api.call("auth.test", &json!({})).await.map_err(|e| match e {
+        let (answer, scopes) = self.api.auth_test().await.map_err(|e| match e {
             SlackError::Api(code) if matches!(code.as_str(), "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked" | "token_expired") => {
                 anyhow::anyhow!("SLACK_BOT_TOKEN: Slack refused the token ({code}); copy the Bot User OAuth Token from the app's OAuth & Permissions page")
             }
             other => anyhow::anyhow!("SLACK_BOT_TOKEN: auth.test failed: {other}"),
         })?;
+        if let Some(granted) = scopes {
+            let missing: Vec<&str> = manifest::REQUIRED_SCOPES
+                .iter()
+                .copied()
+                .filter(|s| !granted.iter().any(|g| g == s))
+                .collect();
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "SLACK_BOT_TOKEN: the Slack app lacks the scopes {}; add them under OAuth & Permissions (or recreate the app from `baton slack manifest`) and reinstall it",
+                    missing.join(", ")
+                );
+            }
+        }
         let field = |k: &str| answer[k].as_str().map(str::to_owned);
         let identity = Identity {
             team: field("team").unwrap_or_default(),

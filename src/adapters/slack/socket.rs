@@ -6,7 +6,7 @@
 //! What arrives twice across a reconnect is de-duplicated by the same event ids.
 
 use super::Slack;
-use super::inbound::{action_events, command_event, handle_later, message_event};
+use super::inbound::{command_event, dispatch_interaction, handle_later, message_event};
 use crate::engine::Engine;
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
@@ -180,15 +180,7 @@ fn on_envelope(slack: &Arc<Slack>, engine: &Arc<Engine>, text: &str) -> (Option<
             (ack, false)
         }
         "interactive" => {
-            match serde_json::from_value::<SlackInteractionEvent>(envelope.payload) {
-                Ok(i) => {
-                    let (events, response_url) = action_events(&i);
-                    for event in events {
-                        handle_later(engine.clone(), slack.clone(), event, response_url.clone());
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable interactive payload"),
-            }
+            dispatch_interaction(engine, slack, envelope.payload);
             (ack, false)
         }
         other => {

@@ -353,7 +353,8 @@ impl Apply<'_, '_> {
                 self.state
                     .timers
                     .insert(timer::expire(id), approval.expires_at);
-                let msg = render::approval_request(self.state.run.id, id, &approval);
+                let msg =
+                    render::approval_request(self.state.run.id, id, &approval, spec.reject_reason);
                 let ev = self.event(
                     AuditKind::ApprovalRequested,
                     Some(id),
@@ -646,10 +647,13 @@ impl Apply<'_, '_> {
             self.audit(ev);
             return self.notice(refusal.notice());
         }
-        let now = self.now();
         let reason = reason
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty());
+        if !approve && spec.reject_reason && reason.is_none() {
+            return self.notice("Rejecting this step needs a reason.");
+        }
+        let now = self.now();
         let a = self.state.approvals.get_mut(id).expect("checked above");
         a.status = if approve {
             ApprovalStatus::Approved

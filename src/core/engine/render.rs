@@ -123,8 +123,24 @@ pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
     ))
 }
 
+/// What Reject asks when the step wants a reason.
+pub const REJECT_QUESTION: &str = "Why are you rejecting this?";
+
 /// The approval request with its buttons.
-pub fn approval_request(run: RunId, step: &str, a: &Approval) -> OutMessage {
+pub fn approval_request(run: RunId, step: &str, a: &Approval, reject_reason: bool) -> OutMessage {
+    let reject = Button::new(
+        "Reject",
+        ActionId::Reject {
+            run,
+            step: step.into(),
+        },
+        ButtonStyle::Danger,
+    );
+    let reject = if reject_reason {
+        reject.asking(REJECT_QUESTION)
+    } else {
+        reject
+    };
     let approvers: Vec<String> = a
         .approvers
         .iter()
@@ -147,14 +163,7 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval) -> OutMessage {
                 },
                 ButtonStyle::Primary,
             ),
-            Button::new(
-                "Reject",
-                ActionId::Reject {
-                    run,
-                    step: step.into(),
-                },
-                ButtonStyle::Danger,
-            ),
+            reject,
         ],
         mentions: a.approvers.clone(),
     }

@@ -503,3 +503,35 @@ fn an_abandoned_run_fails_with_its_reason_and_stops_its_timers() {
         "once ended, nothing more"
     );
 }
+
+#[test]
+fn a_step_that_wants_a_reason_refuses_a_rejection_without_one() {
+    let text = FLOW.replace(
+        "approvers = [\"ben\"]",
+        "approvers = [\"ben\"]\nreject_reason = true",
+    );
+    let mut h = Harness::new(&text);
+    to_gate(&mut h);
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: false,
+        reason: Some("  ".into()),
+    });
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("Rejecting this step needs a reason.")
+    );
+    assert_eq!(h.state.approvals["gate"].status, ApprovalStatus::Pending);
+    let t = h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user("ben"),
+        approve: false,
+        reason: Some("no tests".into()),
+    });
+    assert_eq!(t.notice.as_deref(), Some("You rejected this step."));
+    assert_eq!(
+        h.state.approvals["gate"].reason.as_deref(),
+        Some("no tests")
+    );
+}

@@ -350,6 +350,8 @@ pub struct ApprovalSpec {
     pub approvers: Vec<String>,
     /// Let the person who started the run approve it (off by default: four-eyes).
     pub allow_self_approval: bool,
+    /// Rejecting needs a reason, asked for when Reject is clicked.
+    pub reject_reason: bool,
     /// Template for what is about to happen.
     pub message: String,
     /// After this long with no decision, the approval expires as rejected.

@@ -114,6 +114,8 @@ struct RawStep {
     approvers: Vec<String>,
     #[serde(default)]
     allow_self_approval: bool,
+    #[serde(default)]
+    reject_reason: bool,
     message: Option<Spanned<String>>,
     // notify and digest
     channel: Option<String>,
@@ -592,6 +594,7 @@ fn build_step(
             StepKind::Approval(ApprovalSpec {
                 approvers: s.approvers,
                 allow_self_approval: s.allow_self_approval,
+                reject_reason: s.reject_reason,
                 message,
                 timeout,
             })

@@ -115,8 +115,8 @@ function notice(where, text, isError) {
 async function click(m, b, inThread) {
   const where = inThread ? "thread-notices" : "notices";
   let reason = null;
-  if (b.action.startsWith("reject:")) {
-    reason = window.prompt("Reason for rejecting (optional):", "");
+  if (b.prompt) {
+    reason = window.prompt(b.prompt, "");
     if (reason === null) return;
   }
   try {
