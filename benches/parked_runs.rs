@@ -108,6 +108,7 @@ async fn main() {
                 id: "ana".into(),
                 display: "ana".into(),
                 is_bot: false,
+                groups: vec![],
             },
             conversation: ConversationRef {
                 platform: "console".into(),

@@ -121,6 +121,7 @@ async fn start(engine: &Arc<Engine>, channel: &str) -> i64 {
             id: "ana".into(),
             display: "ana".into(),
             is_bot: false,
+            groups: vec![],
         },
         conversation: ConversationRef {
             platform: "flaky".into(),

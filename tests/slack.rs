@@ -803,3 +803,68 @@ async fn a_missing_scope_stops_start_up_naming_it() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn a_user_group_can_approve_and_is_mentioned_as_a_group() {
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "approvers = [\"UBEN0001\"]",
+        "approvers = [\"slack:group:S0RELEASE\"]",
+    );
+    let app = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", wf)],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 9.1", "T1").await, 200);
+    let (approval_ts, approval) = eventually_some("the approval request", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| blocks_text(b).contains("Approval needed"))
+    })
+    .await;
+    assert!(
+        blocks_text(&approval).contains("Approvers: <!subteam^S0RELEASE>"),
+        "{}",
+        blocks_text(&approval)
+    );
+    // Not in the group: refused.
+    assert_eq!(
+        click(
+            &app,
+            &fake,
+            "UBEN0001",
+            "approve:1:gate",
+            &approval_ts,
+            "T2"
+        )
+        .await,
+        200
+    );
+    eventually("the refusal", || async {
+        fake.responses()
+            .iter()
+            .any(|r| r["text"] == "You are not an approver for this step.")
+    })
+    .await;
+    // In the group: approved.
+    assert_eq!(
+        click(
+            &app,
+            &fake,
+            "UCY00001",
+            "approve:1:gate",
+            &approval_ts,
+            "T3"
+        )
+        .await,
+        200
+    );
+    app.wait_for_status(1, "succeeded").await;
+}

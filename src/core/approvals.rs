@@ -57,6 +57,7 @@ mod tests {
             id: id.into(),
             display: id.into(),
             is_bot: false,
+            groups: vec![],
         }
     }
 
@@ -113,6 +114,32 @@ mod tests {
         assert_eq!(
             may_decide(&spec(true), &user("ben"), &user("ben"), true),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_member_of_an_approver_group_may_decide() {
+        let spec = ApprovalSpec {
+            approvers: vec!["group:release".into(), "slack:group:S0OPS".into()],
+            ..spec(false)
+        };
+        let mut cy = user("cy");
+        assert_eq!(
+            may_decide(&spec, &user("ana"), &cy, true),
+            Err(Refusal::NotApprover)
+        );
+        cy.groups = vec!["release".into()];
+        assert_eq!(may_decide(&spec, &user("ana"), &cy, true), Ok(()));
+        let mut slack = user("U0CY");
+        slack.platform = "slack".into();
+        slack.groups = vec!["S0OPS".into()];
+        assert_eq!(may_decide(&spec, &user("ana"), &slack, true), Ok(()));
+        let mut console = user("dee");
+        console.groups = vec!["S0OPS".into()];
+        assert_eq!(
+            may_decide(&spec, &user("ana"), &console, true),
+            Err(Refusal::NotApprover),
+            "pinned to Slack"
         );
     }
 

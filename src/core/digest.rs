@@ -62,7 +62,11 @@ pub fn render(f: &DigestFigures) -> String {
     } else {
         out.push(format!("Waiting for approval: {}", f.waiting_count));
         for w in &f.waiting {
-            let who: Vec<String> = w.approvers.iter().map(|a| format!("@{a}")).collect();
+            let who: Vec<String> = w
+                .approvers
+                .iter()
+                .map(|a| format!("@{}", crate::core::engine::render::approver_name(a)))
+                .collect();
             out.push(format!(
                 "• run {} ({}) step {}: waiting on {} for {}",
                 w.run,

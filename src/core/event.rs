@@ -18,6 +18,10 @@ pub struct Actor {
     pub display: String,
     /// Bots are ignored by triggers unless a workflow opts in.
     pub is_bot: bool,
+    /// Platform groups the actor belongs to (Slack user groups, Discord roles), filled in by
+    /// the adapter when it matters (a click on an approval), so approvers can be groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Actor {
@@ -28,6 +32,7 @@ impl Actor {
             id: "schedule".into(),
             display: "the schedule".into(),
             is_bot: true,
+            groups: vec![],
         }
     }
 
@@ -38,6 +43,7 @@ impl Actor {
             id: name.into(),
             display: name.into(),
             is_bot: false,
+            groups: vec![],
         }
     }
 
@@ -46,11 +52,20 @@ impl Actor {
         self.platform == OPERATOR_PLATFORM
     }
 
-    /// Whether a configured name (`ben`, or `console:ben` to pin the platform) names this actor.
+    /// Whether a configured name names this actor: a user id (`ben`, `U012ABC`), a group the
+    /// actor belongs to (`group:S0ABC`), either pinned to a platform (`slack:U012ABC`,
+    /// `slack:group:S0ABC`).
     pub fn is_named_by(&self, name: &str) -> bool {
-        match name.split_once(':') {
-            Some((platform, id)) => platform == self.platform && id == self.id,
-            None => name == self.id,
+        let (platform, rest) = match name.split_once(':') {
+            Some((p, rest)) if p != "group" => (Some(p), rest),
+            _ => (None, name),
+        };
+        if platform.is_some_and(|p| p != self.platform) {
+            return false;
+        }
+        match rest.strip_prefix("group:") {
+            Some(group) => self.groups.iter().any(|g| g == group),
+            None => rest == self.id,
         }
     }
 }

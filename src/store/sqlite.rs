@@ -167,6 +167,7 @@ async fn load_state(
             id: r.get("actor_id"),
             display: r.get("actor_display"),
             is_bot: r.get::<i64, _>("actor_is_bot") != 0,
+            groups: vec![],
         },
         inputs,
         late: r.get::<i64, _>("late") != 0,

@@ -160,6 +160,13 @@ async fn api(
     {
         return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
     }
+    if method == "usergroups.list" {
+        // A read method: form parameters, one group.
+        return axum::Json(json!({"ok": true, "usergroups": [
+            {"id": "S0RELEASE", "team_id": "T0ACME", "is_usergroup": true, "name": "Release managers", "handle": "release", "users": ["UCY00001", "UEVE0001"], "user_count": 2}
+        ]}))
+        .into_response();
+    }
     if method == "conversations.list" {
         return conversations_list(&headers, &body);
     }
@@ -173,6 +180,7 @@ async fn api(
             let body = json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "baton", "team_id": "T0ACME", "user_id": BOT_USER, "bot_id": "B0BATON"});
             ([("x-oauth-scopes", scopes)], axum::Json(body)).into_response()
         }
+
         "views.open" => {
             if body["trigger_id"].as_str().unwrap_or_default().is_empty() {
                 return axum::Json(json!({"ok": false, "error": "invalid_trigger_id"}))

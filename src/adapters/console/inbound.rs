@@ -120,6 +120,7 @@ fn actor(state: &AppState, user: &str) -> Result<Actor, ApiError> {
         id: user.to_owned(),
         display: user.to_owned(),
         is_bot: false,
+        groups: vec![],
     })
 }
 

@@ -15,11 +15,16 @@ pub const BLOCK_LIMIT: usize = 50;
 /// Longest fallback `text` we send (Slack truncates at 40,000).
 pub const TEXT_LIMIT: usize = 3000;
 
-/// Slack user and user-group ids written as `@U…` become real mentions.
+/// Slack user ids written as `@U…` and user groups written as `@group:S…` become real
+/// mentions (`<@U…>`, `<!subteam^S…>`).
 fn mentions(text: &str) -> String {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"@([UW][A-Z0-9]{6,})\b").expect("valid regex"));
-    re.replace_all(text, "<@$1>").into_owned()
+    static USERS: OnceLock<Regex> = OnceLock::new();
+    static GROUPS: OnceLock<Regex> = OnceLock::new();
+    let users = USERS.get_or_init(|| Regex::new(r"@([UW][A-Z0-9]{6,})\b").expect("valid regex"));
+    let groups =
+        GROUPS.get_or_init(|| Regex::new(r"@group:(S[A-Z0-9]{6,})\b").expect("valid regex"));
+    let text = groups.replace_all(text, "<!subteam^$1>");
+    users.replace_all(&text, "<@$1>").into_owned()
 }
 
 /// Escapes the three characters Slack's mrkdwn reserves, leaving our `<@U…>` mentions intact.
@@ -190,9 +195,12 @@ mod tests {
     #[test]
     fn user_ids_become_mentions_and_markup_characters_are_escaped() {
         let (text, _) = render(&OutMessage {
-            text: "started by @U01ABCDEF for <script> & co".into(),
+            text: "started by @U01ABCDEF for <script> & co, ask @group:S0RELEASE".into(),
             ..Default::default()
         });
-        assert_eq!(text, "started by <@U01ABCDEF> for &lt;script&gt; &amp; co");
+        assert_eq!(
+            text,
+            "started by <@U01ABCDEF> for &lt;script&gt; &amp; co, ask <!subteam^S0RELEASE>"
+        );
     }
 }

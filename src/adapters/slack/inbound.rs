@@ -75,6 +75,7 @@ fn actor(user: &str, is_bot: bool) -> Actor {
         id: user.to_owned(),
         display: user.to_owned(),
         is_bot,
+        groups: vec![],
     }
 }
 
@@ -86,6 +87,11 @@ pub(super) fn handle_later(
     response_url: Option<String>,
 ) {
     tokio::spawn(async move {
+        let mut event = event;
+        // Approvers may be user groups: who is in which is read when someone clicks.
+        if matches!(event.kind, EventKind::Action { .. }) {
+            event.actor.groups = slack.groups_of(&event.actor.id).await;
+        }
         let id = event.id.clone();
         match engine.handle(event).await {
             Ok(response) => {

@@ -38,7 +38,16 @@ pub struct Slack {
     pacer: pace::Pacer,
     /// Channel names from workflows, resolved to IDs once.
     channels: Mutex<HashMap<String, String>>,
+    /// User-group membership (user → group ids), refreshed at most once a minute.
+    groups: tokio::sync::Mutex<Option<GroupCache>>,
+    clock: Arc<dyn Clock>,
 }
+
+/// When membership was read, and each user's groups.
+type GroupCache = (chrono::DateTime<chrono::Utc>, HashMap<String, Vec<String>>);
+
+/// How long user-group membership is trusted before it is read again.
+const GROUPS_TTL_SECONDS: i64 = 60;
 
 /// Whether a channel reference is already a Slack conversation ID (`C…`, `G…`, `D…`).
 fn is_channel_id(s: &str) -> bool {
@@ -55,9 +64,50 @@ impl Slack {
             api,
             settings,
             identity: OnceLock::new(),
-            pacer: pace::Pacer::new(clock),
+            pacer: pace::Pacer::new(clock.clone()),
             channels: Mutex::new(HashMap::new()),
+            groups: tokio::sync::Mutex::new(None),
+            clock,
         }))
+    }
+
+    /// The user groups (`S…` ids) a user belongs to, from `usergroups.list`, cached for a
+    /// minute. Workspaces without user groups (or without the `usergroups:read` scope) simply
+    /// have none.
+    pub async fn groups_of(&self, user: &str) -> Vec<String> {
+        let now = self.clock.now();
+        let mut cache = self.groups.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| (now - *at).num_seconds() < GROUPS_TTL_SECONDS);
+        if !fresh {
+            let params = [
+                ("include_users", "true".to_owned()),
+                ("include_disabled", "false".to_owned()),
+            ];
+            let mut members: HashMap<String, Vec<String>> = HashMap::new();
+            match self.api.call_form("usergroups.list", &params).await {
+                Ok(answer) => {
+                    for g in answer["usergroups"].as_array().into_iter().flatten() {
+                        let Some(id) = g["id"].as_str() else { continue };
+                        for u in g["users"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|u| u.as_str())
+                        {
+                            members.entry(u.to_owned()).or_default().push(id.to_owned());
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "no Slack user groups"),
+            }
+            *cache = Some((now, members));
+        }
+        cache
+            .as_ref()
+            .and_then(|(_, m)| m.get(user).cloned())
+            .unwrap_or_default()
     }
 
     /// The ID of a channel named in a workflow (`general`, `#general` or an ID), looked up

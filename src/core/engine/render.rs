@@ -123,6 +123,15 @@ pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
     ))
 }
 
+/// An approver as written in chat: the platform prefix dropped (`slack:U012` → `U012`),
+/// groups kept as `group:ID` so each adapter can turn them into its own group mention.
+pub fn approver_name(entry: &str) -> &str {
+    match entry.split_once(':') {
+        Some((p, rest)) if p != "group" => rest,
+        _ => entry,
+    }
+}
+
 /// What Reject asks when the step wants a reason.
 pub const REJECT_QUESTION: &str = "Why are you rejecting this?";
 
@@ -144,7 +153,7 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, reject_reason: boo
     let approvers: Vec<String> = a
         .approvers
         .iter()
-        .map(|x| format!("@{}", x.rsplit(':').next().unwrap_or(x)))
+        .map(|x| format!("@{}", approver_name(x)))
         .collect();
     OutMessage {
         text: format!(

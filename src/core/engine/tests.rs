@@ -60,6 +60,7 @@ fn user(id: &str) -> Actor {
         id: id.into(),
         display: id.into(),
         is_bot: false,
+        groups: vec![],
     }
 }
 
