@@ -98,17 +98,18 @@ impl SlackApi {
     }
 
     /// Calls a method with another token: `apps.connections.open` takes the app-level token.
+    /// It takes form parameters, like Slack's other methods that accept no JSON.
     pub async fn call_with_token(
         &self,
         method: &str,
         token: &Secret,
-        body: &Value,
+        params: &[(&str, String)],
     ) -> Result<Value, SlackError> {
         let url = self
             .base
             .join(method)
             .map_err(|e| SlackError::Transport(e.to_string()))?;
-        self.finish(self.http.post(url).bearer_auth(token.expose()).json(body))
+        self.finish(self.http.post(url).bearer_auth(token.expose()).form(params))
             .await
     }
 

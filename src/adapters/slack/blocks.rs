@@ -68,7 +68,11 @@ fn chunks(text: &str, limit: usize) -> Vec<String> {
 
 /// The `text` and `blocks` fields of a `chat.postMessage` or `chat.update` call.
 pub fn render(message: &OutMessage) -> (String, Value) {
-    let text = mentions(&escape(&message.text));
+    // Slack refuses an empty section; say so rather than lose the post.
+    let text = match message.text.trim() {
+        "" => "(empty message)".to_owned(),
+        t => mentions(&escape(t)),
+    };
     let mut blocks: Vec<SlackBlock> = chunks(&text, SECTION_LIMIT)
         .into_iter()
         .map(|t| SlackSectionBlock::new().with_text(md!(t)).into())
@@ -202,5 +206,12 @@ mod tests {
             text,
             "started by <@U01ABCDEF> for &lt;script&gt; &amp; co, ask <!subteam^S0RELEASE>"
         );
+    }
+
+    #[test]
+    fn an_empty_message_still_renders_a_valid_section() {
+        let (text, blocks) = render(&OutMessage::default());
+        assert_eq!(text, "(empty message)");
+        assert_eq!(blocks[0]["text"]["text"], "(empty message)");
     }
 }

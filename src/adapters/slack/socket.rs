@@ -60,7 +60,7 @@ async fn connect_once(
         .context("SLACK_APP_TOKEN is not set")?;
     let answer = slack
         .api
-        .call_with_token("apps.connections.open", &token, &serde_json::json!({}))
+        .call_with_token("apps.connections.open", &token, &[])
         .await
         .context("apps.connections.open")?;
     let url = answer["url"]
