@@ -868,3 +868,22 @@ async fn a_user_group_can_approve_and_is_mentioned_as_a_group() {
     );
     app.wait_for_status(1, "succeeded").await;
 }
+
+#[tokio::test]
+async fn a_large_signed_event_is_accepted() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    let long = format!("ship it: 6.0 {}", "x".repeat(200 * 1024));
+    let message = json!({"type": "message", "channel": "C0GENERAL", "user": "UANA0001", "text": long, "ts": "1700000090.000100"});
+    let r = signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &event("EvBig", message),
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    root_post(&fake, "Ship 6.0").await;
+}

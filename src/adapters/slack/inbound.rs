@@ -25,11 +25,16 @@ use slack_morphism::signature_verifier::{
 };
 use std::sync::Arc;
 
+/// Largest request Slack may send us: events carrying long messages and blocks are bigger
+/// than anything a person types into the console.
+const MAX_SLACK_BODY: usize = 1024 * 1024;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/slack/events", post(events))
         .route("/slack/commands", post(commands))
         .route("/slack/interactions", post(interactions))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_SLACK_BODY))
 }
 
 /// Checks the signature; returns the body as text. A refusal is logged without the body.
