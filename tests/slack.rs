@@ -505,6 +505,17 @@ async fn a_missing_channel_is_reported_in_the_run_and_the_ledger() {
         page.contains("channel_not_found"),
         "the run's page shows it"
     );
+    // What the run posts later (its cancellation) cannot reach a thread that does not exist:
+    // it fails too instead of waiting forever.
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/baton cancel 1", "T7.2").await,
+        200
+    );
+    app.wait_for_status(1, "cancelled").await;
+    eventually("nothing left pending", || async {
+        app.get("/metrics").await.1.contains("baton_outbox_depth 0")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -886,4 +897,63 @@ async fn a_large_signed_event_is_accepted() {
     .await;
     assert_eq!(r.status().as_u16(), 200);
     root_post(&fake, "Ship 6.0").await;
+}
+
+const INCIDENTS: &str = r#"
+name = "page"
+[[trigger]]
+kind = "message"
+channels = ["incidents"]
+pattern = 'incident: (?P<summary>.+)'
+[permissions]
+channels = ["incidents"]
+[[step]]
+id = "ack"
+kind = "notify"
+text = "Looking into {{ input.summary }}"
+"#;
+
+#[tokio::test]
+async fn workflows_naming_channels_match_slack_channel_ids() {
+    let fake = FakeSlack::start().await;
+    let app = spawn(Spawn {
+        extra_workflows: vec![("page.toml", INCIDENTS.into())],
+        with_examples: false,
+        env: vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("SLACK_API_URL", fake.api_url()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let message = json!({"type": "message", "channel": "C0INCIDENTS", "user": "UANA0001", "text": "incident: api down", "ts": "1700000200.000100"});
+    signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &event("EvInc", message),
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    eventually("the reply in #incidents", || async {
+        fake.calls("chat.postMessage")
+            .iter()
+            .any(|p| p["channel"] == "C0INCIDENTS" && p["text"] == "Looking into api down")
+    })
+    .await;
+    // The same text elsewhere starts nothing.
+    let other = json!({"type": "message", "channel": "C0GENERAL", "user": "UANA0001", "text": "incident: elsewhere", "ts": "1700000210.000100"});
+    signed(
+        &app,
+        "/slack/events",
+        "application/json",
+        &event("EvGen", other),
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
 }

@@ -12,6 +12,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Transient failures in a row after which an outbox entry is given up (and reported).
+const MAX_DELIVERY_ATTEMPTS: u32 = 25;
+/// Longest wait a platform may ask for before the next try.
+const MAX_RETRY_WAIT_SECONDS: i64 = 3600;
+
 /// A slot handled within this long of its time is on time; later, it is marked late.
 const LATE_AFTER_SECONDS: i64 = 60;
 
@@ -166,7 +171,15 @@ impl Engine {
                 return 0;
             }
         };
+        // A conversation whose entry did not go out holds back its later entries in this
+        // batch too, so a thread never goes out of order.
+        let mut held: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         for entry in &entries {
+            let conversation = (entry.platform.clone(), entry.channel.clone());
+            if held.contains(&conversation) {
+                continue;
+            }
             let result = match self.platforms.get(entry.platform.as_str()) {
                 Some(p) => p.deliver(entry).await,
                 None => Err(DeliveryError::Permanent(format!(
@@ -175,10 +188,33 @@ impl Engine {
                 ))),
             };
             let now = self.clock.now();
-            let recorded = match result {
+            let result = match result {
+                Err(DeliveryError::Transient { message, .. })
+                    if entry.attempts + 1 >= MAX_DELIVERY_ATTEMPTS =>
+                {
+                    Err(DeliveryError::Permanent(format!(
+                        "gave up after {MAX_DELIVERY_ATTEMPTS} attempts: {message}"
+                    )))
+                }
+                other => other,
+            };
+            if result.is_err() {
+                held.insert(conversation);
+            }
+            match result {
                 Ok(reference) => {
                     self.metrics.delivered();
-                    self.store.outbox_delivered(entry.id, &reference, now).await
+                    // The platform has the message now: recording that must not be skipped, or
+                    // the next pass would post it again.
+                    for wait in [0u64, 100, 500, 2000] {
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                        match self.store.outbox_delivered(entry.id, &reference, now).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
+                            }
+                        }
+                    }
                 }
                 Err(DeliveryError::Transient {
                     message,
@@ -187,30 +223,41 @@ impl Engine {
                     self.metrics.delivery_failed();
                     let backoff = retry_after
                         .and_then(|d| Duration::from_std(d).ok())
-                        .unwrap_or_else(|| Duration::seconds(1i64 << entry.attempts.min(8)));
+                        .unwrap_or_else(|| Duration::seconds(1i64 << entry.attempts.min(8)))
+                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
                     tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
-                    self.store
-                        .outbox_failed(entry.id, &message, Some(now + backoff), now)
-                        .await
+                    self.record(
+                        self.store
+                            .outbox_failed(entry.id, &message, Some(now + backoff), now)
+                            .await,
+                    );
                 }
                 Err(DeliveryError::NotYet(wait)) => {
-                    let until =
-                        now + Duration::from_std(wait).unwrap_or_else(|_| Duration::seconds(1));
-                    self.store.outbox_defer(entry.id, until).await
+                    let wait = Duration::from_std(wait)
+                        .unwrap_or_else(|_| Duration::seconds(1))
+                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
+                    self.record(self.store.outbox_defer(entry.id, now + wait).await);
                 }
                 Err(DeliveryError::Permanent(message)) => {
                     self.metrics.delivery_failed();
                     tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
-                    self.store
-                        .outbox_failed(entry.id, &message, None, now)
-                        .await
+                    self.record(
+                        self.store
+                            .outbox_failed(entry.id, &message, None, now)
+                            .await,
+                    );
                 }
-            };
-            if let Err(e) = recorded {
-                tracing::warn!(error = %e, "could not record a delivery outcome");
             }
         }
         entries.len()
+    }
+}
+
+impl Engine {
+    fn record(&self, result: Result<(), crate::store::StoreError>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record a delivery outcome");
+        }
     }
 }
 

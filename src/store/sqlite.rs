@@ -741,7 +741,9 @@ impl OutboxStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT o.*,
                     (SELECT p.platform_ref FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post') AS thread_ref,
-                    (SELECT p.platform_ref FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_ref
+                                        (SELECT p.platform_ref FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_ref,
+                    (SELECT p.status FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post') AS thread_status,
+                    (SELECT p.status FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_status
              FROM outbox o WHERE o.status = 'pending' ORDER BY o.id LIMIT ?",
         )
         .bind((limit as i64) * 4)
@@ -755,6 +757,7 @@ impl OutboxStore for SqliteStore {
             }
         }
         let mut superseded = Vec::new();
+        let mut orphaned = Vec::new();
         let mut out = Vec::new();
         for r in &rows {
             let id: i64 = r.get("id");
@@ -778,6 +781,15 @@ impl OutboxStore for SqliteStore {
             let thread_key: Option<String> = r.get("thread_key");
             let thread_ref: Option<String> = r.get("thread_ref");
             let target_ref: Option<String> = r.get("target_ref");
+            // A reply to a root, or an edit of a post, that could never be delivered can never
+            // be delivered either; it must not wait (and hold its conversation) forever.
+            let failed_dependency = r.get::<Option<&str>, _>("thread_status") == Some("failed")
+                || (op == OutboxOp::Edit
+                    && r.get::<Option<&str>, _>("target_status") == Some("failed"));
+            if failed_dependency {
+                orphaned.push(id);
+                continue;
+            }
             let waiting = r.get::<i64, _>("next_attempt_at") > ms(now)
                 || (thread_key.is_some() && thread_ref.is_none())
                 || (op == OutboxOp::Edit && target_ref.is_none());
@@ -800,6 +812,15 @@ impl OutboxStore for SqliteStore {
             });
             if out.len() >= limit as usize {
                 break;
+            }
+        }
+        if !orphaned.is_empty() {
+            let _guard = self.write.lock().await;
+            for id in orphaned {
+                sqlx::query("UPDATE outbox SET status = 'failed', last_error = 'depends on a message that could not be delivered' WHERE id = ? AND status = 'pending'")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
             }
         }
         if !superseded.is_empty() {

@@ -160,13 +160,24 @@ impl SlackApi {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1);
+                .unwrap_or(1)
+                // A wait longer than an hour is not a wait but a broken header.
+                .min(3600);
             return Err(SlackError::RateLimited(Duration::from_secs(wait)));
         }
         if status.is_server_error() {
             return Err(SlackError::Transport(format!("HTTP {status}")));
         }
         let headers = response.headers().clone();
+        if status.is_client_error()
+            && !headers
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.contains("json"))
+        {
+            // Not Slack's JSON error but a proxy's or a wrong URL's page: retrying will not help.
+            return Err(SlackError::Api(format!("http_{}", status.as_u16())));
+        }
         let value: Value = response.json().await.map_err(|e| {
             SlackError::Transport(format!("unreadable answer: {}", e.without_url()))
         })?;

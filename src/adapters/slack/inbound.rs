@@ -97,6 +97,11 @@ pub(super) fn handle_later(
         if matches!(event.kind, EventKind::Action { .. }) {
             event.actor.groups = slack.groups_of(&event.actor.id).await;
         }
+        // Workflows name channels (`incidents`); Slack sends IDs. Runs record the name where
+        // there is one, and posting turns it back into the ID.
+        if let Some(name) = slack.channel_name(&event.conversation.channel).await {
+            event.conversation.channel = name;
+        }
         let id = event.id.clone();
         match engine.handle(event).await {
             Ok(response) => {
@@ -166,7 +171,14 @@ pub(super) fn message_event(slack: &Slack, body: &SlackEventCallbackBody) -> Opt
     let (user, is_bot, channel, text, ts, thread) = match body {
         SlackEventCallbackBody::Message(m) => {
             // Edits, joins, deletions and the like are not new messages.
-            if m.subtype.is_some() {
+            // A file shared with text, or a thread reply also sent to the channel, is still a
+            // person's message.
+            let kept = matches!(
+                m.subtype,
+                None | Some(SlackMessageEventType::FileShare)
+                    | Some(SlackMessageEventType::ThreadBroadcast)
+            );
+            if !kept {
                 return None;
             }
             let user = m.sender.user.as_ref().map(|u| u.0.clone())?;

@@ -25,6 +25,7 @@ pub const REQUIRED_SCOPES: &[&str] = &[
     "app_mentions:read",
     "channels:history",
     "channels:read",
+    "groups:read",
 ];
 
 /// Builds the manifest. With `public_url`, Slack sends events, commands and clicks to Baton's

@@ -37,11 +37,22 @@ pub struct Slack {
     identity: OnceLock<Identity>,
     pacer: pace::Pacer,
     /// Channel names from workflows, resolved to IDs once.
-    channels: Mutex<HashMap<String, String>>,
+    channels: Mutex<ChannelCache>,
     /// User-group membership (user → group ids), refreshed at most once a minute.
     groups: tokio::sync::Mutex<Option<GroupCache>>,
     clock: Arc<dyn Clock>,
 }
+
+/// Channel names and IDs, both ways, and when they were read.
+#[derive(Default)]
+struct ChannelCache {
+    by_name: HashMap<String, String>,
+    by_id: HashMap<String, String>,
+    refreshed: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How long a channel listing answers misses before it is read again.
+const CHANNELS_TTL_SECONDS: i64 = 60;
 
 /// When membership was read, and each user's groups.
 type GroupCache = (chrono::DateTime<chrono::Utc>, HashMap<String, Vec<String>>);
@@ -65,15 +76,20 @@ impl Slack {
             settings,
             identity: OnceLock::new(),
             pacer: pace::Pacer::new(clock.clone()),
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(ChannelCache::default()),
             groups: tokio::sync::Mutex::new(None),
             clock,
         }))
     }
 
+    /// The bot's identity once `healthcheck` ran.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
     /// The user groups (`S…` ids) a user belongs to, from `usergroups.list`, cached for a
     /// minute. Workspaces without user groups (or without the `usergroups:read` scope) simply
-    /// have none.
+    /// have none; a failed lookup keeps what was known and is tried again on the next click.
     pub async fn groups_of(&self, user: &str) -> Vec<String> {
         let now = self.clock.now();
         let mut cache = self.groups.lock().await;
@@ -85,9 +101,9 @@ impl Slack {
                 ("include_users", "true".to_owned()),
                 ("include_disabled", "false".to_owned()),
             ];
-            let mut members: HashMap<String, Vec<String>> = HashMap::new();
             match self.api.call_form("usergroups.list", &params).await {
                 Ok(answer) => {
+                    let mut members: HashMap<String, Vec<String>> = HashMap::new();
                     for g in answer["usergroups"].as_array().into_iter().flatten() {
                         let Some(id) = g["id"].as_str() else { continue };
                         for u in g["users"]
@@ -99,10 +115,10 @@ impl Slack {
                             members.entry(u.to_owned()).or_default().push(id.to_owned());
                         }
                     }
+                    *cache = Some((now, members));
                 }
-                Err(e) => tracing::debug!(error = %e, "no Slack user groups"),
+                Err(e) => tracing::warn!(error = %e, "could not read Slack user groups"),
             }
-            *cache = Some((now, members));
         }
         cache
             .as_ref()
@@ -110,17 +126,21 @@ impl Slack {
             .unwrap_or_default()
     }
 
-    /// The ID of a channel named in a workflow (`general`, `#general` or an ID), looked up
-    /// with `conversations.list` once and cached.
-    async fn channel_id(&self, channel: &str) -> Result<String, DeliveryError> {
-        let name = channel.trim_start_matches('#');
-        if is_channel_id(name) {
-            return Ok(name.to_owned());
-        }
-        if let Some(id) = self.channels.lock().expect("channel cache lock").get(name) {
-            return Ok(id.clone());
+    /// Reads every channel Baton can see into the cache. Misses refresh it at most once a
+    /// minute, so a stream of DMs (never listed) costs no API calls.
+    async fn refresh_channels(&self) -> Result<(), DeliveryError> {
+        let now = self.clock.now();
+        if self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .refreshed
+            .is_some_and(|at| (now - at).num_seconds() < CHANNELS_TTL_SECONDS)
+        {
+            return Ok(());
         }
         let mut cursor = String::new();
+        let mut by_name = HashMap::new();
         loop {
             let mut params = vec![
                 ("types", "public_channel,private_channel".to_owned()),
@@ -135,15 +155,9 @@ impl Slack {
                 .call_form("conversations.list", &params)
                 .await
                 .map_err(delivery_error)?;
-            {
-                let mut cache = self.channels.lock().expect("channel cache lock");
-                for c in answer["channels"].as_array().into_iter().flatten() {
-                    if let (Some(n), Some(id)) = (c["name"].as_str(), c["id"].as_str()) {
-                        cache.insert(n.to_owned(), id.to_owned());
-                    }
-                }
-                if let Some(id) = cache.get(name) {
-                    return Ok(id.clone());
+            for c in answer["channels"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(id)) = (c["name"].as_str(), c["id"].as_str()) {
+                    by_name.insert(n.to_owned(), id.to_owned());
                 }
             }
             cursor = answer["response_metadata"]["next_cursor"]
@@ -151,16 +165,67 @@ impl Slack {
                 .unwrap_or_default()
                 .to_owned();
             if cursor.is_empty() {
-                return Err(DeliveryError::Permanent(format!(
-                    "channel #{name} not found: check the name in the workflow, or invite the bot to the private channel"
-                )));
+                break;
             }
         }
+        let mut cache = self.channels.lock().expect("channel cache lock");
+        cache.by_id = by_name
+            .iter()
+            .map(|(n, id)| (id.clone(), n.clone()))
+            .collect();
+        cache.by_name = by_name;
+        cache.refreshed = Some(now);
+        Ok(())
     }
 
-    /// The bot's identity once `healthcheck` ran.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.get()
+    /// The ID of a channel named in a workflow (`general`, `#general` or an ID).
+    async fn channel_id(&self, channel: &str) -> Result<String, DeliveryError> {
+        let name = channel.trim_start_matches('#');
+        if is_channel_id(name) {
+            return Ok(name.to_owned());
+        }
+        if let Some(id) = self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .by_name
+            .get(name)
+        {
+            return Ok(id.clone());
+        }
+        self.refresh_channels().await?;
+        self.channels
+            .lock()
+            .expect("channel cache lock")
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DeliveryError::Permanent(format!("channel #{name} not found: check the name in the workflow, or invite the bot to the private channel")))
+    }
+
+    /// The name of a channel Slack gave by ID, when it has one (DMs do not).
+    pub async fn channel_name(&self, id: &str) -> Option<String> {
+        if !is_channel_id(id) {
+            return None;
+        }
+        if let Some(name) = self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .by_id
+            .get(id)
+        {
+            return Some(name.clone());
+        }
+        if let Err(e) = self.refresh_channels().await {
+            tracing::warn!(error = %e, "could not list Slack channels");
+        }
+        self.channels
+            .lock()
+            .expect("channel cache lock")
+            .by_id
+            .get(id)
+            .cloned()
     }
 }
 

@@ -19,6 +19,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Silence after which the connection is taken for dead and opened again.
+const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+/// Longest a WebSocket handshake may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -66,8 +71,9 @@ async fn connect_once(
     let url = answer["url"]
         .as_str()
         .context("apps.connections.open answered without a url")?;
-    let (socket, _) = tokio_tungstenite::connect_async(url)
+    let (socket, _) = tokio::time::timeout(CONNECT_LIMIT, tokio_tungstenite::connect_async(url))
         .await
+        .context("opening the Socket Mode WebSocket timed out")?
         .context("opening the Socket Mode WebSocket")?;
     let (mut sink, mut stream) = socket.split();
     loop {
@@ -76,8 +82,18 @@ async fn connect_once(
             return Ok(());
         }
         let frame = tokio::select! {
-            _ = shutdown.changed() => continue,
-            frame = stream.next() => frame,
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    // The app is gone: nothing will ever tell us to stop.
+                    return Ok(());
+                }
+                continue;
+            }
+            // Slack pings the connection regularly; this long in silence means it is dead.
+            frame = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => match frame {
+                Ok(f) => f,
+                Err(_) => anyhow::bail!("no traffic on the Socket Mode connection for {SILENCE_LIMIT:?}"),
+            },
         };
         let frame = match frame {
             None => return Ok(()),

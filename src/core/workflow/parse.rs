@@ -232,14 +232,16 @@ fn build(
     for s in &raw.step {
         let id = s.get_ref().id.get_ref().clone();
         let at = s.get_ref().id.span().start;
+        // Step ids end up in button action ids, which chat platforms cap (Slack at 255).
         if id.is_empty()
+            || id.len() > 64
             || !id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             r.error(
                 at,
-                format!("step id `{id}` must be letters, digits, `-` or `_`"),
+                format!("step id `{id}` must be 1-64 letters, digits, `-` or `_`"),
             );
         }
         if ids.insert(id.clone(), at).is_some() {
