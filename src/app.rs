@@ -147,6 +147,7 @@ pub async fn run(
         .await
         .context("could not resume the runs that were under way")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slack_for_shutdown = slack.clone();
     // Socket Mode receives Slack's events over a WebSocket Baton opens itself.
     let socket = slack
         .as_ref()
@@ -170,6 +171,14 @@ pub async fn run(
     server.await.context("the HTTP server stopped")?;
     if let Some(socket) = socket {
         let _ = socket.await;
+    }
+    // Events Slack got an acknowledgement for are handled before the engine stops.
+    if let Some(slack) = &slack_for_shutdown
+        && tokio::time::timeout(std::time::Duration::from_secs(10), slack.inflight.drained())
+            .await
+            .is_err()
+    {
+        tracing::warn!("some acknowledged Slack events were still being handled at shutdown");
     }
     background.shutdown().await;
     tracing::info!("stopped");

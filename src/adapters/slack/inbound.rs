@@ -91,7 +91,9 @@ pub(super) fn handle_later(
     event: InboundEvent,
     response_url: Option<String>,
 ) {
+    let guard = slack.inflight.enter();
     tokio::spawn(async move {
+        let _guard = guard;
         let mut event = event;
         // Approvers may be user groups: who is in which is read when someone clicks.
         if matches!(event.kind, EventKind::Action { .. }) {
