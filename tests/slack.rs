@@ -35,9 +35,10 @@ needs = ["gate"]
 text = "Shipped {{ input.version }}."
 "#;
 
-async fn slack_app(fake: &FakeSlack) -> TestApp {
+/// Baton with Slack over HTTP and one workflow file, against `fake`.
+async fn slack_app_with(fake: &FakeSlack, file: &'static str, workflow: String) -> TestApp {
     spawn(Spawn {
-        extra_workflows: vec![("ship.toml", APPROVE.into())],
+        extra_workflows: vec![(file, workflow)],
         with_examples: false,
         env: vec![
             ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
@@ -47,6 +48,10 @@ async fn slack_app(fake: &FakeSlack) -> TestApp {
         ..Default::default()
     })
     .await
+}
+
+async fn slack_app(fake: &FakeSlack) -> TestApp {
+    slack_app_with(fake, "ship.toml", APPROVE.into()).await
 }
 
 /// POSTs a body to Baton signed as Slack would, `age` seconds ago.
@@ -579,17 +584,7 @@ text = "lost"
 #[tokio::test]
 async fn channel_names_in_workflows_are_resolved_and_an_unknown_one_is_reported() {
     let fake = FakeSlack::start().await;
-    let app = spawn(Spawn {
-        extra_workflows: vec![("announce.toml", NOTIFY.into())],
-        with_examples: false,
-        env: vec![
-            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
-            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
-            ("SLACK_API_URL", fake.api_url()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = slack_app_with(&fake, "announce.toml", NOTIFY.into()).await;
     assert_eq!(
         slash(&app, &fake, "UANA0001", "/announce", "T8.1").await,
         200
@@ -634,17 +629,7 @@ async fn posts_to_one_channel_are_paced_and_keep_their_order() {
     let wf =
         format!("name = \"burst\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"burst\"\n{many}");
     let fake = FakeSlack::start().await;
-    let app = spawn(Spawn {
-        extra_workflows: vec![("burst.toml", wf)],
-        with_examples: false,
-        env: vec![
-            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
-            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
-            ("SLACK_API_URL", fake.api_url()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = slack_app_with(&fake, "burst.toml", wf).await;
     assert_eq!(slash(&app, &fake, "UANA0001", "/burst", "T9.1").await, 200);
     // A burst of four goes out at once; the rest wait for the channel's pace.
     eventually("the burst", || async {
@@ -686,17 +671,7 @@ async fn reject_opens_a_modal_for_the_reason_and_the_submission_decides() {
         "approvers = [\"UBEN0001\"]",
         "approvers = [\"UBEN0001\"]\nreject_reason = true",
     );
-    let app = spawn(Spawn {
-        extra_workflows: vec![("ship.toml", wf)],
-        with_examples: false,
-        env: vec![
-            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
-            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
-            ("SLACK_API_URL", fake.api_url()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = slack_app_with(&fake, "ship.toml", wf).await;
     assert_eq!(slash(&app, &fake, "UANA0001", "/ship 8.0", "T1").await, 200);
     let (approval_ts, approval) = eventually_some("the approval request", || async {
         fake.posts()
@@ -822,17 +797,7 @@ async fn a_user_group_can_approve_and_is_mentioned_as_a_group() {
         "approvers = [\"UBEN0001\"]",
         "approvers = [\"slack:group:S0RELEASE\"]",
     );
-    let app = spawn(Spawn {
-        extra_workflows: vec![("ship.toml", wf)],
-        with_examples: false,
-        env: vec![
-            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
-            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
-            ("SLACK_API_URL", fake.api_url()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = slack_app_with(&fake, "ship.toml", wf).await;
     assert_eq!(slash(&app, &fake, "UANA0001", "/ship 9.1", "T1").await, 200);
     let (approval_ts, approval) = eventually_some("the approval request", || async {
         fake.posts()
@@ -916,17 +881,7 @@ text = "Looking into {{ input.summary }}"
 #[tokio::test]
 async fn workflows_naming_channels_match_slack_channel_ids() {
     let fake = FakeSlack::start().await;
-    let app = spawn(Spawn {
-        extra_workflows: vec![("page.toml", INCIDENTS.into())],
-        with_examples: false,
-        env: vec![
-            ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
-            ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
-            ("SLACK_API_URL", fake.api_url()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let app = slack_app_with(&fake, "page.toml", INCIDENTS.into()).await;
     let message = json!({"type": "message", "channel": "C0INCIDENTS", "user": "UANA0001", "text": "incident: api down", "ts": "1700000200.000100"});
     signed(
         &app,

@@ -61,20 +61,20 @@ impl SlackApi {
         self.base.host_str()
     }
 
-    /// Calls a Web API method with a JSON body (write methods); returns the response when `ok`
-    /// is true.
-    pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
+    /// A POST to a Web API method, authorised with `token`.
+    fn request(&self, method: &str, token: &Secret) -> Result<reqwest::RequestBuilder, SlackError> {
         let url = self
             .base
             .join(method)
             .map_err(|e| SlackError::Transport(e.to_string()))?;
-        self.finish(
-            self.http
-                .post(url)
-                .bearer_auth(self.token.expose())
-                .json(body),
-        )
-        .await
+        Ok(self.http.post(url).bearer_auth(token.expose()))
+    }
+
+    /// Calls a Web API method with a JSON body (write methods); returns the response when `ok`
+    /// is true.
+    pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
+        self.finish(self.request(method, &self.token)?.json(body))
+            .await
     }
 
     /// Calls a Web API method with form parameters, as Slack's read methods (such as
@@ -84,17 +84,8 @@ impl SlackApi {
         method: &str,
         params: &[(&str, String)],
     ) -> Result<Value, SlackError> {
-        let url = self
-            .base
-            .join(method)
-            .map_err(|e| SlackError::Transport(e.to_string()))?;
-        self.finish(
-            self.http
-                .post(url)
-                .bearer_auth(self.token.expose())
-                .form(params),
-        )
-        .await
+        self.finish(self.request(method, &self.token)?.form(params))
+            .await
     }
 
     /// Calls a method with another token: `apps.connections.open` takes the app-level token.
@@ -105,26 +96,15 @@ impl SlackApi {
         token: &Secret,
         params: &[(&str, String)],
     ) -> Result<Value, SlackError> {
-        let url = self
-            .base
-            .join(method)
-            .map_err(|e| SlackError::Transport(e.to_string()))?;
-        self.finish(self.http.post(url).bearer_auth(token.expose()).form(params))
-            .await
+        self.finish(self.request(method, token)?.form(params)).await
     }
 
     /// `auth.test`, with the scopes the token was granted (Slack lists them in the
     /// `x-oauth-scopes` header; `None` when a proxy dropped it).
     pub async fn auth_test(&self) -> Result<(Value, Option<Vec<String>>), SlackError> {
-        let url = self
-            .base
-            .join("auth.test")
-            .map_err(|e| SlackError::Transport(e.to_string()))?;
         let (value, headers) = self
             .exchange(
-                self.http
-                    .post(url)
-                    .bearer_auth(self.token.expose())
+                self.request("auth.test", &self.token)?
                     .json(&serde_json::json!({})),
             )
             .await?;
