@@ -7,33 +7,9 @@ mod support;
 mod fake_slack;
 
 use chrono::Duration;
-use fake_slack::{BOT_TOKEN, BOT_USER, FakeSlack, SIGNING_SECRET, now, sign};
+use fake_slack::{APPROVE, BOT_TOKEN, BOT_USER, FakeSlack, SIGNING_SECRET, now, sign};
 use serde_json::{Value, json};
 use support::*;
-
-const APPROVE: &str = r#"
-name = "ship"
-description = "Ship a release"
-title = "Ship {{ input.version }}"
-[[trigger]]
-kind = "slash"
-command = "ship"
-args = [{ name = "version", required = true }]
-[[trigger]]
-kind = "message"
-pattern = 'ship it: (?P<version>\S+)'
-[[step]]
-id = "gate"
-kind = "approval"
-approvers = ["UBEN0001"]
-message = "Ship {{ input.version }} to production?"
-timeout = "1h"
-[[step]]
-id = "done"
-kind = "notify"
-needs = ["gate"]
-text = "Shipped {{ input.version }}."
-"#;
 
 /// Baton with Slack over HTTP and one workflow file, against `fake`.
 async fn slack_app_with(fake: &FakeSlack, file: &'static str, workflow: String) -> TestApp {
@@ -188,6 +164,45 @@ async fn root_post(fake: &FakeSlack, needle: &str) -> (String, Value) {
         fake.posts().into_iter().find(|(_, b)| {
             b["thread_ts"].is_null() && b["text"].as_str().unwrap_or_default().contains(needle)
         })
+    })
+    .await
+}
+
+/// Runs Baton against `fake` with `token` until start-up fails; returns the error.
+async fn start_up_error(fake: &FakeSlack, token: &str) -> anyhow::Error {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("commands")).unwrap();
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("b.db").display()),
+        ),
+        (
+            "BATON_COMMANDS_DIR",
+            dir.path().join("commands").display().to_string(),
+        ),
+        ("SLACK_BOT_TOKEN", token.to_owned()),
+        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
+        ("SLACK_API_URL", fake.api_url()),
+    ];
+    let settings = baton::config::Settings::from_lookup(|k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
+        std::sync::Arc::new(baton::core::clock::SystemClock::default());
+    baton::app::run(settings, listener, clock, std::future::pending())
+        .await
+        .unwrap_err()
+}
+
+/// The approval request the bot posted, with its ts.
+async fn approval_post(fake: &FakeSlack) -> (String, Value) {
+    eventually_some("the approval request", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| blocks_text(b).contains("Approval needed"))
     })
     .await
 }
@@ -526,31 +541,7 @@ async fn a_missing_channel_is_reported_in_the_run_and_the_ledger() {
 #[tokio::test]
 async fn a_bad_token_stops_start_up_saying_what_to_fix() {
     let fake = FakeSlack::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("commands")).unwrap();
-    let env = [
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("b.db").display()),
-        ),
-        (
-            "BATON_COMMANDS_DIR",
-            dir.path().join("commands").display().to_string(),
-        ),
-        ("SLACK_BOT_TOKEN", "xoxb-wrong".to_owned()),
-        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
-        ("SLACK_API_URL", fake.api_url()),
-    ];
-    let settings = baton::config::Settings::from_lookup(|k| {
-        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
-        std::sync::Arc::new(baton::core::clock::SystemClock::default());
-    let err = baton::app::run(settings, listener, clock, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = start_up_error(&fake, "xoxb-wrong").await;
     assert!(
         err.to_string()
             .contains("SLACK_BOT_TOKEN: Slack refused the token (invalid_auth)"),
@@ -673,12 +664,7 @@ async fn reject_opens_a_modal_for_the_reason_and_the_submission_decides() {
     );
     let app = slack_app_with(&fake, "ship.toml", wf).await;
     assert_eq!(slash(&app, &fake, "UANA0001", "/ship 8.0", "T1").await, 200);
-    let (approval_ts, approval) = eventually_some("the approval request", || async {
-        fake.posts()
-            .into_iter()
-            .find(|(_, b)| blocks_text(b).contains("Approval needed"))
-    })
-    .await;
+    let (approval_ts, approval) = approval_post(&fake).await;
     let reject = approval["blocks"].as_array().unwrap().last().unwrap()["elements"][1].clone();
     assert_eq!(reject["action_id"], "reject:1:gate");
     assert!(
@@ -758,31 +744,7 @@ async fn reject_opens_a_modal_for_the_reason_and_the_submission_decides() {
 async fn a_missing_scope_stops_start_up_naming_it() {
     let fake = FakeSlack::start().await;
     fake.state.lock().unwrap().scopes = Some("chat:write,commands".into());
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("commands")).unwrap();
-    let env = [
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("b.db").display()),
-        ),
-        (
-            "BATON_COMMANDS_DIR",
-            dir.path().join("commands").display().to_string(),
-        ),
-        ("SLACK_BOT_TOKEN", BOT_TOKEN.to_owned()),
-        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
-        ("SLACK_API_URL", fake.api_url()),
-    ];
-    let settings = baton::config::Settings::from_lookup(|k| {
-        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
-        std::sync::Arc::new(baton::core::clock::SystemClock::default());
-    let err = baton::app::run(settings, listener, clock, std::future::pending())
-        .await
-        .unwrap_err();
+    let err = start_up_error(&fake, BOT_TOKEN).await;
     assert!(
         err.to_string()
             .contains("lacks the scopes app_mentions:read, channels:history, channels:read"),
@@ -799,12 +761,7 @@ async fn a_user_group_can_approve_and_is_mentioned_as_a_group() {
     );
     let app = slack_app_with(&fake, "ship.toml", wf).await;
     assert_eq!(slash(&app, &fake, "UANA0001", "/ship 9.1", "T1").await, 200);
-    let (approval_ts, approval) = eventually_some("the approval request", || async {
-        fake.posts()
-            .into_iter()
-            .find(|(_, b)| blocks_text(b).contains("Approval needed"))
-    })
-    .await;
+    let (approval_ts, approval) = approval_post(&fake).await;
     assert!(
         blocks_text(&approval).contains("Approvers: <!subteam^S0RELEASE>"),
         "{}",

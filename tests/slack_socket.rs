@@ -7,35 +7,13 @@ mod support;
 #[path = "support/fake_slack.rs"]
 mod fake_slack;
 
-use fake_slack::{APP_TOKEN, BOT_TOKEN, FakeSlack};
+use fake_slack::{APP_TOKEN, APPROVE, BOT_TOKEN, FakeSlack};
 use serde_json::{Value, json};
 use support::*;
 
-const SHIP: &str = r#"
-name = "ship"
-title = "Ship {{ input.version }}"
-[[trigger]]
-kind = "slash"
-command = "ship"
-args = [{ name = "version", required = true }]
-[[trigger]]
-kind = "message"
-pattern = 'ship it: (?P<version>\S+)'
-[[step]]
-id = "gate"
-kind = "approval"
-approvers = ["UBEN0001"]
-message = "Ship {{ input.version }}?"
-[[step]]
-id = "done"
-kind = "notify"
-needs = ["gate"]
-text = "Shipped {{ input.version }}."
-"#;
-
 async fn socket_app(fake: &FakeSlack) -> TestApp {
     let app = spawn(Spawn {
-        extra_workflows: vec![("ship.toml", SHIP.into())],
+        extra_workflows: vec![("ship.toml", APPROVE.into())],
         with_examples: false,
         env: vec![
             ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),

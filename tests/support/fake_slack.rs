@@ -16,6 +16,32 @@ use std::sync::{Arc, Mutex};
 pub const BOT_TOKEN: &str = "xoxb-test-token";
 pub const SIGNING_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 pub const BOT_USER: &str = "UBATON01";
+/// A workflow both Slack suites use: a slash command and a message pattern, an approval by
+/// UBEN0001, then a notice.
+pub const APPROVE: &str = r#"
+name = "ship"
+description = "Ship a release"
+title = "Ship {{ input.version }}"
+[[trigger]]
+kind = "slash"
+command = "ship"
+args = [{ name = "version", required = true }]
+[[trigger]]
+kind = "message"
+pattern = 'ship it: (?P<version>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["UBEN0001"]
+message = "Ship {{ input.version }} to production?"
+timeout = "1h"
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["gate"]
+text = "Shipped {{ input.version }}."
+"#;
+
 pub const APP_TOKEN: &str = "xapp-1-test-token";
 
 /// One Web API call the bot made.

@@ -67,6 +67,20 @@ fn verify(slack: &Slack, headers: &HeaderMap, body: &Bytes) -> Result<String, Ap
     }
 }
 
+/// A signed, form-encoded request from Slack (slash commands, interactions), read as `T`.
+fn verified_form<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    what: &str,
+) -> Result<(Arc<Slack>, T), ApiError> {
+    let slack = slack_of(state)?;
+    let text = verify(&slack, headers, body)?;
+    let form = serde_urlencoded::from_str::<T>(&text)
+        .map_err(|_| ApiError::BadRequest(format!("unreadable {what}")))?;
+    Ok((slack, form))
+}
+
 fn slack_of(state: &AppState) -> Result<Arc<Slack>, ApiError> {
     state
         .slack
@@ -388,11 +402,7 @@ async fn commands(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let slack = slack_of(&state)?;
-    let text = verify(&slack, &headers, &body)?;
-    let Ok(cmd) = serde_urlencoded::from_str::<Command>(&text) else {
-        return Err(ApiError::BadRequest("unreadable slash command".into()));
-    };
+    let (slack, cmd) = verified_form::<Command>(&state, &headers, &body, "slash command")?;
     let event = command_event(
         &cmd.command,
         &cmd.text,
@@ -415,11 +425,7 @@ async fn interactions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let slack = slack_of(&state)?;
-    let text = verify(&slack, &headers, &body)?;
-    let Ok(form) = serde_urlencoded::from_str::<InteractionForm>(&text) else {
-        return Err(ApiError::BadRequest("unreadable interaction".into()));
-    };
+    let (slack, form) = verified_form::<InteractionForm>(&state, &headers, &body, "interaction")?;
     let Ok(payload) = serde_json::from_str::<Value>(&form.payload) else {
         return Err(ApiError::BadRequest(
             "unreadable interaction payload".into(),
