@@ -3,6 +3,7 @@
 
 use crate::adapters::Platform;
 use crate::adapters::console::Console;
+use crate::adapters::discord::{self, Discord};
 use crate::adapters::slack::Slack;
 use crate::config::Settings;
 use crate::core::audit::Redactor;
@@ -18,6 +19,9 @@ use anyhow::{Context as _, bail};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// How long start-up waits for the Discord gateway to say READY.
+const GATEWAY_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Loads and checks the workflows; any error stops start-up with every problem listed.
 pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Result<WorkflowSet> {
@@ -89,9 +93,11 @@ fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> Engi
         workers: settings.workers,
         poll_interval: settings.poll_interval,
         stall_after: settings.stall_after,
-        // Schedules post where people are: Slack when it is configured.
+        // Schedules post where people are: Slack or Discord when configured.
         default_platform: if settings.slack.is_some() {
             "slack"
+        } else if settings.discord.is_some() {
+            "discord"
         } else {
             "console"
         }
@@ -132,6 +138,15 @@ pub async fn run(
         }
         None => None,
     };
+    let discord = match &settings.discord {
+        Some(d) => {
+            let discord = Discord::new(d.clone(), clock.clone())?;
+            discord.healthcheck().await?;
+            platforms.push(discord.clone());
+            Some(discord)
+        }
+        None => None,
+    };
     let engine = Engine::new(
         store,
         workflows.clone(),
@@ -153,6 +168,33 @@ pub async fn run(
         .as_ref()
         .filter(|s| s.settings.app_token.is_some())
         .map(|s| crate::adapters::slack::socket::spawn(s.clone(), engine.clone(), stop_rx.clone()));
+    // Discord's events arrive over the gateway; start-up waits for READY so a bad token or a
+    // missing intent stops Baton here, then registers the slash commands.
+    let gateway = match &discord {
+        Some(d) => {
+            let (task, ready) = discord::gateway::spawn(
+                d.clone(),
+                engine.clone(),
+                discord::gateway::intents(&workflows),
+                stop_rx.clone(),
+            );
+            let connected = async {
+                tokio::time::timeout(GATEWAY_READY_LIMIT, ready)
+                    .await
+                    .context("the Discord gateway sent no READY within 30 s")?
+                    .context("the Discord gateway stopped before READY")??;
+                discord::commands::register(d, &workflows).await
+            };
+            if let Err(e) = connected.await {
+                let _ = stop_tx.send(true);
+                let _ = task.await;
+                background.shutdown().await;
+                return Err(e);
+            }
+            Some(task)
+        }
+        None => None,
+    };
     let state = AppState {
         engine,
         console,
@@ -172,6 +214,9 @@ pub async fn run(
     if let Some(socket) = socket {
         let _ = socket.await;
     }
+    if let Some(gateway) = gateway {
+        let _ = gateway.await;
+    }
     // Events Slack got an acknowledgement for are handled before the engine stops.
     if let Some(slack) = &slack_for_shutdown
         && tokio::time::timeout(std::time::Duration::from_secs(10), slack.inflight.drained())
@@ -179,6 +224,16 @@ pub async fn run(
             .is_err()
     {
         tracing::warn!("some acknowledged Slack events were still being handled at shutdown");
+    }
+    if let Some(discord) = &discord
+        && tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            discord.inflight.drained(),
+        )
+        .await
+        .is_err()
+    {
+        tracing::warn!("some acknowledged Discord events were still being handled at shutdown");
     }
     background.shutdown().await;
     tracing::info!("stopped");

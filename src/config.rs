@@ -80,6 +80,8 @@ pub struct Settings {
     pub extra_secrets: Vec<Secret>,
     /// Slack, when `SLACK_BOT_TOKEN` is set.
     pub slack: Option<SlackSettings>,
+    /// Discord, when `DISCORD_TOKEN` is set.
+    pub discord: Option<DiscordSettings>,
 }
 
 /// How Baton reaches Slack.
@@ -133,32 +135,7 @@ impl SlackSettings {
             });
         }
         let api_text = var("SLACK_API_URL").unwrap_or_else(|| "https://slack.com/api/".into());
-        let mut api_url = reqwest::Url::parse(&api_text).map_err(|_| ConfigError {
-            setting: "SLACK_API_URL",
-            problem: format!("`{api_text}` is not a URL"),
-        })?;
-        let loopback = match api_url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        match api_url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            "http" => {
-                return Err(ConfigError {
-                    setting: "SLACK_API_URL",
-                    problem: "http:// is accepted only for loopback addresses; use https://".into(),
-                });
-            }
-            other => {
-                return Err(ConfigError {
-                    setting: "SLACK_API_URL",
-                    problem: format!("scheme `{other}` is not http or https"),
-                });
-            }
-        }
+        let mut api_url = api_url("SLACK_API_URL", &api_text)?;
         if !api_url.path().ends_with('/') {
             let path = format!("{}/", api_url.path());
             api_url.set_path(&path);
@@ -168,6 +145,106 @@ impl SlackSettings {
             app_token: app_token.map(Secret::new),
             signing_secret: signing_secret.map(Secret::new),
             api_url,
+        }))
+    }
+}
+
+/// An API base URL: https, or http only for loopback (a local test server or proxy), so a
+/// token never crosses the network in clear text.
+fn api_url(setting: &'static str, text: &str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(text).map_err(|_| ConfigError {
+        setting,
+        problem: format!("`{text}` is not a URL"),
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(ConfigError {
+            setting,
+            problem: "http:// is accepted only for loopback addresses; use https://".into(),
+        }),
+        other => Err(ConfigError {
+            setting,
+            problem: format!("scheme `{other}` is not http or https"),
+        }),
+    }
+}
+
+/// Whether a URL names this machine.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// How Baton reaches Discord.
+#[derive(Debug, Clone)]
+pub struct DiscordSettings {
+    /// `DISCORD_TOKEN`: the bot token (Developer Portal → the application → Bot → Reset Token).
+    pub token: Secret,
+    /// `DISCORD_API_URL`: the REST base URL, ending in `/`. A bare origin (a proxy, a test
+    /// server) gets Discord's own path, `/api/v10/`, as serenity's proxy setting does.
+    pub api_url: reqwest::Url,
+    /// `DISCORD_GUILD_IDS`: guilds to register slash commands in (instantly) and to resolve
+    /// channel names in. Empty: commands are global and names resolve in every guild the bot
+    /// is in.
+    pub guild_ids: Vec<String>,
+}
+
+impl DiscordSettings {
+    fn from_lookup(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let Some(token) = var("DISCORD_TOKEN") else {
+            for other in ["DISCORD_GUILD_IDS", "DISCORD_API_URL"] {
+                if var(other).is_some() {
+                    return Err(ConfigError {
+                        setting: "DISCORD_TOKEN",
+                        problem: format!("must be set too when {other} is set"),
+                    });
+                }
+            }
+            return Ok(None);
+        };
+        // Tokens are pasted from the portal; "Bot " is added by Baton, not by the operator.
+        let token = token.trim().trim_start_matches("Bot ").trim().to_owned();
+        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError {
+                setting: "DISCORD_TOKEN",
+                problem: "must be the bot token from the Developer Portal (Bot → Reset Token), with no spaces".into(),
+            });
+        }
+        let api_text =
+            var("DISCORD_API_URL").unwrap_or_else(|| "https://discord.com/api/v10/".into());
+        let mut api_url = api_url("DISCORD_API_URL", &api_text)?;
+        if api_url.path() == "/" {
+            api_url.set_path("/api/v10/");
+        } else if !api_url.path().ends_with('/') {
+            let path = format!("{}/", api_url.path());
+            api_url.set_path(&path);
+        }
+        let mut guild_ids = Vec::new();
+        for id in var("DISCORD_GUILD_IDS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if id.parse::<u64>().is_err() {
+                return Err(ConfigError {
+                    setting: "DISCORD_GUILD_IDS",
+                    problem: format!(
+                        "`{id}` is not a guild ID (a number: Developer Mode on, then right-click the server → Copy Server ID)"
+                    ),
+                });
+            }
+            guild_ids.push(id.to_owned());
+        }
+        Ok(Some(Self {
+            token: Secret::new(token),
+            api_url,
+            guild_ids,
         }))
     }
 }
@@ -324,6 +401,7 @@ impl Settings {
             },
             webhooks,
             slack: SlackSettings::from_lookup(&var)?,
+            discord: DiscordSettings::from_lookup(&var)?,
             extra_secrets: list("BATON_SECRETS", "")
                 .into_iter()
                 .map(Secret::new)
@@ -350,6 +428,7 @@ impl Settings {
             })
             .flatten();
         let mut out: Vec<String> = slack.map(|s| s.expose().to_owned()).collect();
+        out.extend(self.discord.iter().map(|d| d.token.expose().to_owned()));
         out.extend(self.webhooks.values().map(|s| s.expose().to_owned()));
         out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
         out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));
@@ -433,6 +512,51 @@ mod tests {
             let err = settings(&[(k, v)]).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
         }
+    }
+
+    #[test]
+    fn discord_settings_are_checked_and_a_bare_origin_gets_discords_api_path() {
+        let d = settings(&[("DISCORD_TOKEN", "Bot abc.def")])
+            .unwrap()
+            .discord
+            .unwrap();
+        assert_eq!(d.token.expose(), "abc.def");
+        assert_eq!(d.api_url.as_str(), "https://discord.com/api/v10/");
+        assert!(d.guild_ids.is_empty());
+        let d = settings(&[
+            ("DISCORD_TOKEN", "t"),
+            ("DISCORD_API_URL", "http://127.0.0.1:9"),
+            ("DISCORD_GUILD_IDS", "1, 2"),
+        ])
+        .unwrap()
+        .discord
+        .unwrap();
+        assert_eq!(d.api_url.as_str(), "http://127.0.0.1:9/api/v10/");
+        assert_eq!(d.guild_ids, ["1", "2"]);
+        let d = settings(&[
+            ("DISCORD_TOKEN", "t"),
+            ("DISCORD_API_URL", "http://localhost:9/discord"),
+        ])
+        .unwrap()
+        .discord
+        .unwrap();
+        assert_eq!(d.api_url.as_str(), "http://localhost:9/discord/");
+        let refused = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().setting;
+        assert_eq!(
+            refused(&[
+                ("DISCORD_TOKEN", "t"),
+                ("DISCORD_API_URL", "http://10.0.0.5/")
+            ]),
+            "DISCORD_API_URL"
+        );
+        assert_eq!(
+            refused(&[("DISCORD_TOKEN", "t"), ("DISCORD_GUILD_IDS", "my-server")]),
+            "DISCORD_GUILD_IDS"
+        );
+        assert_eq!(refused(&[("DISCORD_GUILD_IDS", "1")]), "DISCORD_TOKEN");
+        assert_eq!(refused(&[("DISCORD_TOKEN", "two words")]), "DISCORD_TOKEN");
+        let s = settings(&[("DISCORD_TOKEN", "sekrit.token")]).unwrap();
+        assert!(s.secrets().iter().any(|x| x == "sekrit.token"));
     }
 
     #[test]

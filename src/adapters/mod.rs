@@ -3,10 +3,12 @@
 //! payloads to core events), and its settings in `crate::config`.
 
 pub mod console;
+pub mod discord;
 pub mod slack;
 
 use crate::store::OutboxEntry;
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a delivery did not go through.
@@ -36,4 +38,78 @@ pub trait Platform: Send + Sync {
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError>;
     /// Checks credentials and reachability at start-up.
     async fn healthcheck(&self) -> anyhow::Result<()>;
+}
+
+/// Counts events acknowledged to a platform but not yet handled, so shutdown can wait for
+/// them: Slack and Discord do not deliver an acknowledged event again.
+#[derive(Default)]
+pub struct Inflight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while an event is handled.
+pub struct InflightGuard(Arc<Inflight>);
+
+impl Inflight {
+    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InflightGuard(self.clone())
+    }
+
+    /// Waits until every event taken in has been handled.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Splits text into pieces of at most `limit` characters, preferring line breaks.
+pub fn chunks(text: &str, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.split_inclusive('\n') {
+        let mut line = line;
+        while !line.is_empty() {
+            let room = limit - current.chars().count();
+            if line.chars().count() <= room {
+                current.push_str(line);
+                break;
+            }
+            if !current.is_empty() && line.chars().count() <= limit {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            let cut = line
+                .char_indices()
+                .nth(room)
+                .map(|(i, _)| i)
+                .unwrap_or(line.len());
+            current.push_str(&line[..cut]);
+            out.push(std::mem::take(&mut current));
+            line = &line[cut..];
+        }
+    }
+    if !current.is_empty() || out.is_empty() {
+        out.push(current);
+    }
+    out
 }

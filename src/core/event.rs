@@ -93,8 +93,14 @@ pub struct InboundEvent {
 /// The kinds of inbound events.
 #[derive(Debug, Clone)]
 pub enum EventKind {
-    /// `/name rest of the line`; `name` has no slash.
-    Slash { command: String, text: String },
+    /// `/name rest of the line`; `name` has no slash. Platforms that type the arguments
+    /// themselves (Discord's command options) also give them by name in `options`, and
+    /// `text` is then their values in order, for the record.
+    Slash {
+        command: String,
+        text: String,
+        options: Option<serde_json::Map<String, serde_json::Value>>,
+    },
     /// A plain channel message; `mentions_bot` when it addressed the bot.
     Message { text: String, mentions_bot: bool },
     /// A button click on a message the bot posted.

@@ -29,8 +29,14 @@ pub enum BatonCommand {
     Help,
 }
 
-/// Matches `/command text`.
-pub fn match_slash(set: &WorkflowSet, command: &str, text: &str) -> SlashMatch {
+/// Matches `/command text`, or `/command` with arguments the platform already typed and named
+/// (`options`), which are checked against the declared arguments just as text is.
+pub fn match_slash(
+    set: &WorkflowSet,
+    command: &str,
+    text: &str,
+    options: Option<&Map<String, Value>>,
+) -> SlashMatch {
     let command = command.trim_start_matches('/');
     if command == "baton" {
         let mut words = text.split_whitespace();
@@ -45,18 +51,20 @@ pub fn match_slash(set: &WorkflowSet, command: &str, text: &str) -> SlashMatch {
     }
     match set.by_command(command) {
         None => SlashMatch::Unknown(format!("No workflow declares /{command}. Try /baton help.")),
-        Some((wf, slash)) => match parse_args(slash, text) {
-            Ok(args) => {
-                let mut inputs = wf.inputs.clone();
-                inputs.extend(args);
-                inputs.insert("text".into(), Value::String(text.trim().to_owned()));
-                SlashMatch::Start {
-                    workflow: wf.clone(),
-                    inputs,
+        Some((wf, slash)) => {
+            match options.map_or_else(|| parse_args(slash, text), |o| named_args(slash, o)) {
+                Ok(args) => {
+                    let mut inputs = wf.inputs.clone();
+                    inputs.extend(args);
+                    inputs.insert("text".into(), Value::String(text.trim().to_owned()));
+                    SlashMatch::Start {
+                        workflow: wf.clone(),
+                        inputs,
+                    }
                 }
+                Err(e) => SlashMatch::Usage(format!("{e}\nUsage: {}", slash.usage)),
             }
-            Err(e) => SlashMatch::Usage(format!("{e}\nUsage: {}", slash.usage)),
-        },
+        }
     }
 }
 
@@ -102,6 +110,39 @@ pub fn parse_args(spec: &SlashTrigger, text: &str) -> Result<Map<String, Value>,
     }
     if !rest.is_empty() {
         return Err(format!("Unexpected extra text `{rest}`."));
+    }
+    Ok(out)
+}
+
+/// Checks arguments given by name: each must be declared and well typed, required ones present,
+/// defaults filled in.
+pub fn named_args(
+    spec: &SlashTrigger,
+    given: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    if let Some(unknown) = given
+        .keys()
+        .find(|k| !spec.args.iter().any(|a| &a.name == *k))
+    {
+        return Err(format!("Unknown argument `{unknown}`."));
+    }
+    let mut out = Map::new();
+    for arg in &spec.args {
+        let value = match given.get(&arg.name) {
+            None | Some(Value::Null) if arg.required => {
+                return Err(format!("Missing argument `{}`.", arg.name));
+            }
+            None | Some(Value::Null) => match &arg.default {
+                Some(d) => d.clone(),
+                None => continue,
+            },
+            Some(Value::String(s)) => typed(&arg.name, &arg.ty, s)?,
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                typed(&arg.name, &arg.ty, &v.to_string())?
+            }
+            Some(_) => return Err(format!("`{}` must be a single value.", arg.name)),
+        };
+        out.insert(arg.name.clone(), value);
     }
     Ok(out)
 }
@@ -240,7 +281,7 @@ text = "hi"
     fn a_slash_command_starts_its_workflow_with_typed_inputs() {
         let s = set(&[LEAD, TYPED]);
         let SlashMatch::Start { workflow, inputs } =
-            match_slash(&s, "/typed", "4 yes HIGH the rest of it")
+            match_slash(&s, "/typed", "4 yes HIGH the rest of it", None)
         else {
             panic!()
         };
@@ -254,7 +295,7 @@ text = "hi"
     #[test]
     fn defaults_fill_missing_optional_arguments() {
         let s = set(&[TYPED]);
-        let SlashMatch::Start { inputs, .. } = match_slash(&s, "typed", "4") else {
+        let SlashMatch::Start { inputs, .. } = match_slash(&s, "typed", "4", None) else {
             panic!()
         };
         assert_eq!(inputs["urgent"], json!(false));
@@ -271,8 +312,40 @@ text = "hi"
             ("typed", "1 no medium", "one of low, high"),
             ("lead", "", "Usage: /lead <company>"),
         ] {
-            let SlashMatch::Usage(msg) = match_slash(&s, cmd, text) else {
+            let SlashMatch::Usage(msg) = match_slash(&s, cmd, text, None) else {
                 panic!("{cmd} {text}")
+            };
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn named_arguments_are_typed_and_checked_like_text() {
+        let s = set(&[TYPED]);
+        let given = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let SlashMatch::Start { inputs, .. } = match_slash(
+            &s,
+            "typed",
+            "4 spaces in a middle value",
+            Some(&given(
+                json!({"n": 4, "note": "spaces in a middle value", "level": "HIGH"}),
+            )),
+        ) else {
+            panic!()
+        };
+        assert_eq!(inputs["n"], json!(4));
+        assert_eq!(inputs["note"], json!("spaces in a middle value"));
+        assert_eq!(inputs["level"], json!("high"));
+        assert_eq!(inputs["urgent"], json!(false));
+        for (options, needle) in [
+            (json!({}), "Missing argument `n`"),
+            (json!({"n": 1.5}), "whole number"),
+            (json!({"n": 1, "level": "medium"}), "one of low, high"),
+            (json!({"n": 1, "extra": "x"}), "Unknown argument `extra`"),
+            (json!({"n": [1]}), "single value"),
+        ] {
+            let SlashMatch::Usage(msg) = match_slash(&s, "typed", "", Some(&given(options))) else {
+                panic!("{needle}")
             };
             assert!(msg.contains(needle), "{msg}");
         }
@@ -282,15 +355,15 @@ text = "hi"
     fn baton_cancel_parses_the_run_number() {
         let s = set(&[]);
         assert!(matches!(
-            match_slash(&s, "baton", "cancel 42"),
+            match_slash(&s, "baton", "cancel 42", None),
             SlashMatch::Baton(BatonCommand::Cancel(RunId(42)))
         ));
         assert!(matches!(
-            match_slash(&s, "baton", "cancel x"),
+            match_slash(&s, "baton", "cancel x", None),
             SlashMatch::Usage(_)
         ));
         assert!(matches!(
-            match_slash(&s, "nope", ""),
+            match_slash(&s, "nope", "", None),
             SlashMatch::Unknown(_)
         ));
     }

@@ -33,11 +33,15 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(event_id = %ev.id))]
     pub async fn handle(self: &Arc<Self>, ev: InboundEvent) -> Result<Response, EngineError> {
         match ev.kind.clone() {
-            EventKind::Slash { command, text } => {
+            EventKind::Slash {
+                command,
+                text,
+                options,
+            } => {
                 let now = self.clock.now();
                 let received = AuditEvent::new(now, AuditKind::TriggerReceived, None, json!({"kind": "slash", "command": command, "text": text, "channel": ev.conversation.channel, "event_id": ev.id}))
                     .actor(&ev.actor);
-                match trigger::match_slash(&self.workflows, &command, &text) {
+                match trigger::match_slash(&self.workflows, &command, &text, options.as_ref()) {
                     SlashMatch::Start { workflow, inputs } => {
                         self.store.audit_append(vec![received]).await?;
                         self.start_for(&ev, workflow, inputs, ev.id.clone()).await

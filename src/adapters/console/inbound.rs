@@ -196,6 +196,7 @@ async fn send_message(
             EventKind::Slash {
                 command: command.to_owned(),
                 text: args.trim().to_owned(),
+                options: None,
             }
         }
         None => EventKind::Message {

@@ -2,6 +2,7 @@
 //! an actions block for the buttons, all within Slack's limits (3,000 characters per section
 //! text, 50 blocks per message, 40,000 characters of fallback text).
 
+use crate::adapters::chunks;
 use crate::core::message::{ButtonStyle, OutMessage};
 use regex::Regex;
 use serde_json::{Value, json};
@@ -32,38 +33,6 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-/// Splits text into pieces of at most `limit` characters, preferring line breaks.
-fn chunks(text: &str, limit: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in text.split_inclusive('\n') {
-        let mut line = line;
-        while !line.is_empty() {
-            let room = limit - current.chars().count();
-            if line.chars().count() <= room {
-                current.push_str(line);
-                break;
-            }
-            if !current.is_empty() && line.chars().count() <= limit {
-                out.push(std::mem::take(&mut current));
-                continue;
-            }
-            let cut = line
-                .char_indices()
-                .nth(room)
-                .map(|(i, _)| i)
-                .unwrap_or(line.len());
-            current.push_str(&line[..cut]);
-            out.push(std::mem::take(&mut current));
-            line = &line[cut..];
-        }
-    }
-    if !current.is_empty() || out.is_empty() {
-        out.push(current);
-    }
-    out
 }
 
 /// The `text` and `blocks` fields of a `chat.postMessage` or `chat.update` call.

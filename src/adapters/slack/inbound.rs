@@ -274,6 +274,7 @@ pub(super) fn command_event(
         kind: EventKind::Slash {
             command: command.trim_start_matches('/').to_owned(),
             text: text.to_owned(),
+            options: None,
         },
     }
 }

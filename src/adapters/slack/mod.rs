@@ -42,49 +42,7 @@ pub struct Slack {
     groups: tokio::sync::Mutex<Option<GroupCache>>,
     clock: Arc<dyn Clock>,
     /// Events acknowledged and still being handled.
-    pub inflight: Arc<Inflight>,
-}
-
-/// Counts events acknowledged to Slack but not yet handled, so shutdown can wait for them:
-/// Slack will not deliver an acknowledged event again.
-#[derive(Default)]
-pub struct Inflight {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// Held while an event is handled.
-pub struct InflightGuard(Arc<Inflight>);
-
-impl Inflight {
-    pub fn enter(self: &Arc<Self>) -> InflightGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InflightGuard(self.clone())
-    }
-
-    /// Waits until every event taken in has been handled.
-    pub async fn drained(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
-    }
+    pub inflight: Arc<super::Inflight>,
 }
 
 /// Channel names and IDs, both ways, and when they were read.
@@ -122,7 +80,7 @@ impl Slack {
             pacer: pace::Pacer::new(clock.clone()),
             channels: Mutex::new(ChannelCache::default()),
             groups: tokio::sync::Mutex::new(None),
-            inflight: Arc::new(Inflight::default()),
+            inflight: Arc::new(super::Inflight::default()),
             clock,
         }))
     }

@@ -1,0 +1,247 @@
+//! A small Discord REST client over reqwest: JSON in, JSON out, Discord's error codes, 429s and
+//! rate-limit buckets turned into typed errors. The shapes are Discord's own (API v10); request
+//! bodies come from serenity's builders.
+//!
+//! Serenity's own HTTP client is not used: its rate limiter sleeps inside the request on the
+//! wall clock, while Baton's outbox must decide when to try again (on the injected clock, per
+//! conversation, surviving restarts). So this client reads Discord's bucket headers and 429s
+//! and reports them; the outbox waits. It behaves the same against Discord, a proxy or a test
+//! server.
+
+use crate::config::Secret;
+use crate::core::clock::Clock;
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a REST call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscordError {
+    /// HTTP 429, or a bucket known to be empty: wait this long.
+    #[error("rate limited by Discord (retry after {0:?})")]
+    RateLimited(Duration),
+    /// Discord refused the request: HTTP status, Discord's JSON error code and message.
+    #[error("Discord answered HTTP {status}: {message} (code {code})")]
+    Api {
+        status: u16,
+        code: i64,
+        message: String,
+    },
+    /// Network trouble or a 5xx: worth trying again.
+    #[error("Discord could not be reached: {0}")]
+    Transport(String),
+}
+
+impl DiscordError {
+    /// Errors no retry will fix: every 4xx but 429 (missing access, unknown channel, a body
+    /// Discord will not take).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DiscordError::Api { status, .. } if *status < 500)
+    }
+
+    /// Discord's JSON error code, when it gave one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            DiscordError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Longest wait taken from Discord: a bigger number is a broken header, not a wait.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// The REST client.
+pub struct DiscordApi {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token: Secret,
+    clock: Arc<dyn Clock>,
+    /// Buckets Discord said are empty, by route, and when they refill.
+    empty_until: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl DiscordApi {
+    pub fn new(base: reqwest::Url, token: Secret, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            // Discord asks bots to identify themselves this way.
+            .user_agent(concat!(
+                "DiscordBot (baton, ",
+                env!("CARGO_PKG_VERSION"),
+                ")"
+            ))
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            clock,
+            empty_until: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The REST base URL, for deriving where the gateway may live under the test seam.
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, DiscordError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, DiscordError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, DiscordError> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, DiscordError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    /// Sends one request. A bucket Discord said is empty is not asked again before it refills.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, DiscordError> {
+        let bucket = bucket_of(&method, path);
+        let now = self.clock.now();
+        if let Some(until) = self
+            .empty_until
+            .lock()
+            .expect("bucket lock")
+            .get(&bucket)
+            .copied()
+            .filter(|until| *until > now)
+        {
+            return Err(DiscordError::RateLimited(
+                (until - now).to_std().unwrap_or_default(),
+            ));
+        }
+        let url = self
+            .base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| DiscordError::Transport(e.to_string()))?;
+        let mut request = self.http.request(method, url).header(
+            reqwest::header::AUTHORIZATION,
+            format!("Bot {}", self.token.expose()),
+        );
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if header("x-ratelimit-remaining") == Some("0")
+            && let Some(reset) = header("x-ratelimit-reset-after").and_then(seconds)
+        {
+            let until = now + chrono::Duration::from_std(reset).unwrap_or_default();
+            self.empty_until
+                .lock()
+                .expect("bucket lock")
+                .insert(bucket, until);
+        }
+        let text = response.text().await.map_err(|e| {
+            DiscordError::Transport(format!("unreadable answer: {}", e.without_url()))
+        })?;
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        if status == 429 {
+            // The body's float is the precise wait; the header is whole seconds.
+            let wait = json
+                .as_ref()
+                .and_then(|j| j["retry_after"].as_f64())
+                .and_then(|s| seconds(&s.to_string()))
+                .or_else(|| header("retry-after").and_then(seconds))
+                .unwrap_or(Duration::from_secs(1));
+            return Err(DiscordError::RateLimited(wait));
+        }
+        if status >= 500 {
+            return Err(DiscordError::Transport(format!("HTTP {status}")));
+        }
+        if status >= 400 {
+            let (code, message) = match &json {
+                Some(j) => (
+                    j["code"].as_i64().unwrap_or(0),
+                    j["message"].as_str().unwrap_or("no message").to_owned(),
+                ),
+                // Not Discord's JSON but a proxy's or a wrong URL's page.
+                None => (0, "not a Discord API answer".to_owned()),
+            };
+            return Err(DiscordError::Api {
+                status,
+                code,
+                message,
+            });
+        }
+        // 204 No Content and other empty successes.
+        Ok(json.unwrap_or(Value::Null))
+    }
+}
+
+/// A wait in seconds as Discord writes it (`"1"`, `"0.352"`), capped.
+fn seconds(text: &str) -> Option<Duration> {
+    let s: f64 = text.trim().parse().ok()?;
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s).min(MAX_WAIT))
+}
+
+/// The rate-limit bucket of a route, the way Discord groups them: the method and the path with
+/// every ID after the first (the "major parameter") replaced.
+fn bucket_of(method: &Method, path: &str) -> String {
+    let mut seen_major = false;
+    let parts: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|part| {
+            if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+                if seen_major {
+                    return ":id";
+                }
+                seen_major = true;
+            }
+            part
+        })
+        .collect();
+    format!("{method} {}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_the_major_parameter_and_fold_the_rest() {
+        assert_eq!(
+            bucket_of(&Method::PATCH, "channels/12/messages/34"),
+            "PATCH channels/12/messages/:id"
+        );
+        assert_eq!(
+            bucket_of(&Method::POST, "/channels/12/messages"),
+            "POST channels/12/messages"
+        );
+        assert_ne!(
+            bucket_of(&Method::POST, "channels/12/messages"),
+            bucket_of(&Method::POST, "channels/13/messages")
+        );
+    }
+
+    #[test]
+    fn waits_are_read_as_discord_writes_them_and_capped() {
+        assert_eq!(seconds("0.352"), Some(Duration::from_millis(352)));
+        assert_eq!(seconds("2"), Some(Duration::from_secs(2)));
+        assert_eq!(seconds("1e12"), Some(MAX_WAIT));
+        assert_eq!(seconds("-1"), None);
+        assert_eq!(seconds("soon"), None);
+    }
+}

@@ -1,0 +1,452 @@
+//! The Discord gateway: one WebSocket (one shard) that Baton keeps open. The URL comes from
+//! `GET /gateway` on the REST base, so under the test seam the gateway is the test server's.
+//!
+//! HELLO gives the heartbeat interval; Baton IDENTIFYs (or RESUMEs a session it had), sends a
+//! heartbeat with the last sequence number every interval (the first after a random part of
+//! it) and takes a missing HEARTBEAT_ACK for a dead connection. RECONNECT, a dropped socket or
+//! a resumable close code resume the session on `resume_gateway_url`, so Discord replays what
+//! was missed; INVALID_SESSION (not resumable) starts a new one. What arrives twice is
+//! de-duplicated by the message or interaction ID in the engine. Close codes that no retry
+//! fixes (bad token, intents not enabled) stop Baton with what to change.
+
+use super::Discord;
+use super::inbound;
+use crate::config::is_loopback;
+use crate::core::workflow::{Trigger, WorkflowSet};
+use crate::engine::Engine;
+use anyhow::{Context as _, anyhow};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Gateway intents, as Discord numbers them.
+pub const GUILDS: u64 = 1 << 0;
+pub const GUILD_MESSAGES: u64 = 1 << 9;
+/// Privileged: must be switched on in the Developer Portal.
+pub const MESSAGE_CONTENT: u64 = 1 << 15;
+
+/// The intents the workflows need: guilds and guild messages always (mentions and message IDs
+/// arrive without message content); message content only when a workflow matches a pattern.
+pub fn intents(workflows: &WorkflowSet) -> u64 {
+    let patterns = workflows.iter().any(|wf| {
+        wf.triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Message(m) if m.pattern.is_some()))
+    });
+    GUILDS | GUILD_MESSAGES | if patterns { MESSAGE_CONTENT } else { 0 }
+}
+
+/// Longest a WebSocket handshake, or the wait for HELLO, may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Close code Baton sends when it means to resume: 1000 and 1001 would end the session.
+const RESUMING: u16 = 4000;
+
+/// A session that can be resumed.
+#[derive(Debug, Clone)]
+struct Session {
+    id: String,
+    resume_url: String,
+    seq: Option<u64>,
+}
+
+/// How a connection ended.
+enum End {
+    /// Shutdown began.
+    Stop,
+    /// Connect again (resuming when there is a session).
+    Again,
+}
+
+/// Why a connection failed.
+enum Failure {
+    /// Retrying will not help: say what to change.
+    Fatal(anyhow::Error),
+    /// Try again after a pause.
+    Retry(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Retry(e)
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Failure {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Failure::Retry(anyhow!(e).context("the gateway connection failed"))
+    }
+}
+
+/// One gateway frame.
+#[derive(Deserialize)]
+struct Frame {
+    op: u8,
+    #[serde(default)]
+    d: Value,
+    s: Option<u64>,
+    t: Option<String>,
+}
+
+/// Keeps the gateway connection open until shutdown. The receiver resolves once the first
+/// READY arrived, or with the error that stopped the gateway before it did.
+pub fn spawn(
+    discord: Arc<Discord>,
+    engine: Arc<Engine>,
+    intents: u64,
+    mut shutdown: watch::Receiver<bool>,
+) -> (JoinHandle<()>, oneshot::Receiver<anyhow::Result<()>>) {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut session: Option<Session> = None;
+        let mut backoff = Duration::from_millis(500);
+        while !*shutdown.borrow() {
+            let outcome = connect_once(
+                &discord,
+                &engine,
+                intents,
+                &mut session,
+                &mut ready,
+                &mut shutdown,
+            )
+            .await;
+            match outcome {
+                Ok(End::Stop) => break,
+                Ok(End::Again) => backoff = Duration::from_millis(500),
+                Err(Failure::Fatal(e)) => {
+                    match ready.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Err(e));
+                        }
+                        None => {
+                            tracing::error!(error = %format!("{e:#}"), "the Discord gateway refused Baton; Discord events stop until Baton is restarted")
+                        }
+                    }
+                    return;
+                }
+                Err(Failure::Retry(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), wait = ?backoff, "Discord gateway connection failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.wait_for(|s| *s) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    });
+    (task, ready_rx)
+}
+
+/// The gateway URL with the version and encoding Baton speaks. Plain `ws://` only for this
+/// machine, as with the REST base.
+fn gateway_url(base: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(base).with_context(|| format!("gateway URL `{base}`"))?;
+    match url.scheme() {
+        "wss" => {}
+        "ws" if is_loopback(&url) => {}
+        other => anyhow::bail!("gateway URL `{base}`: scheme {other} is not allowed here"),
+    }
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("v", "10")
+        .append_pair("encoding", "json");
+    Ok(url.to_string())
+}
+
+/// A fraction in [0, 1) for the first heartbeat's jitter, as Discord asks, without a random
+/// number crate.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// What a close code from Discord means.
+fn on_close(code: u16, reason: &str, session: &mut Option<Session>) -> Result<End, Failure> {
+    let fatal = |what: &str| {
+        Err(Failure::Fatal(anyhow!(
+            "Discord closed the gateway ({code} {reason}): {what}"
+        )))
+    };
+    match code {
+        4004 => fatal(
+            "DISCORD_TOKEN was refused; copy the bot token from the Developer Portal (your application → Bot → Reset Token)",
+        ),
+        4014 => fatal(
+            "a privileged intent is not enabled. Open the Developer Portal → your application → Bot → Privileged Gateway Intents and switch on MESSAGE CONTENT INTENT (the workflows' message patterns need it)",
+        ),
+        4013 => fatal("the intents Baton asked for are not valid"),
+        4010 | 4011 => {
+            fatal("the bot is in too many guilds for one connection; Baton opens one shard")
+        }
+        4012 => fatal("the gateway does not speak API v10"),
+        // Sequence or session no longer valid: a fresh session.
+        4007 | 4009 => {
+            *session = None;
+            Err(Failure::Retry(anyhow!(
+                "Discord closed the gateway ({code} {reason}); starting a new session"
+            )))
+        }
+        _ => Ok(End::Again),
+    }
+}
+
+async fn connect_once(
+    discord: &Arc<Discord>,
+    engine: &Arc<Engine>,
+    intents: u64,
+    session: &mut Option<Session>,
+    ready: &mut Option<oneshot::Sender<anyhow::Result<()>>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<End, Failure> {
+    let base = match session {
+        Some(s) => s.resume_url.clone(),
+        None => {
+            let answer = discord.api.get("gateway").await.context("GET /gateway")?;
+            answer["url"]
+                .as_str()
+                .context("GET /gateway answered without a url")?
+                .to_owned()
+        }
+    };
+    let url = gateway_url(&base).map_err(Failure::Fatal)?;
+    let (socket, _) = tokio::time::timeout(CONNECT_LIMIT, tokio_tungstenite::connect_async(&url))
+        .await
+        .context("opening the gateway WebSocket timed out")?
+        .context("opening the gateway WebSocket")?;
+    let (mut sink, mut stream) = socket.split();
+    let token = discord.settings.token.expose().to_owned();
+
+    // HELLO comes first, with the heartbeat interval.
+    let hello = tokio::time::timeout(CONNECT_LIMIT, stream.next())
+        .await
+        .context("no HELLO from the gateway")?
+        .context("the gateway closed before HELLO")??;
+    let interval = match hello {
+        Message::Text(t) => serde_json::from_str::<Frame>(t.as_str())
+            .ok()
+            .filter(|f| f.op == 10)
+            .and_then(|f| f.d["heartbeat_interval"].as_u64()),
+        Message::Close(frame) => {
+            let (code, reason) = close_parts(frame.as_ref());
+            return on_close(code, &reason, session);
+        }
+        _ => None,
+    }
+    .context("the gateway's first frame was not HELLO")?;
+    let interval = Duration::from_millis(interval.max(100));
+
+    let opening = match session {
+        Some(s) => {
+            json!({"op": 6, "d": {"token": token, "session_id": s.id, "seq": s.seq}})
+        }
+        None => json!({"op": 2, "d": {
+            "token": token,
+            "intents": intents,
+            "properties": {"os": std::env::consts::OS, "browser": "baton", "device": "baton"},
+        }}),
+    };
+    sink.send(Message::Text(opening.to_string().into()))
+        .await
+        .context("sending IDENTIFY")?;
+
+    let start = tokio::time::Instant::now() + interval.mul_f64(jitter());
+    let mut beat = tokio::time::interval_at(start, interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acked = true;
+    loop {
+        let frame = tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    // A normal close ends the session: nothing is left to resume.
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "shutting down".into() }))).await;
+                    return Ok(End::Stop);
+                }
+                continue;
+            }
+            _ = beat.tick() => {
+                if !acked {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(RESUMING), reason: "no heartbeat ack".into() }))).await;
+                    return Err(Failure::Retry(anyhow!("no HEARTBEAT_ACK within {interval:?}: the connection is dead")));
+                }
+                let seq = session.as_ref().and_then(|s| s.seq);
+                sink.send(Message::Text(json!({"op": 1, "d": seq}).to_string().into())).await.context("sending a heartbeat")?;
+                acked = false;
+                continue;
+            }
+            frame = stream.next() => frame,
+        };
+        let text = match frame {
+            None => return Ok(End::Again),
+            Some(Err(e)) => {
+                return Err(Failure::Retry(
+                    anyhow!(e).context("reading from the gateway"),
+                ));
+            }
+            Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+            Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+            Some(Ok(Message::Ping(p))) => {
+                sink.send(Message::Pong(p))
+                    .await
+                    .context("answering a ping")?;
+                continue;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = close_parts(frame.as_ref());
+                return on_close(code, &reason, session);
+            }
+            Some(Ok(_)) => continue,
+        };
+        let frame: Frame = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable gateway frame");
+                continue;
+            }
+        };
+        match frame.op {
+            0 => {
+                if let (Some(s), Some(session)) = (frame.s, session.as_mut()) {
+                    session.seq = Some(s);
+                }
+                let kind = frame.t.unwrap_or_default();
+                if kind == "READY" {
+                    *session = Some(Session {
+                        id: frame.d["session_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        // Resume where Discord says; without it, where this connection went.
+                        resume_url: frame.d["resume_gateway_url"]
+                            .as_str()
+                            .unwrap_or(&base)
+                            .to_owned(),
+                        seq: frame.s,
+                    });
+                    on_ready(discord, &frame.d);
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                } else {
+                    inbound::dispatch(discord, engine, &kind, frame.d);
+                }
+            }
+            // Discord asks for a heartbeat now.
+            1 => {
+                let seq = session.as_ref().and_then(|s| s.seq);
+                sink.send(Message::Text(json!({"op": 1, "d": seq}).to_string().into()))
+                    .await
+                    .context("sending a heartbeat")?;
+            }
+            7 => {
+                tracing::info!("Discord asked to reconnect");
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(RESUMING),
+                        reason: "reconnect".into(),
+                    })))
+                    .await;
+                return Ok(End::Again);
+            }
+            9 => {
+                if frame.d.as_bool() != Some(true) {
+                    *session = None;
+                }
+                // Discord asks for a pause of one to five seconds before identifying again.
+                tokio::time::sleep(Duration::from_millis(1000 + (jitter() * 4000.0) as u64)).await;
+                let _ = sink.send(Message::Close(None)).await;
+                return Ok(End::Again);
+            }
+            11 => acked = true,
+            _ => {}
+        }
+    }
+}
+
+fn close_parts(frame: Option<&CloseFrame>) -> (u16, String) {
+    frame
+        .map(|f| (u16::from(f.code), f.reason.to_string()))
+        .unwrap_or((1005, String::new()))
+}
+
+/// Logs who Baton is and where, and remembers the application and its guilds.
+fn on_ready(discord: &Discord, d: &Value) {
+    if let Some(app) = d["application"]["id"].as_str() {
+        discord.set_application_id(app);
+    }
+    let guilds: Vec<&str> = d["guilds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["id"].as_str())
+        .collect();
+    for g in &guilds {
+        discord.joined_guild(g);
+    }
+    tracing::info!(
+        bot_user = d["user"]["username"].as_str().unwrap_or_default(),
+        guilds = ?guilds,
+        "connected to the Discord gateway"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_url_carries_version_and_encoding_and_plain_ws_only_for_loopback() {
+        assert_eq!(
+            gateway_url("wss://gateway.discord.gg").unwrap(),
+            "wss://gateway.discord.gg/?v=10&encoding=json"
+        );
+        assert_eq!(
+            gateway_url("ws://127.0.0.1:9/gw?v=9").unwrap(),
+            "ws://127.0.0.1:9/gw?v=10&encoding=json"
+        );
+        assert!(gateway_url("ws://gateway.example.com").is_err());
+        assert!(gateway_url("https://discord.com").is_err());
+    }
+
+    #[test]
+    fn close_codes_that_no_retry_fixes_say_what_to_change() {
+        let mut session = None;
+        let Err(Failure::Fatal(e)) = on_close(4014, "Disallowed intent(s).", &mut session) else {
+            panic!("4014 is fatal")
+        };
+        assert!(e.to_string().contains("MESSAGE CONTENT INTENT"), "{e}");
+        let Err(Failure::Fatal(e)) = on_close(4004, "Authentication failed.", &mut session) else {
+            panic!("4004 is fatal")
+        };
+        assert!(e.to_string().contains("DISCORD_TOKEN"), "{e}");
+        let mut session = Some(Session {
+            id: "s".into(),
+            resume_url: "ws://127.0.0.1:1".into(),
+            seq: Some(3),
+        });
+        assert!(matches!(
+            on_close(4009, "", &mut session),
+            Err(Failure::Retry(_))
+        ));
+        assert!(session.is_none(), "a timed-out session is not resumed");
+        let mut session = Some(Session {
+            id: "s".into(),
+            resume_url: "ws://127.0.0.1:1".into(),
+            seq: Some(3),
+        });
+        assert!(matches!(on_close(4000, "", &mut session), Ok(End::Again)));
+        assert!(session.is_some(), "an unknown error resumes");
+    }
+}

@@ -1,0 +1,523 @@
+//! Gateway dispatches to core events: channel messages, slash commands, button clicks and
+//! submitted reason modals.
+//!
+//! Every interaction is answered at once, before any work: a slash command with a deferred
+//! private reply ("Baton is thinking…"), a click with a deferred update, a Reject that wants a
+//! reason with the modal itself. The work continues in the background; what the person should
+//! read privately goes back through the interaction's token while it is valid (15 minutes),
+//! and into the channel after that. Run progress never depends on the token: it goes through
+//! the outbox to the channel and the run's thread.
+//!
+//! Payloads are read with Baton's own lenient structs, not serenity's model types: those
+//! require every field Discord has ever added (an interaction without `attachment_size_limit`
+//! fails to parse), and a click must not be lost to a field Baton does not read.
+
+use super::Discord;
+use super::render::ASK_PREFIX;
+use crate::core::engine::render::REJECT_QUESTION;
+use crate::core::event::{Actor, ConversationRef, EventKind, InboundEvent};
+use crate::core::ids::ActionId;
+use crate::engine::Engine;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use serenity::all::InputTextStyle;
+use serenity::builder::{
+    CreateActionRow, CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage,
+    CreateModal,
+};
+use std::sync::Arc;
+
+/// How long an interaction token may be used for follow-ups.
+const TOKEN_LIFETIME_MINUTES: i64 = 15;
+/// Custom id prefix of the modal asking for a reason.
+const REASON_MODAL: &str = "reason:";
+/// Custom id of the modal's text input.
+const REASON_INPUT: &str = "reason";
+/// What a person reads when an event could not be handled.
+const FAILED: &str = "Baton could not handle that; the error is in its log.";
+
+#[derive(Deserialize, Default)]
+struct User {
+    id: String,
+    #[serde(default)]
+    bot: bool,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    user: Option<User>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageCreate {
+    id: String,
+    channel_id: String,
+    guild_id: Option<String>,
+    author: User,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    mentions: Vec<User>,
+    webhook_id: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: u64,
+}
+
+#[derive(Deserialize)]
+struct Interaction {
+    id: String,
+    application_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: u8,
+    token: String,
+    #[serde(default)]
+    data: Value,
+    guild_id: Option<String>,
+    channel_id: Option<String>,
+    member: Option<Member>,
+    user: Option<User>,
+}
+
+/// Message types that are people writing: default messages and replies.
+const PERSON_MESSAGE_TYPES: [u64; 2] = [0, 19];
+
+/// Handles one gateway dispatch.
+pub fn dispatch(discord: &Arc<Discord>, engine: &Arc<Engine>, kind: &str, d: Value) {
+    match kind {
+        "MESSAGE_CREATE" => match serde_json::from_value::<MessageCreate>(d) {
+            Ok(m) => on_message(discord, engine, m),
+            Err(e) => tracing::warn!(error = %e, "unreadable MESSAGE_CREATE"),
+        },
+        "INTERACTION_CREATE" => match serde_json::from_value::<Interaction>(d) {
+            Ok(i) => on_interaction(discord, engine, i),
+            Err(e) => tracing::warn!(error = %e, "unreadable INTERACTION_CREATE"),
+        },
+        "GUILD_CREATE" => {
+            if let Some(id) = d["id"].as_str() {
+                discord.joined_guild(id);
+            }
+        }
+        "RESUMED" => tracing::info!("Discord gateway session resumed"),
+        _ => {}
+    }
+}
+
+fn actor(user: &User, roles: Vec<String>) -> Actor {
+    Actor {
+        platform: "discord".into(),
+        id: user.id.clone(),
+        // Written as `@ID`, which Discord shows as the person's name.
+        display: user.id.clone(),
+        is_bot: user.bot,
+        groups: roles,
+    }
+}
+
+fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
+    if !PERSON_MESSAGE_TYPES.contains(&m.kind) || !discord.serves_guild(m.guild_id.as_deref()) {
+        return;
+    }
+    let me = discord
+        .identity()
+        .map(|i| i.user_id.clone())
+        .unwrap_or_default();
+    // The bot never reacts to itself.
+    if m.author.id == me {
+        return;
+    }
+    let mentions_bot = !me.is_empty()
+        && (m.mentions.iter().any(|u| u.id == me)
+            || m.content.contains(&format!("<@{me}>"))
+            || m.content.contains(&format!("<@!{me}>")));
+    let mut author = actor(&m.author, vec![]);
+    // Webhooks post as bots would.
+    author.is_bot |= m.webhook_id.is_some();
+    let event = InboundEvent {
+        // Message IDs are unique: a message replayed on resume starts nothing twice.
+        id: format!("discord:msg:{}", m.id),
+        actor: author,
+        conversation: ConversationRef {
+            platform: "discord".into(),
+            channel: m.channel_id,
+            thread: None,
+        },
+        kind: EventKind::Message {
+            text: m.content,
+            mentions_bot,
+        },
+    };
+    handle_later(engine.clone(), discord.clone(), event, None);
+}
+
+/// Where private answers to an interaction go.
+#[derive(Clone)]
+struct Reply {
+    application_id: String,
+    token: String,
+    channel: String,
+    user: String,
+    received: DateTime<Utc>,
+    /// Slash commands edit their deferred reply; clicks send a private follow-up.
+    edit_original: bool,
+}
+
+fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) {
+    let Some(user) = i
+        .member
+        .as_ref()
+        .and_then(|m| m.user.as_ref())
+        .or(i.user.as_ref())
+    else {
+        return tracing::warn!("an interaction without a user");
+    };
+    let roles = i
+        .member
+        .as_ref()
+        .map(|m| m.roles.clone())
+        .unwrap_or_default();
+    let actor = actor(user, roles);
+    let application_id = i
+        .application_id
+        .clone()
+        .or_else(|| discord.application_id())
+        .unwrap_or_default();
+    let channel = i.channel_id.clone().unwrap_or_default();
+    let reply = Reply {
+        application_id,
+        token: i.token.clone(),
+        channel: channel.clone(),
+        user: user.id.clone(),
+        received: discord.clock.now(),
+        edit_original: i.kind == 2,
+    };
+    let in_guild = discord.serves_guild(i.guild_id.as_deref());
+    let event = |kind: EventKind| InboundEvent {
+        // Interaction IDs are unique: one replayed on resume is applied once.
+        id: format!("discord:interaction:{}", i.id),
+        actor: actor.clone(),
+        conversation: ConversationRef {
+            platform: "discord".into(),
+            channel: channel.clone(),
+            thread: None,
+        },
+        kind,
+    };
+    match i.kind {
+        // A slash command.
+        2 => {
+            let ack = CreateInteractionResponse::Defer(
+                CreateInteractionResponseMessage::new().ephemeral(true),
+            );
+            let name = i.data["name"].as_str().unwrap_or_default().to_owned();
+            let (text, options) = command_arguments(&name, &i.data["options"]);
+            let ev = event(EventKind::Slash {
+                command: name,
+                text,
+                options,
+            });
+            respond_then(discord, engine, &i, ack, in_guild.then_some(ev), reply);
+        }
+        // A button.
+        3 => {
+            let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
+            if let Some(action) = custom_id.strip_prefix(ASK_PREFIX) {
+                let modal = reason_modal(action);
+                respond_then(discord, engine, &i, modal, None, reply);
+                return;
+            }
+            let ev = custom_id.parse::<ActionId>().ok().map(|action| {
+                event(EventKind::Action {
+                    action,
+                    reason: None,
+                })
+            });
+            respond_then(
+                discord,
+                engine,
+                &i,
+                CreateInteractionResponse::Acknowledge,
+                ev.filter(|_| in_guild),
+                reply,
+            );
+        }
+        // A submitted modal.
+        5 => {
+            let ev = i.data["custom_id"]
+                .as_str()
+                .and_then(|c| c.strip_prefix(REASON_MODAL))
+                .and_then(|a| a.parse::<ActionId>().ok())
+                .map(|action| {
+                    let reason = find_input(&i.data["components"], REASON_INPUT)
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned);
+                    event(EventKind::Action { action, reason })
+                });
+            respond_then(
+                discord,
+                engine,
+                &i,
+                CreateInteractionResponse::Acknowledge,
+                ev.filter(|_| in_guild),
+                reply,
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The text and typed options of a command. `/baton cancel 12` arrives as a subcommand with an
+/// option; it becomes the text the core reads. A workflow's options are handed over by name.
+fn command_arguments(name: &str, options: &Value) -> (String, Option<Map<String, Value>>) {
+    let options = options.as_array().cloned().unwrap_or_default();
+    let value_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if name == "baton" {
+        let mut words = Vec::new();
+        for sub in &options {
+            words.push(sub["name"].as_str().unwrap_or_default().to_owned());
+            for o in sub["options"].as_array().into_iter().flatten() {
+                words.push(value_text(&o["value"]));
+            }
+        }
+        return (words.join(" "), None);
+    }
+    let mut named = Map::new();
+    let mut words = Vec::new();
+    for o in &options {
+        if let Some(n) = o["name"].as_str() {
+            words.push(value_text(&o["value"]));
+            named.insert(n.to_owned(), o["value"].clone());
+        }
+    }
+    (words.join(" "), Some(named))
+}
+
+/// The modal asking why, for the action the button stands for.
+fn reason_modal(action: &str) -> CreateInteractionResponse {
+    let rejecting = action.starts_with("reject:");
+    let question = if rejecting { REJECT_QUESTION } else { "Why?" };
+    let input = CreateInputText::new(InputTextStyle::Paragraph, question, REASON_INPUT)
+        .max_length(1000)
+        .required(true);
+    CreateInteractionResponse::Modal(
+        CreateModal::new(
+            format!("{REASON_MODAL}{action}"),
+            if rejecting { "Reject" } else { "Baton" },
+        )
+        .components(vec![CreateActionRow::InputText(input)]),
+    )
+}
+
+/// The value of the text input `id` in a submitted modal, in an action row or in a label.
+fn find_input<'a>(components: &'a Value, id: &str) -> Option<&'a str> {
+    for c in components.as_array().into_iter().flatten() {
+        // A label holds its input as `component`.
+        for c in [c, &c["component"]] {
+            if c["custom_id"] == id
+                && let Some(v) = c["value"].as_str()
+            {
+                return Some(v);
+            }
+        }
+        if let Some(v) = find_input(&c["components"], id) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Answers the interaction at once, then handles the event in the background.
+fn respond_then(
+    discord: &Arc<Discord>,
+    engine: &Arc<Engine>,
+    i: &Interaction,
+    response: CreateInteractionResponse,
+    event: Option<InboundEvent>,
+    reply: Reply,
+) {
+    let guard = discord.inflight.enter();
+    let discord = discord.clone();
+    let engine = engine.clone();
+    let path = format!("interactions/{}/{}/callback", i.id, i.token);
+    let mut body = serde_json::to_value(response).expect("an interaction response serializes");
+    // Serenity writes `"data": null` for a bare acknowledgement; Discord's documented form
+    // leaves it out.
+    if let Some(o) = body.as_object_mut()
+        && o.get("data").is_some_and(Value::is_null)
+    {
+        o.remove("data");
+    }
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(e) = discord.api.post(&path, &body).await {
+            // Replayed after a reconnect, the interaction is too old to answer; the click
+            // still counts.
+            tracing::warn!(error = %e, "could not answer a Discord interaction");
+        }
+        match event {
+            Some(event) => handle(&engine, &discord, event, Some(reply)).await,
+            // A deferred command with nothing to handle came from outside Baton's guilds.
+            None if body["type"] == 5 => {
+                send_reply(
+                    &discord,
+                    &reply,
+                    "Baton works in the server channels it was set up for.",
+                )
+                .await;
+            }
+            None => {}
+        }
+    });
+}
+
+fn handle_later(
+    engine: Arc<Engine>,
+    discord: Arc<Discord>,
+    event: InboundEvent,
+    reply: Option<Reply>,
+) {
+    let guard = discord.inflight.enter();
+    tokio::spawn(async move {
+        let _guard = guard;
+        handle(&engine, &discord, event, reply).await;
+    });
+}
+
+/// Hands an event to the engine and tells the person what they should know.
+async fn handle(
+    engine: &Arc<Engine>,
+    discord: &Arc<Discord>,
+    event: InboundEvent,
+    reply: Option<Reply>,
+) {
+    let mut event = event;
+    // Workflows name channels (`incidents`); Discord sends IDs. Runs record the name where it
+    // names one channel, and posting turns it back into the ID.
+    let (channel, thread) = discord.conversation(&event.conversation.channel).await;
+    event.conversation.channel = channel;
+    event.conversation.thread = thread;
+    let id = event.id.clone();
+    let answer = match engine.handle(event).await {
+        Ok(response) => {
+            let mut lines = response.notices;
+            if lines.is_empty() && reply.as_ref().is_some_and(|r| r.edit_original) {
+                lines = response
+                    .started
+                    .iter()
+                    .map(|run| {
+                        format!(
+                            "Started run #{run}. Its progress is in the thread under its message."
+                        )
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    lines.push("Done.".into());
+                }
+            }
+            lines.join("\n")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, event = %id, "could not handle a Discord event");
+            FAILED.to_owned()
+        }
+    };
+    if let Some(reply) = reply
+        && !answer.is_empty()
+    {
+        send_reply(discord, &reply, &answer).await;
+    }
+}
+
+/// Sends a private answer through the interaction token, or into the channel once the token
+/// has expired.
+async fn send_reply(discord: &Discord, reply: &Reply, text: &str) {
+    let text: String = text.chars().take(super::render::CONTENT_LIMIT).collect();
+    let age = discord.clock.now() - reply.received;
+    let result = if age < chrono::Duration::minutes(TOKEN_LIFETIME_MINUTES) {
+        if reply.edit_original {
+            let path = format!(
+                "webhooks/{}/{}/messages/@original",
+                reply.application_id, reply.token
+            );
+            discord.api.patch(&path, &json!({"content": text})).await
+        } else {
+            let path = format!("webhooks/{}/{}", reply.application_id, reply.token);
+            discord
+                .api
+                .post(&path, &json!({"content": text, "flags": 64}))
+                .await
+        }
+    } else {
+        let body = json!({
+            "content": format!("<@{}> {text}", reply.user),
+            "allowed_mentions": {"parse": [], "users": [reply.user]},
+        });
+        discord
+            .api
+            .post(&format!("channels/{}/messages", reply.channel), &body)
+            .await
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not answer on Discord");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baton_subcommands_become_text_and_workflow_options_stay_typed() {
+        let (text, named) = command_arguments(
+            "baton",
+            &json!([{"name": "cancel", "type": 1, "options": [{"name": "run", "type": 4, "value": 12}]}]),
+        );
+        assert_eq!(text, "cancel 12");
+        assert!(named.is_none());
+        let (text, named) = command_arguments(
+            "incident",
+            &json!([{"name": "summary", "type": 3, "value": "db down"}, {"name": "sev", "type": 4, "value": 2}]),
+        );
+        assert_eq!(text, "db down 2");
+        let named = named.unwrap();
+        assert_eq!(named["summary"], "db down");
+        assert_eq!(named["sev"], 2);
+        let (_, named) = command_arguments("demo", &Value::Null);
+        assert!(named.unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_reason_is_found_in_an_action_row_or_a_label() {
+        let rows = json!([{"type": 1, "components": [{"type": 4, "custom_id": "reason", "value": "too risky"}]}]);
+        assert_eq!(find_input(&rows, "reason"), Some("too risky"));
+        let labels =
+            json!([{"type": 18, "component": {"type": 4, "custom_id": "reason", "value": "no"}}]);
+        assert_eq!(find_input(&labels, "reason"), Some("no"));
+        assert_eq!(find_input(&json!([]), "reason"), None);
+    }
+
+    #[test]
+    fn responses_have_discords_callback_types() {
+        let defer = serde_json::to_value(CreateInteractionResponse::Defer(
+            CreateInteractionResponseMessage::new().ephemeral(true),
+        ))
+        .unwrap();
+        assert_eq!(defer["type"], 5);
+        assert_eq!(defer["data"]["flags"], 64);
+        let ack = serde_json::to_value(CreateInteractionResponse::Acknowledge).unwrap();
+        assert_eq!(ack["type"], 6);
+        let modal = serde_json::to_value(reason_modal("reject:7:gate")).unwrap();
+        assert_eq!(modal["type"], 9);
+        assert_eq!(modal["data"]["custom_id"], "reason:reject:7:gate");
+        let input = &modal["data"]["components"][0]["components"][0];
+        assert_eq!(input["type"], 4);
+        assert_eq!(input["custom_id"], "reason");
+        assert_eq!(input["label"], REJECT_QUESTION);
+    }
+}

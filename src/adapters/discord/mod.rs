@@ -1,0 +1,421 @@
+//! Discord: REST calls (outbound, through the outbox), the gateway connection (inbound, in
+//! `gateway.rs` and `inbound.rs`) and slash-command registration (`commands.rs`). Same shape
+//! as the console and Slack adapters; the core does not know Discord.
+//!
+//! Message references are `CHANNEL_ID:MESSAGE_ID`. A run's progress thread is a Discord thread
+//! started from its root message, so the thread's channel ID is the root message's ID.
+
+pub mod api;
+pub mod commands;
+pub mod gateway;
+pub mod inbound;
+pub mod render;
+
+use super::{DeliveryError, Inflight, Platform};
+use crate::config::DiscordSettings;
+use crate::core::clock::Clock;
+use crate::store::{OutboxEntry, OutboxOp};
+use api::{DiscordApi, DiscordError};
+use async_trait::async_trait;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Who Baton is on Discord.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: String,
+    pub username: String,
+}
+
+/// Discord's error code when a thread already exists for a message.
+const THREAD_EXISTS: i64 = 160004;
+
+/// Channel types Baton posts in and resolves by name: text and announcement channels.
+const POSTABLE_TYPES: [u64; 2] = [0, 5];
+/// Thread channel types: announcement, public and private threads.
+const THREAD_TYPES: [u64; 3] = [10, 11, 12];
+
+/// What Baton knows of a channel.
+#[derive(Debug, Clone)]
+struct ChannelInfo {
+    name: String,
+    /// For a thread, the channel it belongs to.
+    parent: Option<String>,
+    thread: bool,
+}
+
+/// Channel names and IDs, and when the guilds' channel lists were read.
+#[derive(Default)]
+struct ChannelCache {
+    /// A name seen in two guilds maps to `None`: only its ID can name it then.
+    by_name: HashMap<String, Option<String>>,
+    info: HashMap<String, ChannelInfo>,
+    refreshed: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How long a channel listing answers misses before it is read again.
+const CHANNELS_TTL_SECONDS: i64 = 60;
+
+/// Whether a reference is a Discord ID (a snowflake).
+pub fn is_snowflake(s: &str) -> bool {
+    (15..=21).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
+}
+
+/// The Discord platform.
+pub struct Discord {
+    pub(crate) api: DiscordApi,
+    pub(crate) settings: DiscordSettings,
+    identity: OnceLock<Identity>,
+    /// The application's ID, from the gateway's READY.
+    application_id: OnceLock<String>,
+    /// Guilds the bot is in, from READY and GUILD_CREATE.
+    guilds: Mutex<Vec<String>>,
+    channels: Mutex<ChannelCache>,
+    /// Root messages known to have their thread already.
+    threads: Mutex<HashSet<String>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Events acknowledged and still being handled.
+    pub inflight: Arc<Inflight>,
+}
+
+impl Discord {
+    pub fn new(settings: DiscordSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+        let api = DiscordApi::new(
+            settings.api_url.clone(),
+            settings.token.clone(),
+            clock.clone(),
+        )?;
+        Ok(Arc::new(Self {
+            api,
+            guilds: Mutex::new(settings.guild_ids.clone()),
+            settings,
+            identity: OnceLock::new(),
+            application_id: OnceLock::new(),
+            channels: Mutex::new(ChannelCache::default()),
+            threads: Mutex::new(HashSet::new()),
+            inflight: Arc::new(Inflight::default()),
+            clock,
+        }))
+    }
+
+    /// The bot's identity once `healthcheck` ran.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
+    /// The application's ID once the gateway said READY (the bot's user ID before that, which
+    /// is the same for every application made since 2016).
+    pub fn application_id(&self) -> Option<String> {
+        self.application_id
+            .get()
+            .cloned()
+            .or_else(|| self.identity().map(|i| i.user_id.clone()))
+    }
+
+    pub(crate) fn set_application_id(&self, id: &str) {
+        let _ = self.application_id.set(id.to_owned());
+    }
+
+    /// Remembers a guild the bot is in (when no guilds are configured, every one it is in
+    /// counts).
+    pub(crate) fn joined_guild(&self, id: &str) {
+        if !self.settings.guild_ids.is_empty() {
+            return;
+        }
+        let mut guilds = self.guilds.lock().expect("guild list lock");
+        if !guilds.iter().any(|g| g == id) {
+            guilds.push(id.to_owned());
+        }
+    }
+
+    /// Whether events from this guild are for Baton: every guild, unless `DISCORD_GUILD_IDS`
+    /// names some.
+    pub fn serves_guild(&self, guild: Option<&str>) -> bool {
+        match guild {
+            Some(g) => {
+                self.settings.guild_ids.is_empty() || self.settings.guild_ids.iter().any(|x| x == g)
+            }
+            // Direct messages are not a place Baton works in.
+            None => false,
+        }
+    }
+
+    /// Reads every guild's channels into the cache. Misses refresh it at most once a minute.
+    async fn refresh_channels(&self) -> Result<(), DiscordError> {
+        let now = self.clock.now();
+        if self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .refreshed
+            .is_some_and(|at| (now - at).num_seconds() < CHANNELS_TTL_SECONDS)
+        {
+            return Ok(());
+        }
+        let guilds = self.guilds.lock().expect("guild list lock").clone();
+        let mut by_name: HashMap<String, Option<String>> = HashMap::new();
+        let mut info = HashMap::new();
+        for guild in guilds {
+            let list = self.api.get(&format!("guilds/{guild}/channels")).await?;
+            for c in list.as_array().into_iter().flatten() {
+                let (Some(id), Some(name)) = (c["id"].as_str(), c["name"].as_str()) else {
+                    continue;
+                };
+                let kind = c["type"].as_u64().unwrap_or(0);
+                if POSTABLE_TYPES.contains(&kind) {
+                    by_name
+                        .entry(name.to_owned())
+                        .and_modify(|seen| {
+                            if seen.as_deref() != Some(id) {
+                                *seen = None;
+                            }
+                        })
+                        .or_insert_with(|| Some(id.to_owned()));
+                }
+                info.insert(
+                    id.to_owned(),
+                    ChannelInfo {
+                        name: name.to_owned(),
+                        parent: c["parent_id"].as_str().map(str::to_owned),
+                        thread: THREAD_TYPES.contains(&kind),
+                    },
+                );
+            }
+        }
+        let mut cache = self.channels.lock().expect("channel cache lock");
+        // Threads learned one by one stay known.
+        for (id, known) in cache.info.drain() {
+            info.entry(id).or_insert(known);
+        }
+        cache.by_name = by_name;
+        cache.info = info;
+        cache.refreshed = Some(now);
+        Ok(())
+    }
+
+    /// The ID of a channel named in a workflow (`general`, `#general` or an ID).
+    async fn channel_id(&self, channel: &str) -> Result<String, DeliveryError> {
+        let name = channel.trim_start_matches('#');
+        if is_snowflake(name) {
+            return Ok(name.to_owned());
+        }
+        let lookup = |cache: &ChannelCache| cache.by_name.get(name).cloned();
+        let mut found = lookup(&self.channels.lock().expect("channel cache lock"));
+        if found.is_none() {
+            self.refresh_channels().await.map_err(delivery_error)?;
+            found = lookup(&self.channels.lock().expect("channel cache lock"));
+        }
+        match found {
+            Some(Some(id)) => Ok(id),
+            Some(None) => Err(DeliveryError::Permanent(format!(
+                "channel #{name} exists in more than one guild: name it by its ID in the workflow"
+            ))),
+            None => Err(DeliveryError::Permanent(format!(
+                "channel #{name} not found in the bot's guilds: check the name in the workflow, or give the bot access to the channel"
+            ))),
+        }
+    }
+
+    /// What Baton knows of a channel Discord gave by ID, asking Discord once when it is new
+    /// (a thread, or a channel made since the last listing).
+    async fn channel_info(&self, id: &str) -> Option<ChannelInfo> {
+        if let Some(info) = self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .info
+            .get(id)
+        {
+            return Some(info.clone());
+        }
+        if let Err(e) = self.refresh_channels().await {
+            tracing::warn!(error = %e, "could not list Discord channels");
+        }
+        if let Some(info) = self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .info
+            .get(id)
+        {
+            return Some(info.clone());
+        }
+        let c = match self.api.get(&format!("channels/{id}")).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = id, "could not read a Discord channel");
+                return None;
+            }
+        };
+        let info = ChannelInfo {
+            name: c["name"].as_str().unwrap_or(id).to_owned(),
+            parent: c["parent_id"].as_str().map(str::to_owned),
+            thread: THREAD_TYPES.contains(&c["type"].as_u64().unwrap_or(0)),
+        };
+        self.channels
+            .lock()
+            .expect("channel cache lock")
+            .info
+            .insert(id.to_owned(), info.clone());
+        Some(info)
+    }
+
+    /// How a channel ID is named in runs and matched against workflows: its name when that
+    /// names it alone, its ID otherwise (a name in two guilds, an unreadable channel).
+    async fn workflow_name(&self, id: &str) -> String {
+        let Some(info) = self.channel_info(id).await else {
+            return id.to_owned();
+        };
+        let unique = self
+            .channels
+            .lock()
+            .expect("channel cache lock")
+            .by_name
+            .get(&info.name)
+            .is_some_and(|x| x.as_deref() == Some(id));
+        if unique { info.name } else { id.to_owned() }
+    }
+
+    /// Where a message in `channel_id` happened, as the core sees it: the channel's name, and
+    /// for a thread the thread's parent with the thread as `CHANNEL:THREAD` (a thread started
+    /// from a message has that message's ID).
+    pub(crate) async fn conversation(&self, channel_id: &str) -> (String, Option<String>) {
+        match self.channel_info(channel_id).await {
+            Some(ChannelInfo {
+                thread: true,
+                parent: Some(parent),
+                ..
+            }) => (
+                self.workflow_name(&parent).await,
+                Some(format!("{parent}:{channel_id}")),
+            ),
+            _ => (self.workflow_name(channel_id).await, None),
+        }
+    }
+
+    /// The thread of a run's root message, started on first use.
+    async fn thread_of(&self, root: &str, run: Option<i64>) -> Result<String, DeliveryError> {
+        let (channel, message) = split_ref(root)?;
+        if self
+            .threads
+            .lock()
+            .expect("thread set lock")
+            .contains(message)
+        {
+            return Ok(message.to_owned());
+        }
+        let name = match run {
+            Some(n) => format!("Run #{n}"),
+            None => "Baton".to_owned(),
+        };
+        // A week: approvals may wait that long, and a reply reopens an archived thread anyway.
+        let body = json!({"name": name, "auto_archive_duration": 10080});
+        let thread = match self
+            .api
+            .post(
+                &format!("channels/{channel}/messages/{message}/threads"),
+                &body,
+            )
+            .await
+        {
+            Ok(t) => t["id"].as_str().unwrap_or(message).to_owned(),
+            // Made before a restart, or by a delivery that was not recorded.
+            Err(e) if e.code() == Some(THREAD_EXISTS) => message.to_owned(),
+            Err(e) => return Err(delivery_error(e)),
+        };
+        self.threads
+            .lock()
+            .expect("thread set lock")
+            .insert(message.to_owned());
+        Ok(thread)
+    }
+}
+
+fn delivery_error(e: DiscordError) -> DeliveryError {
+    match e {
+        DiscordError::RateLimited(wait) => DeliveryError::Transient {
+            message: e.to_string(),
+            retry_after: Some(wait),
+        },
+        e if e.is_permanent() => DeliveryError::Permanent(e.to_string()),
+        e => DeliveryError::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        },
+    }
+}
+
+/// Splits `CHANNEL:MESSAGE`.
+fn split_ref(reference: &str) -> Result<(&str, &str), DeliveryError> {
+    reference.split_once(':').ok_or_else(|| {
+        DeliveryError::Permanent(format!("`{reference}` is not a Discord message reference"))
+    })
+}
+
+#[async_trait]
+impl Platform for Discord {
+    fn name(&self) -> &'static str {
+        "discord"
+    }
+
+    async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
+        match entry.op {
+            OutboxOp::Post => {
+                let channel = match &entry.thread_ref {
+                    Some(root) => self.thread_of(root, entry.run.map(|r| r.0)).await?,
+                    None => self.channel_id(&entry.channel).await?,
+                };
+                let answer = self
+                    .api
+                    .post(
+                        &format!("channels/{channel}/messages"),
+                        &render::post(&entry.message),
+                    )
+                    .await
+                    .map_err(delivery_error)?;
+                let id = answer["id"].as_str().ok_or_else(|| {
+                    DeliveryError::Permanent("Discord answered a post without a message id".into())
+                })?;
+                Ok(format!("{channel}:{id}"))
+            }
+            OutboxOp::Edit => {
+                let target = entry.target_ref.as_deref().unwrap_or_default();
+                let (channel, message) = split_ref(target)?;
+                self.api
+                    .patch(
+                        &format!("channels/{channel}/messages/{message}"),
+                        &render::edit(&entry.message),
+                    )
+                    .await
+                    .map_err(delivery_error)?;
+                Ok(target.to_owned())
+            }
+        }
+    }
+
+    /// Reads `/users/@me`: a bad token stops start-up with Discord's reason.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        let me = self.api.get("users/@me").await.map_err(|e| match e {
+            DiscordError::Api { status: 401, .. } => anyhow::anyhow!(
+                "DISCORD_TOKEN: Discord refused the token (401 Unauthorized); copy the bot token from the Developer Portal (your application → Bot → Reset Token)"
+            ),
+            other => anyhow::anyhow!("DISCORD_TOKEN: reading the bot user failed: {other}"),
+        })?;
+        let identity = Identity {
+            user_id: me["id"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("/users/@me answered without an id"))?
+                .to_owned(),
+            username: me["username"].as_str().unwrap_or_default().to_owned(),
+        };
+        if me["bot"].as_bool() == Some(false) {
+            anyhow::bail!(
+                "DISCORD_TOKEN: the token belongs to a user account, not a bot; use the bot token from the Developer Portal"
+            );
+        }
+        tracing::info!(bot_user = %identity.username, id = %identity.user_id, "Discord token accepted");
+        let _ = self.identity.set(identity);
+        Ok(())
+    }
+}

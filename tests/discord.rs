@@ -1,0 +1,697 @@
+//! Discord end to end, against a fake Discord speaking API v10's REST and gateway wire formats
+//! (see `support/fake_discord.rs`): slash commands, message triggers, threads, approvals by
+//! user and by role, modals, reconnects, rate limits and command registration.
+
+mod support;
+
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
+
+use fake_discord::*;
+use serde_json::json;
+use support::*;
+
+fn ship() -> String {
+    format!(
+        r#"
+name = "ship"
+description = "Ship a release"
+title = "Ship {{{{ input.version }}}}"
+[[trigger]]
+kind = "slash"
+command = "ship"
+args = [{{ name = "version", required = true, description = "Which version" }}, {{ name = "note", description = "Anything to add" }}]
+[[trigger]]
+kind = "message"
+pattern = 'ship it: (?P<version>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["discord:{BEN}", "discord:group:{RELEASE_ROLE}"]
+message = "Ship {{{{ input.version }}}} to production?"
+timeout = "1h"
+reject_reason = true
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["gate"]
+text = "Shipped {{{{ input.version }}}}."
+[[step]]
+id = "announce"
+kind = "notify"
+needs = ["gate"]
+channel = "releases"
+text = "Version {{{{ input.version }}}} is out."
+"#
+    )
+}
+
+async fn discord_app(fake: &FakeDiscord) -> TestApp {
+    discord_app_with(fake, vec![("ship.toml", ship())]).await
+}
+
+async fn discord_app_with(fake: &FakeDiscord, workflows: Vec<(&'static str, String)>) -> TestApp {
+    let app = spawn(Spawn {
+        extra_workflows: workflows,
+        with_examples: false,
+        env: env(fake),
+        ..Default::default()
+    })
+    .await;
+    eventually("the gateway session", || async {
+        fake.s().socket.is_some()
+    })
+    .await;
+    app
+}
+
+fn env(fake: &FakeDiscord) -> Vec<(&'static str, String)> {
+    vec![
+        ("DISCORD_TOKEN", TOKEN.into()),
+        // A bare origin, as for a proxy: Baton adds Discord's `/api/v10/`.
+        ("DISCORD_API_URL", fake.base.clone()),
+        ("DISCORD_GUILD_IDS", GUILD.into()),
+    ]
+}
+
+/// Waits for a message in `channel` whose content contains `needle`.
+async fn message_with(fake: &FakeDiscord, channel: &str, needle: &str) -> Msg {
+    eventually_some(
+        &format!("a message with `{needle}` in {channel}"),
+        || async {
+            fake.messages_in(channel).into_iter().find(|m| {
+                m.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(needle)
+            })
+        },
+    )
+    .await
+}
+
+fn content(m: &Msg) -> String {
+    m.body["content"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Starts `/ship <version>` as ana; returns the run's root message.
+async fn start_ship(fake: &FakeDiscord, interaction: &str, version: &str) -> Msg {
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            interaction,
+            "ship",
+            json!([{"name": "version", "type": 3, "value": version}]),
+            ANA,
+        ),
+    );
+    message_with(fake, GENERAL, &format!("Ship {version}")).await
+}
+
+/// The approval request in a run's thread.
+async fn approval_in(fake: &FakeDiscord, root: &Msg) -> Msg {
+    message_with(fake, &root.id, "Approval needed").await
+}
+
+fn custom_id(m: &Msg, label: &str) -> String {
+    m.body["components"][0]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["label"] == label)
+        .and_then(|b| b["custom_id"].as_str())
+        .unwrap_or_else(|| panic!("no {label} button on {:?}", m.body))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_slash_command_runs_to_the_end_with_its_progress_in_a_thread() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let identify = fake.s().identifies[0].clone();
+    assert_eq!(identify["token"], TOKEN);
+    let intents = identify["intents"].as_u64().unwrap();
+    assert_eq!(
+        intents,
+        1 | 1 << 9 | 1 << 15,
+        "guilds, guild messages, message content"
+    );
+
+    let root = start_ship(&fake, "800000000000000001", "1.0").await;
+    // Answered at once, privately, before the work.
+    let callbacks = fake.callbacks("800000000000000001");
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].0["type"], 5, "deferred");
+    assert_eq!(callbacks[0].0["data"]["flags"], 64, "private");
+    assert!(
+        callbacks[0].1 < std::time::Duration::from_secs(3),
+        "{:?}",
+        callbacks[0].1
+    );
+    eventually("the reply through the interaction token", || async {
+        fake.webhook_calls("tok-800000000000000001")
+            .iter()
+            .any(|c| {
+                c.method == "PATCH"
+                    && c.path.ends_with("messages/@original")
+                    && c.body["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("Started run #1")
+            })
+    })
+    .await;
+    assert!(
+        content(&root).contains(&format!("<@{ANA}>")),
+        "{}",
+        content(&root)
+    );
+    assert_eq!(custom_id(&root, "Cancel"), "cancel:1");
+
+    // The thread is started from the root message, and the approval goes in it.
+    let approval = approval_in(&fake, &root).await;
+    assert_eq!(fake.s().threads.get(&root.id), Some(&GENERAL.to_owned()));
+    let thread_call = &fake.calls("POST", &format!("messages/{}/threads", root.id))[0];
+    assert_eq!(thread_call.body["name"], "Run #1");
+    let text = content(&approval);
+    assert!(
+        text.contains(&format!("<@{BEN}>")) && text.contains(&format!("<@&{RELEASE_ROLE}>")),
+        "{text}"
+    );
+    assert_eq!(approval.body["allowed_mentions"]["users"], json!([BEN]));
+    assert_eq!(
+        approval.body["allowed_mentions"]["roles"],
+        json!([RELEASE_ROLE])
+    );
+    let buttons = &approval.body["components"][0]["components"];
+    assert_eq!(buttons[0]["label"], "Approve");
+    assert_eq!(buttons[0]["style"], 3, "success");
+    assert_eq!(buttons[1]["label"], "Reject");
+    assert_eq!(buttons[1]["style"], 4, "danger");
+    assert!(
+        approval.body["embeds"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Ship 1.0 to production?")
+    );
+
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000002",
+            &custom_id(&approval, "Approve"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    message_with(&fake, &root.id, "Shipped 1.0.").await;
+    // The notify step with a channel name posts in that channel, resolved in the guild.
+    message_with(&fake, RELEASES, "Version 1.0 is out.").await;
+    assert_eq!(
+        fake.callbacks("800000000000000002")[0].0,
+        json!({"type": 6})
+    );
+    eventually(
+        "the approval shows its decision and loses its buttons",
+        || async {
+            let m = fake.message(&approval.id).unwrap();
+            content(&m).contains(&format!("Approved by <@{BEN}>"))
+                && m.body["components"] == json!([])
+        },
+    )
+    .await;
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the root shows the outcome", || async {
+        content(&fake.message(&root.id).unwrap()).contains("Status: **done**")
+    })
+    .await;
+    assert_eq!(app.ledger_of("post.failed").await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_message_pattern_starts_one_run_and_bots_and_the_bot_itself_are_ignored() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        message_create("900000000000000001", GENERAL, BOT_ID, "ship it: 0.1", true),
+    );
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        message_create(
+            "900000000000000002",
+            GENERAL,
+            OTHER_BOT,
+            "ship it: 0.2",
+            true,
+        ),
+    );
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        message_create("900000000000000003", GENERAL, ANA, "ship it: 2.0", false),
+    );
+    // The same message again, as after a resume.
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        message_create("900000000000000003", GENERAL, ANA, "ship it: 2.0", false),
+    );
+    message_with(&fake, GENERAL, "Ship 2.0").await;
+    app.wait_for_status(1, "waiting_approval").await;
+    // Give a second run every chance to appear.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+    let roots: Vec<Msg> = fake.messages_in(GENERAL);
+    assert_eq!(roots.len(), 1, "one root message: {roots:?}");
+}
+
+#[tokio::test]
+async fn approvers_may_be_a_role_checked_at_the_click_and_others_get_a_private_refusal() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let root = start_ship(&fake, "800000000000000011", "3.0").await;
+    let approval = approval_in(&fake, &root).await;
+    let approve = custom_id(&approval, "Approve");
+
+    // Cy has no role yet: refused privately, nothing changes.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000012", &approve, CY, &[], &root.id),
+    );
+    eventually("a private refusal", || async {
+        fake.webhook_calls("tok-800000000000000012")
+            .iter()
+            .any(|c| {
+                c.method == "POST"
+                    && c.body["flags"] == 64
+                    && c.body["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("not an approver")
+            })
+    })
+    .await;
+    assert_eq!(fake.message(&approval.id).unwrap().edits, 0);
+    assert_eq!(app.run_status(1).await, "waiting_approval");
+
+    // With the role (as Discord sends it in the click's member), Cy may decide.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000013",
+            &approve,
+            CY,
+            &[RELEASE_ROLE],
+            &root.id,
+        ),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    let decided = app.ledger_of("approval.decided").await;
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0]["actor"], format!("discord:{CY}"));
+    assert_eq!(app.ledger_of("approval.refused").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_click_delivered_twice_and_two_clicks_at_once_decide_once() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let root = start_ship(&fake, "800000000000000021", "4.0").await;
+    let approval = approval_in(&fake, &root).await;
+    let approve = custom_id(&approval, "Approve");
+    let same = click("800000000000000022", &approve, BEN, &[], &root.id);
+    fake.dispatch("INTERACTION_CREATE", same.clone());
+    fake.dispatch("INTERACTION_CREATE", same);
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000023",
+            &approve,
+            CY,
+            &[RELEASE_ROLE],
+            &root.id,
+        ),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
+    assert_eq!(
+        fake.messages_in(&root.id)
+            .iter()
+            .filter(|m| content(m).contains("Shipped"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn reject_asks_for_the_reason_in_a_modal_and_the_submission_decides() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let root = start_ship(&fake, "800000000000000031", "5.0").await;
+    let approval = approval_in(&fake, &root).await;
+    let reject = custom_id(&approval, "Reject");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000032", &reject, BEN, &[], &root.id),
+    );
+    let modal = eventually_some("the modal", || async {
+        fake.callbacks("800000000000000032")
+            .into_iter()
+            .map(|c| c.0)
+            .find(|b| b["type"] == 9)
+    })
+    .await;
+    let modal_id = modal["data"]["custom_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        modal["data"]["components"][0]["components"][0]["custom_id"],
+        "reason"
+    );
+    assert_eq!(
+        app.run_status(1).await,
+        "waiting_approval",
+        "opening the modal decides nothing"
+    );
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        modal_submit(
+            "800000000000000033",
+            &modal_id,
+            "not on a Friday",
+            BEN,
+            &root.id,
+        ),
+    );
+    app.wait_for_status(1, "rejected").await;
+    eventually("the reason on the approval", || async {
+        content(&fake.message(&approval.id).unwrap()).contains(&format!("Rejected by <@{BEN}>"))
+            && content(&fake.message(&approval.id).unwrap()).contains("not on a Friday")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reconnect_mid_run_resumes_the_session_and_loses_nothing() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let root = start_ship(&fake, "800000000000000041", "6.0").await;
+    let approval = approval_in(&fake, &root).await;
+    // Discord asks for a reconnect; the click happens while Baton is away.
+    fake.reconnect();
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000042",
+            &custom_id(&approval, "Approve"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    eventually("a RESUME", || async { !fake.s().resumes.is_empty() }).await;
+    let resume = fake.s().resumes[0].clone();
+    assert_eq!(resume["session_id"], "sess-1");
+    assert_eq!(resume["token"], TOKEN);
+    app.wait_for_status(1, "succeeded").await;
+    assert_eq!(
+        fake.s().identifies.len(),
+        1,
+        "resumed, not identified again"
+    );
+
+    // A dropped connection without a word resumes too, and the session replay does not
+    // decide twice.
+    fake.close(4000);
+    eventually("a second RESUME", || async { fake.s().resumes.len() >= 2 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
+
+    // An invalid session starts a new one with IDENTIFY.
+    fake.send_op(json!({"op": 9, "d": false}));
+    eventually("a new IDENTIFY", || async {
+        fake.s().identifies.len() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_sent_and_a_connection_without_acks_is_replaced() {
+    let fake = FakeDiscord::start().await;
+    fake.s().heartbeat_interval = 150;
+    let _app = discord_app(&fake).await;
+    eventually("heartbeats", || async { fake.s().heartbeats >= 2 }).await;
+    fake.s().no_acks = true;
+    eventually("a reconnect after a missing ACK", || async {
+        !fake.s().resumes.is_empty()
+    })
+    .await;
+    fake.s().no_acks = false;
+    let after = fake.s().heartbeats;
+    eventually("heartbeats on the new connection", || async {
+        fake.s().heartbeats > after + 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_429_storm_delays_posts_without_losing_or_reordering_any() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.s().rate_limit = 4;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            "800000000000000051",
+            "ship",
+            json!([{"name": "version", "type": 3, "value": "7.0"}]),
+            ANA,
+        ),
+    );
+    // Each 429 says wait 1.5 s; the outbox waits on the clock.
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        app.advance(chrono::Duration::seconds(2));
+    }
+    let root = message_with(&fake, GENERAL, "Ship 7.0").await;
+    approval_in(&fake, &root).await;
+    let ledger = app.ledger_of("post.failed").await;
+    assert!(ledger.is_empty(), "{ledger:?}");
+    // Posts to the channel came in order: the root first, and no 429'd post was lost.
+    let posts: Vec<_> = fake
+        .calls("POST", "/messages")
+        .into_iter()
+        .filter(|c| c.path.ends_with("/messages"))
+        .collect();
+    assert!(
+        posts[..5]
+            .iter()
+            .all(|c| c.path == format!("channels/{GENERAL}/messages")),
+        "the root is retried before anything goes in its thread"
+    );
+    let rate_limited = posts.len() - fake.s().messages.len();
+    assert_eq!(rate_limited, 4, "every 429 was retried: {posts:?}");
+}
+
+#[tokio::test]
+async fn commands_are_registered_once_and_not_again_when_unchanged() {
+    let fake = FakeDiscord::start().await;
+    let mut app = discord_app(&fake).await;
+    let route = format!("applications/{APP_ID}/guilds/{GUILD}/commands");
+    let puts = fake.calls("PUT", &route);
+    assert_eq!(puts.len(), 1);
+    let body = &puts[0].body;
+    let ship = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ship")
+        .unwrap();
+    assert_eq!(ship["description"], "Ship a release");
+    let version = &ship["options"][0];
+    assert_eq!(
+        (
+            &version["type"],
+            &version["name"],
+            &version["description"],
+            &version["required"]
+        ),
+        (
+            &json!(3),
+            &json!("version"),
+            &json!("Which version"),
+            &json!(true)
+        )
+    );
+    assert_eq!(ship["options"][1]["required"], false);
+    let baton = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "baton")
+        .unwrap();
+    assert_eq!(baton["options"][0]["name"], "cancel");
+    assert_eq!(baton["options"][0]["options"][0]["type"], 4);
+    app.restart().await;
+    eventually("the new gateway session", || async {
+        fake.s().identifies.len() == 2
+    })
+    .await;
+    eventually("the commands read again", || async {
+        fake.calls("GET", &route).len() == 2
+    })
+    .await;
+    assert_eq!(
+        fake.calls("PUT", &route).len(),
+        1,
+        "unchanged commands are not written again"
+    );
+}
+
+#[tokio::test]
+async fn typed_options_reach_the_workflow_and_bad_ones_get_the_usage_privately() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            "800000000000000061",
+            "ship",
+            json!([{"name": "note", "type": 3, "value": "with spaces in it"}]),
+            ANA,
+        ),
+    );
+    eventually("the usage, privately", || async {
+        fake.webhook_calls("tok-800000000000000061")
+            .iter()
+            .any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Missing argument `version`")
+            })
+    })
+    .await;
+    fake.dispatch("INTERACTION_CREATE", slash("800000000000000062", "baton", json!([{"name": "cancel", "type": 1, "options": [{"name": "run", "type": 4, "value": 41}]}]), ANA));
+    eventually("the cancel answer", || async {
+        !fake.webhook_calls("tok-800000000000000062").is_empty()
+    })
+    .await;
+    assert!(app.ledger_of("run.started").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_channel_or_missing_access_is_reported_in_the_run_and_the_ledger() {
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace("channel = \"releases\"", "channel = \"nowhere\"");
+    let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let root = start_ship(&fake, "800000000000000071", "8.0").await;
+    let approval = approval_in(&fake, &root).await;
+    fake.s().forbidden_channels.insert(root.id.clone());
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000072",
+            &custom_id(&approval, "Approve"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    let failed = eventually_some("post.failed entries", || async {
+        let l = app.ledger_of("post.failed").await;
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    let text = serde_json::to_string(&failed).unwrap();
+    assert!(text.contains("channel #nowhere not found"), "{text}");
+    assert!(text.contains("Missing Access"), "{text}");
+}
+
+/// Runs the app to its start-up error.
+async fn start_up_error(fake: &FakeDiscord, token: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let commands = dir.path().join("commands");
+    std::fs::create_dir_all(&commands).unwrap();
+    std::fs::write(commands.join("ship.toml"), ship()).unwrap();
+    let env: std::collections::HashMap<String, String> = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("b.db").display()),
+        ),
+        ("BATON_COMMANDS_DIR", commands.display().to_string()),
+        ("DISCORD_TOKEN", token.to_owned()),
+        ("DISCORD_API_URL", fake.base.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = baton::config::Settings::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
+        std::sync::Arc::new(baton::core::clock::ManualClock::new(start_time()));
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        baton::app::run(settings, listener, clock, std::future::pending()),
+    )
+    .await
+    .expect("start-up ends");
+    format!("{:#}", result.expect_err("start-up fails"))
+}
+
+#[tokio::test]
+async fn a_bad_token_or_a_missing_intent_stops_start_up_with_what_to_change() {
+    let fake = FakeDiscord::start().await;
+    let e = start_up_error(&fake, "not-the-token").await;
+    assert!(
+        e.contains("DISCORD_TOKEN") && e.contains("Reset Token"),
+        "{e}"
+    );
+    fake.s().close_on_identify = Some(4014);
+    let e = start_up_error(&fake, TOKEN).await;
+    assert!(
+        e.contains("MESSAGE CONTENT INTENT") && e.contains("Developer Portal"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_bot_mention_triggers_and_messages_in_threads_need_in_threads() {
+    let fake = FakeDiscord::start().await;
+    let wf = r#"
+name = "ask"
+description = "Ask Baton"
+[[trigger]]
+kind = "message"
+mention = true
+[[step]]
+id = "hi"
+kind = "notify"
+text = "Hello {{ input.text }}"
+"#;
+    let app = discord_app_with(&fake, vec![("ask.toml", wf.into())]).await;
+    // The intent for message content is not asked for without a pattern.
+    assert_eq!(fake.s().identifies[0]["intents"], json!(1 | 1 << 9));
+    let mut m = message_create(
+        "900000000000000011",
+        GENERAL,
+        ANA,
+        &format!("<@{BOT_ID}> status?"),
+        false,
+    );
+    m["mentions"] = json!([{"id": BOT_ID, "username": "baton", "bot": true}]);
+    fake.dispatch("MESSAGE_CREATE", m);
+    let root = message_with(&fake, GENERAL, "Ask Baton").await;
+    message_with(&fake, &root.id, "Hello").await;
+    // A mention inside the run's thread starts nothing (no `in_threads`).
+    let mut m = message_create(
+        "900000000000000012",
+        &root.id,
+        ANA,
+        &format!("<@{BOT_ID}> again"),
+        false,
+    );
+    m["mentions"] = json!([{"id": BOT_ID, "username": "baton", "bot": true}]);
+    fake.dispatch("MESSAGE_CREATE", m);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+}
