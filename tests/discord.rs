@@ -695,3 +695,72 @@ text = "Hello {{ input.text }}"
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(app.ledger_of("run.started").await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_empty_rate_limit_bucket_holds_the_channel_back_without_asking_or_failing() {
+    let fake = FakeDiscord::start().await;
+    let wf = r#"
+name = "two"
+description = "Two posts"
+[[trigger]]
+kind = "slash"
+command = "two"
+[[step]]
+id = "first"
+kind = "notify"
+channel = "general"
+text = "first post"
+[[step]]
+id = "second"
+kind = "notify"
+needs = ["first"]
+channel = "general"
+text = "second post"
+"#;
+    let app = discord_app_with(&fake, vec![("two.toml", wf.into())]).await;
+    fake.s().empty_bucket_for = Some("3.5");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash("800000000000000081", "two", json!([]), ANA),
+    );
+    message_with(&fake, GENERAL, "Two posts").await;
+    // Discord said the bucket is empty for 3.5 s: Baton does not ask again before that.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let asked = |fake: &FakeDiscord| {
+        fake.calls("POST", &format!("channels/{GENERAL}/messages"))
+            .iter()
+            .filter(|c| c.path.ends_with("/messages"))
+            .count()
+    };
+    assert_eq!(asked(&fake), 1);
+    app.advance(chrono::Duration::seconds(4));
+    message_with(&fake, GENERAL, "first post").await;
+    app.advance(chrono::Duration::seconds(4));
+    message_with(&fake, GENERAL, "second post").await;
+    assert_eq!(
+        asked(&fake),
+        fake.messages_in(GENERAL).len(),
+        "every post went out on its first try"
+    );
+    assert!(app.ledger_of("post.failed").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_daily_digest_posts_to_its_channel_by_name_on_discord() {
+    let fake = FakeDiscord::start().await;
+    let digest = std::fs::read_to_string(example_commands().join("daily-digest.toml")).unwrap();
+    let app = discord_app_with(
+        &fake,
+        vec![("daily-digest.toml", digest), ("ship.toml", ship())],
+    )
+    .await;
+    // 09:00 in Berlin is 08:00 UTC in March; the test clock starts at 07:00 UTC.
+    app.advance(chrono::Duration::minutes(61));
+    let digest = message_with(&fake, GENERAL, "**Daily digest**").await;
+    assert!(
+        content(&digest).contains("Waiting for approval: none"),
+        "{}",
+        content(&digest)
+    );
+    assert_eq!(app.ledger_of("schedule.fired").await.len(), 1);
+}

@@ -58,6 +58,8 @@ pub struct FakeState {
     pub commands: HashMap<String, Value>,
     /// The next this many channel posts answer 429.
     pub rate_limit: u32,
+    /// Channel posts report their bucket empty for this many seconds.
+    pub empty_bucket_for: Option<&'static str>,
     /// Channels that answer 404 Unknown Channel / 403 Missing Access.
     pub missing_channels: HashSet<String>,
     pub forbidden_channels: HashSet<String>,
@@ -433,11 +435,15 @@ async fn rest(
             answer["channel_id"] = json!(ch);
             answer["author"] = user(BOT_ID, "baton", true);
             answer["type"] = json!(0);
+            let (remaining, reset_after) = match s.empty_bucket_for {
+                Some(after) => ("0", after),
+                None => ("4", "1.0"),
+            };
             (
                 [
                     ("x-ratelimit-limit", "5"),
-                    ("x-ratelimit-remaining", "4"),
-                    ("x-ratelimit-reset-after", "1.0"),
+                    ("x-ratelimit-remaining", remaining),
+                    ("x-ratelimit-reset-after", reset_after),
                     ("x-ratelimit-bucket", "abcd1234"),
                 ],
                 axum::Json(answer),

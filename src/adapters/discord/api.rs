@@ -20,9 +20,12 @@ use std::time::Duration;
 /// Why a REST call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscordError {
-    /// HTTP 429, or a bucket known to be empty: wait this long.
+    /// HTTP 429: wait this long.
     #[error("rate limited by Discord (retry after {0:?})")]
     RateLimited(Duration),
+    /// Not sent: Discord said this route's bucket is empty until then. Not a failure.
+    #[error("Discord's rate-limit bucket for this route refills in {0:?}")]
+    BucketEmpty(Duration),
     /// Discord refused the request: HTTP status, Discord's JSON error code and message.
     #[error("Discord answered HTTP {status}: {message} (code {code})")]
     Api {
@@ -122,7 +125,7 @@ impl DiscordApi {
             .copied()
             .filter(|until| *until > now)
         {
-            return Err(DiscordError::RateLimited(
+            return Err(DiscordError::BucketEmpty(
                 (until - now).to_std().unwrap_or_default(),
             ));
         }

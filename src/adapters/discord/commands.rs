@@ -206,7 +206,9 @@ where
             Err(e) if !e.is_permanent() && attempt < 4 => {
                 attempt += 1;
                 let wait = match e {
-                    DiscordError::RateLimited(w) => w.min(Duration::from_secs(60)),
+                    DiscordError::RateLimited(w) | DiscordError::BucketEmpty(w) => {
+                        w.min(Duration::from_secs(60))
+                    }
                     _ => Duration::from_millis(500 * attempt),
                 };
                 tracing::warn!(error = %e, ?wait, "retrying a Discord call");

@@ -334,6 +334,8 @@ impl Discord {
 
 fn delivery_error(e: DiscordError) -> DeliveryError {
     match e {
+        // Waiting for a bucket Discord announced as empty is pacing, not failing.
+        DiscordError::BucketEmpty(wait) => DeliveryError::NotYet(wait),
         DiscordError::RateLimited(wait) => DeliveryError::Transient {
             message: e.to_string(),
             retry_after: Some(wait),
