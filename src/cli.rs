@@ -52,6 +52,25 @@ pub enum Cmd {
         #[command(subcommand)]
         command: SlackCmd,
     },
+    /// Discord helpers.
+    Discord {
+        #[command(subcommand)]
+        command: DiscordCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiscordCmd {
+    /// Print the link that adds the bot to a server with the `bot` and `applications.commands`
+    /// scopes and the permissions Baton needs.
+    Invite {
+        /// The application ID (General Information → Application ID). Default: read from
+        /// DISCORD_TOKEN.
+        #[arg(long)]
+        app_id: Option<String>,
+    },
+    /// Print the slash commands (JSON) Baton registers from the workflows.
+    Commands,
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +304,32 @@ pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `baton discord …`.
+pub fn discord(settings: &Settings, command: DiscordCmd) -> anyhow::Result<()> {
+    use crate::adapters::discord::commands;
+    match command {
+        DiscordCmd::Invite { app_id } => {
+            let app_id = app_id
+                .or_else(|| {
+                    settings
+                        .discord
+                        .as_ref()
+                        .and_then(|d| commands::application_id_of(d.token.expose()))
+                })
+                .context("pass --app-id (Developer Portal → General Information → Application ID), or set DISCORD_TOKEN")?;
+            println!("{}", commands::invite_url(&app_id));
+        }
+        DiscordCmd::Commands => {
+            let workflows = app::load_workflows(settings, &ToolCatalog::builtin())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&commands::desired(&workflows))?
+            );
+        }
+    }
+    Ok(())
 }
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Cmd::Audit { command } => cli::audit(&settings, command).await,
             Cmd::Migrate => cli::migrate(&settings).await.map(|_| true),
             Cmd::Slack { command } => cli::slack(&settings, command).map(|_| true),
+            Cmd::Discord { command } => cli::discord(&settings, command).map(|_| true),
         }
     });
     match result {

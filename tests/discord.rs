@@ -167,6 +167,11 @@ async fn a_slash_command_runs_to_the_end_with_its_progress_in_a_thread() {
         content(&root)
     );
     assert_eq!(custom_id(&root, "Cancel"), "cancel:1");
+    assert_eq!(
+        root.body["enforce_nonce"], true,
+        "posts carry an idempotency key"
+    );
+    assert!(root.body["nonce"].as_str().is_some_and(|n| n.len() <= 25));
 
     // The thread is started from the root message, and the approval goes in it.
     let approval = approval_in(&fake, &root).await;

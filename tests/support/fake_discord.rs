@@ -18,8 +18,8 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 pub const TOKEN: &str = "MTA5ODc2NTQzMjEwOTg3NjU0Mw.GxYzAb.test-bot-token";
-pub const BOT_ID: &str = "109876543210987654";
-pub const APP_ID: &str = "109876543210987654";
+pub const BOT_ID: &str = "1098765432109876543";
+pub const APP_ID: &str = "1098765432109876543";
 pub const GUILD: &str = "300000000000000001";
 pub const GENERAL: &str = "200000000000000001";
 pub const RELEASES: &str = "200000000000000002";
@@ -421,6 +421,19 @@ async fn rest(
             }
             if content.chars().count() > 2000 {
                 return discord_error(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body");
+            }
+            // `enforce_nonce`: the same nonce from the same author returns the first message.
+            if body["enforce_nonce"] == true
+                && let Some(nonce) = body["nonce"].as_str()
+                && let Some(first) = s
+                    .messages
+                    .iter()
+                    .find(|m| m.channel == ch && m.body["nonce"] == nonce)
+            {
+                let mut answer = first.body.clone();
+                answer["id"] = json!(first.id);
+                answer["channel_id"] = json!(ch);
+                return axum::Json(answer).into_response();
             }
             s.next_id += 1;
             let id = s.next_id.to_string();

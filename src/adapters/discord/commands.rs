@@ -12,6 +12,37 @@ use serenity::all::{CommandOptionType, InteractionContext};
 use serenity::builder::{CreateCommand, CreateCommandOption};
 use std::time::Duration;
 
+/// The permissions Baton needs where it works: View Channels, Send Messages, Embed Links, Read
+/// Message History, Create Public Threads, Send Messages in Threads.
+pub const PERMISSIONS: u64 = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 35) | (1 << 38);
+
+/// The link that adds the bot to a server with its slash commands and those permissions.
+pub fn invite_url(application_id: &str) -> String {
+    format!(
+        "https://discord.com/oauth2/authorize?client_id={application_id}&scope=bot+applications.commands&permissions={PERMISSIONS}"
+    )
+}
+
+/// The application (bot user) ID a bot token starts with: its first part is that ID in
+/// base64.
+pub fn application_id_of(token: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let first = token.split('.').next()?;
+    let (mut bits, mut count, mut out) = (0u32, 0u32, Vec::new());
+    for c in first.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == c)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    let id = String::from_utf8(out).ok()?;
+    super::is_snowflake(&id).then_some(id)
+}
+
 /// Discord's limits on commands.
 const DESCRIPTION_LIMIT: usize = 100;
 const OPTION_LIMIT: usize = 25;
@@ -222,6 +253,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_application_id_is_read_from_the_token_and_goes_into_the_invite() {
+        assert_eq!(
+            application_id_of("MTA5ODc2NTQzMjEwOTg3NjU0Mw.GxYzAb.secret").as_deref(),
+            Some("1098765432109876543")
+        );
+        assert_eq!(application_id_of("not a token"), None);
+        let url = invite_url("1098765432109876543");
+        assert!(url.contains("scope=bot+applications.commands"));
+        assert!(url.contains("permissions=309237730304"), "{url}");
+    }
 
     #[test]
     fn names_follow_discords_rules() {

@@ -400,6 +400,14 @@ fn on_ready(discord: &Discord, d: &Value) {
         guilds = ?guilds,
         "connected to the Discord gateway"
     );
+    if guilds.is_empty()
+        && let Some(app) = discord.application_id()
+    {
+        tracing::warn!(
+            "the bot is in no Discord server yet; add it with {}",
+            super::commands::invite_url(&app)
+        );
+    }
 }
 
 #[cfg(test)]

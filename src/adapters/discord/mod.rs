@@ -368,12 +368,15 @@ impl Platform for Discord {
                     Some(root) => self.thread_of(root, entry.run.map(|r| r.0)).await?,
                     None => self.channel_id(&entry.channel).await?,
                 };
+                let mut body = render::post(&entry.message);
+                // Discord's idempotency key: a post repeated with the same nonce within a few
+                // minutes (after a crash between posting and recording it) returns the first
+                // message instead of making a second one.
+                body["nonce"] = json!(format!("baton:{}", entry.id));
+                body["enforce_nonce"] = json!(true);
                 let answer = self
                     .api
-                    .post(
-                        &format!("channels/{channel}/messages"),
-                        &render::post(&entry.message),
-                    )
+                    .post(&format!("channels/{channel}/messages"), &body)
                     .await
                     .map_err(delivery_error)?;
                 let id = answer["id"].as_str().ok_or_else(|| {
