@@ -769,3 +769,44 @@ async fn the_daily_digest_posts_to_its_channel_by_name_on_discord() {
     );
     assert_eq!(app.ledger_of("schedule.fired").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_role_named_in_the_workflow_is_mentioned_as_the_role_and_its_members_may_decide() {
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace(
+        &format!(r#"approvers = ["discord:{BEN}", "discord:group:{RELEASE_ROLE}"]"#),
+        r#"approvers = ["discord:group:Release Managers"]"#,
+    );
+    let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let root = start_ship(&fake, "800000000000000091", "9.0").await;
+    let approval = approval_in(&fake, &root).await;
+    assert!(
+        content(&approval).contains(&format!("<@&{RELEASE_ROLE}>")),
+        "{}",
+        content(&approval)
+    );
+    assert_eq!(
+        approval.body["allowed_mentions"]["roles"],
+        json!([RELEASE_ROLE])
+    );
+    let approve = custom_id(&approval, "Approve");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000092", &approve, BEN, &[], &root.id),
+    );
+    eventually("a private refusal for someone without the role", || async {
+        !fake.webhook_calls("tok-800000000000000092").is_empty()
+    })
+    .await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000093",
+            &approve,
+            CY,
+            &[RELEASE_ROLE],
+            &root.id,
+        ),
+    );
+    app.wait_for_status(1, "succeeded").await;
+}

@@ -338,6 +338,11 @@ async fn rest(
         }
         ("GET", ["users", "@me"]) => axum::Json(user(BOT_ID, "baton", true)).into_response(),
         ("GET", ["guilds", g, "channels"]) if *g == GUILD => axum::Json(channels()).into_response(),
+        ("GET", ["guilds", g, "roles"]) if *g == GUILD => axum::Json(json!([
+            {"id": GUILD, "name": "@everyone", "position": 0, "permissions": "0", "managed": false, "mentionable": false, "hoist": false, "color": 0, "flags": 0},
+            {"id": RELEASE_ROLE, "name": "Release Managers", "position": 1, "permissions": "0", "managed": false, "mentionable": true, "hoist": false, "color": 0, "flags": 0}
+        ]))
+        .into_response(),
         ("GET", ["guilds", _, "channels"]) => {
             discord_error(StatusCode::FORBIDDEN, 50001, "Missing Access")
         }

@@ -160,6 +160,7 @@ struct Reply {
     channel: String,
     user: String,
     received: DateTime<Utc>,
+    guild: Option<String>,
     /// Slash commands edit their deferred reply; clicks send a private follow-up.
     edit_original: bool,
 }
@@ -191,6 +192,7 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
         channel: channel.clone(),
         user: user.id.clone(),
         received: discord.clock.now(),
+        guild: i.guild_id.clone(),
         edit_original: i.kind == 2,
     };
     let in_guild = discord.serves_guild(i.guild_id.as_deref());
@@ -397,6 +399,21 @@ async fn handle(
     reply: Option<Reply>,
 ) {
     let mut event = event;
+    // Approvers may be roles, by ID or by name: the click carries the role IDs, and the names
+    // are looked up now.
+    if matches!(event.kind, EventKind::Action { .. })
+        && let Some(guild) = reply.as_ref().and_then(|r| r.guild.as_deref())
+        && !event.actor.groups.is_empty()
+    {
+        let names = discord.role_names(guild).await;
+        let named: Vec<String> = event
+            .actor
+            .groups
+            .iter()
+            .filter_map(|id| names.get(id).cloned())
+            .collect();
+        event.actor.groups.extend(named);
+    }
     // Workflows name channels (`incidents`); Discord sends IDs. Runs record the name where it
     // names one channel, and posting turns it back into the ID.
     let (channel, thread) = discord.conversation(&event.conversation.channel).await;

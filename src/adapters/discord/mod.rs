@@ -57,6 +57,12 @@ struct ChannelCache {
 /// How long a channel listing answers misses before it is read again.
 const CHANNELS_TTL_SECONDS: i64 = 60;
 
+/// How long a guild's role names are trusted before they are read again.
+const ROLES_TTL_SECONDS: i64 = 60;
+
+/// A guild's roles by ID, with when they were read.
+type RoleNames = (chrono::DateTime<chrono::Utc>, HashMap<String, String>);
+
 /// Whether a reference is a Discord ID (a snowflake).
 pub fn is_snowflake(s: &str) -> bool {
     (15..=21).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
@@ -74,6 +80,8 @@ pub struct Discord {
     channels: Mutex<ChannelCache>,
     /// Root messages known to have their thread already.
     threads: Mutex<HashSet<String>>,
+    /// Role names per guild, so workflows may name roles as well as give their IDs.
+    roles: tokio::sync::Mutex<HashMap<String, RoleNames>>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Events acknowledged and still being handled.
     pub inflight: Arc<Inflight>,
@@ -94,6 +102,7 @@ impl Discord {
             application_id: OnceLock::new(),
             channels: Mutex::new(ChannelCache::default()),
             threads: Mutex::new(HashSet::new()),
+            roles: tokio::sync::Mutex::new(HashMap::new()),
             inflight: Arc::new(Inflight::default()),
             clock,
         }))
@@ -138,6 +147,80 @@ impl Discord {
             }
             // Direct messages are not a place Baton works in.
             None => false,
+        }
+    }
+
+    /// A guild's role names by role ID, read at most once a minute. A failed read keeps what
+    /// was known: IDs still work without names.
+    pub(crate) async fn role_names(&self, guild: &str) -> HashMap<String, String> {
+        let now = self.clock.now();
+        let mut roles = self.roles.lock().await;
+        let fresh = roles
+            .get(guild)
+            .is_some_and(|(at, _)| (now - *at).num_seconds() < ROLES_TTL_SECONDS);
+        if !fresh {
+            match self.api.get(&format!("guilds/{guild}/roles")).await {
+                Ok(list) => {
+                    let names = list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| {
+                            Some((r["id"].as_str()?.to_owned(), r["name"].as_str()?.to_owned()))
+                        })
+                        .collect();
+                    roles.insert(guild.to_owned(), (now, names));
+                }
+                Err(e) => tracing::warn!(error = %e, guild, "could not read the guild's roles"),
+            }
+        }
+        roles.get(guild).map(|(_, n)| n.clone()).unwrap_or_default()
+    }
+
+    /// Roles named in a message's mentions (`group:Release Managers`) become role IDs, so
+    /// they are pinged and shown as roles. A name no guild has stays as it is written.
+    async fn resolve_role_names(&self, message: &mut crate::core::message::OutMessage) {
+        let named: Vec<String> = message
+            .mentions
+            .iter()
+            .filter_map(|m| {
+                m.strip_prefix("discord:")
+                    .unwrap_or(m)
+                    .strip_prefix("group:")
+            })
+            .filter(|r| !is_snowflake(r))
+            .map(str::to_owned)
+            .collect();
+        if named.is_empty() {
+            return;
+        }
+        let guilds = self.guilds.lock().expect("guild list lock").clone();
+        for name in named {
+            let mut id = None;
+            for g in &guilds {
+                if let Some((rid, _)) = self
+                    .role_names(g)
+                    .await
+                    .into_iter()
+                    .find(|(_, n)| *n == name)
+                {
+                    id = Some(rid);
+                    break;
+                }
+            }
+            let Some(id) = id else { continue };
+            message.text = message
+                .text
+                .replace(&format!("@group:{name}"), &format!("@group:{id}"));
+            for m in &mut message.mentions {
+                if m.strip_prefix("discord:")
+                    .unwrap_or(m)
+                    .strip_prefix("group:")
+                    == Some(name.as_str())
+                {
+                    *m = format!("group:{id}");
+                }
+            }
         }
     }
 
@@ -362,13 +445,15 @@ impl Platform for Discord {
     }
 
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
+        let mut message = entry.message.clone();
+        self.resolve_role_names(&mut message).await;
         match entry.op {
             OutboxOp::Post => {
                 let channel = match &entry.thread_ref {
                     Some(root) => self.thread_of(root, entry.run.map(|r| r.0)).await?,
                     None => self.channel_id(&entry.channel).await?,
                 };
-                let mut body = render::post(&entry.message);
+                let mut body = render::post(&message);
                 // Discord's idempotency key: a post repeated with the same nonce within a few
                 // minutes (after a crash between posting and recording it) returns the first
                 // message instead of making a second one.
@@ -386,11 +471,11 @@ impl Platform for Discord {
             }
             OutboxOp::Edit => {
                 let target = entry.target_ref.as_deref().unwrap_or_default();
-                let (channel, message) = split_ref(target)?;
+                let (channel, message_id) = split_ref(target)?;
                 self.api
                     .patch(
-                        &format!("channels/{channel}/messages/{message}"),
-                        &render::edit(&entry.message),
+                        &format!("channels/{channel}/messages/{message_id}"),
+                        &render::edit(&message),
                     )
                     .await
                     .map_err(delivery_error)?;
