@@ -810,3 +810,28 @@ async fn a_role_named_in_the_workflow_is_mentioned_as_the_role_and_its_members_m
     );
     app.wait_for_status(1, "succeeded").await;
 }
+
+#[tokio::test]
+async fn an_answer_after_the_interaction_token_expired_goes_to_the_channel() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.s().callback_delay = std::time::Duration::from_millis(600);
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash("800000000000000101", "ship", json!([]), ANA),
+    );
+    // While Discord takes its time with the acknowledgement, a quarter of an hour passes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    app.advance(chrono::Duration::minutes(16));
+    let answer = message_with(&fake, GENERAL, "Missing argument `version`").await;
+    assert!(
+        content(&answer).starts_with(&format!("<@{ANA}>")),
+        "{}",
+        content(&answer)
+    );
+    assert_eq!(answer.body["allowed_mentions"]["users"], json!([ANA]));
+    assert!(
+        fake.webhook_calls("tok-800000000000000101").is_empty(),
+        "the expired token is not used"
+    );
+}

@@ -78,6 +78,8 @@ pub struct FakeState {
     pub seq: u64,
     /// Every dispatch sent, with its sequence number, for replay on RESUME.
     pub history: Vec<(u64, Value)>,
+    /// Interaction callbacks take this long to answer.
+    pub callback_delay: std::time::Duration,
     /// When each interaction was dispatched, to measure the answer.
     pub interactions_sent: HashMap<String, Instant>,
 }
@@ -308,6 +310,10 @@ async fn rest(
             }
         }
     };
+    if path.starts_with("interactions/") {
+        let delay = state.lock().unwrap().callback_delay;
+        tokio::time::sleep(delay).await;
+    }
     let mut s = state.lock().unwrap();
     s.calls.push(Call {
         method: method.to_string(),
