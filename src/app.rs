@@ -185,6 +185,11 @@ pub async fn run(
                     .context("the Discord gateway stopped before READY")??;
                 discord::commands::register(d, &workflows).await
             };
+            if d.settings.guild_ids.is_empty() {
+                tracing::warn!(
+                    "DISCORD_GUILD_IDS is unset: every server the bot is added to may start workflows; keep the bot private (Developer Portal → Bot → Public Bot off) or list the servers"
+                );
+            }
             if let Err(e) = connected.await {
                 let _ = stop_tx.send(true);
                 let _ = task.await;
@@ -199,6 +204,7 @@ pub async fn run(
         engine,
         console,
         slack,
+        discord: discord.clone(),
         settings: Arc::new(settings),
         metrics,
         clock,

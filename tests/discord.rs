@@ -835,3 +835,19 @@ async fn an_answer_after_the_interaction_token_expired_goes_to_the_channel() {
         "the expired token is not used"
     );
 }
+
+#[tokio::test]
+async fn resumes_go_to_the_resume_url_that_ready_gave() {
+    let fake = FakeDiscord::start().await;
+    let _app = discord_app(&fake).await;
+    assert_eq!(fake.s().resume_connections, 0);
+    fake.close(4000);
+    eventually("a RESUME", || async { !fake.s().resumes.is_empty() }).await;
+    assert_eq!(fake.s().resume_connections, 1);
+    // Closing right after HELLO, again and again, does not make Baton hammer the gateway.
+    fake.s().close_on_identify = Some(4000);
+    fake.send_op(json!({"op": 9, "d": false}));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let identifies = fake.s().identifies.len();
+    assert!(identifies <= 8, "{identifies} IDENTIFYs in 4 s");
+}

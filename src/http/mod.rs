@@ -27,6 +27,8 @@ pub struct AppState {
     pub console: Arc<Console>,
     /// Slack, when configured.
     pub slack: Option<Arc<crate::adapters::slack::Slack>>,
+    /// Discord, when configured.
+    pub discord: Option<Arc<crate::adapters::discord::Discord>>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
@@ -114,6 +116,14 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    // A gateway Discord refused for good (a reset token) is not coming back by itself.
+    if let Some(why) = state.discord.as_ref().and_then(|d| d.gateway_failure()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Discord gateway stopped: {why}"),
+        )
+            .into_response();
+    }
     match state.engine.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {

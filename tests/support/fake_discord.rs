@@ -68,6 +68,10 @@ pub struct FakeState {
     pub resumes: Vec<Value>,
     pub heartbeats: u32,
     pub connections: u32,
+    /// Connections made to the `resume_gateway_url` READY gave.
+    pub resume_connections: u32,
+    /// Interactions already answered: Discord takes one initial response each.
+    pub answered: HashSet<String>,
     pub socket: Option<mpsc::UnboundedSender<Outgoing>>,
     pub heartbeat_interval: u64,
     /// Close the connection with this code on IDENTIFY (4004 bad token, 4014 intents).
@@ -113,6 +117,7 @@ impl FakeDiscord {
         }));
         let app = Router::new()
             .route("/ws", get(gateway))
+            .route("/resume", get(gateway_resume))
             .route("/api/v10/{*path}", any(rest))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -490,12 +495,33 @@ async fn rest(
             answer["id"] = json!(mid);
             axum::Json(answer).into_response()
         }
-        ("POST", ["interactions", id, _token, "callback"]) => {
+        ("POST", ["interactions", id, token, "callback"]) => {
             let valid = matches!(body["type"].as_u64(), Some(4 | 5 | 6 | 7 | 9));
-            if !valid || !s.interactions_sent.contains_key(*id) {
+            // Three seconds for the first answer, with the interaction's own token.
+            let in_time = s
+                .interactions_sent
+                .get(*id)
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3));
+            if !valid || !in_time || *token != format!("tok-{id}") {
                 return discord_error(StatusCode::NOT_FOUND, 10062, "Unknown interaction");
             }
+            if !s.answered.insert(id.to_string()) {
+                return discord_error(
+                    StatusCode::BAD_REQUEST,
+                    40060,
+                    "Interaction has already been acknowledged.",
+                );
+            }
             StatusCode::NO_CONTENT.into_response()
+        }
+        // Follow-ups need an answered interaction's token, under the right application.
+        ("PATCH" | "POST", ["webhooks", app, token, ..])
+            if *app != APP_ID
+                || !token
+                    .strip_prefix("tok-")
+                    .is_some_and(|id| s.answered.contains(id)) =>
+        {
+            discord_error(StatusCode::NOT_FOUND, 10015, "Unknown Webhook")
         }
         ("PATCH", ["webhooks", _, _token, "messages", "@original"]) => {
             axum::Json(json!({"id": "1", "content": body["content"]})).into_response()
@@ -506,6 +532,15 @@ async fn rest(
         }
         _ => discord_error(StatusCode::NOT_FOUND, 0, "404: Not Found"),
     }
+}
+
+async fn gateway_resume(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<Mutex<FakeState>>>,
+    headers: HeaderMap,
+) -> Response {
+    state.lock().unwrap().resume_connections += 1;
+    gateway(ws, State(state), headers).await
 }
 
 async fn gateway(
@@ -601,7 +636,7 @@ fn on_frame(
             s.seq += 1;
             let ready = json!({"op": 0, "s": s.seq, "t": "READY", "d": {
                 "v": 10, "user": user(BOT_ID, "baton", true), "guilds": [{"id": GUILD, "unavailable": true}],
-                "session_id": s.session, "resume_gateway_url": format!("ws://{host}/ws"), "shard": [0, 1],
+                "session_id": s.session, "resume_gateway_url": format!("ws://{host}/resume"), "shard": [0, 1],
                 "application": {"id": APP_ID, "flags": 8953856}, "session_type": "normal", "private_channels": [], "relationships": [], "presences": [], "guild_join_requests": [], "geo_ordered_rtc_regions": [], "user_settings": {}, "_trace": []
             }});
             let seq = s.seq;

@@ -63,9 +63,13 @@ pub struct DiscordApi {
     base: reqwest::Url,
     token: Secret,
     clock: Arc<dyn Clock>,
-    /// Buckets Discord said are empty, by route, and when they refill.
+    /// Buckets Discord said are empty, by route, and when they refill. The global limit is
+    /// the bucket `GLOBAL`.
     empty_until: Mutex<HashMap<String, DateTime<Utc>>>,
 }
+
+/// The bucket every route shares when Discord says the whole bot is rate limited.
+const GLOBAL: &str = "global";
 
 impl DiscordApi {
     pub fn new(base: reqwest::Url, token: Secret, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
@@ -117,14 +121,15 @@ impl DiscordApi {
     ) -> Result<Value, DiscordError> {
         let bucket = bucket_of(&method, path);
         let now = self.clock.now();
-        if let Some(until) = self
-            .empty_until
-            .lock()
-            .expect("bucket lock")
-            .get(&bucket)
-            .copied()
-            .filter(|until| *until > now)
-        {
+        let blocked = {
+            let empty = self.empty_until.lock().expect("bucket lock");
+            [bucket.as_str(), GLOBAL]
+                .iter()
+                .filter_map(|b| empty.get(*b).copied())
+                .filter(|until| *until > now)
+                .max()
+        };
+        if let Some(until) = blocked {
             return Err(DiscordError::BucketEmpty(
                 (until - now).to_std().unwrap_or_default(),
             ));
@@ -168,6 +173,18 @@ impl DiscordApi {
                 .and_then(|s| seconds(&s.to_string()))
                 .or_else(|| header("retry-after").and_then(seconds))
                 .unwrap_or(Duration::from_secs(1));
+            // A global limit holds back every route, not only this one: requests that hit
+            // it anyway count towards Discord's invalid-request ban.
+            let global = json.as_ref().is_some_and(|j| j["global"] == true)
+                || header("x-ratelimit-global").is_some_and(|v| v == "true")
+                || header("x-ratelimit-scope") == Some("global");
+            if global {
+                let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                self.empty_until
+                    .lock()
+                    .expect("bucket lock")
+                    .insert(GLOBAL.to_owned(), until);
+            }
             return Err(DiscordError::RateLimited(wait));
         }
         if status >= 500 {
@@ -175,10 +192,15 @@ impl DiscordApi {
         }
         if status >= 400 {
             let (code, message) = match &json {
-                Some(j) => (
-                    j["code"].as_i64().unwrap_or(0),
-                    j["message"].as_str().unwrap_or("no message").to_owned(),
-                ),
+                Some(j) => {
+                    let mut message = j["message"].as_str().unwrap_or("no message").to_owned();
+                    // "Invalid Form Body" says which field only in `errors`.
+                    if let Some(errors) = j.get("errors") {
+                        let detail: String = errors.to_string().chars().take(500).collect();
+                        message = format!("{message}: {detail}");
+                    }
+                    (j["code"].as_i64().unwrap_or(0), message)
+                }
                 // Not Discord's JSON but a proxy's or a wrong URL's page.
                 None => (0, "not a Discord API answer".to_owned()),
             };
@@ -200,28 +222,38 @@ fn seconds(text: &str) -> Option<Duration> {
 }
 
 /// The rate-limit bucket of a route, the way Discord groups them: the method and the path with
-/// every ID after the first (the "major parameter") replaced.
+/// the "major parameters" kept (a channel, a guild, a webhook with its token, an
+/// interaction with its token) and every other ID folded.
 fn bucket_of(method: &Method, path: &str) -> String {
-    let mut seen_major = false;
-    let parts: Vec<&str> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(|part| {
-            if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-                if seen_major {
-                    return ":id";
-                }
-                seen_major = true;
-            }
-            part
-        })
-        .collect();
-    format!("{method} {}", parts.join("/"))
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let before = |n: usize| i.checked_sub(n).map(|j| parts[j]);
+        let major = matches!(
+            before(1),
+            Some("channels" | "guilds" | "webhooks" | "interactions")
+        ) || matches!(before(2), Some("webhooks" | "interactions"));
+        let id = !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+        out.push(if id && !major { ":id" } else { part });
+    }
+    format!("{method} {}", out.join("/"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_interactions_follow_ups_have_their_own_bucket() {
+        assert_ne!(
+            bucket_of(&Method::POST, "webhooks/1/tokenA"),
+            bucket_of(&Method::POST, "webhooks/1/tokenB")
+        );
+        assert_eq!(
+            bucket_of(&Method::PUT, "applications/1/guilds/2/commands"),
+            "PUT applications/:id/guilds/2/commands"
+        );
+    }
 
     #[test]
     fn buckets_keep_the_major_parameter_and_fold_the_rest() {

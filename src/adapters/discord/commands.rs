@@ -8,7 +8,7 @@ use super::api::DiscordError;
 use crate::core::workflow::{ArgType, SlashTrigger, Trigger, WorkflowSet};
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use serenity::all::{CommandOptionType, InteractionContext};
+use serenity::all::{CommandOptionType, InstallationContext, InteractionContext};
 use serenity::builder::{CreateCommand, CreateCommandOption};
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ fn option(arg: &crate::core::workflow::ArgSpec) -> CreateCommandOption {
     // More choices than Discord lists are still checked by Baton when the command arrives.
     if let ArgType::Choice(choices) = &arg.ty
         && choices.len() <= CHOICE_LIMIT
+        && choices
+            .iter()
+            .all(|c| (1..=100).contains(&c.chars().count()))
     {
         for c in choices {
             o = o.add_string_choice(c, c);
@@ -109,6 +112,7 @@ fn command(name: &str, about: &str, slash: &SlashTrigger) -> Option<CreateComman
         CreateCommand::new(name)
             .description(description(about, &format!("Run /{name}")))
             .contexts(vec![InteractionContext::Guild])
+            .integration_types(vec![InstallationContext::Guild])
             .set_options(args.into_iter().map(option).collect()),
     )
 }
@@ -128,6 +132,7 @@ pub fn desired(workflows: &WorkflowSet) -> Vec<Value> {
         CreateCommand::new("baton")
             .description("Baton: cancel a run, or list the commands")
             .contexts(vec![InteractionContext::Guild])
+            .integration_types(vec![InstallationContext::Guild])
             .add_option(
                 CreateCommandOption::new(CommandOptionType::SubCommand, "cancel", "Cancel a run")
                     .add_sub_option(
@@ -171,6 +176,9 @@ fn shape(commands: &Value) -> Vec<Value> {
                 "type": c["type"].as_u64().unwrap_or(1),
                 "name": c["name"],
                 "description": c["description"],
+                // Where the command may be used, and by which install: Baton's are guild-only.
+                "contexts": c["contexts"],
+                "integration_types": c["integration_types"],
                 "options": c["options"].as_array().map(|os| os.iter().map(option).collect::<Vec<_>>()).unwrap_or_default(),
             })
         })
@@ -221,6 +229,26 @@ pub async fn register(discord: &Discord, workflows: &WorkflowSet) -> anyhow::Res
             .await
             .map_err(explain)?;
         tracing::info!(place = %place, commands = wanted.as_array().map_or(0, Vec::len), "registered Discord slash commands");
+    }
+    // Moving from global commands to guild ones would otherwise list every command twice.
+    if !discord.settings.guild_ids.is_empty() {
+        let global = format!("applications/{app}/commands");
+        match discord.api.get(&global).await {
+            Ok(Value::Array(old)) if !old.is_empty() => {
+                let none = json!([]);
+                match with_retries(|| discord.api.put(&global, &none)).await {
+                    Ok(_) => tracing::info!(
+                        removed = old.len(),
+                        "removed global slash commands registered before DISCORD_GUILD_IDS was set"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not remove the old global slash commands")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the global slash commands"),
+        }
     }
     Ok(())
 }

@@ -45,7 +45,8 @@ pub fn intents(workflows: &WorkflowSet) -> u64 {
 
 /// Longest a WebSocket handshake, or the wait for HELLO, may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(30);
-/// Longest wait between reconnection attempts.
+/// Shortest and longest wait between reconnection attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Close code Baton sends when it means to resume: 1000 and 1001 would end the session.
 const RESUMING: u16 = 4000;
@@ -108,8 +109,12 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         let mut session: Option<Session> = None;
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = MIN_BACKOFF;
         while !*shutdown.borrow() {
+            // Set once READY or RESUMED arrives: only a connection that worked earns an
+            // immediate reconnect and a fresh backoff. One that fails before that waits
+            // longer each time, so an outage cannot spend Discord's daily IDENTIFY allowance.
+            let mut healthy = false;
             let outcome = connect_once(
                 &discord,
                 &engine,
@@ -117,30 +122,40 @@ pub fn spawn(
                 &mut session,
                 &mut ready,
                 &mut shutdown,
+                &mut healthy,
             )
             .await;
-            match outcome {
+            if healthy {
+                backoff = MIN_BACKOFF;
+            }
+            let wait = match outcome {
                 Ok(End::Stop) => break,
-                Ok(End::Again) => backoff = Duration::from_millis(500),
+                Ok(End::Again) if healthy => None,
+                Ok(End::Again) => Some(backoff),
                 Err(Failure::Fatal(e)) => {
                     match ready.take() {
                         Some(tx) => {
                             let _ = tx.send(Err(e));
                         }
                         None => {
-                            tracing::error!(error = %format!("{e:#}"), "the Discord gateway refused Baton; Discord events stop until Baton is restarted")
+                            tracing::error!(error = %format!("{e:#}"), "the Discord gateway refused Baton; Discord events stop until Baton is restarted");
+                            discord.gateway_stopped(format!("{e:#}"));
                         }
                     }
                     return;
                 }
                 Err(Failure::Retry(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), wait = ?backoff, "Discord gateway connection failed; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|s| *s) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(backoff)
                 }
+            };
+            if let Some(wait) = wait {
+                let wait = wait.mul_f64(0.5 + jitter() / 2.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     });
@@ -163,14 +178,14 @@ fn gateway_url(base: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-/// A fraction in [0, 1) for the first heartbeat's jitter, as Discord asks, without a random
-/// number crate.
+/// A random fraction in [0, 1) for the heartbeat's and the reconnects' jitter, as Discord
+/// asks, from the standard library's randomly keyed hasher rather than a random number crate.
 fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    f64::from(nanos % 1000) / 1000.0
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// What a close code from Discord means.
@@ -210,6 +225,7 @@ async fn connect_once(
     session: &mut Option<Session>,
     ready: &mut Option<oneshot::Sender<anyhow::Result<()>>>,
     shutdown: &mut watch::Receiver<bool>,
+    healthy: &mut bool,
 ) -> Result<End, Failure> {
     let base = match session {
         Some(s) => s.resume_url.clone(),
@@ -336,10 +352,14 @@ async fn connect_once(
                         seq: frame.s,
                     });
                     on_ready(discord, &frame.d);
+                    *healthy = true;
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(()));
                     }
                 } else {
+                    if kind == "RESUMED" {
+                        *healthy = true;
+                    }
                     inbound::dispatch(discord, engine, &kind, frame.d);
                 }
             }
@@ -361,12 +381,23 @@ async fn connect_once(
                 return Ok(End::Again);
             }
             9 => {
-                if frame.d.as_bool() != Some(true) {
+                let resumable = frame.d.as_bool() == Some(true);
+                if !resumable {
                     *session = None;
                 }
+                let code = if resumable { RESUMING } else { 1000 };
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: "invalid session".into(),
+                    })))
+                    .await;
                 // Discord asks for a pause of one to five seconds before identifying again.
-                tokio::time::sleep(Duration::from_millis(1000 + (jitter() * 4000.0) as u64)).await;
-                let _ = sink.send(Message::Close(None)).await;
+                let pause = Duration::from_millis(1000 + (jitter() * 4000.0) as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(End::Stop),
+                }
                 return Ok(End::Again);
             }
             11 => acked = true,

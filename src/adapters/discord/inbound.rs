@@ -13,6 +13,7 @@
 //! fails to parse), and a click must not be lost to a field Baton does not read.
 
 use super::Discord;
+use super::api::DiscordError;
 use super::render::ASK_PREFIX;
 use crate::core::engine::render::REJECT_QUESTION;
 use crate::core::event::{Actor, ConversationRef, EventKind, InboundEvent};
@@ -79,6 +80,15 @@ struct Interaction {
     channel_id: Option<String>,
     member: Option<Member>,
     user: Option<User>,
+    /// Who installed the app for this interaction: `"0"` is a guild install.
+    authorizing_integration_owners: Option<Map<String, Value>>,
+}
+
+/// When a snowflake was made, from its top bits.
+fn snowflake_time(id: &str) -> Option<DateTime<Utc>> {
+    const DISCORD_EPOCH_MS: i64 = 1_420_070_400_000;
+    let ms = (id.parse::<u64>().ok()? >> 22) as i64 + DISCORD_EPOCH_MS;
+    DateTime::from_timestamp_millis(ms)
 }
 
 /// Message types that are people writing: default messages and replies.
@@ -100,6 +110,12 @@ pub fn dispatch(discord: &Arc<Discord>, engine: &Arc<Engine>, kind: &str, d: Val
                 discord.joined_guild(id);
             }
         }
+        // Without `unavailable`, the bot was removed; with it, Discord has an outage.
+        "GUILD_DELETE" if d.get("unavailable").is_none() => {
+            if let Some(id) = d["id"].as_str() {
+                discord.left_guild(id);
+            }
+        }
         "RESUMED" => tracing::info!("Discord gateway session resumed"),
         _ => {}
     }
@@ -118,6 +134,15 @@ fn actor(user: &User, roles: Vec<String>) -> Actor {
 
 fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
     if !PERSON_MESSAGE_TYPES.contains(&m.kind) || !discord.serves_guild(m.guild_id.as_deref()) {
+        return;
+    }
+    // Most messages start nothing: without a message trigger, they cost no lookups at all.
+    let listening = engine.workflows().iter().any(|wf| {
+        wf.triggers
+            .iter()
+            .any(|t| matches!(t, crate::core::workflow::Trigger::Message(_)))
+    });
+    if !listening {
         return;
     }
     let me = discord
@@ -186,16 +211,29 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
         .or_else(|| discord.application_id())
         .unwrap_or_default();
     let channel = i.channel_id.clone().unwrap_or_default();
+    let now = discord.clock.now();
+    // The token's 15 minutes run from when Discord made the interaction: one replayed after a
+    // reconnect may be older than its arrival says. (Far from now means a clock that is not
+    // Discord's, as in tests: then the arrival counts.)
+    let received = snowflake_time(&i.id)
+        .filter(|t| *t <= now && now - *t < chrono::Duration::days(1))
+        .unwrap_or(now);
     let reply = Reply {
         application_id,
         token: i.token.clone(),
         channel: channel.clone(),
         user: user.id.clone(),
-        received: discord.clock.now(),
+        received,
         guild: i.guild_id.clone(),
         edit_original: i.kind == 2,
     };
-    let in_guild = discord.serves_guild(i.guild_id.as_deref());
+    // A user install (not a guild install) could reach Baton from servers it was never set up
+    // for; only interactions of the guild install count.
+    let guild_install = i
+        .authorizing_integration_owners
+        .as_ref()
+        .is_none_or(|owners| owners.contains_key("0"));
+    let in_guild = guild_install && discord.serves_guild(i.guild_id.as_deref());
     let event = |kind: EventKind| InboundEvent {
         // Interaction IDs are unique: one replayed on resume is applied once.
         id: format!("discord:interaction:{}", i.id),
@@ -225,7 +263,10 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
         // A button.
         3 => {
             let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
-            if let Some(action) = custom_id.strip_prefix(ASK_PREFIX) {
+            if let Some(action) = custom_id.strip_prefix(ASK_PREFIX)
+                && in_guild
+                && action.parse::<ActionId>().is_ok()
+            {
                 let modal = reason_modal(action);
                 respond_then(discord, engine, &i, modal, None, reply);
                 return;
@@ -401,8 +442,11 @@ async fn handle(
     let mut event = event;
     // Approvers may be roles, by ID or by name: the click carries the role IDs, and the names
     // are looked up now.
+    // Names count only in the guilds `DISCORD_GUILD_IDS` names, where the operator trusts
+    // who may name roles; a name that looks like an ID never counts.
     if matches!(event.kind, EventKind::Action { .. })
         && let Some(guild) = reply.as_ref().and_then(|r| r.guild.as_deref())
+        && discord.settings.guild_ids.iter().any(|g| g == guild)
         && !event.actor.groups.is_empty()
     {
         let names = discord.role_names(guild).await;
@@ -411,6 +455,7 @@ async fn handle(
             .groups
             .iter()
             .filter_map(|id| names.get(id).cloned())
+            .filter(|name| !super::is_snowflake(name))
             .collect();
         event.actor.groups.extend(named);
     }
@@ -452,36 +497,65 @@ async fn handle(
 }
 
 /// Sends a private answer through the interaction token, or into the channel once the token
-/// has expired.
+/// has expired (or Discord no longer takes it).
 async fn send_reply(discord: &Discord, reply: &Reply, text: &str) {
-    let text: String = text.chars().take(super::render::CONTENT_LIMIT).collect();
+    let fit = |s: String| -> String { s.chars().take(super::render::CONTENT_LIMIT).collect() };
     let age = discord.clock.now() - reply.received;
-    let result = if age < chrono::Duration::minutes(TOKEN_LIFETIME_MINUTES) {
-        if reply.edit_original {
-            let path = format!(
-                "webhooks/{}/{}/messages/@original",
-                reply.application_id, reply.token
-            );
-            discord.api.patch(&path, &json!({"content": text})).await
+    if age < chrono::Duration::minutes(TOKEN_LIFETIME_MINUTES) {
+        let (method, path, body) = if reply.edit_original {
+            (
+                reqwest::Method::PATCH,
+                format!(
+                    "webhooks/{}/{}/messages/@original",
+                    reply.application_id, reply.token
+                ),
+                json!({"content": fit(text.to_owned()), "allowed_mentions": {"parse": []}}),
+            )
         } else {
-            let path = format!("webhooks/{}/{}", reply.application_id, reply.token);
-            discord
-                .api
-                .post(&path, &json!({"content": text, "flags": 64}))
-                .await
+            (
+                reqwest::Method::POST,
+                format!("webhooks/{}/{}", reply.application_id, reply.token),
+                json!({"content": fit(text.to_owned()), "flags": 64, "allowed_mentions": {"parse": []}}),
+            )
+        };
+        match with_patience(|| discord.api.call(method.clone(), &path, Some(&body))).await {
+            Ok(_) => return,
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(error = %e, "the interaction token was refused; answering in the channel");
+            }
+            Err(e) => return tracing::warn!(error = %e, "could not answer on Discord"),
         }
-    } else {
-        let body = json!({
-            "content": format!("<@{}> {text}", reply.user),
-            "allowed_mentions": {"parse": [], "users": [reply.user]},
-        });
-        discord
-            .api
-            .post(&format!("channels/{}/messages", reply.channel), &body)
-            .await
-    };
-    if let Err(e) = result {
+    }
+    let body = json!({
+        "content": fit(format!("<@{}> {text}", reply.user)),
+        "allowed_mentions": {"parse": [], "users": [reply.user]},
+    });
+    let path = format!("channels/{}/messages", reply.channel);
+    if let Err(e) = with_patience(|| discord.api.post(&path, &body)).await {
         tracing::warn!(error = %e, "could not answer on Discord");
+    }
+}
+
+/// A private answer is worth a short wait: a rate limit or a hiccup is tried again a few
+/// times, waiting at most a few seconds each.
+async fn with_patience<F, Fut>(mut call: F) -> Result<Value, DiscordError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, DiscordError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Err(e) if !e.is_permanent() && attempt < 3 => {
+                attempt += 1;
+                let wait = match e {
+                    DiscordError::RateLimited(w) | DiscordError::BucketEmpty(w) => w,
+                    _ => std::time::Duration::from_millis(300 * u64::from(attempt)),
+                };
+                tokio::time::sleep(wait.min(std::time::Duration::from_secs(5))).await;
+            }
+            other => return other,
+        }
     }
 }
 

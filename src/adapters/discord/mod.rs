@@ -85,6 +85,8 @@ pub struct Discord {
     pub(crate) clock: Arc<dyn Clock>,
     /// Events acknowledged and still being handled.
     pub inflight: Arc<Inflight>,
+    /// Why the gateway stopped for good after start-up, for `/readyz`.
+    gateway_failure: Mutex<Option<String>>,
 }
 
 impl Discord {
@@ -104,6 +106,7 @@ impl Discord {
             threads: Mutex::new(HashSet::new()),
             roles: tokio::sync::Mutex::new(HashMap::new()),
             inflight: Arc::new(Inflight::default()),
+            gateway_failure: Mutex::new(None),
             clock,
         }))
     }
@@ -124,6 +127,26 @@ impl Discord {
 
     pub(crate) fn set_application_id(&self, id: &str) {
         let _ = self.application_id.set(id.to_owned());
+    }
+
+    pub(crate) fn gateway_stopped(&self, why: String) {
+        *self.gateway_failure.lock().expect("gateway state lock") = Some(why);
+    }
+
+    /// Why the gateway stopped for good, if it did.
+    pub fn gateway_failure(&self) -> Option<String> {
+        self.gateway_failure
+            .lock()
+            .expect("gateway state lock")
+            .clone()
+    }
+
+    /// Forgets a guild the bot was removed from.
+    pub(crate) fn left_guild(&self, id: &str) {
+        self.guilds
+            .lock()
+            .expect("guild list lock")
+            .retain(|g| g != id || self.settings.guild_ids.iter().any(|c| c == id));
     }
 
     /// Remembers a guild the bot is in (when no guilds are configured, every one it is in
@@ -194,7 +217,8 @@ impl Discord {
         if named.is_empty() {
             return;
         }
-        let guilds = self.guilds.lock().expect("guild list lock").clone();
+        // Names are looked up only in the guilds the operator listed (see `handle`).
+        let guilds = self.settings.guild_ids.clone();
         for name in named {
             let mut id = None;
             for g in &guilds {
@@ -240,7 +264,15 @@ impl Discord {
         let mut by_name: HashMap<String, Option<String>> = HashMap::new();
         let mut info = HashMap::new();
         for guild in guilds {
-            let list = self.api.get(&format!("guilds/{guild}/channels")).await?;
+            // One guild Baton cannot read (removed, or a wrong ID) must not hide the others.
+            let list = match self.api.get(&format!("guilds/{guild}/channels")).await {
+                Ok(list) => list,
+                Err(e) if e.is_permanent() => {
+                    tracing::warn!(error = %e, guild, "cannot list this guild's channels");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for c in list.as_array().into_iter().flatten() {
                 let (Some(id), Some(name)) = (c["id"].as_str(), c["name"].as_str()) else {
                     continue;

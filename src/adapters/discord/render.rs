@@ -80,15 +80,18 @@ fn embeds(detail: &str) -> Vec<CreateEmbed> {
     let detail = detail.replace("```", "`\u{200b}``");
     let mut out = Vec::new();
     let mut total = 0;
+    // The fences and the note always fit after what went before, so the cut embed never
+    // pushes the message over Discord's total.
+    let note = CUT_NOTE.chars().count() + 8;
+    let budget = EMBEDS_TOTAL_LIMIT - note;
     let pieces = chunks(&detail, DESCRIPTION_LIMIT - 8);
     let count = pieces.len();
     for (i, piece) in pieces.into_iter().enumerate() {
         let description = format!("```\n{piece}```");
         let size = description.chars().count();
-        let room_left = EMBEDS_TOTAL_LIMIT - total;
-        if size > room_left || out.len() + 1 == EMBED_COUNT_LIMIT && i + 1 < count {
+        if total + size > budget || out.len() + 1 == EMBED_COUNT_LIMIT && i + 1 < count {
             // What does not fit is cut, and the last embed says so.
-            let keep = room_left.saturating_sub(CUT_NOTE.chars().count() + 8);
+            let keep = (EMBEDS_TOTAL_LIMIT - total - note).min(DESCRIPTION_LIMIT - note);
             let cut: String = piece.chars().take(keep).collect();
             out.push(CreateEmbed::new().description(format!("```\n{cut}```{CUT_NOTE}")));
             break;
@@ -251,6 +254,31 @@ mod tests {
                 .unwrap()
                 .contains("cut to fit")
         );
+    }
+
+    #[test]
+    fn embeds_stay_within_the_total_however_the_lines_fall() {
+        // Line lengths that leave the second embed nearly full and little room after it.
+        for long in [1800, 1826, 1850, 1880, 1905, 1990, 3000, 4087, 4200] {
+            let detail = format!(
+                "{}\n{}\n{}",
+                "a".repeat(4000),
+                "b".repeat(long),
+                "c".repeat(900)
+            );
+            let body = post(&OutMessage {
+                text: "t".into(),
+                detail: Some(detail),
+                ..Default::default()
+            });
+            let total: usize = body["embeds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["description"].as_str().unwrap().chars().count())
+                .sum();
+            assert!(total <= EMBEDS_TOTAL_LIMIT, "{long}: {total}");
+        }
     }
 
     #[test]
