@@ -3,6 +3,9 @@
 
 mod support;
 
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
+
 use axum::Router;
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -18,6 +21,8 @@ struct Bot {
     port: u16,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Settings beyond the defaults, such as a platform's token.
+    env: Vec<(&'static str, String)>,
 }
 
 /// A workflow file shipped in `commands/`.
@@ -63,6 +68,7 @@ impl Bot {
             port: free_port(),
             child: None,
             http: reqwest::Client::new(),
+            env: vec![],
         }
     }
 
@@ -79,6 +85,9 @@ impl Bot {
             .env("BATON_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("BATON_POLL_INTERVAL", "50ms")
             .env("BATON_LOG", "warn");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 
@@ -576,4 +585,109 @@ async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
         "the posts were flushed: {thread:?}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// A Discord workflow: a slash command, an approval by one user, a note in the thread.
+fn discord_ship() -> String {
+    format!(
+        r#"
+name = "ship"
+description = "Ship a release"
+title = "Ship {{{{ input.version }}}}"
+[[trigger]]
+kind = "slash"
+command = "ship"
+args = [{{ name = "version", required = true }}]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["discord:{}"]
+message = "Ship {{{{ input.version }}}}?"
+timeout = "1h"
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["gate"]
+text = "Shipped {{{{ input.version }}}}."
+"#,
+        fake_discord::BEN
+    )
+}
+
+#[tokio::test]
+async fn a_discord_run_survives_kills_while_posting_and_nothing_reaches_discord_twice() {
+    use fake_discord::*;
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::new(&[("ship.toml", discord_ship())]);
+    bot.env = vec![
+        ("DISCORD_TOKEN", TOKEN.into()),
+        ("DISCORD_API_URL", fake.base.clone()),
+        ("DISCORD_GUILD_IDS", GUILD.into()),
+    ];
+    bot.start().await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            "810000000000000001",
+            "ship",
+            json!([{"name": "version", "type": 3, "value": "1.0"}]),
+            ANA,
+        ),
+    );
+    // Killed the moment the root reaches Discord: whether Baton recorded it or not.
+    let root = eventually_some("the root message", || async {
+        fake.messages_in(GENERAL).into_iter().next()
+    })
+    .await;
+    bot.kill();
+    bot.start().await;
+    // Killed again as soon as the approval is in the thread.
+    let approval = eventually_some("the approval", || async {
+        fake.messages_in(&root.id).into_iter().find(|m| {
+            m.body["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Approval needed")
+        })
+    })
+    .await;
+    bot.kill();
+    bot.start().await;
+    eventually("a new gateway session", || async {
+        fake.s().identifies.len() == 3
+    })
+    .await;
+    let approve = approval.body["components"][0]["components"][0]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("810000000000000002", &approve, BEN, &[], &root.id),
+    );
+    eventually("the run to finish", || async {
+        fake.messages_in(&root.id).iter().any(|m| {
+            m.body["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Shipped 1.0.")
+        })
+    })
+    .await;
+    let roots = fake.messages_in(GENERAL);
+    assert_eq!(roots.len(), 1, "one root: {roots:?}");
+    let thread: Vec<String> = fake
+        .messages_in(&root.id)
+        .iter()
+        .map(|m| m.body["content"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_posted_once(&thread);
+    let run_done = bot.ledger().iter().any(|e| {
+        e["kind"] == "run.status"
+            && e["data"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"to\":\"succeeded\"")
+    });
+    assert!(run_done, "the ledger shows the run finished");
 }
