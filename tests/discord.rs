@@ -851,3 +851,65 @@ async fn resumes_go_to_the_resume_url_that_ready_gave() {
     let identifies = fake.s().identifies.len();
     assert!(identifies <= 8, "{identifies} IDENTIFYs in 4 s");
 }
+
+#[tokio::test]
+async fn without_guild_ids_commands_are_global_and_channels_resolve_in_the_guilds_the_bot_is_in() {
+    let fake = FakeDiscord::start().await;
+    let app = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", ship())],
+        with_examples: false,
+        env: vec![
+            ("DISCORD_TOKEN", TOKEN.into()),
+            ("DISCORD_API_URL", format!("{}/api/v10", fake.base)),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        fake.calls("PUT", &format!("applications/{APP_ID}/commands"))
+            .len(),
+        1
+    );
+    assert!(fake.calls("PUT", "/guilds/").is_empty());
+    // The guild came from READY; `releases` is found in it.
+    let root = start_ship(&fake, "800000000000000111", "11.0").await;
+    let approval = approval_in(&fake, &root).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000112",
+            &custom_id(&approval, "Approve"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    message_with(&fake, RELEASES, "Version 11.0 is out.").await;
+    app.wait_for_status(1, "succeeded").await;
+}
+
+#[tokio::test]
+async fn commands_from_another_server_or_a_user_install_start_nothing() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let options = json!([{"name": "version", "type": 3, "value": "12.0"}]);
+    let mut elsewhere = slash("800000000000000121", "ship", options.clone(), ANA);
+    elsewhere["guild_id"] = json!("399999999999999999");
+    fake.dispatch("INTERACTION_CREATE", elsewhere);
+    let mut user_install = slash("800000000000000122", "ship", options, ANA);
+    user_install["authorizing_integration_owners"] = json!({"1": ANA});
+    fake.dispatch("INTERACTION_CREATE", user_install);
+    for token in ["tok-800000000000000121", "tok-800000000000000122"] {
+        eventually("a private answer", || async {
+            fake.webhook_calls(token).iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("set up for")
+            })
+        })
+        .await;
+    }
+    assert!(app.ledger_of("run.started").await.is_empty());
+    assert!(fake.messages_in(GENERAL).is_empty());
+}
