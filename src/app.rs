@@ -183,7 +183,12 @@ pub async fn run(
                     .await
                     .context("the Discord gateway sent no READY within 30 s")?
                     .context("the Discord gateway stopped before READY")??;
-                discord::commands::register(d, &workflows).await
+                // Without its slash commands Baton still serves messages and the buttons of
+                // runs under way, so a refused registration is reported, not fatal.
+                if let Err(e) = discord::commands::register(d, &workflows).await {
+                    tracing::error!(error = %format!("{e:#}"), "Discord slash commands are not registered");
+                }
+                anyhow::Ok(())
             };
             if d.settings.guild_ids.is_empty() {
                 tracing::warn!(

@@ -218,12 +218,16 @@ pub async fn register(discord: &Discord, workflows: &WorkflowSet) -> anyhow::Res
             ),
             e => anyhow::anyhow!("registering slash commands {place}: {e}"),
         };
-        let current = with_retries(|| discord.api.get(&path))
-            .await
-            .map_err(explain)?;
-        if shape(&current) == shape(&wanted) {
-            tracing::info!(place = %place, "Discord slash commands unchanged");
-            continue;
+        // Without the current list nothing can be compared: then the list is written.
+        match with_retries(|| discord.api.get(&path)).await {
+            Ok(current) if shape(&current) == shape(&wanted) => {
+                tracing::info!(place = %place, "Discord slash commands unchanged");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, place = %place, "could not read the registered slash commands")
+            }
         }
         with_retries(|| discord.api.put(&path, &wanted))
             .await

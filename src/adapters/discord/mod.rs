@@ -18,7 +18,7 @@ use crate::store::{OutboxEntry, OutboxOp};
 use api::{DiscordApi, DiscordError};
 use async_trait::async_trait;
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Who Baton is on Discord.
@@ -78,8 +78,8 @@ pub struct Discord {
     /// Guilds the bot is in, from READY and GUILD_CREATE.
     guilds: Mutex<Vec<String>>,
     channels: Mutex<ChannelCache>,
-    /// Root messages known to have their thread already.
-    threads: Mutex<HashSet<String>>,
+    /// Root messages known to have their thread already, and the thread's ID.
+    threads: Mutex<HashMap<String, String>>,
     /// Role names per guild, so workflows may name roles as well as give their IDs.
     roles: tokio::sync::Mutex<HashMap<String, RoleNames>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -103,7 +103,7 @@ impl Discord {
             identity: OnceLock::new(),
             application_id: OnceLock::new(),
             channels: Mutex::new(ChannelCache::default()),
-            threads: Mutex::new(HashSet::new()),
+            threads: Mutex::new(HashMap::new()),
             roles: tokio::sync::Mutex::new(HashMap::new()),
             inflight: Arc::new(Inflight::default()),
             gateway_failure: Mutex::new(None),
@@ -412,13 +412,8 @@ impl Discord {
     /// The thread of a run's root message, started on first use.
     async fn thread_of(&self, root: &str, run: Option<i64>) -> Result<String, DeliveryError> {
         let (channel, message) = split_ref(root)?;
-        if self
-            .threads
-            .lock()
-            .expect("thread set lock")
-            .contains(message)
-        {
-            return Ok(message.to_owned());
+        if let Some(thread) = self.threads.lock().expect("thread map lock").get(message) {
+            return Ok(thread.clone());
         }
         let name = match run {
             Some(n) => format!("Run #{n}"),
@@ -435,14 +430,15 @@ impl Discord {
             .await
         {
             Ok(t) => t["id"].as_str().unwrap_or(message).to_owned(),
-            // Made before a restart, or by a delivery that was not recorded.
+            // Made before a restart, or by a delivery that was not recorded. A thread started
+            // from a message has the message's ID.
             Err(e) if e.code() == Some(THREAD_EXISTS) => message.to_owned(),
             Err(e) => return Err(delivery_error(e)),
         };
         self.threads
             .lock()
-            .expect("thread set lock")
-            .insert(message.to_owned());
+            .expect("thread map lock")
+            .insert(message.to_owned(), thread.clone());
         Ok(thread)
     }
 }
