@@ -913,3 +913,28 @@ async fn commands_from_another_server_or_a_user_install_start_nothing() {
     assert!(app.ledger_of("run.started").await.is_empty());
     assert!(fake.messages_in(GENERAL).is_empty());
 }
+
+#[tokio::test]
+async fn a_message_without_a_guild_id_counts_when_its_channel_is_in_a_listed_guild() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let mut m = message_create("900000000000000021", GENERAL, ANA, "ship it: 13.0", false);
+    m.as_object_mut().unwrap().remove("guild_id");
+    fake.dispatch("MESSAGE_CREATE", m);
+    message_with(&fake, GENERAL, "Ship 13.0").await;
+    let mut m = message_create(
+        "900000000000000022",
+        "299999999999999999",
+        ANA,
+        "ship it: 14.0",
+        false,
+    );
+    m.as_object_mut().unwrap().remove("guild_id");
+    fake.dispatch("MESSAGE_CREATE", m);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.ledger_of("run.started").await.len(),
+        1,
+        "a channel outside the guilds counts for nothing"
+    );
+}

@@ -133,7 +133,9 @@ fn actor(user: &User, roles: Vec<String>) -> Actor {
 }
 
 fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
-    if !PERSON_MESSAGE_TYPES.contains(&m.kind) || !discord.serves_guild(m.guild_id.as_deref()) {
+    if !PERSON_MESSAGE_TYPES.contains(&m.kind)
+        || m.guild_id.is_some() && !discord.serves_guild(m.guild_id.as_deref())
+    {
         return;
     }
     // Most messages start nothing: without a message trigger, they cost no lookups at all.
@@ -174,7 +176,21 @@ fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
             mentions_bot,
         },
     };
-    handle_later(engine.clone(), discord.clone(), event, None);
+    // Discord names the guild of every guild message. A payload without one (Baton asks for no
+    // direct messages) is placed by its channel before it counts.
+    let guild = m.guild_id;
+    let guard = discord.inflight.enter();
+    let (discord, engine) = (discord.clone(), engine.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        let guild = match guild {
+            Some(g) => Some(g),
+            None => discord.guild_of(&event.conversation.channel).await,
+        };
+        if discord.serves_guild(guild.as_deref()) {
+            handle(&engine, &discord, event, None).await;
+        }
+    });
 }
 
 /// Where private answers to an interaction go.
@@ -416,19 +432,6 @@ fn respond_then(
             }
             None => {}
         }
-    });
-}
-
-fn handle_later(
-    engine: Arc<Engine>,
-    discord: Arc<Discord>,
-    event: InboundEvent,
-    reply: Option<Reply>,
-) {
-    let guard = discord.inflight.enter();
-    tokio::spawn(async move {
-        let _guard = guard;
-        handle(&engine, &discord, event, reply).await;
     });
 }
 

@@ -43,6 +43,7 @@ struct ChannelInfo {
     /// For a thread, the channel it belongs to.
     parent: Option<String>,
     thread: bool,
+    guild: Option<String>,
 }
 
 /// Channel names and IDs, and when the guilds' channel lists were read.
@@ -294,6 +295,7 @@ impl Discord {
                         name: name.to_owned(),
                         parent: c["parent_id"].as_str().map(str::to_owned),
                         thread: THREAD_TYPES.contains(&kind),
+                        guild: Some(guild.clone()),
                     },
                 );
             }
@@ -367,6 +369,7 @@ impl Discord {
             name: c["name"].as_str().unwrap_or(id).to_owned(),
             parent: c["parent_id"].as_str().map(str::to_owned),
             thread: THREAD_TYPES.contains(&c["type"].as_u64().unwrap_or(0)),
+            guild: c["guild_id"].as_str().map(str::to_owned),
         };
         self.channels
             .lock()
@@ -374,6 +377,11 @@ impl Discord {
             .info
             .insert(id.to_owned(), info.clone());
         Some(info)
+    }
+
+    /// The guild a channel belongs to, when Baton can find out.
+    pub(crate) async fn guild_of(&self, channel_id: &str) -> Option<String> {
+        self.channel_info(channel_id).await.and_then(|i| i.guild)
     }
 
     /// How a channel ID is named in runs and matched against workflows: its name when that
