@@ -77,6 +77,7 @@ async fn engine(url: &str) -> Arc<Engine> {
         Arc::new(WorkflowSet::new([wf.unwrap()])),
         Arc::new(ToolCatalog::builtin()),
         Arc::new(ToolBox::new(ToolSettings::default()).unwrap()),
+        Arc::new(baton::agents::Models::new(Default::default()).unwrap()),
         clock,
         settings,
         Arc::new(Metrics::default()),

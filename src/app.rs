@@ -26,8 +26,10 @@ const GATEWAY_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 /// Loads and checks the workflows; any error stops start-up with every problem listed.
 pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Result<WorkflowSet> {
     let dir = &settings.commands_dir;
-    let (set, diagnostics) = load_dir(dir, catalog)
+    let (set, mut diagnostics) = load_dir(dir, catalog)
         .with_context(|| format!("BATON_COMMANDS_DIR: cannot read {}", dir.display()))?;
+    let models = settings.models.models.keys().cloned().collect();
+    diagnostics.extend(crate::core::workflow::check_models(&set, &models));
     let errors: Vec<String> = diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -77,6 +79,7 @@ pub async fn engine_for_cli(
         workflows,
         catalog,
         tools,
+        Arc::new(crate::agents::Models::new(settings.models.clone())?),
         clock,
         engine_settings,
         Arc::new(Metrics::default()),
@@ -152,6 +155,7 @@ pub async fn run(
         workflows.clone(),
         catalog,
         tools,
+        Arc::new(crate::agents::Models::new(settings.models.clone())?),
         clock.clone(),
         engine_settings,
         metrics.clone(),

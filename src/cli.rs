@@ -121,8 +121,10 @@ pub enum AuditCmd {
 /// `baton check`: prints every diagnostic; returns whether there were no errors.
 pub fn check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let dir = dir.unwrap_or_else(|| settings.commands_dir.clone());
-    let (set, diagnostics) = load_dir(&dir, &ToolCatalog::builtin())
+    let (set, mut diagnostics) = load_dir(&dir, &ToolCatalog::builtin())
         .with_context(|| format!("cannot read {}", dir.display()))?;
+    let models = settings.models.models.keys().cloned().collect();
+    diagnostics.extend(crate::core::workflow::check_models(&set, &models));
     for d in &diagnostics {
         eprintln!("{d}");
     }

@@ -82,6 +82,105 @@ pub struct Settings {
     pub slack: Option<SlackSettings>,
     /// Discord, when `DISCORD_TOKEN` is set.
     pub discord: Option<DiscordSettings>,
+    /// `BATON_MODELS` and the providers' keys: what agent steps talk to.
+    pub models: crate::agents::ModelSettings,
+}
+
+/// `BATON_MODELS` (`name=provider:model`, comma-separated), `OPENAI_API_KEY` /
+/// `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY` / `ANTHROPIC_BASE_URL`, `BATON_MODEL_TIMEOUT`.
+fn model_settings(
+    var: &dyn Fn(&str) -> Option<String>,
+    timeout: std::time::Duration,
+) -> Result<crate::agents::ModelSettings, ConfigError> {
+    use crate::agents::{Endpoint, ModelRef, ModelSettings, Provider};
+    let mut models = BTreeMap::new();
+    for pair in var("BATON_MODELS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let bad = |why: &str| ConfigError {
+            setting: "BATON_MODELS",
+            problem: format!(
+                "`{pair}`: {why}; write name=provider:model, e.g. default=openai:gpt-4o-mini or fast=anthropic:claude-haiku-4-5"
+            ),
+        };
+        let (name, target) = pair.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        let (provider, model) = target.split_once(':').ok_or_else(|| bad("no provider"))?;
+        let provider = match provider.trim() {
+            "openai" => Provider::OpenAi,
+            "anthropic" => Provider::Anthropic,
+            other => {
+                return Err(bad(&format!(
+                    "provider `{other}` is not openai or anthropic"
+                )));
+            }
+        };
+        if name.trim().is_empty() || model.trim().is_empty() {
+            return Err(bad("empty name or model"));
+        }
+        models.insert(
+            name.trim().to_owned(),
+            ModelRef {
+                provider,
+                model: model.trim().to_owned(),
+            },
+        );
+    }
+    // A provider is configured by its key, or by a base URL alone (a local server without one).
+    let endpoint = |key: &'static str,
+                    base: &'static str,
+                    default: &str|
+     -> Result<Option<Endpoint>, ConfigError> {
+        let api_key = var(key).filter(|k| !k.trim().is_empty());
+        let Some(text) = var(base).or_else(|| api_key.as_ref().map(|_| default.to_owned())) else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(&text).map_err(|_| ConfigError {
+            setting: base,
+            problem: format!("`{text}` is not a URL"),
+        })?;
+        // A key travels only over https (or to this machine); a keyless local server
+        // (Ollama, vLLM on the LAN) may use plain http.
+        let plain_ok = api_key.is_none() || is_loopback(&url);
+        match url.scheme() {
+            "https" => {}
+            "http" if plain_ok => {}
+            "http" => {
+                return Err(ConfigError {
+                    setting: base,
+                    problem: format!(
+                        "{key} is set, so the URL must be https:// (http:// only for loopback)"
+                    ),
+                });
+            }
+            other => {
+                return Err(ConfigError {
+                    setting: base,
+                    problem: format!("scheme `{other}` is not http or https"),
+                });
+            }
+        }
+        Ok(Some(Endpoint {
+            base_url: url,
+            api_key: api_key.map(Secret::new),
+        }))
+    };
+    Ok(ModelSettings {
+        models,
+        openai: endpoint(
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "https://api.openai.com/v1",
+        )?,
+        anthropic: endpoint(
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "https://api.anthropic.com",
+        )?,
+        timeout,
+    })
 }
 
 /// How Baton reaches Slack.
@@ -402,6 +501,7 @@ impl Settings {
             webhooks,
             slack: SlackSettings::from_lookup(&var)?,
             discord: DiscordSettings::from_lookup(&var)?,
+            models: model_settings(&var, to_std(duration("BATON_MODEL_TIMEOUT", "60s")?))?,
             extra_secrets: list("BATON_SECRETS", "")
                 .into_iter()
                 .map(Secret::new)
@@ -429,6 +529,13 @@ impl Settings {
             .flatten();
         let mut out: Vec<String> = slack.map(|s| s.expose().to_owned()).collect();
         out.extend(self.discord.iter().map(|d| d.token.expose().to_owned()));
+        out.extend(
+            [&self.models.openai, &self.models.anthropic]
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.api_key.as_ref())
+                .map(|k| k.expose().to_owned()),
+        );
         out.extend(self.webhooks.values().map(|s| s.expose().to_owned()));
         out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
         out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));

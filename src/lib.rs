@@ -7,11 +7,13 @@
 //! - [`store`]: storage traits and the SQLite backend.
 //! - [`engine`]: the driver that applies commands through the store and carries out effects.
 //! - [`tools`]: built-in tool implementations.
-//! - [`adapters`]: platforms (the local console today).
+//! - [`agents`]: model providers (OpenAI-compatible, Anthropic) for agent steps.
+//! - [`adapters`]: platforms: the local console, Slack, Discord.
 //! - [`http`]: the HTTP server shared by the console, health and metrics.
 //! - [`app`], [`config`], [`cli`]: wiring, settings and the command line.
 
 pub mod adapters;
+pub mod agents;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -104,6 +104,7 @@ async fn engine(
         workflows,
         Arc::new(ToolCatalog::builtin()),
         Arc::new(ToolBox::new(ToolSettings::default()).unwrap()),
+        Arc::new(baton::agents::Models::new(Default::default()).unwrap()),
         dyn_clock,
         settings,
         Arc::new(Metrics::default()),

@@ -25,6 +25,7 @@ pub enum AuditKind {
     ResultIgnored,
     ToolCalled,
     ToolRefused,
+    ModelCalled,
     ApprovalRequested,
     ApprovalDecided,
     ApprovalRefused,
@@ -39,6 +40,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::TriggerReceived => "trigger.received",
+            AuditKind::ModelCalled => "model.called",
             AuditKind::TriggerRefused => "trigger.refused",
             AuditKind::RunStarted => "run.started",
             AuditKind::RunStatusChanged => "run.status",

@@ -1,6 +1,7 @@
 //! The core: everything Baton knows about workflows, runs, approvals and the ledger, with no
 //! platform, HTTP-server or database crate in sight (see ARCHITECTURE.md, "Invariant:").
 
+pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod clock;

@@ -33,6 +33,10 @@ pub struct ToolInfo {
     pub description: String,
     /// Arguments the tool requires.
     pub required_args: Vec<String>,
+    /// The arguments as a JSON Schema, for models that call the tool.
+    pub parameters: serde_json::Value,
+    /// Only agents call it (memory, run context): a tool step cannot.
+    pub agent_only: bool,
 }
 
 /// Every tool available to workflows.
@@ -50,19 +54,63 @@ impl Default for ToolCatalog {
 impl ToolCatalog {
     /// The tools every installation has.
     pub fn builtin() -> Self {
+        use serde_json::json;
+        let tool = |name: &str,
+                    capability,
+                    description: &str,
+                    parameters: serde_json::Value,
+                    agent_only| {
+            let required_args = parameters["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
+            ToolInfo {
+                name: name.into(),
+                capability,
+                description: description.into(),
+                required_args,
+                parameters,
+                agent_only,
+            }
+        };
         let tools = [
-            ToolInfo {
-                name: "http.get".into(),
-                capability: Capability::Read,
-                description: "GET a URL whose host is on BATON_HTTP_ALLOW".into(),
-                required_args: vec!["url".into()],
-            },
-            ToolInfo {
-                name: "webhook.post".into(),
-                capability: Capability::External,
-                description: "POST JSON to a webhook endpoint named in BATON_WEBHOOKS".into(),
-                required_args: vec!["endpoint".into(), "body".into()],
-            },
+            tool(
+                "http.get",
+                Capability::Read,
+                "GET a URL whose host is on BATON_HTTP_ALLOW",
+                json!({"type": "object", "properties": {"url": {"type": "string", "description": "The URL to read"}}, "required": ["url"]}),
+                false,
+            ),
+            tool(
+                "webhook.post",
+                Capability::External,
+                "POST JSON to a webhook endpoint named in BATON_WEBHOOKS",
+                json!({"type": "object", "properties": {"endpoint": {"type": "string"}, "body": {"type": "object"}}, "required": ["endpoint", "body"]}),
+                false,
+            ),
+            tool(
+                "memory.read",
+                Capability::Read,
+                "Read the shared memory: one entry by namespace and key, or a namespace's newest entries without a key. Each entry says which run, step and agent wrote it, and when.",
+                json!({"type": "object", "properties": {"namespace": {"type": "string", "description": "e.g. company"}, "key": {"type": "string", "description": "e.g. acme.com"}}, "required": ["namespace"]}),
+                true,
+            ),
+            tool(
+                "memory.write",
+                Capability::WriteInternal,
+                "Write an entry to the shared memory, replacing what the key held. Later runs can read it.",
+                json!({"type": "object", "properties": {"namespace": {"type": "string"}, "key": {"type": "string"}, "value": {"description": "Any JSON value"}}, "required": ["namespace", "key", "value"]}),
+                true,
+            ),
+            tool(
+                "run.context",
+                Capability::Read,
+                "Read this run's inputs and the outputs of its earlier steps (one step by id, or all).",
+                json!({"type": "object", "properties": {"step": {"type": "string", "description": "A step id; leave out for all"}}}),
+                true,
+            ),
         ];
         Self {
             tools: tools.into_iter().map(|t| (t.name.clone(), t)).collect(),

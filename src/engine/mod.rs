@@ -2,6 +2,7 @@
 //! out the effects: jobs go to the worker pool, posts to the outbox deliverer. Background loops
 //! fire timers and schedule slots. A run that waits holds no task here: only its rows.
 
+mod agent;
 mod background;
 mod inbound;
 mod workers;
@@ -82,6 +83,7 @@ pub struct Engine {
     workflows: Arc<WorkflowSet>,
     catalog: Arc<ToolCatalog>,
     tools: Arc<ToolBox>,
+    models: Arc<crate::agents::Models>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: EngineSettings,
     pub(crate) metrics: Arc<Metrics>,
@@ -101,6 +103,7 @@ impl Engine {
         workflows: Arc<WorkflowSet>,
         catalog: Arc<ToolCatalog>,
         tools: Arc<ToolBox>,
+        models: Arc<crate::agents::Models>,
         clock: Arc<dyn Clock>,
         settings: EngineSettings,
         metrics: Arc<Metrics>,
@@ -116,6 +119,7 @@ impl Engine {
             workflows,
             catalog,
             tools,
+            models,
             clock,
             settings,
             metrics,

@@ -80,7 +80,7 @@ impl Engine {
         tracing::error!("gave up recording a step result; the step re-runs after restart");
     }
 
-    async fn perform(&self, job: &Job) -> Result<Value, String> {
+    async fn perform(self: &Arc<Self>, job: &Job) -> Result<Value, String> {
         match &job.work {
             Work::Tool {
                 tool,
@@ -111,6 +111,11 @@ impl Engine {
                 }
                 result.map_err(|e| e.to_string())
             }
+            Work::Agent {
+                agent,
+                prompt,
+                context,
+            } => self.run_agent(job, agent, prompt, context).await,
             Work::Digest { period } => {
                 let now = self.clock.now();
                 let figures = self

@@ -285,6 +285,41 @@ pub trait ConsoleStore: Send + Sync {
     async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>>;
 }
 
+/// One entry of the agents' shared memory, with who wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryEntry {
+    pub namespace: String,
+    pub key: String,
+    pub value: Value,
+    pub run: Option<RunId>,
+    pub step: Option<String>,
+    pub agent: Option<String>,
+    pub written_at: DateTime<Utc>,
+}
+
+/// What agent steps keep: their conversation turn by turn, and the shared memory.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// The turns an agent step has completed so far, in order.
+    async fn agent_turns(&self, run: RunId, step: &str) -> StoreResult<Vec<Value>>;
+    /// Records a completed turn as number `seq`. Writing the same number twice keeps the
+    /// first: a turn repeated after a crash is the same turn.
+    async fn agent_turn_append(
+        &self,
+        run: RunId,
+        step: &str,
+        seq: u32,
+        message: &Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Tokens agents have spent in a run so far (in and out, every step).
+    async fn agent_tokens(&self, run: RunId) -> StoreResult<u64>;
+    async fn memory_read(&self, namespace: &str, key: &str) -> StoreResult<Option<MemoryEntry>>;
+    /// Every entry of a namespace, newest first.
+    async fn memory_list(&self, namespace: &str, limit: u32) -> StoreResult<Vec<MemoryEntry>>;
+    async fn memory_write(&self, entry: &MemoryEntry) -> StoreResult<()>;
+}
+
 /// Figures for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct StoreMetrics {
@@ -297,7 +332,9 @@ pub struct StoreMetrics {
 
 /// Everything, for the app to hold as one `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore {
+pub trait Store:
+    RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore + AgentStore
+{
     async fn metrics(&self) -> StoreResult<StoreMetrics>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;

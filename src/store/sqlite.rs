@@ -19,11 +19,18 @@ use std::str::FromStr;
 use tokio::sync::Mutex;
 
 /// The migrations, embedded in the binary so it runs anywhere.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "agents",
+        include_str!("../../migrations/sqlite/0002_agents.sql"),
+    ),
+];
 
 /// The embedded migrations as a source for sqlx's migrator, which records them in
 /// `_sqlx_migrations` and refuses a database changed behind its back.
@@ -349,6 +356,9 @@ async fn persist_effects(
                     }
                     crate::core::engine::Work::Digest { period } => {
                         serde_json::json!({"digest_seconds": period.num_seconds()})
+                    }
+                    crate::core::engine::Work::Agent { agent, prompt, .. } => {
+                        serde_json::json!({"agent": agent.name, "model": agent.model, "prompt": prompt})
                     }
                 };
                 let mut input = input;
@@ -1209,6 +1219,108 @@ impl ConsoleStore for SqliteStore {
         .await?;
         rows.iter().map(console_from_row).collect()
     }
+}
+
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn agent_turns(&self, run: RunId, step: &str) -> StoreResult<Vec<Value>> {
+        let rows = sqlx::query(
+            "SELECT message FROM agent_turns WHERE run_id = ? AND step_id = ? ORDER BY seq",
+        )
+        .bind(run.0)
+        .bind(step)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(r.get::<&str, _>("message"))?))
+            .collect()
+    }
+
+    async fn agent_turn_append(
+        &self,
+        run: RunId,
+        step: &str,
+        seq: u32,
+        message: &Value,
+        when: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let text = serde_json::to_string(message)?;
+        write_tx!(self, |c| {
+            sqlx::query(
+                "INSERT INTO agent_turns (run_id, step_id, seq, message, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(run.0)
+            .bind(step)
+            .bind(i64::from(seq))
+            .bind(&text)
+            .bind(ms(when))
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn agent_tokens(&self, run: RunId) -> StoreResult<u64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(COALESCE(json_extract(message, '$.tokens_in'), 0) + COALESCE(json_extract(message, '$.tokens_out'), 0)), 0) AS n FROM agent_turns WHERE run_id = ?",
+        )
+        .bind(run.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>("n").max(0) as u64)
+    }
+
+    async fn memory_read(&self, namespace: &str, key: &str) -> StoreResult<Option<MemoryEntry>> {
+        let row = sqlx::query("SELECT * FROM memory WHERE namespace = ? AND key = ?")
+            .bind(namespace)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(memory_from_row).transpose()
+    }
+
+    async fn memory_list(&self, namespace: &str, limit: u32) -> StoreResult<Vec<MemoryEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM memory WHERE namespace = ? ORDER BY written_at DESC, key LIMIT ?",
+        )
+        .bind(namespace)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn memory_write(&self, e: &MemoryEntry) -> StoreResult<()> {
+        let value = serde_json::to_string(&e.value)?;
+        write_tx!(self, |c| {
+            sqlx::query(
+                "INSERT INTO memory (namespace, key, value, run_id, step_id, agent, written_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, run_id = excluded.run_id, step_id = excluded.step_id, agent = excluded.agent, written_at = excluded.written_at",
+            )
+            .bind(&e.namespace)
+            .bind(&e.key)
+            .bind(&value)
+            .bind(e.run.map(|r| r.0))
+            .bind(&e.step)
+            .bind(&e.agent)
+            .bind(ms(e.written_at))
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+fn memory_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<MemoryEntry> {
+    Ok(MemoryEntry {
+        namespace: r.get("namespace"),
+        key: r.get("key"),
+        value: serde_json::from_str(r.get::<&str, _>("value"))?,
+        run: r.get::<Option<i64>, _>("run_id").map(RunId),
+        step: r.get("step_id"),
+        agent: r.get("agent"),
+        written_at: at(r.get("written_at")),
+    })
 }
 
 #[async_trait]

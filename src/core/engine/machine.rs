@@ -131,6 +131,12 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
         } => a.decide(&step, &actor, approve, reason),
         Command::TimerFired { key } => a.timer_fired(&key),
         Command::Cancel { actor } => a.cancel(&actor),
+        Command::StepNote {
+            step,
+            attempt,
+            key,
+            message,
+        } => a.step_note(&step, attempt, &key, message),
         Command::AttemptLost { step, attempt } => a.attempt_lost(&step, attempt),
     }
     a.finish(Some(before))
@@ -175,6 +181,19 @@ impl Apply<'_, '_> {
         self.send(o);
     }
 
+    /// A note from a running attempt goes into the thread; one from an attempt that is over
+    /// (superseded after a crash, or timed out) is dropped.
+    fn step_note(&mut self, id: &str, attempt: u32, key: &str, message: OutMessage) {
+        let current = self
+            .state
+            .steps
+            .get(id)
+            .is_some_and(|s| s.status == StepStatus::Running && s.attempt == attempt);
+        if current {
+            self.reply(&format!("step:{id}:{attempt}:note:{key}"), message);
+        }
+    }
+
     fn notice(&mut self, text: impl Into<String>) {
         self.out.notice = Some(text.into());
     }
@@ -207,6 +226,8 @@ impl Apply<'_, '_> {
             Command::TimerFired { key } => {
                 self.state.timers.remove(&key);
             }
+            // The thread of a finished run stays as it ended.
+            Command::StepNote { .. } => {}
             Command::AttemptLost { step, attempt } => {
                 let ev = self.event(
                     AuditKind::AttemptLost,
@@ -320,6 +341,37 @@ impl Apply<'_, '_> {
                     declared: vec![tool.clone()],
                 };
                 self.launch(id, job, json!({"tool": tool, "args": args}));
+            }
+            StepKind::Agent { agent, prompt } => {
+                let filled = template::render(prompt, &ctx)
+                    .and_then(|p| Ok((p, template::render(&agent.instructions, &ctx)?)));
+                let (prompt, instructions) = match filled {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        return self
+                            .fail_now(id, format!("could not fill in the agent's task: {e}"));
+                    }
+                };
+                // What the agent is given: the trigger's input and the outputs of the steps
+                // it needs; `run.context` reads the rest.
+                let needed: serde_json::Map<String, Value> = step
+                    .needs
+                    .iter()
+                    .map(|n| (n.clone(), ctx["steps"][n]["output"].clone()))
+                    .collect();
+                let context = json!({"input": ctx["input"], "steps": needed, "all_steps": ctx["steps"], "run": ctx["run"]});
+                let mut agent = (**agent).clone();
+                agent.instructions = instructions;
+                let input = json!({"agent": agent.name, "model": agent.model, "prompt": prompt});
+                self.launch(
+                    id,
+                    Work::Agent {
+                        agent,
+                        prompt,
+                        context,
+                    },
+                    input,
+                );
             }
             StepKind::Digest { period, .. } => {
                 self.launch(

@@ -41,6 +41,14 @@ pub enum Command {
     Cancel { actor: Actor },
     /// A step attempt was in flight when the process stopped; it will not report back.
     AttemptLost { step: StepId, attempt: u32 },
+    /// A running step has something to show in the thread (an agent's tool call, a refusal).
+    /// `key` names the note within the attempt, so a repeated note is the same message.
+    StepNote {
+        step: StepId,
+        attempt: u32,
+        key: String,
+        message: crate::core::message::OutMessage,
+    },
 }
 
 /// Work to carry out after the transaction commits. The store persists all of them in the
@@ -104,6 +112,13 @@ pub enum Work {
     },
     /// Build a digest over the ledger for the period ending now.
     Digest { period: Duration },
+    /// Let an agent work on `prompt` with the run's `context` (inputs and the outputs of the
+    /// steps it needs). Its instructions are already filled in.
+    Agent {
+        agent: crate::core::agents::AgentDef,
+        prompt: String,
+        context: Value,
+    },
 }
 
 /// The result of applying a command.

@@ -7,7 +7,7 @@ mod parse;
 mod tests;
 
 pub use duration::{format_duration, parse_duration};
-pub use parse::{load_dir, parse_workflow};
+pub use parse::{check_models, load_dir, parse_workflow};
 
 use chrono::Duration;
 use chrono_tz::Tz;
@@ -330,6 +330,11 @@ pub enum StepKind {
         period: Duration,
         channel: Option<String>,
     },
+    /// A specialist agent works on a templated task with its model and allowed tools.
+    Agent {
+        agent: Arc<crate::core::agents::AgentDef>,
+        prompt: String,
+    },
 }
 
 impl StepKind {
@@ -339,6 +344,7 @@ impl StepKind {
             StepKind::Approval(_) => "approval",
             StepKind::Notify { .. } => "notify",
             StepKind::Digest { .. } => "digest",
+            StepKind::Agent { .. } => "agent",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! than stopping at the first.
 
 use super::*;
+use crate::core::agents::AgentDef;
 use crate::core::template;
 use crate::core::tools::{Capability, ToolCatalog};
 use serde::Deserialize;
@@ -33,7 +34,37 @@ struct RawWorkflow {
     inputs: toml::Table,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
+    /// Agents declared in this file (`[agents.researcher]`), and shared ones a run carries.
+    #[serde(default)]
+    agents: BTreeMap<String, Spanned<RawAgent>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    /// Only in `commands/agents/*.toml`; in a workflow the table's key names the agent.
+    name: Option<String>,
+    role: Option<String>,
+    #[serde(default = "default_model")]
+    model: String,
+    instructions: Spanned<String>,
+    #[serde(default)]
+    tools: Vec<Spanned<String>>,
+    max_turns: Option<u32>,
+    max_output_tokens: Option<u32>,
+    timeout: Option<Spanned<String>>,
+    token_budget: Option<u64>,
+    output_schema: Option<Spanned<toml::Value>>,
+}
+
+fn default_model() -> String {
+    "default".into()
+}
+
+/// Default limits of an agent.
+const DEFAULT_MAX_TURNS: u32 = 8;
+const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 1024;
+const DEFAULT_AGENT_TIMEOUT: &str = "3m";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +152,9 @@ struct RawStep {
     channel: Option<String>,
     text: Option<Spanned<String>>,
     period: Option<Spanned<String>>,
+    // agent
+    agent: Option<Spanned<String>>,
+    prompt: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -252,12 +286,20 @@ fn build(
         r.error(0, "a workflow needs at least one [[step]]");
     }
 
+    let mut agents: BTreeMap<String, Arc<AgentDef>> = BTreeMap::new();
+    for (name, raw) in raw.agents {
+        let at = raw.span().start;
+        if let Some(a) = build_agent(r, at, &name, raw.into_inner(), tools) {
+            agents.insert(name, Arc::new(a));
+        }
+    }
+
     let mut steps = Vec::new();
     let mut template_checks: Vec<(String, usize, String)> = Vec::new();
     for s in raw.step {
         let line_at = s.span().start;
         let s = s.into_inner();
-        if let Some(step) = build_step(r, line_at, s, &ids, tools, &mut template_checks) {
+        if let Some(step) = build_step(r, line_at, s, &ids, tools, &agents, &mut template_checks) {
             steps.push(step);
         }
     }
@@ -474,12 +516,106 @@ fn build_trigger(
     }
 }
 
+/// Checks one agent: its tools exist and may be given to an agent, its schema is one Baton can
+/// enforce, its limits are sane.
+fn build_agent(
+    r: &mut Report<'_>,
+    at: usize,
+    name: &str,
+    a: RawAgent,
+    tools: &ToolCatalog,
+) -> Option<AgentDef> {
+    let mut ok = true;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        r.error(
+            at,
+            format!("agent name `{name}` must be letters, digits, `-` or `_`"),
+        );
+        ok = false;
+    }
+    let mut allowed = Vec::new();
+    for t in &a.tools {
+        match tools.get(t.get_ref()) {
+            None => {
+                let known: Vec<&str> = tools.names().collect();
+                r.error(
+                    t.span().start,
+                    format!(
+                        "agent `{name}`: unknown tool `{}` (known: {})",
+                        t.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+            Some(info) if info.capability == Capability::External => {
+                r.error(
+                    t.span().start,
+                    format!(
+                        "agent `{name}`: `{}` acts on the outside world; this version runs external tools only in a tool step after an approval step",
+                        info.name
+                    ),
+                );
+                ok = false;
+            }
+            Some(info) => allowed.push(info.name.clone()),
+        }
+    }
+    let output_schema = a
+        .output_schema
+        .as_ref()
+        .map(|s| (s.span().start, toml_to_json(s.get_ref().clone())));
+    if let Some((s_at, schema)) = &output_schema
+        && let Err(e) = crate::core::agents::check_schema(schema)
+    {
+        r.error(*s_at, format!("agent `{name}`: output_schema: {e}"));
+        ok = false;
+    }
+    if let Err(e) = template::variables(a.instructions.get_ref()) {
+        r.error(
+            a.instructions.span().start,
+            format!("agent `{name}`: instructions do not parse: {e}"),
+        );
+        ok = false;
+    }
+    let max_turns = a.max_turns.unwrap_or(DEFAULT_MAX_TURNS);
+    if !(1..=50).contains(&max_turns) {
+        r.error(at, format!("agent `{name}`: max_turns must be 1 to 50"));
+        ok = false;
+    }
+    let timeout = match &a.timeout {
+        None => parse_duration(DEFAULT_AGENT_TIMEOUT).expect("default durations parse"),
+        Some(t) => parse_duration(t.get_ref()).unwrap_or_else(|e| {
+            r.error(t.span().start, e);
+            ok = false;
+            Duration::seconds(1)
+        }),
+    };
+    ok.then(|| AgentDef {
+        name: name.to_owned(),
+        role: a.role.unwrap_or_else(|| name.to_owned()),
+        model: a.model,
+        instructions: a.instructions.into_inner(),
+        tools: allowed,
+        max_turns,
+        max_output_tokens: a.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        timeout,
+        token_budget: a.token_budget,
+        output_schema: output_schema.map(|(_, s)| s),
+    })
+}
+
 fn build_step(
     r: &mut Report<'_>,
     at: usize,
     s: RawStep,
     ids: &HashMap<String, usize>,
     tools: &ToolCatalog,
+    agents: &BTreeMap<String, Arc<AgentDef>>,
     templates: &mut Vec<(String, usize, String)>,
 ) -> Option<Step> {
     let id = s.id.get_ref().clone();
@@ -500,7 +636,7 @@ fn build_step(
             }),
         }
     };
-    let timeout = duration(r, &s.timeout, DEFAULT_STEP_TIMEOUT);
+    let mut timeout = duration(r, &s.timeout, DEFAULT_STEP_TIMEOUT);
     let retry = match &s.retry {
         None => RetryPolicy {
             max: 0,
@@ -545,8 +681,11 @@ fn build_step(
                 r.error(kind_at, format!("tool step `{id}` needs `tool`"));
                 return None;
             };
-            let Some(info) = tools.get(tool.get_ref()) else {
-                let known: Vec<&str> = tools.names().collect();
+            let Some(info) = tools.get(tool.get_ref()).filter(|i| !i.agent_only) else {
+                let known: Vec<&str> = tools
+                    .names()
+                    .filter(|n| tools.get(n).is_some_and(|i| !i.agent_only))
+                    .collect();
                 r.error(
                     tool.span().start,
                     format!(
@@ -617,16 +756,49 @@ fn build_step(
             channel: s.channel,
         },
         "agent" => {
-            r.error(
-                kind_at,
-                "step kind `agent` is not available in this version (tool, approval, notify, digest)",
-            );
-            return None;
+            misplaced(r, "tool", s.tool.is_some());
+            misplaced(r, "approvers", !s.approvers.is_empty());
+            let Some(name) = &s.agent else {
+                r.error(kind_at, format!("agent step `{id}` needs `agent` (a name from [agents.*] or commands/agents/)"));
+                return None;
+            };
+            let Some(agent) = agents.get(name.get_ref()) else {
+                let known: Vec<&str> = agents.keys().map(String::as_str).collect();
+                r.error(
+                    name.span().start,
+                    format!(
+                        "unknown agent `{}` (known: {})",
+                        name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            };
+            let Some(prompt) = &s.prompt else {
+                r.error(
+                    kind_at,
+                    format!("agent step `{id}` needs `prompt`: the task, a template"),
+                );
+                return None;
+            };
+            templates.push((id.clone(), prompt.span().start, prompt.get_ref().clone()));
+            templates.push((id.clone(), name.span().start, agent.instructions.clone()));
+            if s.timeout.is_none() {
+                timeout = agent.timeout;
+            }
+            StepKind::Agent {
+                agent: agent.clone(),
+                prompt: prompt.get_ref().clone(),
+            }
         }
         other => {
             r.error(
                 kind_at,
-                format!("unknown step kind `{other}` (tool, approval, notify, digest)"),
+                format!("unknown step kind `{other}` (tool, approval, notify, digest, agent)"),
             );
             return None;
         }
@@ -813,11 +985,13 @@ pub fn load_dir(
         .collect();
     files.sort();
     let mut diagnostics = Vec::new();
+    let shared = load_agents(&dir.join("agents"), tools, &mut diagnostics)?;
     let mut workflows: Vec<Workflow> = Vec::new();
     let mut commands: HashMap<String, (PathBuf, usize)> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
+        let text = with_shared_agents(&text, &shared);
         let (wf, diags) = parse_workflow(&file, &text, tools);
         diagnostics.extend(diags);
         let Some(wf) = wf else { continue };
@@ -860,6 +1034,137 @@ pub fn load_dir(
         }
     }
     Ok((WorkflowSet::new(workflows), diagnostics))
+}
+
+/// Reads `commands/agents/*.toml`, one agent per file (named by `name`, or by the file), and
+/// keeps the valid ones as TOML tables for the workflows that use them.
+fn load_agents(
+    dir: &Path,
+    tools: &ToolCatalog,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> std::io::Result<BTreeMap<String, toml::Table>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let mut r = Report {
+            file: &file,
+            text: &text,
+            out: Vec::new(),
+        };
+        let parsed = toml::from_str::<RawAgent>(&text)
+            .and_then(|raw| Ok((raw, toml::from_str::<toml::Table>(&text)?)));
+        match parsed {
+            Err(e) => r.error(
+                e.span().map(|s| s.start).unwrap_or(0),
+                e.message().to_string(),
+            ),
+            Ok((mut raw, mut table)) => {
+                let stem = file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let name = raw.name.take().unwrap_or(stem);
+                table.remove("name");
+                if build_agent(&mut r, 0, &name, raw, tools).is_some() {
+                    if out.contains_key(&name) {
+                        r.error(
+                            0,
+                            format!("agent `{name}` is defined twice in {}", dir.display()),
+                        );
+                    } else {
+                        out.insert(name, table);
+                    }
+                }
+            }
+        }
+        diagnostics.extend(r.out);
+    }
+    Ok(out)
+}
+
+/// The workflow text with the shared agents its steps name appended as `[agents.NAME]`
+/// tables, so a run's stored definition carries its agents as they were when it started.
+fn with_shared_agents(text: &str, shared: &BTreeMap<String, toml::Table>) -> String {
+    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
+        return text.to_owned();
+    };
+    let inline = doc.get("agents").and_then(|a| a.as_table());
+    let mut used = toml::Table::new();
+    for step in doc
+        .get("step")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = step.get("agent").and_then(|a| a.as_str()) else {
+            continue;
+        };
+        if inline.is_some_and(|i| i.contains_key(name)) {
+            continue;
+        }
+        if let Some(table) = shared.get(name) {
+            used.insert(name.to_owned(), toml::Value::Table(table.clone()));
+        }
+    }
+    if used.is_empty() {
+        return text.to_owned();
+    }
+    let mut wrapper = toml::Table::new();
+    wrapper.insert("agents".into(), toml::Value::Table(used));
+    let appended = toml::to_string(&wrapper).unwrap_or_default();
+    format!(
+        "{text}\n\n# Shared agents from agents/, as they were when this was loaded.\n{appended}"
+    )
+}
+
+/// Agents name models by `BATON_MODELS` names: an unknown one is an error, and with no model
+/// configured at all every agent step is warned about (Baton still starts).
+pub fn check_models(set: &WorkflowSet, configured: &BTreeSet<String>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for wf in set.iter() {
+        for step in &wf.steps {
+            let StepKind::Agent { agent, .. } = &step.kind else {
+                continue;
+            };
+            let (severity, message) = if configured.is_empty() {
+                (
+                    Severity::Warning,
+                    format!(
+                        "step `{}` uses agent `{}` with model `{}`, but no model is configured: set BATON_MODELS and a provider key, or the step fails when it runs",
+                        step.id, agent.name, agent.model
+                    ),
+                )
+            } else if !configured.contains(&agent.model) {
+                (
+                    Severity::Error,
+                    format!(
+                        "agent `{}` uses model `{}`, which BATON_MODELS does not name (configured: {})",
+                        agent.name,
+                        agent.model,
+                        configured.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            } else {
+                continue;
+            };
+            out.push(Diagnostic {
+                file: wf.file.clone(),
+                line: step.line,
+                severity,
+                message,
+            });
+        }
+    }
+    out
 }
 
 fn line_of_key(text: &str, key: &str) -> usize {

@@ -113,8 +113,121 @@ fn unknown_fields_and_kinds_are_errors_not_silently_ignored() {
     assert_error(
         &format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"agent\"\n"),
         7,
-        "not available in this version",
+        "agent step `a` needs `agent`",
     );
+}
+
+const AGENT: &str = r#"
+[agents.researcher]
+role = "Researcher"
+instructions = "You research {{ input.text }}."
+tools = ["http.get", "memory.read", "memory.write"]
+output_schema = { type = "object", required = ["summary"], properties = { summary = { type = "string" } } }
+"#;
+
+#[test]
+fn an_agent_step_runs_a_declared_agent_with_its_limits_and_schema() {
+    let text = format!(
+        "{HEAD}{AGENT}[[step]]\nid = \"a\"\nkind = \"agent\"\nagent = \"researcher\"\nprompt = \"Look into {{{{ input.text }}}}\"\n"
+    );
+    let (wf, diags) = parse_workflow(Path::new("w.toml"), &text, &ToolCatalog::builtin());
+    assert!(diags.is_empty(), "{diags:?}");
+    let wf = wf.unwrap();
+    let StepKind::Agent { agent, prompt } = &wf.steps[0].kind else {
+        panic!("an agent step")
+    };
+    assert_eq!(agent.role, "Researcher");
+    assert_eq!(agent.model, "default");
+    assert_eq!(agent.tools, ["http.get", "memory.read", "memory.write"]);
+    assert_eq!(agent.max_turns, 8);
+    assert!(agent.output_schema.is_some());
+    assert_eq!(prompt, "Look into {{ input.text }}");
+    assert_eq!(
+        wf.steps[0].timeout,
+        chrono::Duration::minutes(3),
+        "the agent's timeout"
+    );
+}
+
+#[test]
+fn agents_with_unknown_or_external_tools_bad_schemas_or_unknown_names_are_errors() {
+    let step = "[[step]]\nid = \"a\"\nkind = \"agent\"\nagent = \"researcher\"\nprompt = \"go\"\n";
+    let with = |agent: &str| format!("{HEAD}{agent}{step}");
+    assert_error(
+        &with(&AGENT.replace("\"http.get\"", "\"shell.exec\"")),
+        9,
+        "agent `researcher`: unknown tool `shell.exec`",
+    );
+    assert_error(
+        &with(&AGENT.replace("\"http.get\"", "\"webhook.post\"")),
+        9,
+        "acts on the outside world",
+    );
+    assert_error(
+        &with(&AGENT.replace("required = [\"summary\"]", "oneOf = []")),
+        10,
+        "keyword `oneOf` is not supported",
+    );
+    assert_error(
+        &format!("{HEAD}{step}"),
+        8,
+        "unknown agent `researcher` (known: none)",
+    );
+    assert_error(
+        &format!("{HEAD}[[step]]\nid = \"s\"\nkind = \"tool\"\ntool = \"memory.write\"\n"),
+        8,
+        "unknown tool `memory.write` (known: http.get, webhook.post)",
+    );
+}
+
+#[test]
+fn shared_agents_come_from_the_agents_folder_and_travel_with_the_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("agents")).unwrap();
+    std::fs::write(
+        dir.path().join("agents/writer.toml"),
+        "role = \"Writer\"\nmodel = \"fast\"\ninstructions = \"Write well.\"\n[output_schema]\ntype = \"object\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("agents/broken.toml"),
+        "role = \"X\"\ninstructions = \"x\"\ntools = [\"nope\"]\n",
+    )
+    .unwrap();
+    let wf = format!(
+        "{HEAD}[[step]]\nid = \"w\"\nkind = \"agent\"\nagent = \"writer\"\nprompt = \"Draft\"\n"
+    );
+    std::fs::write(dir.path().join("w.toml"), &wf).unwrap();
+    let (set, diags) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(
+        diags[0]
+            .to_string()
+            .contains("broken.toml:3: error: agent `broken`: unknown tool `nope`"),
+        "{}",
+        diags[0]
+    );
+    let w = set.iter().next().unwrap();
+    assert!(w.source.contains("[agents.writer]"), "{}", w.source);
+    // The stored text parses on its own, with no agents folder: a run keeps its agents.
+    let (again, diags) = parse_workflow(Path::new("w.toml"), &w.source, &ToolCatalog::builtin());
+    assert!(diags.is_empty(), "{diags:?}");
+    let StepKind::Agent { agent, .. } = &again.unwrap().steps[0].kind else {
+        panic!()
+    };
+    assert_eq!(agent.model, "fast");
+    let configured: std::collections::BTreeSet<String> = ["default".to_owned()].into();
+    let models = check_models(&set, &configured);
+    assert!(
+        models[0]
+            .to_string()
+            .contains("model `fast`, which BATON_MODELS does not name"),
+        "{}",
+        models[0]
+    );
+    assert_eq!(models[0].severity, Severity::Error);
+    let none = check_models(&set, &Default::default());
+    assert_eq!(none[0].severity, Severity::Warning);
 }
 
 #[test]

@@ -1,0 +1,452 @@
+//! The agent loop, inside the engine's boundaries: the model proposes, the engine disposes.
+//!
+//! Each model turn and each tool result is persisted before the next step of the loop, so a
+//! crash resumes from the last completed turn (a tool call whose result was not recorded runs
+//! again, as any step attempt would). Every tool call is checked against the agent's allow-list
+//! and the tool's capability class before it runs; a refusal goes back to the model as a tool
+//! error and into the ledger. Every model call lands in the ledger with provider, model,
+//! tokens, latency, finish reason, and the request and response (secrets redacted by the
+//! store). The thread shows the agent's start, its tool calls, refusals and result.
+
+use super::Engine;
+use crate::agents::{ModelError, ModelRequest};
+use crate::core::agents::{AgentDef, ToolCall, Turn, json_in, validate};
+use crate::core::audit::{AuditEvent, AuditKind};
+use crate::core::engine::{Command, Job};
+use crate::core::message::OutMessage;
+use crate::core::tools::ToolInfo;
+use crate::store::MemoryEntry;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Longest tool result handed back to a model, in characters.
+const TOOL_RESULT_LIMIT: usize = 20_000;
+
+/// Newest entries `memory.read` lists for a namespace.
+const MEMORY_LISTED: u32 = 20;
+
+impl Engine {
+    pub(crate) async fn run_agent(
+        self: &Arc<Self>,
+        job: &Job,
+        agent: &AgentDef,
+        prompt: &str,
+        context: &Value,
+    ) -> Result<Value, String> {
+        if let Some(why) = self.models.unavailable(&agent.model) {
+            self.note(
+                job,
+                "unavailable",
+                format!("*{}* cannot start: {why}", agent.role),
+                None,
+            )
+            .await;
+            return Err(why);
+        }
+        let (provider, model) = self.models.describe(&agent.model);
+        let mut turns: Vec<Turn> = self
+            .store
+            .agent_turns(job.run, &job.step)
+            .await
+            .map_err(|e| format!("could not read the agent's turns: {e}"))?
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        if turns.is_empty() {
+            let task = format!(
+                "{prompt}\n\nInput:\n{}\n\nOutputs of the steps before this one:\n{}",
+                context["input"], context["steps"]
+            );
+            self.record_turn(job, &mut turns, Turn::User { text: task })
+                .await?;
+            self.note(
+                job,
+                "start",
+                format!("*{}* is on it ({provider} {model}).", agent.role),
+                None,
+            )
+            .await;
+        } else {
+            self.note(
+                job,
+                &format!("resume:{}", turns.len()),
+                format!(
+                    "*{}* picks up where it stopped (after {} turns).",
+                    agent.role,
+                    turns.len()
+                ),
+                None,
+            )
+            .await;
+        }
+        let tools: Vec<&ToolInfo> = agent
+            .tools
+            .iter()
+            .filter_map(|t| self.catalog.get(t))
+            .collect();
+        let mut schema_retried = turns
+            .iter()
+            .any(|t| matches!(t, Turn::User { text } if text.starts_with(SCHEMA_RETRY)));
+        loop {
+            // A tool call whose result was not recorded before a crash runs now.
+            if let Some(Turn::Assistant { tool_calls, .. }) = turns
+                .iter()
+                .rev()
+                .find(|t| matches!(t, Turn::Assistant { .. }))
+            {
+                let pending: Vec<ToolCall> = tool_calls
+                    .iter()
+                    .filter(|c| {
+                        !turns
+                            .iter()
+                            .any(|t| matches!(t, Turn::Tool { call_id, .. } if *call_id == c.id))
+                    })
+                    .cloned()
+                    .collect();
+                for call in pending {
+                    let (content, is_error) = self.agent_tool(job, agent, &call, context).await;
+                    let turn = Turn::Tool {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        content,
+                        is_error,
+                    };
+                    self.record_turn(job, &mut turns, turn).await?;
+                }
+            }
+            let model_turns = turns
+                .iter()
+                .filter(|t| matches!(t, Turn::Assistant { .. }))
+                .count() as u32;
+            if model_turns >= agent.max_turns {
+                return Err(format!(
+                    "the agent used its {} model turns without a final answer",
+                    agent.max_turns
+                ));
+            }
+            if let Some(budget) = agent.token_budget {
+                let spent = self
+                    .store
+                    .agent_tokens(job.run)
+                    .await
+                    .map_err(|e| format!("could not count the tokens spent: {e}"))?;
+                if spent >= budget {
+                    return Err(format!(
+                        "the run's token budget for agents ({budget}) is spent ({spent} used)"
+                    ));
+                }
+            }
+            let request = ModelRequest {
+                system: &agent.instructions,
+                turns: &turns,
+                tools: &tools,
+                max_tokens: agent.max_output_tokens,
+            };
+            let reply = match self.models.call(&agent.model, &request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.audit_model_error(job, agent, &provider, &model, &e)
+                        .await;
+                    return Err(e.to_string());
+                }
+            };
+            let ev = AuditEvent::new(
+                self.clock.now(),
+                AuditKind::ModelCalled,
+                Some(job.run),
+                json!({
+                    "agent": agent.name, "provider": provider, "model": model,
+                    "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
+                    "latency_ms": reply.latency_ms, "finish_reason": reply.finish_reason,
+                    "tool_calls": reply.tool_calls.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                    "request": reply.request, "response": reply.response,
+                }),
+            )
+            .step(&job.step);
+            self.store
+                .audit_append(vec![ev])
+                .await
+                .map_err(|e| format!("could not record the model call in the ledger: {e}"))?;
+            let answer = Turn::Assistant {
+                text: reply.text.clone(),
+                tool_calls: reply.tool_calls.clone(),
+                tokens_in: reply.tokens_in,
+                tokens_out: reply.tokens_out,
+            };
+            self.record_turn(job, &mut turns, answer).await?;
+            if !reply.tool_calls.is_empty() {
+                // The calls run at the top of the loop, one by one, each recorded.
+                continue;
+            }
+            // A final answer: checked against the schema when the agent has one.
+            let parsed = match &agent.output_schema {
+                None => json_in(&reply.text),
+                Some(schema) => {
+                    let checked = json_in(&reply.text)
+                        .ok_or_else(|| "the answer is not JSON".to_owned())
+                        .and_then(|v| validate(&v, schema).map(|_| v));
+                    match checked {
+                        Ok(v) => Some(v),
+                        Err(e) if !schema_retried => {
+                            schema_retried = true;
+                            let text =
+                                format!("{SCHEMA_RETRY} {e}. Answer again with only the JSON.");
+                            self.note(job, &format!("schema:{}", turns.len()), format!("*{}*'s answer did not match its output schema ({e}); asking once more.", agent.role), None).await;
+                            self.record_turn(job, &mut turns, Turn::User { text })
+                                .await?;
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "the agent's answer does not match its output schema: {e}"
+                            ));
+                        }
+                    }
+                }
+            };
+            let tokens: u64 = turns.iter().map(Turn::tokens).sum();
+            self.note(
+                job,
+                "answer",
+                format!("*{}* answered.", agent.role),
+                Some(reply.text.clone()),
+            )
+            .await;
+            return Ok(json!({
+                "text": reply.text,
+                "json": parsed,
+                "agent": agent.name,
+                "model": model,
+                "turns": model_turns + 1,
+                "tokens": tokens,
+            }));
+        }
+    }
+
+    /// Persists a turn and keeps it.
+    async fn record_turn(
+        &self,
+        job: &Job,
+        turns: &mut Vec<Turn>,
+        turn: Turn,
+    ) -> Result<(), String> {
+        let value = serde_json::to_value(&turn).expect("a turn serializes");
+        self.store
+            .agent_turn_append(
+                job.run,
+                &job.step,
+                turns.len() as u32,
+                &value,
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| format!("could not record the agent's turn: {e}"))?;
+        turns.push(turn);
+        Ok(())
+    }
+
+    /// A line in the run's thread. Failing to post is not failing the step.
+    async fn note(self: &Arc<Self>, job: &Job, key: &str, text: String, detail: Option<String>) {
+        let cmd = Command::StepNote {
+            step: job.step.clone(),
+            attempt: job.attempt,
+            key: key.to_owned(),
+            message: OutMessage {
+                text,
+                detail,
+                ..Default::default()
+            },
+        };
+        if let Err(e) = self.submit(job.run, cmd).await {
+            tracing::warn!(error = %e, "could not post an agent note");
+        }
+    }
+
+    async fn audit_model_error(
+        self: &Arc<Self>,
+        job: &Job,
+        agent: &AgentDef,
+        provider: &str,
+        model: &str,
+        e: &ModelError,
+    ) {
+        let ev = AuditEvent::new(
+            self.clock.now(),
+            AuditKind::ModelCalled,
+            Some(job.run),
+            json!({"agent": agent.name, "provider": provider, "model": model, "error": e.to_string()}),
+        )
+        .step(&job.step);
+        if let Err(e) = self.store.audit_append(vec![ev]).await {
+            tracing::warn!(error = %e, "could not record a failed model call");
+        }
+    }
+
+    /// Runs one tool call the model proposed, if the agent may: the result, or the refusal
+    /// or error as text for the model, and whether it is an error.
+    async fn agent_tool(
+        self: &Arc<Self>,
+        job: &Job,
+        agent: &AgentDef,
+        call: &ToolCall,
+        context: &Value,
+    ) -> (String, bool) {
+        let key = format!("call:{}", call.id);
+        let summary = summarize(&call.arguments);
+        let audit = |kind: AuditKind, data: Value| {
+            AuditEvent::new(self.clock.now(), kind, Some(job.run), data).step(&job.step)
+        };
+        // The allow-list and the capability class decide, never the prompt.
+        let refusal = if !agent.tools.iter().any(|t| *t == call.name) {
+            Some(format!(
+                "`{}` is not one of this agent's tools ({})",
+                call.name,
+                agent.tools.join(", ")
+            ))
+        } else if call.arguments.get("_unparsed").is_some() {
+            Some("the arguments are not valid JSON".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let ev = audit(
+                AuditKind::ToolRefused,
+                json!({"tool": call.name, "args": call.arguments, "why": why, "agent": agent.name}),
+            );
+            if let Err(e) = self.store.audit_append(vec![ev]).await {
+                tracing::warn!(error = %e, "could not record a refusal");
+            }
+            self.note(
+                job,
+                &key,
+                format!(
+                    "*{}* asked for `{}` ({summary}): refused, {why}.",
+                    agent.role, call.name
+                ),
+                None,
+            )
+            .await;
+            return (format!("refused: {why}"), true);
+        }
+        self.note(
+            job,
+            &key,
+            format!("*{}* calls `{}` ({summary})", agent.role, call.name),
+            None,
+        )
+        .await;
+        let result = match call.name.as_str() {
+            "memory.read" => self.memory_read(&call.arguments).await,
+            "memory.write" => self.memory_write(job, agent, &call.arguments).await,
+            "run.context" => Ok(match call.arguments["step"].as_str() {
+                Some(step) => context["all_steps"][step].clone(),
+                None => {
+                    json!({"input": context["input"], "steps": context["all_steps"], "run": context["run"]})
+                }
+            }),
+            name => self
+                .tools
+                .call(name, &call.arguments, &agent.tools)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let ev = audit(
+            AuditKind::ToolCalled,
+            match &result {
+                Ok(out) => {
+                    json!({"tool": call.name, "args": call.arguments, "ok": true, "output": out, "agent": agent.name})
+                }
+                Err(e) => {
+                    json!({"tool": call.name, "args": call.arguments, "ok": false, "error": e, "agent": agent.name})
+                }
+            },
+        );
+        if let Err(e) = self.store.audit_append(vec![ev]).await {
+            tracing::warn!(error = %e, "could not record a tool call");
+        }
+        match result {
+            Ok(v) => {
+                let text = v.to_string();
+                (text.chars().take(TOOL_RESULT_LIMIT).collect(), false)
+            }
+            Err(e) => (format!("error: {e}"), true),
+        }
+    }
+
+    async fn memory_read(self: &Arc<Self>, args: &Value) -> Result<Value, String> {
+        let namespace = args["namespace"]
+            .as_str()
+            .ok_or("`namespace` is required")?;
+        let shown = |e: &MemoryEntry| {
+            json!({
+                "namespace": e.namespace, "key": e.key, "value": e.value,
+                "written_by": {"run": e.run.map(|r| r.0), "step": e.step, "agent": e.agent, "at": e.written_at.to_rfc3339()},
+            })
+        };
+        match args["key"].as_str() {
+            Some(key) => match self.store.memory_read(namespace, key).await {
+                Ok(Some(e)) => Ok(shown(&e)),
+                Ok(None) => Ok(json!({"namespace": namespace, "key": key, "found": false})),
+                Err(e) => Err(format!("could not read memory: {e}")),
+            },
+            None => self
+                .store
+                .memory_list(namespace, MEMORY_LISTED)
+                .await
+                .map(|entries| Value::Array(entries.iter().map(shown).collect()))
+                .map_err(|e| format!("could not read memory: {e}")),
+        }
+    }
+
+    async fn memory_write(
+        self: &Arc<Self>,
+        job: &Job,
+        agent: &AgentDef,
+        args: &Value,
+    ) -> Result<Value, String> {
+        let (Some(namespace), Some(key)) = (args["namespace"].as_str(), args["key"].as_str())
+        else {
+            return Err("`namespace` and `key` are required".into());
+        };
+        if namespace.is_empty() || key.is_empty() || namespace.len() > 200 || key.len() > 500 {
+            return Err("`namespace` and `key` must be 1-200 and 1-500 characters".into());
+        }
+        let entry = MemoryEntry {
+            namespace: namespace.to_owned(),
+            key: key.to_owned(),
+            value: args["value"].clone(),
+            run: Some(job.run),
+            step: Some(job.step.clone()),
+            agent: Some(agent.name.clone()),
+            written_at: self.clock.now(),
+        };
+        self.store
+            .memory_write(&entry)
+            .await
+            .map_err(|e| format!("could not write memory: {e}"))?;
+        Ok(json!({"written": true, "namespace": namespace, "key": key}))
+    }
+}
+
+/// The start of the message that asks again after a schema mismatch.
+const SCHEMA_RETRY: &str = "Your answer did not match the required output schema:";
+
+/// A short summary of arguments for the thread: `key=value` pairs, cut.
+fn summarize(args: &Value) -> String {
+    let text = match args.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => args.to_string(),
+    };
+    if text.chars().count() > 80 {
+        format!("{}…", text.chars().take(80).collect::<String>())
+    } else {
+        text
+    }
+}
