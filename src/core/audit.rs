@@ -268,7 +268,13 @@ impl Redactor {
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
                     let key = k.to_ascii_lowercase();
-                    if SECRET_FIELD_HINTS.iter().any(|h| key.contains(h)) && !v.is_null() {
+                    // Counts such as `max_tokens` or `prompt_tokens` are numbers; secrets
+                    // are text.
+                    let countable = v.is_number() || v.is_boolean();
+                    if SECRET_FIELD_HINTS.iter().any(|h| key.contains(h))
+                        && !v.is_null()
+                        && !countable
+                    {
                         *v = Value::String("[redacted]".into());
                     } else {
                         self.redact(v);
@@ -357,6 +363,16 @@ mod tests {
         assert_eq!(
             v,
             json!({"url": "https://x/?key=[redacted]", "api_key": "[redacted]", "nested": [{"Authorization": "[redacted]"}], "about": "ab"})
+        );
+    }
+
+    #[test]
+    fn token_counts_are_not_mistaken_for_tokens() {
+        let mut v = json!({"max_tokens": 100, "usage": {"prompt_tokens": 7}, "token": "abc"});
+        Redactor::new([]).redact(&mut v);
+        assert_eq!(
+            v,
+            json!({"max_tokens": 100, "usage": {"prompt_tokens": 7}, "token": "[redacted]"})
         );
     }
 }

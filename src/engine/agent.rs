@@ -297,7 +297,7 @@ impl Engine {
             AuditEvent::new(self.clock.now(), kind, Some(job.run), data).step(&job.step)
         };
         // The allow-list and the capability class decide, never the prompt.
-        let refusal = if !agent.tools.iter().any(|t| *t == call.name) {
+        let refusal = if !agent.tools.contains(&call.name) {
             Some(format!(
                 "`{}` is not one of this agent's tools ({})",
                 call.name,

@@ -1075,13 +1075,14 @@ fn load_agents(
                 let name = raw.name.take().unwrap_or(stem);
                 table.remove("name");
                 if build_agent(&mut r, 0, &name, raw, tools).is_some() {
-                    if out.contains_key(&name) {
-                        r.error(
+                    match out.entry(name) {
+                        std::collections::btree_map::Entry::Occupied(e) => r.error(
                             0,
-                            format!("agent `{name}` is defined twice in {}", dir.display()),
-                        );
-                    } else {
-                        out.insert(name, table);
+                            format!("agent `{}` is defined twice in {}", e.key(), dir.display()),
+                        ),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(table);
+                        }
                     }
                 }
             }

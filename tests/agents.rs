@@ -1,0 +1,325 @@
+//! Agent steps end to end through the console, against fake OpenAI-compatible and Anthropic
+//! servers on loopback (`support/fake_llm.rs`): the tool loop, refusals, memory with
+//! attribution, schema checks, retries, a missing provider, and a crash mid-loop.
+
+mod support;
+
+#[path = "support/fake_llm.rs"]
+mod fake_llm;
+
+use fake_llm::*;
+use serde_json::{Value, json};
+use support::*;
+
+const RESEARCH: &str = r#"
+name = "research"
+description = "Research a company"
+title = "Research {{ input.company }}"
+[[trigger]]
+kind = "slash"
+command = "research"
+args = [{ name = "company", required = true }]
+
+[agents.researcher]
+role = "Researcher"
+instructions = "You research companies for the sales team of {{ run.workflow }}."
+tools = ["memory.read", "memory.write", "run.context"]
+max_turns = 4
+
+[[step]]
+id = "research"
+kind = "agent"
+agent = "researcher"
+prompt = "Research {{ input.company }}."
+"#;
+
+async fn app_with(
+    llm: Option<&FakeLlm>,
+    workflow: &str,
+    extra: Vec<(&'static str, String)>,
+) -> TestApp {
+    let mut env = extra;
+    if let Some(llm) = llm {
+        env.push((
+            "BATON_MODELS",
+            "default=openai:gpt-test,claude=anthropic:claude-test".into(),
+        ));
+        env.push(("OPENAI_BASE_URL", format!("{}/v1", llm.base)));
+        env.push(("OPENAI_API_KEY", "sk-test-secret".into()));
+        env.push(("ANTHROPIC_BASE_URL", llm.base.clone()));
+        env.push(("ANTHROPIC_API_KEY", "ak-test-secret".into()));
+    }
+    spawn(Spawn {
+        extra_workflows: vec![("wf.toml", workflow.into())],
+        with_examples: false,
+        env,
+        ..Default::default()
+    })
+    .await
+}
+
+/// The tool messages of a Chat Completions request.
+fn tool_messages(request: &Value) -> Vec<Value> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_agent_writes_memory_in_one_run_and_the_next_run_reads_it_with_attribution() {
+    let llm = FakeLlm::start().await;
+    let app = app_with(Some(&llm), RESEARCH, vec![]).await;
+    llm.script([
+        openai_tool_call(
+            "call_1",
+            "memory__write",
+            json!({"namespace": "company", "key": "acme.com", "value": {"employees": 50}}),
+        ),
+        openai_text("Acme has 50 employees."),
+    ]);
+    let run = app.start_run("ana", "general", "/research acme.com").await;
+    app.wait_for_status(run, "succeeded").await;
+    let root = app.root_of("general", run).await;
+    let root_id = root["id"].as_i64().unwrap();
+    app.wait_in_thread(root_id, "Researcher* is on it (openai gpt-test)")
+        .await;
+    app.wait_in_thread(
+        root_id,
+        "calls `memory.write` (key=acme.com, namespace=company",
+    )
+    .await;
+    let answer = app.wait_in_thread(root_id, "Researcher* answered").await;
+    assert!(
+        answer.to_string().contains("Acme has 50 employees."),
+        "{answer}"
+    );
+
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["model"], "gpt-test");
+    assert_eq!(
+        requests[0]["messages"][0]["content"],
+        "You research companies for the sales team of research."
+    );
+    assert!(
+        requests[0]["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Research acme.com.")
+    );
+    let names: Vec<&str> = requests[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["memory__read", "memory__write", "run__context"]);
+    assert_eq!(tool_messages(&requests[1])[0]["tool_call_id"], "call_1");
+    assert_eq!(llm.headers(0)["authorization"], "Bearer sk-test-secret");
+
+    // Every model call is in the ledger, with tokens, and the key never is.
+    let calls = app.ledger_of("model.called").await;
+    assert_eq!(calls.len(), 2);
+    let data: Value = serde_json::from_str(calls[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (data["provider"].as_str(), data["model"].as_str()),
+        (Some("openai"), Some("gpt-test"))
+    );
+    assert_eq!(
+        (data["tokens_in"].as_u64(), data["tokens_out"].as_u64()),
+        (Some(80), Some(10))
+    );
+    assert_eq!(data["finish_reason"], "tool_calls");
+    assert!(data["request"]["messages"].is_array());
+    let ledger = serde_json::to_string(&app.ledger().await).unwrap();
+    assert!(!ledger.contains("sk-test-secret"));
+
+    // The next run reads what the first wrote, and sees who wrote it.
+    llm.script([
+        openai_tool_call(
+            "call_2",
+            "memory__read",
+            json!({"namespace": "company", "key": "acme.com"}),
+        ),
+        openai_text("Known: 50 employees."),
+    ]);
+    let second = app.start_run("ben", "general", "/research acme.com").await;
+    app.wait_for_status(second, "succeeded").await;
+    let requests = llm.requests();
+    let read: Value =
+        serde_json::from_str(tool_messages(&requests[3])[0]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(read["value"], json!({"employees": 50}));
+    assert_eq!(read["written_by"]["run"], run);
+    assert_eq!(read["written_by"]["step"], "research");
+    assert_eq!(read["written_by"]["agent"], "researcher");
+}
+
+#[tokio::test]
+async fn a_tool_outside_the_allow_list_is_refused_told_to_the_model_and_audited() {
+    let llm = FakeLlm::start().await;
+    let app = app_with(Some(&llm), RESEARCH, vec![]).await;
+    llm.script([
+        openai_tool_call("call_x", "http__get", json!({"url": "http://127.0.0.1:1/"})),
+        openai_tool_call("call_y", "shell__exec", json!({"cmd": "rm -rf /"})),
+        openai_text("I could not look it up."),
+    ]);
+    let run = app.start_run("ana", "general", "/research acme.com").await;
+    app.wait_for_status(run, "succeeded").await;
+    let requests = llm.requests();
+    let refusal = &tool_messages(&requests[1])[0];
+    assert_eq!(refusal["tool_call_id"], "call_x");
+    assert!(
+        refusal["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: `http.get` is not one of this agent's tools"),
+        "{refusal}"
+    );
+    let refused = app.ledger_of("tool.refused").await;
+    assert_eq!(refused.len(), 2);
+    assert!(refused[1]["data"].as_str().unwrap().contains("shell.exec"));
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(
+        root["id"].as_i64().unwrap(),
+        "asked for `shell.exec` (cmd=rm -rf /): refused",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_no_model_configured_baton_starts_and_the_agent_step_says_what_to_set() {
+    let app = app_with(None, RESEARCH, vec![]).await;
+    let run = app.start_run("ana", "general", "/research acme.com").await;
+    app.wait_for_status(run, "failed").await;
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(
+        root["id"].as_i64().unwrap(),
+        "no model is configured, so agent steps cannot run: set BATON_MODELS",
+    )
+    .await;
+}
+
+const TRIAGE: &str = r#"
+name = "triage"
+description = "Triage a ticket"
+[[trigger]]
+kind = "slash"
+command = "triage"
+args = [{ name = "ticket", required = true }]
+
+[agents.classifier]
+role = "Classifier"
+model = "claude"
+instructions = "Classify support tickets."
+output_schema = { type = "object", required = ["category"], properties = { category = { type = "string", enum = ["billing", "bug", "other"] } } }
+
+[[step]]
+id = "classify"
+kind = "agent"
+agent = "classifier"
+prompt = "Ticket: {{ input.ticket }}"
+
+[[step]]
+id = "route"
+kind = "notify"
+needs = ["classify"]
+text = "Routed to {{ steps.classify.output.json.category }}."
+"#;
+
+#[tokio::test]
+async fn an_answer_that_misses_the_schema_is_asked_for_once_more_with_the_error() {
+    let llm = FakeLlm::start().await;
+    let app = app_with(Some(&llm), TRIAGE, vec![]).await;
+    llm.script([
+        Reply::Status(429, Some("0")),
+        anthropic_text("It is probably billing."),
+        anthropic_text("```json\n{\"category\": \"billing\"}\n```"),
+    ]);
+    let run = app
+        .start_run("ana", "general", "/triage I was charged twice")
+        .await;
+    app.wait_for_status(run, "succeeded").await;
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(root["id"].as_i64().unwrap(), "Routed to billing.")
+        .await;
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 3, "the 429 was tried again");
+    let headers = llm.headers(1);
+    assert_eq!(headers["x-api-key"], "ak-test-secret");
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    let last = requests[2]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("the answer is not JSON"),
+        "{last}"
+    );
+
+    // Twice wrong fails the step with the error.
+    llm.script([
+        anthropic_text("{\"category\": \"spam\"}"),
+        anthropic_text("{\"category\": \"spam\"}"),
+    ]);
+    let run = app.start_run("ana", "general", "/triage buy now").await;
+    app.wait_for_status(run, "failed").await;
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(
+        root["id"].as_i64().unwrap(),
+        "does not match its output schema: $.category should be one of",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_loop_resumes_from_the_last_completed_turn() {
+    let llm = FakeLlm::start().await;
+    let mut app = app_with(
+        Some(&llm),
+        RESEARCH,
+        vec![("BATON_SHUTDOWN_GRACE", "100ms".into())],
+    )
+    .await;
+    llm.script([
+        openai_tool_call(
+            "call_1",
+            "memory__write",
+            json!({"namespace": "company", "key": "globex.com", "value": "big"}),
+        ),
+        Reply::Hang,
+    ]);
+    let run = app
+        .start_run("ana", "general", "/research globex.com")
+        .await;
+    eventually("the second model call", || async {
+        llm.requests().len() == 2
+    })
+    .await;
+    // The process stops while the model thinks; the attempt is left running.
+    app.restart().await;
+    llm.script([openai_text("Globex is big.")]);
+    app.wait_for_status(run, "succeeded").await;
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 3);
+    // The resumed call carries the first turns; the tool did not run again.
+    assert_eq!(tool_messages(&requests[2])[0]["tool_call_id"], "call_1");
+    let writes: Vec<Value> = app
+        .ledger_of("tool.called")
+        .await
+        .into_iter()
+        .filter(|e| e["data"].as_str().unwrap_or("").contains("memory.write"))
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(root["id"].as_i64().unwrap(), "picks up where it stopped")
+        .await;
+}
