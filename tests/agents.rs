@@ -296,6 +296,7 @@ async fn a_crash_mid_loop_resumes_from_the_last_completed_turn() {
             json!({"namespace": "company", "key": "globex.com", "value": "big"}),
         ),
         Reply::Hang,
+        openai_text("Globex is big."),
     ]);
     let run = app
         .start_run("ana", "general", "/research globex.com")
@@ -306,7 +307,6 @@ async fn a_crash_mid_loop_resumes_from_the_last_completed_turn() {
     .await;
     // The process stops while the model thinks; the attempt is left running.
     app.restart().await;
-    llm.script([openai_text("Globex is big.")]);
     app.wait_for_status(run, "succeeded").await;
     let requests = llm.requests();
     assert_eq!(requests.len(), 3);
