@@ -563,6 +563,7 @@ impl Settings {
                 .map(|t| format!("?token={}", t.expose()))
                 .unwrap_or_default();
             webhooks.insert("pager".into(), format!("{base_url}/inbox/pager{token}"));
+            webhooks.insert("crm".into(), format!("{base_url}/inbox/crm{token}"));
         }
         ToolSettings {
             http_allow: self.http_allow.clone(),

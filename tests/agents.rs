@@ -323,3 +323,100 @@ async fn a_crash_mid_loop_resumes_from_the_last_completed_turn() {
     app.wait_in_thread(root["id"].as_i64().unwrap(), "picks up where it stopped")
         .await;
 }
+
+/// The example models: every agent uses `default`, here the fake OpenAI-compatible server.
+fn example_models(llm: &FakeLlm) -> Vec<(&'static str, String)> {
+    vec![
+        ("BATON_MODELS", "default=openai:gpt-test".into()),
+        ("OPENAI_BASE_URL", format!("{}/v1", llm.base)),
+        ("OPENAI_API_KEY", "sk-test-secret".into()),
+    ]
+}
+
+#[tokio::test]
+async fn the_lead_intake_example_researches_drafts_reviews_and_sends_after_approval() {
+    let llm = FakeLlm::start().await;
+    let app = spawn(Spawn {
+        env: example_models(&llm),
+        ..Default::default()
+    })
+    .await;
+    let email = json!({"to": "jane@acme.com", "subject": "Hello from us", "body": "Hi Jane, we help teams like Acme ship faster. Could we talk for 20 minutes next week?"});
+    llm.script([
+        openai_tool_call(
+            "r1",
+            "memory__read",
+            json!({"namespace": "company", "key": "acme.com"}),
+        ),
+        openai_tool_call(
+            "r2",
+            "memory__write",
+            json!({"namespace": "company", "key": "acme.com", "value": {"does": "rockets"}}),
+        ),
+        openai_text("Acme builds rockets; about 50 people."),
+        openai_text(&email.to_string()),
+        openai_text(r#"{"ok": true, "confidence": 0.9, "notes": "Accurate and polite."}"#),
+    ]);
+    let run = app
+        .start_run("ana", "general", "/lead acme.com jane@acme.com")
+        .await;
+    app.wait_for_status(run, "waiting_approval").await;
+    let root = app.root_of("general", run).await;
+    let root_id = root["id"].as_i64().unwrap();
+    let approval = app.wait_in_thread(root_id, "Approval needed").await;
+    let shown = approval.to_string();
+    assert!(
+        shown.contains("to: jane@acme.com") && shown.contains("we help teams like Acme"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("looks good (confidence 0.9): Accurate and polite."),
+        "{shown}"
+    );
+    // The writer saw the researcher's output.
+    let writer_request = &llm.requests()[3];
+    assert!(
+        writer_request.to_string().contains("Acme builds rockets"),
+        "{writer_request}"
+    );
+    let approve = button(&approval, "Approve").unwrap();
+    app.click("ben", approval["id"].as_i64().unwrap(), &approve)
+        .await;
+    app.wait_for_status(run, "succeeded").await;
+    let inbox = app.channel("inbox").await;
+    let delivered = inbox
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        delivered.contains("jane@acme.com") && delivered.contains("Hello from us"),
+        "{delivered}"
+    );
+}
+
+#[tokio::test]
+async fn the_ticket_triage_example_routes_by_the_classifiers_answer() {
+    let llm = FakeLlm::start().await;
+    let app = spawn(Spawn {
+        env: example_models(&llm),
+        ..Default::default()
+    })
+    .await;
+    llm.script([openai_text(
+        r#"{"category": "billing", "urgency": "high", "confidence": 0.82, "summary": "Charged twice for March."}"#,
+    )]);
+    let run = app
+        .start_run("ana", "general", "/triage I was charged twice in March!")
+        .await;
+    app.wait_for_status(run, "succeeded").await;
+    let routed = eventually_some("the ticket in #support-billing", || async {
+        app.channel("support-billing").await.into_iter().next()
+    })
+    .await;
+    let text = text(&routed);
+    assert!(
+        text.contains("New *high* billing ticket (82% sure): Charged twice for March."),
+        "{text}"
+    );
+}

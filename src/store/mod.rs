@@ -281,6 +281,9 @@ pub trait ConsoleStore: Send + Sync {
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>>;
     /// The newest top-level messages of a channel, oldest first.
     async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>>;
+    /// Every channel that has a message, for channels the bot posted to without them being
+    /// configured (a channel a run chose, such as a ticket queue).
+    async fn console_channel_names(&self) -> StoreResult<Vec<String>>;
     /// A thread: its root then the replies, oldest first.
     async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>>;
 }

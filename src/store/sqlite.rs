@@ -1195,6 +1195,13 @@ impl ConsoleStore for SqliteStore {
         r.as_ref().map(console_from_row).transpose()
     }
 
+    async fn console_channel_names(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT channel FROM console_messages ORDER BY channel")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get("channel")).collect())
+    }
+
     async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>> {
         let rows = sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.channel = ? AND m.thread_id IS NULL ORDER BY m.id DESC LIMIT ?"))
             .bind(channel)

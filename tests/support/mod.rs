@@ -64,10 +64,13 @@ pub async fn spawn(opts: Spawn) -> TestApp {
     let commands = dir.path().join("commands");
     std::fs::create_dir_all(&commands).unwrap();
     if opts.with_examples {
-        for entry in std::fs::read_dir(example_commands()).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml") {
-                std::fs::copy(&p, commands.join(p.file_name().unwrap())).unwrap();
+        std::fs::create_dir_all(commands.join("agents")).unwrap();
+        for sub in ["", "agents"] {
+            for entry in std::fs::read_dir(example_commands().join(sub)).unwrap() {
+                let p = entry.unwrap().path();
+                if p.extension().is_some_and(|e| e == "toml") {
+                    std::fs::copy(&p, commands.join(sub).join(p.file_name().unwrap())).unwrap();
+                }
             }
         }
     }

@@ -43,7 +43,15 @@ pub fn channels(state: &AppState) -> BTreeSet<String> {
     out
 }
 
-async fn state(State(state): State<AppState>) -> Json<Value> {
+/// The configured channels and every channel a message was posted to.
+async fn known_channels(state: &AppState) -> Result<BTreeSet<String>, ApiError> {
+    let mut out = channels(state);
+    out.extend(state.engine.store().console_channel_names().await?);
+    out.retain(|c| valid_channel(c));
+    Ok(out)
+}
+
+async fn state(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let commands: Vec<Value> = state
         .engine
         .workflows()
@@ -54,19 +62,19 @@ async fn state(State(state): State<AppState>) -> Json<Value> {
             )
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "bot": BOT_NAME,
         "users": state.settings.console_users,
-        "channels": channels(&state),
+        "channels": known_channels(&state).await?,
         "commands": commands,
-    }))
+    })))
 }
 
 async fn channel_messages(
     State(state): State<AppState>,
     Path(channel): Path<String>,
 ) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
-    if !channels(&state).contains(&channel) {
+    if !known_channels(&state).await?.contains(&channel) {
         return Err(ApiError::NotFound(format!(
             "there is no channel #{channel}"
         )));

@@ -101,7 +101,17 @@ mod tests {
             .iter()
             .map(|c| c["command"].as_str().unwrap())
             .collect();
-        assert_eq!(commands, ["/baton", "/demo", "/digest", "/incident"]);
+        assert_eq!(
+            commands,
+            [
+                "/baton",
+                "/demo",
+                "/digest",
+                "/incident",
+                "/lead",
+                "/triage"
+            ]
+        );
         let demo = &m["features"]["slash_commands"][1];
         assert_eq!(demo["usage_hint"], "[topic]");
         assert_eq!(demo["url"], "https://baton.example.com/slack/commands");

@@ -423,6 +423,14 @@ impl Apply<'_, '_> {
                         return self.fail_now(id, format!("could not fill in the message: {e}"));
                     }
                 };
+                // A channel may depend on the run (routing by an agent's answer).
+                let channel = match channel.as_deref().map(|c| template::render(c, &ctx)) {
+                    None => None,
+                    Some(Ok(c)) => Some(c.trim().to_owned()),
+                    Some(Err(e)) => {
+                        return self.fail_now(id, format!("could not fill in the channel: {e}"));
+                    }
+                };
                 let s = self.state.steps.get_mut(id).expect("step rows exist");
                 s.attempt += 1;
                 s.started_at = Some(now);

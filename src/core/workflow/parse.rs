@@ -746,6 +746,9 @@ fn build_step(
                 return None;
             };
             templates.push((id.clone(), text.span().start, text.get_ref().clone()));
+            if let Some(c) = &s.channel {
+                templates.push((id.clone(), text.span().start, c.clone()));
+            }
             StepKind::Notify {
                 channel: s.channel,
                 text: text.get_ref().clone(),
