@@ -420,3 +420,40 @@ async fn the_ticket_triage_example_routes_by_the_classifiers_answer() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_digest_opens_with_a_narrative_when_a_model_is_configured_and_keeps_the_ledgers_figures()
+ {
+    let llm = FakeLlm::start().await;
+    let app = spawn(Spawn {
+        env: example_models(&llm),
+        ..Default::default()
+    })
+    .await;
+    llm.script([openai_text(
+        "A quiet day: nothing failed and nothing waits.",
+    )]);
+    let run = app.start_run("ana", "general", "/digest").await;
+    app.wait_for_status(run, "succeeded").await;
+    let digest = eventually_some("the digest", || async {
+        app.channel("general")
+            .await
+            .into_iter()
+            .find(|m| text(m).contains("*Daily digest*"))
+    })
+    .await;
+    let text = text(&digest);
+    assert!(
+        text.starts_with("A quiet day: nothing failed and nothing waits.\n\n*Daily digest*"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Runs started: 1"),
+        "the figures come from the ledger: {text}"
+    );
+    let asked = llm.requests()[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(asked.contains("\"started\": 1"), "{asked}");
+}

@@ -373,6 +373,59 @@ impl Engine {
         }
     }
 
+    /// A few sentences about a digest's figures, when a model can write them. Without a model,
+    /// or when the call fails, the digest goes out with its figures alone.
+    pub(crate) async fn narrate(
+        self: &Arc<Self>,
+        job: &Job,
+        agent: &AgentDef,
+        figures: &crate::core::digest::DigestFigures,
+    ) -> Option<String> {
+        if self.models.unavailable(&agent.model).is_some() {
+            return None;
+        }
+        let (provider, model) = self.models.describe(&agent.model);
+        let task = format!(
+            "These figures come from Baton's audit ledger:\n{}\n\nWrite two or three sentences for the team's channel about what stands out. Use no number that is not in the figures; they are posted under your text.",
+            serde_json::to_string_pretty(figures).unwrap_or_default()
+        );
+        let turns = [Turn::User { text: task }];
+        let request = ModelRequest {
+            system: &agent.instructions,
+            turns: &turns,
+            tools: &[],
+            max_tokens: agent.max_output_tokens,
+        };
+        match self.models.call(&agent.model, &request).await {
+            Ok(reply) => {
+                let ev = AuditEvent::new(
+                    self.clock.now(),
+                    AuditKind::ModelCalled,
+                    Some(job.run),
+                    json!({
+                        "agent": agent.name, "provider": provider, "model": model, "purpose": "digest narrative",
+                        "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
+                        "latency_ms": reply.latency_ms, "finish_reason": reply.finish_reason,
+                        "request": reply.request, "response": reply.response,
+                    }),
+                )
+                .step(&job.step);
+                if let Err(e) = self.store.audit_append(vec![ev]).await {
+                    tracing::warn!(error = %e, "could not record the narrative's model call");
+                    return None;
+                }
+                let text = reply.text.trim().to_owned();
+                (!text.is_empty()).then_some(text)
+            }
+            Err(e) => {
+                self.audit_model_error(job, agent, &provider, &model, &e)
+                    .await;
+                tracing::warn!(error = %e, "the digest goes out without its narrative");
+                None
+            }
+        }
+    }
+
     async fn memory_read(self: &Arc<Self>, args: &Value) -> Result<Value, String> {
         let namespace = args["namespace"]
             .as_str()

@@ -116,14 +116,23 @@ impl Engine {
                 prompt,
                 context,
             } => self.run_agent(job, agent, prompt, context).await,
-            Work::Digest { period } => {
+            Work::Digest { period, narrative } => {
                 let now = self.clock.now();
                 let figures = self
                     .store
                     .digest_figures(now - *period, now, self.settings.stall_after)
                     .await
                     .map_err(|e| format!("could not read the ledger: {e}"))?;
-                Ok(json!({"text": digest::render(&figures), "figures": figures}))
+                let text = digest::render(&figures);
+                let story = match narrative {
+                    Some(agent) => self.narrate(job, agent, &figures).await,
+                    None => None,
+                };
+                let text = match &story {
+                    Some(s) => format!("{s}\n\n{text}"),
+                    None => text,
+                };
+                Ok(json!({"text": text, "figures": figures, "narrative": story}))
             }
         }
     }

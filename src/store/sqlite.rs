@@ -354,7 +354,7 @@ async fn persist_effects(
                     crate::core::engine::Work::Tool { tool, args, .. } => {
                         serde_json::json!({"tool": tool, "args": args})
                     }
-                    crate::core::engine::Work::Digest { period } => {
+                    crate::core::engine::Work::Digest { period, .. } => {
                         serde_json::json!({"digest_seconds": period.num_seconds()})
                     }
                     crate::core::engine::Work::Agent { agent, prompt, .. } => {

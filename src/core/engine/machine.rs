@@ -373,10 +373,30 @@ impl Apply<'_, '_> {
                     input,
                 );
             }
-            StepKind::Digest { period, .. } => {
+            StepKind::Digest {
+                period, narrative, ..
+            } => {
+                let narrative = match narrative {
+                    None => None,
+                    Some(agent) => match template::render(&agent.instructions, &ctx) {
+                        Ok(instructions) => Some(crate::core::agents::AgentDef {
+                            instructions,
+                            ..(**agent).clone()
+                        }),
+                        Err(e) => {
+                            return self.fail_now(
+                                id,
+                                format!("could not fill in the narrative's instructions: {e}"),
+                            );
+                        }
+                    },
+                };
                 self.launch(
                     id,
-                    Work::Digest { period: *period },
+                    Work::Digest {
+                        period: *period,
+                        narrative,
+                    },
                     json!({"period": format_duration(*period)}),
                 );
             }

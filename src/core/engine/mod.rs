@@ -110,8 +110,12 @@ pub enum Work {
         args: Value,
         declared: Vec<String>,
     },
-    /// Build a digest over the ledger for the period ending now.
-    Digest { period: Duration },
+    /// Build a digest over the ledger for the period ending now, with a narrative by `narrative`
+    /// (instructions filled in) when a model can write one.
+    Digest {
+        period: Duration,
+        narrative: Option<crate::core::agents::AgentDef>,
+    },
     /// Let an agent work on `prompt` with the run's `context` (inputs and the outputs of the
     /// steps it needs). Its instructions are already filled in.
     Agent {

@@ -329,6 +329,9 @@ pub enum StepKind {
     Digest {
         period: Duration,
         channel: Option<String>,
+        /// An agent that writes a few sentences about the figures, when a model is configured.
+        /// The figures themselves always come from the ledger.
+        narrative: Option<Arc<crate::core::agents::AgentDef>>,
     },
     /// A specialist agent works on a templated task with its model and allowed tools.
     Agent {

@@ -155,6 +155,8 @@ struct RawStep {
     // agent
     agent: Option<Spanned<String>>,
     prompt: Option<Spanned<String>>,
+    // digest
+    narrative: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -754,10 +756,29 @@ fn build_step(
                 text: text.get_ref().clone(),
             }
         }
-        "digest" => StepKind::Digest {
-            period: duration(r, &s.period, "24h"),
-            channel: s.channel,
-        },
+        "digest" => {
+            let narrative = match &s.narrative {
+                None => None,
+                Some(name) => match agents.get(name.get_ref()) {
+                    Some(a) => {
+                        templates.push((id.clone(), name.span().start, a.instructions.clone()));
+                        Some(a.clone())
+                    }
+                    None => {
+                        r.error(
+                            name.span().start,
+                            format!("unknown agent `{}` for the narrative", name.get_ref()),
+                        );
+                        return None;
+                    }
+                },
+            };
+            StepKind::Digest {
+                period: duration(r, &s.period, "24h"),
+                channel: s.channel,
+                narrative,
+            }
+        }
         "agent" => {
             misplaced(r, "tool", s.tool.is_some());
             misplaced(r, "approvers", !s.approvers.is_empty());
@@ -1109,7 +1130,11 @@ fn with_shared_agents(text: &str, shared: &BTreeMap<String, toml::Table>) -> Str
         .into_iter()
         .flatten()
     {
-        let Some(name) = step.get("agent").and_then(|a| a.as_str()) else {
+        let Some(name) = step
+            .get("agent")
+            .or_else(|| step.get("narrative"))
+            .and_then(|a| a.as_str())
+        else {
             continue;
         };
         if inline.is_some_and(|i| i.contains_key(name)) {
