@@ -457,3 +457,96 @@ async fn the_digest_opens_with_a_narrative_when_a_model_is_configured_and_keeps_
         .to_owned();
     assert!(asked.contains("\"started\": 1"), "{asked}");
 }
+
+const OUTREACH: &str = r#"
+name = "outreach"
+description = "Send a note to the CRM"
+[[trigger]]
+kind = "slash"
+command = "outreach"
+args = [{ name = "company", required = true }]
+
+[agents.sender]
+role = "Sender"
+instructions = "You send notes to the CRM."
+tools = ["webhook.post"]
+
+[[step]]
+id = "send"
+kind = "agent"
+agent = "sender"
+prompt = "Tell the CRM about {{ input.company }}."
+approvers = ["ben"]
+"#;
+
+#[tokio::test]
+async fn an_agents_external_call_waits_for_approval_of_the_exact_payload_then_runs_or_is_refused() {
+    let llm = FakeLlm::start().await;
+    let app = app_with(Some(&llm), OUTREACH, vec![]).await;
+    let payload = json!({"endpoint": "crm", "body": {"company": "acme.com", "note": "hot lead"}});
+    llm.script([
+        openai_tool_call("call_send", "webhook__post", payload.clone()),
+        openai_text("Sent."),
+    ]);
+    let run = app.start_run("ana", "general", "/outreach acme.com").await;
+    app.wait_for_status(run, "waiting_approval").await;
+    let root = app.root_of("general", run).await;
+    let root_id = root["id"].as_i64().unwrap();
+    let approval = app.wait_in_thread(root_id, "Approval needed").await;
+    let shown = approval.to_string();
+    assert!(
+        shown.contains("Sender wants to call webhook.post with") && shown.contains("hot lead"),
+        "{shown}"
+    );
+    assert!(
+        app.channel("inbox").await.is_empty(),
+        "nothing is sent before the decision"
+    );
+    assert_eq!(llm.requests().len(), 1, "the model waits too");
+    let requested = app.ledger_of("approval.requested").await;
+    assert!(
+        requested[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("payload_hash")
+    );
+    // The requester may not approve their own run's call; ben may.
+    let approve = button(&approval, "Approve").unwrap();
+    let refused = app
+        .click("ana", approval["id"].as_i64().unwrap(), &approve)
+        .await;
+    assert!(!refused.is_empty());
+    app.click("ben", approval["id"].as_i64().unwrap(), &approve)
+        .await;
+    app.wait_for_status(run, "succeeded").await;
+    let sent = eventually_some("the webhook in #inbox", || async {
+        app.channel("inbox").await.into_iter().next()
+    })
+    .await;
+    assert!(sent.to_string().contains("hot lead"), "{sent}");
+    let result = &tool_messages(&llm.requests()[1])[0];
+    assert_eq!(result["tool_call_id"], "call_send");
+    assert!(
+        !result["content"].as_str().unwrap().starts_with("rejected"),
+        "{result}"
+    );
+
+    // Rejected: the agent hears who rejected it, and nothing is sent.
+    llm.script([
+        openai_tool_call("call_again", "webhook__post", payload),
+        openai_text("Understood, not sent."),
+    ]);
+    let run = app.start_run("ana", "general", "/outreach acme.com").await;
+    app.wait_for_status(run, "waiting_approval").await;
+    let root = app.root_of("general", run).await;
+    let approval = app
+        .wait_in_thread(root["id"].as_i64().unwrap(), "Approval needed")
+        .await;
+    let reject = button(&approval, "Reject").unwrap();
+    app.click("ben", approval["id"].as_i64().unwrap(), &reject)
+        .await;
+    app.wait_for_status(run, "succeeded").await;
+    let result = &tool_messages(&llm.requests()[3])[0];
+    assert_eq!(result["content"], "rejected by @ben");
+    assert_eq!(app.channel("inbox").await.len(), 1, "still only the first");
+}

@@ -23,3 +23,7 @@ CREATE TABLE memory (
     written_at  INTEGER NOT NULL,
     PRIMARY KEY (namespace, key)
 );
+
+-- An approval of an agent's external tool call keeps the call it was asked for and the hash
+-- of that payload, which the decision is bound to.
+ALTER TABLE approvals ADD COLUMN payload TEXT;

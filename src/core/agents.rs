@@ -64,6 +64,37 @@ pub enum Turn {
     },
 }
 
+/// A person's decision on an agent's external tool call, bound to the payload they saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDecision {
+    pub call_id: String,
+    /// [`payload_hash`] of the tool and arguments shown in the approval.
+    pub payload_hash: String,
+    pub approved: bool,
+    /// Who decided, as the thread shows them (`@ben`), or why nobody did (`expiry`).
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+/// The hash a decision is bound to: SHA-256 over the tool's name and its arguments, written
+/// with sorted keys so the same payload always hashes the same.
+pub fn payload_hash(tool: &str, args: &Value) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: std::collections::BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, canonical(v))).collect();
+                serde_json::to_value(sorted).unwrap_or(Value::Null)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    use sha2::{Digest, Sha256};
+    let text = serde_json::json!({"tool": tool, "args": canonical(args)}).to_string();
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 impl Turn {
     pub fn tokens(&self) -> u64 {
         match self {
@@ -357,6 +388,33 @@ mod tests {
             Some(json!({"a": 2}))
         );
         assert_eq!(json_in("no json here"), None);
+    }
+
+    #[test]
+    fn the_payload_hash_ignores_key_order_and_sees_every_change() {
+        let a = payload_hash(
+            "webhook.post",
+            &json!({"endpoint": "crm", "body": {"to": "a", "n": 1}}),
+        );
+        let b = payload_hash(
+            "webhook.post",
+            &json!({"body": {"n": 1, "to": "a"}, "endpoint": "crm"}),
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            payload_hash(
+                "webhook.post",
+                &json!({"endpoint": "crm", "body": {"to": "b", "n": 1}})
+            )
+        );
+        assert_ne!(
+            a,
+            payload_hash(
+                "http.get",
+                &json!({"endpoint": "crm", "body": {"to": "a", "n": 1}})
+            )
+        );
     }
 
     #[test]

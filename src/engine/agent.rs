@@ -10,10 +10,13 @@
 
 use super::Engine;
 use crate::agents::{ModelError, ModelRequest};
-use crate::core::agents::{AgentDef, ToolCall, Turn, json_in, validate};
+use crate::core::agents::{
+    AgentDecision, AgentDef, ToolCall, Turn, json_in, payload_hash, validate,
+};
 use crate::core::audit::{AuditEvent, AuditKind};
 use crate::core::engine::{Command, Job};
 use crate::core::message::OutMessage;
+use crate::core::tools::Capability;
 use crate::core::tools::ToolInfo;
 use crate::store::MemoryEntry;
 use serde_json::{Value, json};
@@ -32,7 +35,8 @@ impl Engine {
         agent: &AgentDef,
         prompt: &str,
         context: &Value,
-    ) -> Result<Value, String> {
+        decision: Option<&AgentDecision>,
+    ) -> Result<Option<Value>, String> {
         if let Some(why) = self.models.unavailable(&agent.model) {
             self.note(
                 job,
@@ -104,7 +108,64 @@ impl Engine {
                     .cloned()
                     .collect();
                 for call in pending {
-                    let (content, is_error) = self.agent_tool(job, agent, &call, context).await;
+                    let external = agent.tools.contains(&call.name)
+                        && call.arguments.get("_unparsed").is_none()
+                        && self
+                            .catalog
+                            .get(&call.name)
+                            .is_some_and(|i| i.capability == Capability::External);
+                    let (content, is_error) = if external {
+                        // An external call waits for people, and runs only as they saw it.
+                        let hash = payload_hash(&call.name, &call.arguments);
+                        match decision.filter(|d| d.call_id == call.id && d.payload_hash == hash) {
+                            Some(d) if d.approved => {
+                                self.agent_tool(job, agent, &call, context).await
+                            }
+                            Some(d) => {
+                                let why = match &d.reason {
+                                    Some(r) => format!("rejected by {}: {r}", d.by),
+                                    None => format!("rejected by {}", d.by),
+                                };
+                                self.note(
+                                    job,
+                                    &format!("call:{}", call.id),
+                                    format!(
+                                        "*{}* may not call `{}`: {why}.",
+                                        agent.role, call.name
+                                    ),
+                                    None,
+                                )
+                                .await;
+                                (why, true)
+                            }
+                            None => {
+                                self.note(
+                                    job,
+                                    &format!("ask:{}", call.id),
+                                    format!(
+                                        "*{}* wants to call `{}` ({}): waiting for approval.",
+                                        agent.role,
+                                        call.name,
+                                        summarize(&call.arguments)
+                                    ),
+                                    None,
+                                )
+                                .await;
+                                let cmd = Command::AgentWantsTool {
+                                    step: job.step.clone(),
+                                    attempt: job.attempt,
+                                    call: call.clone(),
+                                    payload_hash: hash,
+                                };
+                                self.submit(job.run, cmd)
+                                    .await
+                                    .map_err(|e| format!("could not ask for the approval: {e}"))?;
+                                return Ok(None);
+                            }
+                        }
+                    } else {
+                        self.agent_tool(job, agent, &call, context).await
+                    };
                     let turn = Turn::Tool {
                         call_id: call.id.clone(),
                         name: call.name.clone(),
@@ -212,14 +273,14 @@ impl Engine {
                 Some(reply.text.clone()),
             )
             .await;
-            return Ok(json!({
+            return Ok(Some(json!({
                 "text": reply.text,
                 "json": parsed,
                 "agent": agent.name,
                 "model": model,
                 "turns": model_turns + 1,
                 "tokens": tokens,
-            }));
+            })));
         }
     }
 

@@ -57,7 +57,9 @@ impl Engine {
             .to_std()
             .unwrap_or(std::time::Duration::from_secs(300));
         let result = match tokio::time::timeout(limit, self.perform(&job)).await {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            // Paused for a decision: the machine already knows, and a new attempt follows it.
+            Ok(None) => return,
             Err(_) => Err(format!("timed out after {}", format_duration(job.timeout))),
         };
         self.metrics.observe_step(started.elapsed().as_secs_f64());
@@ -80,7 +82,23 @@ impl Engine {
         tracing::error!("gave up recording a step result; the step re-runs after restart");
     }
 
-    async fn perform(self: &Arc<Self>, job: &Job) -> Result<Value, String> {
+    /// Carries out a job: its result, or `None` when it paused for a decision.
+    async fn perform(self: &Arc<Self>, job: &Job) -> Option<Result<Value, String>> {
+        match &job.work {
+            Work::Agent {
+                agent,
+                prompt,
+                context,
+                decision,
+            } => self
+                .run_agent(job, agent, prompt, context, decision.as_ref())
+                .await
+                .transpose(),
+            _ => Some(self.perform_step(job).await),
+        }
+    }
+
+    async fn perform_step(self: &Arc<Self>, job: &Job) -> Result<Value, String> {
         match &job.work {
             Work::Tool {
                 tool,
@@ -111,11 +129,7 @@ impl Engine {
                 }
                 result.map_err(|e| e.to_string())
             }
-            Work::Agent {
-                agent,
-                prompt,
-                context,
-            } => self.run_agent(job, agent, prompt, context).await,
+            Work::Agent { .. } => unreachable!("agents are performed above"),
             Work::Digest { period, narrative } => {
                 let now = self.clock.now();
                 let figures = self

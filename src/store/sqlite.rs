@@ -250,6 +250,10 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
             .transpose()?,
         decided_at: opt_at(a.get("decided_at")),
         reason: a.get("reason"),
+        payload: a
+            .get::<Option<&str>, _>("payload")
+            .map(serde_json::from_str)
+            .transpose()?,
     })
 }
 
@@ -297,11 +301,12 @@ async fn save_state(
             continue;
         }
         sqlx::query(
-            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason, payload)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
                summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
-               decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason",
+               decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
+               payload = excluded.payload",
         )
         .bind(r.id.0)
         .bind(id)
@@ -313,6 +318,7 @@ async fn save_state(
         .bind(a.decided_by.as_ref().map(serde_json::to_string).transpose()?)
         .bind(a.decided_at.map(ms))
         .bind(&a.reason)
+        .bind(a.payload.as_ref().map(|p| p.to_string()))
         .execute(&mut *c)
         .await?;
     }

@@ -4,6 +4,7 @@
 use super::render;
 use super::state::*;
 use super::{AttemptOutcome, Command, Effect, Job, Transition, Work};
+use crate::core::agents::ToolCall;
 use crate::core::approvals;
 use crate::core::audit::{AuditEvent, AuditKind};
 use crate::core::event::Actor;
@@ -137,6 +138,12 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
             key,
             message,
         } => a.step_note(&step, attempt, &key, message),
+        Command::AgentWantsTool {
+            step,
+            attempt,
+            call,
+            payload_hash,
+        } => a.agent_wants_tool(&step, attempt, call, payload_hash),
         Command::AttemptLost { step, attempt } => a.attempt_lost(&step, attempt),
     }
     a.finish(Some(before))
@@ -194,6 +201,102 @@ impl Apply<'_, '_> {
         }
     }
 
+    /// An agent asks for an external call: the step waits on an approval that shows the exact
+    /// payload, and the decision is bound to its hash.
+    fn agent_wants_tool(&mut self, id: &str, attempt: u32, call: ToolCall, hash: String) {
+        let current = self
+            .state
+            .steps
+            .get(id)
+            .is_some_and(|s| s.status == StepStatus::Running && s.attempt == attempt);
+        let Some(StepKind::Agent {
+            agent,
+            approval: Some(spec),
+            ..
+        }) = self.cx.workflow.step(id).map(|s| &s.kind)
+        else {
+            return;
+        };
+        if !current || hash != crate::core::agents::payload_hash(&call.name, &call.arguments) {
+            return;
+        }
+        let now = self.now();
+        let round = self
+            .state
+            .approvals
+            .get(id)
+            .and_then(|a| a.payload.as_ref())
+            .and_then(|p| p["round"].as_u64())
+            .unwrap_or(0)
+            + 1;
+        let args = serde_json::to_string_pretty(&call.arguments).unwrap_or_default();
+        let approval = Approval {
+            status: ApprovalStatus::Pending,
+            approvers: spec.approvers.clone(),
+            summary: format!("{} wants to call {} with:\n{args}", agent.role, call.name),
+            requested_at: now,
+            expires_at: now + spec.timeout,
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+            payload: Some(
+                json!({"call_id": call.id, "tool": call.name, "args": call.arguments, "hash": hash, "round": round}),
+            ),
+        };
+        let s = self.state.steps.get_mut(id).expect("step rows exist");
+        s.status = StepStatus::Waiting;
+        self.out.effects.push(Effect::AttemptEnded {
+            step: id.into(),
+            attempt,
+            outcome: AttemptOutcome::Paused,
+            detail: json!({"waiting_for": call.name, "hash": hash}),
+            at: now,
+        });
+        self.state
+            .timers
+            .insert(timer::expire(id), approval.expires_at);
+        let ev = self.event(
+            AuditKind::ApprovalRequested,
+            Some(id),
+            json!({"approvers": approval.approvers, "summary": approval.summary, "expires_at": approval.expires_at, "tool": call.name, "args": call.arguments, "payload_hash": hash}),
+        );
+        self.audit(ev);
+        let msg = render::approval_request(self.state.run.id, id, &approval, spec.reject_reason);
+        self.reply(&approval_key(id, &approval), msg);
+        self.state.approvals.insert(id.to_owned(), approval);
+        self.advance();
+    }
+
+    /// The decision on the call an agent step paused for, once people made it.
+    fn agent_decision(&self, id: &str) -> Option<crate::core::agents::AgentDecision> {
+        let a = self.state.approvals.get(id)?;
+        let p = a.payload.as_ref()?;
+        let approved = match a.status {
+            ApprovalStatus::Approved => true,
+            ApprovalStatus::Rejected | ApprovalStatus::Expired => false,
+            _ => return None,
+        };
+        let by = match (&a.decided_by, a.status) {
+            (Some(actor), _) => render::mention(actor),
+            (None, _) => "nobody: the approval expired".to_owned(),
+        };
+        Some(crate::core::agents::AgentDecision {
+            call_id: p["call_id"].as_str()?.to_owned(),
+            payload_hash: p["hash"].as_str()?.to_owned(),
+            approved,
+            by,
+            reason: a.reason.clone(),
+        })
+    }
+
+    /// A new attempt of an agent step that waited for a decision.
+    fn resume_agent(&mut self, id: &str) {
+        if self.state.steps.get(id).map(|s| s.status) == Some(StepStatus::Waiting) {
+            self.state.steps.get_mut(id).expect("checked").status = StepStatus::Pending;
+            self.start_step(id);
+        }
+    }
+
     fn notice(&mut self, text: impl Into<String>) {
         self.out.notice = Some(text.into());
     }
@@ -227,7 +330,7 @@ impl Apply<'_, '_> {
                 self.state.timers.remove(&key);
             }
             // The thread of a finished run stays as it ended.
-            Command::StepNote { .. } => {}
+            Command::StepNote { .. } | Command::AgentWantsTool { .. } => {}
             Command::AttemptLost { step, attempt } => {
                 let ev = self.event(
                     AuditKind::AttemptLost,
@@ -342,7 +445,7 @@ impl Apply<'_, '_> {
                 };
                 self.launch(id, job, json!({"tool": tool, "args": args}));
             }
-            StepKind::Agent { agent, prompt } => {
+            StepKind::Agent { agent, prompt, .. } => {
                 let filled = template::render(prompt, &ctx)
                     .and_then(|p| Ok((p, template::render(&agent.instructions, &ctx)?)));
                 let (prompt, instructions) = match filled {
@@ -369,6 +472,7 @@ impl Apply<'_, '_> {
                         agent,
                         prompt,
                         context,
+                        decision: self.agent_decision(id),
                     },
                     input,
                 );
@@ -417,6 +521,7 @@ impl Apply<'_, '_> {
                     decided_by: None,
                     decided_at: None,
                     reason: None,
+                    payload: None,
                 };
                 let s = self.state.steps.get_mut(id).expect("step rows exist");
                 s.status = StepStatus::Waiting;
@@ -433,8 +538,9 @@ impl Apply<'_, '_> {
                     json!({"approvers": approval.approvers, "summary": approval.summary, "expires_at": approval.expires_at}),
                 );
                 self.audit(ev);
+                let key = approval_key(id, &approval);
                 self.state.approvals.insert(id.to_owned(), approval);
-                self.reply(&format!("approval:{id}"), msg);
+                self.reply(&key, msg);
             }
             StepKind::Notify { channel, text } => {
                 let text = match template::render(text, &ctx) {
@@ -704,8 +810,13 @@ impl Apply<'_, '_> {
     }
 
     fn decide(&mut self, id: &str, actor: &Actor, approve: bool, reason: Option<String>) {
-        let Some(StepKind::Approval(spec)) = self.cx.workflow.step(id).map(|s| &s.kind) else {
-            return self.notice(format!("Step `{id}` is not an approval."));
+        let spec = match self.cx.workflow.step(id).map(|s| &s.kind) {
+            Some(StepKind::Approval(spec)) => spec,
+            Some(StepKind::Agent {
+                approval: Some(spec),
+                ..
+            }) => spec,
+            _ => return self.notice(format!("Step `{id}` is not an approval.")),
         };
         let Some(approval) = self.state.approvals.get(id) else {
             return self.notice("This approval has not been requested yet.");
@@ -755,9 +866,19 @@ impl Apply<'_, '_> {
         self.audit(ev);
         self.send(Outgoing::Edit {
             run: Some(self.state.run.id),
-            key: MessageKey::of(self.state.run.id, &format!("approval:{id}")),
+            key: MessageKey::of(self.state.run.id, &approval_key(id, &a)),
             message: render::approval_outcome(id, &a),
         });
+        if a.payload.is_some() {
+            // An agent's call: the agent goes on with the decision, whichever it is.
+            self.resume_agent(id);
+            self.notice(if approve {
+                "You approved this call."
+            } else {
+                "You rejected this call."
+            });
+            return self.advance();
+        }
         let output = json!({"decision": a.status.as_str(), "by": actor.display, "at": now, "reason": reason});
         if approve {
             self.succeed(id, output, false);
@@ -807,9 +928,13 @@ impl Apply<'_, '_> {
             self.audit(ev);
             self.send(Outgoing::Edit {
                 run: Some(self.state.run.id),
-                key: MessageKey::of(self.state.run.id, &format!("approval:{step}")),
+                key: MessageKey::of(self.state.run.id, &approval_key(step, &a)),
                 message: render::approval_outcome(step, &a),
             });
+            if a.payload.is_some() {
+                self.resume_agent(step);
+                return self.advance();
+            }
             self.reject_step(
                 step,
                 "expired with no decision".into(),
@@ -867,7 +992,7 @@ impl Apply<'_, '_> {
                 a.decided_at = Some(now);
                 edits.push(Outgoing::Edit {
                     run: Some(run_id),
-                    key: MessageKey::of(run_id, &format!("approval:{id}")),
+                    key: MessageKey::of(run_id, &approval_key(id, a)),
                     message: render::approval_outcome(id, a),
                 });
             }
@@ -890,10 +1015,11 @@ impl Apply<'_, '_> {
         }
         let statuses: Vec<StepStatus> = self.state.steps.values().map(|s| s.status).collect();
         let status = if statuses.iter().all(|s| s.is_terminal()) {
-            let rejected =
-                self.state.approvals.values().any(|a| {
-                    matches!(a.status, ApprovalStatus::Rejected | ApprovalStatus::Expired)
-                });
+            // An agent's rejected call is an answer the agent works with, not the run's.
+            let rejected = self.state.approvals.values().any(|a| {
+                a.payload.is_none()
+                    && matches!(a.status, ApprovalStatus::Rejected | ApprovalStatus::Expired)
+            });
             if rejected {
                 RunStatus::Rejected
             } else if statuses.contains(&StepStatus::Failed) {
@@ -942,5 +1068,14 @@ impl Apply<'_, '_> {
             }
         }
         self.out
+    }
+}
+
+/// The message key of an approval request: one per request, as an agent step may ask more
+/// than once.
+fn approval_key(id: &str, a: &Approval) -> String {
+    match a.payload.as_ref().and_then(|p| p["round"].as_u64()) {
+        Some(round) if round > 1 => format!("approval:{id}:{round}"),
+        _ => format!("approval:{id}"),
     }
 }

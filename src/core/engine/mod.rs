@@ -41,6 +41,14 @@ pub enum Command {
     Cancel { actor: Actor },
     /// A step attempt was in flight when the process stopped; it will not report back.
     AttemptLost { step: StepId, attempt: u32 },
+    /// A running agent wants an external tool called: the step waits for a decision on this
+    /// exact payload.
+    AgentWantsTool {
+        step: StepId,
+        attempt: u32,
+        call: crate::core::agents::ToolCall,
+        payload_hash: String,
+    },
     /// A running step has something to show in the thread (an agent's tool call, a refusal).
     /// `key` names the note within the attempt, so a repeated note is the same message.
     StepNote {
@@ -78,6 +86,8 @@ pub enum AttemptOutcome {
     Failed,
     Lost,
     Cancelled,
+    /// An agent paused for a decision; a new attempt continues after it.
+    Paused,
 }
 
 impl AttemptOutcome {
@@ -87,6 +97,7 @@ impl AttemptOutcome {
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Lost => "lost",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Paused => "paused",
         }
     }
 }
@@ -117,11 +128,13 @@ pub enum Work {
         narrative: Option<crate::core::agents::AgentDef>,
     },
     /// Let an agent work on `prompt` with the run's `context` (inputs and the outputs of the
-    /// steps it needs). Its instructions are already filled in.
+    /// steps it needs). Its instructions are already filled in. `decision` is what people
+    /// decided on the external call the agent last paused for.
     Agent {
         agent: crate::core::agents::AgentDef,
         prompt: String,
         context: Value,
+        decision: Option<crate::core::agents::AgentDecision>,
     },
 }
 

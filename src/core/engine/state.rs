@@ -160,6 +160,9 @@ pub struct Approval {
     pub decided_by: Option<Actor>,
     pub decided_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
+    /// For an agent's external tool call: the call (`call_id`, `tool`, `args`), the hash the
+    /// decision is bound to, and which request of the step this is (`round`).
+    pub payload: Option<serde_json::Value>,
 }
 
 /// Everything the machine reads and writes for one run.

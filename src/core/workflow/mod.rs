@@ -337,6 +337,9 @@ pub enum StepKind {
     Agent {
         agent: Arc<crate::core::agents::AgentDef>,
         prompt: String,
+        /// Who approves each external tool call the agent makes (required when it may make
+        /// one): the run pauses on an approval showing the exact payload.
+        approval: Option<ApprovalSpec>,
     },
 }
 

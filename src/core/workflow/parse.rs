@@ -155,6 +155,7 @@ struct RawStep {
     // agent
     agent: Option<Spanned<String>>,
     prompt: Option<Spanned<String>>,
+    approval_timeout: Option<Spanned<String>>,
     // digest
     narrative: Option<Spanned<String>>,
 }
@@ -554,16 +555,6 @@ fn build_agent(
                 );
                 ok = false;
             }
-            Some(info) if info.capability == Capability::External => {
-                r.error(
-                    t.span().start,
-                    format!(
-                        "agent `{name}`: `{}` acts on the outside world; this version runs external tools only in a tool step after an approval step",
-                        info.name
-                    ),
-                );
-                ok = false;
-            }
             Some(info) => allowed.push(info.name.clone()),
         }
     }
@@ -781,7 +772,6 @@ fn build_step(
         }
         "agent" => {
             misplaced(r, "tool", s.tool.is_some());
-            misplaced(r, "approvers", !s.approvers.is_empty());
             let Some(name) = &s.agent else {
                 r.error(kind_at, format!("agent step `{id}` needs `agent` (a name from [agents.*] or commands/agents/)"));
                 return None;
@@ -814,9 +804,42 @@ fn build_step(
             if s.timeout.is_none() {
                 timeout = agent.timeout;
             }
+            // Each external call the agent makes waits for one of these people.
+            let external: Vec<&str> = agent
+                .tools
+                .iter()
+                .filter(|t| {
+                    tools
+                        .get(t)
+                        .is_some_and(|i| i.capability == Capability::External)
+                })
+                .map(String::as_str)
+                .collect();
+            let approval = if s.approvers.is_empty() {
+                if !external.is_empty() {
+                    r.error(
+                        name.span().start,
+                        format!(
+                            "agent step `{id}`: agent `{}` may call {} (external), so the step needs `approvers` who approve each call",
+                            agent.name,
+                            external.join(", ")
+                        ),
+                    );
+                }
+                None
+            } else {
+                Some(ApprovalSpec {
+                    approvers: s.approvers.clone(),
+                    allow_self_approval: s.allow_self_approval,
+                    reject_reason: s.reject_reason,
+                    message: String::new(),
+                    timeout: duration(r, &s.approval_timeout, DEFAULT_APPROVAL_TIMEOUT),
+                })
+            };
             StepKind::Agent {
                 agent: agent.clone(),
                 prompt: prompt.get_ref().clone(),
+                approval,
             }
         }
         other => {

@@ -133,7 +133,7 @@ fn an_agent_step_runs_a_declared_agent_with_its_limits_and_schema() {
     let (wf, diags) = parse_workflow(Path::new("w.toml"), &text, &ToolCatalog::builtin());
     assert!(diags.is_empty(), "{diags:?}");
     let wf = wf.unwrap();
-    let StepKind::Agent { agent, prompt } = &wf.steps[0].kind else {
+    let StepKind::Agent { agent, prompt, .. } = &wf.steps[0].kind else {
         panic!("an agent step")
     };
     assert_eq!(agent.role, "Researcher");
@@ -160,8 +160,15 @@ fn agents_with_unknown_or_external_tools_bad_schemas_or_unknown_names_are_errors
     );
     assert_error(
         &with(&AGENT.replace("\"http.get\"", "\"webhook.post\"")),
-        9,
-        "acts on the outside world",
+        14,
+        "may call webhook.post (external), so the step needs `approvers`",
+    );
+    let approved =
+        with(&AGENT.replace("\"http.get\"", "\"webhook.post\"")) + "approvers = [\"ben\"]\n";
+    assert!(
+        diagnostics(&approved).is_empty(),
+        "{:?}",
+        diagnostics(&approved)
     );
     assert_error(
         &with(&AGENT.replace("required = [\"summary\"]", "oneOf = []")),
