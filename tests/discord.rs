@@ -753,7 +753,10 @@ text = "second post"
 #[tokio::test]
 async fn the_daily_digest_posts_to_its_channel_by_name_on_discord() {
     let fake = FakeDiscord::start().await;
-    let digest = std::fs::read_to_string(example_commands().join("daily-digest.toml")).unwrap();
+    // The narrative's agent lives in agents/; this test is about where the digest goes.
+    let digest = std::fs::read_to_string(example_commands().join("daily-digest.toml"))
+        .unwrap()
+        .replace("narrative = \"analyst\"", "");
     let app = discord_app_with(
         &fake,
         vec![("daily-digest.toml", digest), ("ship.toml", ship())],
