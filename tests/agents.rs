@@ -87,11 +87,11 @@ async fn an_agent_writes_memory_in_one_run_and_the_next_run_reads_it_with_attrib
     let root_id = root["id"].as_i64().unwrap();
     app.wait_in_thread(root_id, "Researcher* is on it (openai gpt-test)")
         .await;
-    app.wait_in_thread(
-        root_id,
-        "calls `memory.write` (key=acme.com, namespace=company",
-    )
-    .await;
+    let call = app.wait_in_thread(root_id, "calls `memory.write`").await;
+    assert!(
+        call.to_string().contains("key=acme.com, namespace=company"),
+        "{call}"
+    );
     let answer = app.wait_in_thread(root_id, "Researcher* answered").await;
     assert!(
         answer.to_string().contains("Acme has 50 employees."),
@@ -183,10 +183,16 @@ async fn a_tool_outside_the_allow_list_is_refused_told_to_the_model_and_audited(
     assert_eq!(refused.len(), 2);
     assert!(refused[1]["data"].as_str().unwrap().contains("shell.exec"));
     let root = app.root_of("general", run).await;
-    app.wait_in_thread(
-        root["id"].as_i64().unwrap(),
-        "asked for `shell.exec` (cmd=rm -rf /): refused",
-    )
+    let root_id = root["id"].as_i64().unwrap();
+    eventually("the shell.exec refusal in the thread", || async {
+        app.thread(root_id).await.iter().any(|m| {
+            m["message"]["detail"].as_str().is_some_and(|d| {
+                d.contains(
+                    "shell.exec(cmd=rm -rf /): `shell.exec` is not one of this agent's tools",
+                )
+            })
+        })
+    })
     .await;
 }
 

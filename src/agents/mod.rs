@@ -114,6 +114,9 @@ impl Models {
         let http = reqwest::Client::builder()
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.timeout)
+            // A redirect would carry the key (`x-api-key` is not dropped across hosts) and the
+            // conversation elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { http, settings })
     }
@@ -172,11 +175,13 @@ impl Models {
             }
             Provider::Anthropic => {
                 let e = self.settings.anthropic.as_ref().expect("checked above");
-                (
-                    e,
-                    join(&e.base_url, "v1/messages"),
-                    anthropic_request(&m.model, req),
-                )
+                // The base may be given with or without `/v1`.
+                let path = if e.base_url.path().trim_end_matches('/').ends_with("/v1") {
+                    "messages"
+                } else {
+                    "v1/messages"
+                };
+                (e, join(&e.base_url, path), anthropic_request(&m.model, req))
             }
         };
         let started = Instant::now();
@@ -209,10 +214,16 @@ impl Models {
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(|s| Duration::from_secs_f64(s).min(MAX_WAIT))
+                    .and_then(retry_after)
                     .unwrap_or_else(|| backoff(attempt));
+                let body = r.text().await.unwrap_or_default();
+                // An exhausted quota is not a busy server: waiting will not help.
+                if body.contains("insufficient_quota") {
+                    return Err(ModelError::Http {
+                        status,
+                        body: body.chars().take(500).collect(),
+                    });
+                }
                 tracing::warn!(status, ?wait, "model API busy; trying again");
                 tokio::time::sleep(wait).await;
                 continue;
@@ -243,6 +254,13 @@ impl Models {
     }
 }
 
+/// A `Retry-After` in seconds, capped (before converting: a huge number does not fit a
+/// Duration).
+fn retry_after(header: &str) -> Option<Duration> {
+    let s = header.trim().parse::<f64>().ok()?;
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
+}
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500 * 2u64.pow(attempt.min(6)))
 }
@@ -264,7 +282,13 @@ fn openai_request(model: &str, req: &ModelRequest<'_>) -> Value {
             Turn::Assistant {
                 text, tool_calls, ..
             } => {
-                let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+                // `null` content is only valid next to tool calls.
+                let content = if text.is_empty() && !tool_calls.is_empty() {
+                    Value::Null
+                } else {
+                    json!(text)
+                };
+                let mut m = json!({"role": "assistant", "content": content});
                 if !tool_calls.is_empty() {
                     m["tool_calls"] = tool_calls
                         .iter()
@@ -296,9 +320,16 @@ fn openai_reply(r: &Value) -> Result<ModelReply, ModelError> {
     let message = &choice["message"];
     let mut tool_calls = Vec::new();
     for c in message["tool_calls"].as_array().into_iter().flatten() {
-        let raw = c["function"]["arguments"].as_str().unwrap_or("{}");
-        // Arguments a model wrote badly are handed back to it as a tool error, not lost.
-        let arguments = serde_json::from_str(raw).unwrap_or_else(|_| json!({"_unparsed": raw}));
+        // Arguments are a JSON string; some servers send the object itself. Arguments a model
+        // wrote badly are handed back to it as a tool error, not lost.
+        let arguments = match &c["function"]["arguments"] {
+            Value::String(raw) if raw.trim().is_empty() => json!({}),
+            Value::String(raw) => {
+                serde_json::from_str(raw).unwrap_or_else(|_| json!({"_unparsed": raw}))
+            }
+            Value::Object(_) => c["function"]["arguments"].clone(),
+            _ => json!({}),
+        };
         tool_calls.push(ToolCall {
             id: c["id"].as_str().unwrap_or_default().to_owned(),
             name: tool_name(c["function"]["name"].as_str().unwrap_or_default()),
@@ -475,6 +506,15 @@ mod tests {
         assert_eq!(reply.tool_calls[0].name, "memory.write");
         assert_eq!(reply.tool_calls[0].arguments["_unparsed"], "{not json");
         assert_eq!((reply.tokens_in, reply.tokens_out), (7, 3));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after("1e300"), Some(MAX_WAIT));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]

@@ -22,8 +22,14 @@ use crate::store::MemoryEntry;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+/// Tool calls one model turn may make; the rest are refused.
+const MAX_CALLS_PER_TURN: usize = 8;
+
 /// Longest tool result handed back to a model, in characters.
 const TOOL_RESULT_LIMIT: usize = 20_000;
+
+/// Largest memory value, as JSON bytes.
+const MEMORY_VALUE_LIMIT: usize = 16 * 1024;
 
 /// Newest entries `memory.read` lists for a namespace.
 const MEMORY_LISTED: u32 = 20;
@@ -36,6 +42,7 @@ impl Engine {
         prompt: &str,
         context: &Value,
         decision: Option<&AgentDecision>,
+        fresh: bool,
     ) -> Result<Option<Value>, String> {
         if let Some(why) = self.models.unavailable(&agent.model) {
             self.note(
@@ -48,14 +55,22 @@ impl Engine {
             return Err(why);
         }
         let (provider, model) = self.models.describe(&agent.model);
+        if fresh {
+            // A retry after a failure starts the conversation over: the old one ended badly.
+            self.store
+                .agent_turns_clear(job.run, &job.step)
+                .await
+                .map_err(|e| format!("could not start the agent afresh: {e}"))?;
+        }
         let mut turns: Vec<Turn> = self
             .store
             .agent_turns(job.run, &job.step)
             .await
             .map_err(|e| format!("could not read the agent's turns: {e}"))?
             .into_iter()
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect();
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("a stored turn of this agent is unreadable: {e}"))?;
         if turns.is_empty() {
             let task = format!(
                 "{prompt}\n\nInput:\n{}\n\nOutputs of the steps before this one:\n{}",
@@ -92,22 +107,43 @@ impl Engine {
             .iter()
             .any(|t| matches!(t, Turn::User { text } if text.starts_with(SCHEMA_RETRY)));
         loop {
-            // A tool call whose result was not recorded before a crash runs now.
-            if let Some(Turn::Assistant { tool_calls, .. }) = turns
+            // A tool call whose result was not recorded before a crash runs now. Results
+            // count only after the turn that asked for them.
+            let last = turns
                 .iter()
-                .rev()
-                .find(|t| matches!(t, Turn::Assistant { .. }))
+                .rposition(|t| matches!(t, Turn::Assistant { .. }));
+            let pending: Vec<(usize, ToolCall)> = match last.map(|l| (l, &turns[l])) {
+                Some((last, Turn::Assistant { tool_calls, .. })) => {
+                    let answered: Vec<&str> = turns[last..]
+                        .iter()
+                        .filter_map(|t| match t {
+                            Turn::Tool { call_id, .. } => Some(call_id.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    tool_calls
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| !answered.contains(&c.id.as_str()))
+                        .map(|(i, c)| (i, c.clone()))
+                        .collect()
+                }
+                _ => vec![],
+            };
             {
-                let pending: Vec<ToolCall> = tool_calls
-                    .iter()
-                    .filter(|c| {
-                        !turns
-                            .iter()
-                            .any(|t| matches!(t, Turn::Tool { call_id, .. } if *call_id == c.id))
-                    })
-                    .cloned()
-                    .collect();
-                for call in pending {
+                for (index, call) in pending {
+                    if index >= MAX_CALLS_PER_TURN {
+                        let why =
+                            format!("refused: at most {MAX_CALLS_PER_TURN} tool calls per turn");
+                        let turn = Turn::Tool {
+                            call_id: call.id.clone(),
+                            name: call.name.clone(),
+                            content: why,
+                            is_error: true,
+                        };
+                        self.record_turn(job, &mut turns, turn).await?;
+                        continue;
+                    }
                     let external = agent.tools.contains(&call.name)
                         && call.arguments.get("_unparsed").is_none()
                         && self
@@ -129,11 +165,8 @@ impl Engine {
                                 self.note(
                                     job,
                                     &format!("call:{}", call.id),
-                                    format!(
-                                        "*{}* may not call `{}`: {why}.",
-                                        agent.role, call.name
-                                    ),
-                                    None,
+                                    format!("*{}* may not call `{}`.", agent.role, call.name),
+                                    Some(why.clone()),
                                 )
                                 .await;
                                 (why, true)
@@ -143,12 +176,10 @@ impl Engine {
                                     job,
                                     &format!("ask:{}", call.id),
                                     format!(
-                                        "*{}* wants to call `{}` ({}): waiting for approval.",
-                                        agent.role,
-                                        call.name,
-                                        summarize(&call.arguments)
+                                        "*{}* wants to call `{}`: waiting for approval.",
+                                        agent.role, call.name
                                     ),
-                                    None,
+                                    Some(summarize(&call.arguments)),
                                 )
                                 .await;
                                 let cmd = Command::AgentWantsTool {
@@ -179,71 +210,92 @@ impl Engine {
                 .iter()
                 .filter(|t| matches!(t, Turn::Assistant { .. }))
                 .count() as u32;
-            if model_turns >= agent.max_turns {
-                return Err(format!(
-                    "the agent used its {} model turns without a final answer",
-                    agent.max_turns
-                ));
-            }
-            if let Some(budget) = agent.token_budget {
-                let spent = self
-                    .store
-                    .agent_tokens(job.run)
-                    .await
-                    .map_err(|e| format!("could not count the tokens spent: {e}"))?;
-                if spent >= budget {
-                    return Err(format!(
-                        "the run's token budget for agents ({budget}) is spent ({spent} used)"
-                    ));
+            // After a crash between recording an answer and reporting it, the recorded answer
+            // is the answer: no new model call.
+            let recorded = match turns.last() {
+                Some(Turn::Assistant {
+                    text, tool_calls, ..
+                }) if tool_calls.is_empty() => Some(text.clone()),
+                _ => None,
+            };
+            let text = match recorded {
+                Some(text) => text,
+                None => {
+                    if model_turns >= agent.max_turns {
+                        return Err(format!(
+                            "the agent used its {} model turns without a final answer",
+                            agent.max_turns
+                        ));
+                    }
+                    if let Some(budget) = agent.token_budget {
+                        let spent = self
+                            .store
+                            .agent_tokens(job.run)
+                            .await
+                            .map_err(|e| format!("could not count the tokens spent: {e}"))?;
+                        if spent >= budget {
+                            return Err(format!(
+                                "the run's token budget for agents ({budget}) is spent ({spent} used)"
+                            ));
+                        }
+                    }
+                    let request = ModelRequest {
+                        system: &agent.instructions,
+                        turns: &turns,
+                        tools: &tools,
+                        max_tokens: agent.max_output_tokens,
+                    };
+                    let mut reply = match self.models.call(&agent.model, &request).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.audit_model_error(job, agent, &provider, &model, &e)
+                                .await;
+                            return Err(e.to_string());
+                        }
+                    };
+                    unique_call_ids(&mut reply.tool_calls, &turns);
+                    let ev = AuditEvent::new(
+                        self.clock.now(),
+                        AuditKind::ModelCalled,
+                        Some(job.run),
+                        json!({
+                            "agent": agent.name, "provider": provider, "model": model,
+                            "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
+                            "latency_ms": reply.latency_ms, "finish_reason": reply.finish_reason,
+                            "tool_calls": reply.tool_calls.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                            "request": reply.request, "response": reply.response,
+                        }),
+                    )
+                    .step(&job.step);
+                    self.store.audit_append(vec![ev]).await.map_err(|e| {
+                        format!("could not record the model call in the ledger: {e}")
+                    })?;
+                    let answer = Turn::Assistant {
+                        text: reply.text.clone(),
+                        tool_calls: reply.tool_calls.clone(),
+                        tokens_in: reply.tokens_in,
+                        tokens_out: reply.tokens_out,
+                    };
+                    self.record_turn(job, &mut turns, answer).await?;
+                    if !reply.tool_calls.is_empty() {
+                        // The calls run at the top of the loop, one by one, each recorded.
+                        continue;
+                    }
+                    // An answer cut off by the token limit is not an answer.
+                    if matches!(reply.finish_reason.as_str(), "length" | "max_tokens") {
+                        return Err(format!(
+                            "the answer was cut off at max_output_tokens ({})",
+                            agent.max_output_tokens
+                        ));
+                    }
+                    reply.text
                 }
-            }
-            let request = ModelRequest {
-                system: &agent.instructions,
-                turns: &turns,
-                tools: &tools,
-                max_tokens: agent.max_output_tokens,
             };
-            let reply = match self.models.call(&agent.model, &request).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.audit_model_error(job, agent, &provider, &model, &e)
-                        .await;
-                    return Err(e.to_string());
-                }
-            };
-            let ev = AuditEvent::new(
-                self.clock.now(),
-                AuditKind::ModelCalled,
-                Some(job.run),
-                json!({
-                    "agent": agent.name, "provider": provider, "model": model,
-                    "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out,
-                    "latency_ms": reply.latency_ms, "finish_reason": reply.finish_reason,
-                    "tool_calls": reply.tool_calls.iter().map(|c| &c.name).collect::<Vec<_>>(),
-                    "request": reply.request, "response": reply.response,
-                }),
-            )
-            .step(&job.step);
-            self.store
-                .audit_append(vec![ev])
-                .await
-                .map_err(|e| format!("could not record the model call in the ledger: {e}"))?;
-            let answer = Turn::Assistant {
-                text: reply.text.clone(),
-                tool_calls: reply.tool_calls.clone(),
-                tokens_in: reply.tokens_in,
-                tokens_out: reply.tokens_out,
-            };
-            self.record_turn(job, &mut turns, answer).await?;
-            if !reply.tool_calls.is_empty() {
-                // The calls run at the top of the loop, one by one, each recorded.
-                continue;
-            }
             // A final answer: checked against the schema when the agent has one.
             let parsed = match &agent.output_schema {
-                None => json_in(&reply.text),
+                None => json_in(&text),
                 Some(schema) => {
-                    let checked = json_in(&reply.text)
+                    let checked = json_in(&text)
                         .ok_or_else(|| "the answer is not JSON".to_owned())
                         .and_then(|v| validate(&v, schema).map(|_| v));
                     match checked {
@@ -270,15 +322,15 @@ impl Engine {
                 job,
                 "answer",
                 format!("*{}* answered.", agent.role),
-                Some(reply.text.clone()),
+                Some(text.clone()),
             )
             .await;
             return Ok(Some(json!({
-                "text": reply.text,
+                "text": text,
                 "json": parsed,
                 "agent": agent.name,
                 "model": model,
-                "turns": model_turns + 1,
+                "turns": turns.iter().filter(|t| matches!(t, Turn::Assistant { .. })).count(),
                 "tokens": tokens,
             })));
         }
@@ -380,11 +432,10 @@ impl Engine {
             self.note(
                 job,
                 &key,
-                format!(
-                    "*{}* asked for `{}` ({summary}): refused, {why}.",
-                    agent.role, call.name
-                ),
-                None,
+                // What the model wrote goes in the code block, where no platform turns it into
+                // a mention.
+                format!("*{}* asked for a tool call that was refused.", agent.role),
+                Some(format!("{}({summary}): {why}", call.name)),
             )
             .await;
             return (format!("refused: {why}"), true);
@@ -392,8 +443,8 @@ impl Engine {
         self.note(
             job,
             &key,
-            format!("*{}* calls `{}` ({summary})", agent.role, call.name),
-            None,
+            format!("*{}* calls `{}`", agent.role, call.name),
+            Some(summary),
         )
         .await;
         let result = match call.name.as_str() {
@@ -522,8 +573,16 @@ impl Engine {
         else {
             return Err("`namespace` and `key` are required".into());
         };
-        if namespace.is_empty() || key.is_empty() || namespace.len() > 200 || key.len() > 500 {
+        let (n, k) = (namespace.chars().count(), key.chars().count());
+        if !(1..=200).contains(&n) || !(1..=500).contains(&k) {
             return Err("`namespace` and `key` must be 1-200 and 1-500 characters".into());
+        }
+        // Memory is shared by every later run: one entry may not crowd it.
+        if args["value"].to_string().len() > MEMORY_VALUE_LIMIT {
+            return Err(format!(
+                "the value is larger than {} KiB; store a summary",
+                MEMORY_VALUE_LIMIT / 1024
+            ));
         }
         let entry = MemoryEntry {
             namespace: namespace.to_owned(),
@@ -545,6 +604,24 @@ impl Engine {
 /// The start of the message that asks again after a schema mismatch.
 const SCHEMA_RETRY: &str = "Your answer did not match the required output schema:";
 
+/// Gives every call of a turn an id no earlier call had: some servers leave ids out or reuse
+/// them, and results are matched to calls by id.
+fn unique_call_ids(calls: &mut [ToolCall], turns: &[Turn]) {
+    let mut seen: Vec<String> = turns
+        .iter()
+        .flat_map(|t| match t {
+            Turn::Assistant { tool_calls, .. } => tool_calls.iter().map(|c| c.id.clone()).collect(),
+            _ => vec![],
+        })
+        .collect();
+    for (i, call) in calls.iter_mut().enumerate() {
+        if call.id.is_empty() || seen.contains(&call.id) {
+            call.id = format!("call_{}_{i}", turns.len());
+        }
+        seen.push(call.id.clone());
+    }
+}
+
 /// A short summary of arguments for the thread: `key=value` pairs, cut.
 fn summarize(args: &Value) -> String {
     let text = match args.as_object() {
@@ -562,5 +639,40 @@ fn summarize(args: &Value) -> String {
         format!("{}…", text.chars().take(80).collect::<String>())
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_without_ids_or_with_reused_ones_get_their_own() {
+        let earlier = vec![Turn::Assistant {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "memory.read".into(),
+                arguments: json!({}),
+            }],
+            tokens_in: 0,
+            tokens_out: 0,
+        }];
+        let call = |id: &str| ToolCall {
+            id: id.into(),
+            name: "run.context".into(),
+            arguments: json!({}),
+        };
+        let mut calls = vec![call("call_1"), call(""), call("x"), call("x")];
+        unique_call_ids(&mut calls, &earlier);
+        let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["call_1_0", "call_1_1", "x", "call_1_3"]);
+    }
+
+    #[test]
+    fn argument_summaries_are_short() {
+        let long = json!({"text": "x".repeat(200)});
+        assert!(summarize(&long).chars().count() <= 81);
+        assert_eq!(summarize(&json!({"a": 1, "b": "two"})), "a=1, b=two");
     }
 }

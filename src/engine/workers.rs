@@ -90,8 +90,9 @@ impl Engine {
                 prompt,
                 context,
                 decision,
+                fresh,
             } => self
-                .run_agent(job, agent, prompt, context, decision.as_ref())
+                .run_agent(job, agent, prompt, context, decision.as_ref(), *fresh)
                 .await
                 .transpose(),
             _ => Some(self.perform_step(job).await),

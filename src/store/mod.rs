@@ -315,6 +315,8 @@ pub trait AgentStore: Send + Sync {
         message: &Value,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Forgets a step's conversation, so its next attempt starts afresh.
+    async fn agent_turns_clear(&self, run: RunId, step: &str) -> StoreResult<()>;
     /// Tokens agents have spent in a run so far (in and out, every step).
     async fn agent_tokens(&self, run: RunId) -> StoreResult<u64>;
     async fn memory_read(&self, namespace: &str, key: &str) -> StoreResult<Option<MemoryEntry>>;

@@ -1273,6 +1273,17 @@ impl AgentStore for SqliteStore {
         })
     }
 
+    async fn agent_turns_clear(&self, run: RunId, step: &str) -> StoreResult<()> {
+        write_tx!(self, |c| {
+            sqlx::query("DELETE FROM agent_turns WHERE run_id = ? AND step_id = ?")
+                .bind(run.0)
+                .bind(step)
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
+    }
+
     async fn agent_tokens(&self, run: RunId) -> StoreResult<u64> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(COALESCE(json_extract(message, '$.tokens_in'), 0) + COALESCE(json_extract(message, '$.tokens_out'), 0)), 0) AS n FROM agent_turns WHERE run_id = ?",

@@ -218,7 +218,8 @@ impl DiscordApi {
 /// A wait in seconds as Discord writes it (`"1"`, `"0.352"`), capped.
 fn seconds(text: &str) -> Option<Duration> {
     let s: f64 = text.trim().parse().ok()?;
-    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s).min(MAX_WAIT))
+    // Capped before converting: a huge number does not fit a Duration.
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
 }
 
 /// The rate-limit bucket of a route, the way Discord groups them: the method and the path with
@@ -276,6 +277,7 @@ mod tests {
         assert_eq!(seconds("0.352"), Some(Duration::from_millis(352)));
         assert_eq!(seconds("2"), Some(Duration::from_secs(2)));
         assert_eq!(seconds("1e12"), Some(MAX_WAIT));
+        assert_eq!(seconds("1e300"), Some(MAX_WAIT));
         assert_eq!(seconds("-1"), None);
         assert_eq!(seconds("soon"), None);
     }

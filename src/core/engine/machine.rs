@@ -465,6 +465,8 @@ impl Apply<'_, '_> {
                 let context = json!({"input": ctx["input"], "steps": needed, "all_steps": ctx["steps"], "run": ctx["run"]});
                 let mut agent = (**agent).clone();
                 agent.instructions = instructions;
+                // The step carries the error of a failed attempt only while it is retried.
+                let fresh = self.state.steps.get(id).is_some_and(|s| s.error.is_some());
                 let input = json!({"agent": agent.name, "model": agent.model, "prompt": prompt});
                 self.launch(
                     id,
@@ -473,6 +475,7 @@ impl Apply<'_, '_> {
                         prompt,
                         context,
                         decision: self.agent_decision(id),
+                        fresh,
                     },
                     input,
                 );

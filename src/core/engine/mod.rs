@@ -135,6 +135,9 @@ pub enum Work {
         prompt: String,
         context: Value,
         decision: Option<crate::core::agents::AgentDecision>,
+        /// A retry after a failed attempt: the conversation starts over. Otherwise (a first
+        /// attempt, one after a crash or after a decision) it goes on from its last turn.
+        fresh: bool,
     },
 }
 
