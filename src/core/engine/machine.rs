@@ -471,7 +471,7 @@ impl Apply<'_, '_> {
                 self.launch(
                     id,
                     Work::Agent {
-                        agent,
+                        agent: Box::new(agent),
                         prompt,
                         context,
                         decision: self.agent_decision(id),
@@ -486,10 +486,10 @@ impl Apply<'_, '_> {
                 let narrative = match narrative {
                     None => None,
                     Some(agent) => match template::render(&agent.instructions, &ctx) {
-                        Ok(instructions) => Some(crate::core::agents::AgentDef {
+                        Ok(instructions) => Some(Box::new(crate::core::agents::AgentDef {
                             instructions,
                             ..(**agent).clone()
-                        }),
+                        })),
                         Err(e) => {
                             return self.fail_now(
                                 id,

@@ -125,13 +125,13 @@ pub enum Work {
     /// (instructions filled in) when a model can write one.
     Digest {
         period: Duration,
-        narrative: Option<crate::core::agents::AgentDef>,
+        narrative: Option<Box<crate::core::agents::AgentDef>>,
     },
     /// Let an agent work on `prompt` with the run's `context` (inputs and the outputs of the
     /// steps it needs). Its instructions are already filled in. `decision` is what people
     /// decided on the external call the agent last paused for.
     Agent {
-        agent: crate::core::agents::AgentDef,
+        agent: Box<crate::core::agents::AgentDef>,
         prompt: String,
         context: Value,
         decision: Option<crate::core::agents::AgentDecision>,
