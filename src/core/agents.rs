@@ -24,7 +24,8 @@ pub struct AgentDef {
     pub max_output_tokens: u32,
     /// Wall-clock limit of the whole step.
     pub timeout: Duration,
-    /// Tokens (in + out) the agent may spend in one run.
+    /// Tokens (in + out) all agents together may have spent in the run before this agent's
+    /// next model call.
     pub token_budget: Option<u64>,
     /// When set, the answer must be JSON matching this schema.
     pub output_schema: Option<Value>,
@@ -183,9 +184,37 @@ fn check_schema_at(schema: &Value, at: &str) -> Result<(), String> {
         check_schema_at(items, &format!("{at}[]"))?;
     }
     if let Some(e) = obj.get("enum")
-        && !e.is_array()
+        && e.as_array().is_none_or(|e| e.is_empty())
     {
-        return Err(format!("schema{at}: `enum` must be a list"));
+        return Err(format!(
+            "schema{at}: `enum` must be a list of at least one value"
+        ));
+    }
+    if obj
+        .get("type")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.is_empty())
+    {
+        return Err(format!("schema{at}: `type` lists no type"));
+    }
+    // Only `false` is enforced; a schema for the extra properties would be half-enforced.
+    if obj
+        .get("additionalProperties")
+        .is_some_and(|a| !a.is_boolean())
+    {
+        return Err(format!(
+            "schema{at}: `additionalProperties` must be true or false"
+        ));
+    }
+    for k in ["minimum", "maximum"] {
+        if obj.get(k).is_some_and(|v| !v.is_number()) {
+            return Err(format!("schema{at}: `{k}` must be a number"));
+        }
+    }
+    for k in ["minLength", "maxLength", "minItems", "maxItems"] {
+        if obj.get(k).is_some_and(|v| !v.is_u64()) {
+            return Err(format!("schema{at}: `{k}` must be a whole number"));
+        }
     }
     Ok(())
 }
@@ -200,6 +229,8 @@ fn type_of(v: &Value) -> &'static str {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
         Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        // 1.0 is a whole number too.
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => "integer",
         Value::Number(_) => "number",
         Value::String(_) => "string",
         Value::Array(_) => "array",
@@ -218,8 +249,13 @@ fn validate_at(v: &Value, schema: &Value, at: &str) -> Result<(), String> {
         }
         _ => {}
     }
+    // Numbers compare by value: 1 and 1.0 are the same answer.
+    let same = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    };
     if let Some(choices) = schema.get("enum").and_then(Value::as_array)
-        && !choices.contains(v)
+        && !choices.iter().any(|c| same(c, v))
     {
         return Err(format!(
             "{at} should be one of {}",
@@ -227,7 +263,7 @@ fn validate_at(v: &Value, schema: &Value, at: &str) -> Result<(), String> {
         ));
     }
     if let Some(c) = schema.get("const")
-        && c != v
+        && !same(c, v)
     {
         return Err(format!("{at} should be {c}"));
     }
@@ -378,6 +414,10 @@ mod tests {
                 .contains(".a")
         );
         assert!(check_schema(&json!({"required": "a"})).is_err());
+        assert!(check_schema(&json!({"additionalProperties": {"type": "string"}})).is_err());
+        assert!(check_schema(&json!({"maxLength": "5"})).is_err());
+        assert!(check_schema(&json!({"enum": []})).is_err());
+        assert!(validate(&json!(1.0), &json!({"type": "integer", "enum": [1]})).is_ok());
     }
 
     #[test]

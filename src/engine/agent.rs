@@ -14,7 +14,7 @@ use crate::core::agents::{
     AgentDecision, AgentDef, ToolCall, Turn, json_in, payload_hash, validate,
 };
 use crate::core::audit::{AuditEvent, AuditKind};
-use crate::core::engine::{Command, Job};
+use crate::core::engine::{Command, Job, render};
 use crate::core::message::OutMessage;
 use crate::core::tools::Capability;
 use crate::core::tools::ToolInfo;
@@ -48,7 +48,7 @@ impl Engine {
             self.note(
                 job,
                 "unavailable",
-                format!("*{}* cannot start: {why}", agent.role),
+                render::agent_unavailable(&agent.role, &why),
                 None,
             )
             .await;
@@ -81,7 +81,7 @@ impl Engine {
             self.note(
                 job,
                 "start",
-                format!("*{}* is on it ({provider} {model}).", agent.role),
+                render::agent_started(&agent.role, &provider, &model),
                 None,
             )
             .await;
@@ -89,11 +89,7 @@ impl Engine {
             self.note(
                 job,
                 &format!("resume:{}", turns.len()),
-                format!(
-                    "*{}* picks up where it stopped (after {} turns).",
-                    agent.role,
-                    turns.len()
-                ),
+                render::agent_resumed(&agent.role, turns.len()),
                 None,
             )
             .await;
@@ -165,7 +161,7 @@ impl Engine {
                                 self.note(
                                     job,
                                     &format!("call:{}", call.id),
-                                    format!("*{}* may not call `{}`.", agent.role, call.name),
+                                    render::agent_call_rejected(&agent.role, &call.name),
                                     Some(why.clone()),
                                 )
                                 .await;
@@ -175,10 +171,7 @@ impl Engine {
                                 self.note(
                                     job,
                                     &format!("ask:{}", call.id),
-                                    format!(
-                                        "*{}* wants to call `{}`: waiting for approval.",
-                                        agent.role, call.name
-                                    ),
+                                    render::agent_waiting(&agent.role, &call.name),
                                     Some(summarize(&call.arguments)),
                                 )
                                 .await;
@@ -304,7 +297,13 @@ impl Engine {
                             schema_retried = true;
                             let text =
                                 format!("{SCHEMA_RETRY} {e}. Answer again with only the JSON.");
-                            self.note(job, &format!("schema:{}", turns.len()), format!("*{}*'s answer did not match its output schema ({e}); asking once more.", agent.role), None).await;
+                            self.note(
+                                job,
+                                &format!("schema:{}", turns.len()),
+                                render::agent_schema_retry(&agent.role, &e),
+                                None,
+                            )
+                            .await;
                             self.record_turn(job, &mut turns, Turn::User { text })
                                 .await?;
                             continue;
@@ -321,7 +320,7 @@ impl Engine {
             self.note(
                 job,
                 "answer",
-                format!("*{}* answered.", agent.role),
+                render::agent_answered(&agent.role),
                 Some(text.clone()),
             )
             .await;
@@ -434,7 +433,7 @@ impl Engine {
                 &key,
                 // What the model wrote goes in the code block, where no platform turns it into
                 // a mention.
-                format!("*{}* asked for a tool call that was refused.", agent.role),
+                render::agent_refused(&agent.role),
                 Some(format!("{}({summary}): {why}", call.name)),
             )
             .await;
@@ -443,7 +442,7 @@ impl Engine {
         self.note(
             job,
             &key,
-            format!("*{}* calls `{}`", agent.role, call.name),
+            render::agent_calls(&agent.role, &call.name),
             Some(summary),
         )
         .await;

@@ -233,7 +233,7 @@ impl Apply<'_, '_> {
         let approval = Approval {
             status: ApprovalStatus::Pending,
             approvers: spec.approvers.clone(),
-            summary: format!("{} wants to call {} with:\n{args}", agent.role, call.name),
+            summary: render::agent_call_summary(&agent.role, &call.name, &args),
             requested_at: now,
             expires_at: now + spec.timeout,
             decided_by: None,

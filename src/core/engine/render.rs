@@ -239,3 +239,47 @@ fn approval_word(a: &Approval) -> String {
         ApprovalStatus::Pending => "waiting".into(),
     }
 }
+
+// What agents' notes say in the thread. Names and arguments a model wrote go in a message's
+// detail (a code block), never in its text, where a platform could make them mentions.
+
+pub fn agent_unavailable(role: &str, why: &str) -> String {
+    format!("*{role}* cannot start: {why}")
+}
+
+pub fn agent_started(role: &str, provider: &str, model: &str) -> String {
+    format!("*{role}* is on it ({provider} {model}).")
+}
+
+pub fn agent_resumed(role: &str, turns: usize) -> String {
+    format!("*{role}* picks up where it stopped (after {turns} turns).")
+}
+
+pub fn agent_calls(role: &str, tool: &str) -> String {
+    format!("*{role}* calls `{tool}`")
+}
+
+pub fn agent_refused(role: &str) -> String {
+    format!("*{role}* asked for a tool call that was refused.")
+}
+
+pub fn agent_waiting(role: &str, tool: &str) -> String {
+    format!("*{role}* wants to call `{tool}`: waiting for approval.")
+}
+
+pub fn agent_call_rejected(role: &str, tool: &str) -> String {
+    format!("*{role}* may not call `{tool}`.")
+}
+
+pub fn agent_schema_retry(role: &str, error: &str) -> String {
+    format!("*{role}*'s answer did not match its output schema ({error}); asking once more.")
+}
+
+pub fn agent_answered(role: &str) -> String {
+    format!("*{role}* answered.")
+}
+
+/// What an approval of an agent's external call shows: the exact payload.
+pub fn agent_call_summary(role: &str, tool: &str, args_pretty: &str) -> String {
+    format!("{role} wants to call {tool} with:\n{args_pretty}")
+}
