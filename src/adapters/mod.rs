@@ -29,6 +29,33 @@ pub enum DeliveryError {
     NotYet(Duration),
 }
 
+impl DeliveryError {
+    /// A platform API's failure as the outbox sees it: permanent, or worth trying again
+    /// (after `retry_after` when the platform said).
+    pub fn from_failure(message: String, permanent: bool, retry_after: Option<Duration>) -> Self {
+        if permanent {
+            DeliveryError::Permanent(message)
+        } else {
+            DeliveryError::Transient {
+                message,
+                retry_after,
+            }
+        }
+    }
+}
+
+/// Splits a `CHANNEL:MESSAGE` reference, as Slack and Discord adapters write them.
+pub fn split_ref<'a>(
+    reference: &'a str,
+    platform: &str,
+) -> Result<(&'a str, &'a str), DeliveryError> {
+    reference.split_once(':').ok_or_else(|| {
+        DeliveryError::Permanent(format!(
+            "`{reference}` is not a {platform} message reference"
+        ))
+    })
+}
+
 /// What the outbox needs from a platform.
 #[async_trait]
 pub trait Platform: Send + Sync {

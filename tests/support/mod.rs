@@ -215,6 +215,13 @@ impl TestApp {
             .collect()
     }
 
+    /// The channel's messages, or `None` while the channel does not exist yet (a channel is
+    /// created by its first message).
+    pub async fn channel_if_any(&self, channel: &str) -> Option<Vec<Value>> {
+        let (status, body) = self.get(&format!("/api/channels/{channel}/messages")).await;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
     pub async fn channel(&self, channel: &str) -> Vec<Value> {
         self.get_json(&format!("/api/channels/{channel}/messages"))
             .await

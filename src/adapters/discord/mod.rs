@@ -455,23 +455,16 @@ fn delivery_error(e: DiscordError) -> DeliveryError {
     match e {
         // Waiting for a bucket Discord announced as empty is pacing, not failing.
         DiscordError::BucketEmpty(wait) => DeliveryError::NotYet(wait),
-        DiscordError::RateLimited(wait) => DeliveryError::Transient {
-            message: e.to_string(),
-            retry_after: Some(wait),
-        },
-        e if e.is_permanent() => DeliveryError::Permanent(e.to_string()),
-        e => DeliveryError::Transient {
-            message: e.to_string(),
-            retry_after: None,
-        },
+        DiscordError::RateLimited(wait) => {
+            DeliveryError::from_failure(e.to_string(), false, Some(wait))
+        }
+        e => DeliveryError::from_failure(e.to_string(), e.is_permanent(), None),
     }
 }
 
 /// Splits `CHANNEL:MESSAGE`.
 fn split_ref(reference: &str) -> Result<(&str, &str), DeliveryError> {
-    reference.split_once(':').ok_or_else(|| {
-        DeliveryError::Permanent(format!("`{reference}` is not a Discord message reference"))
-    })
+    super::split_ref(reference, "Discord")
 }
 
 #[async_trait]

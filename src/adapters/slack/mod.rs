@@ -233,24 +233,16 @@ impl Slack {
 }
 
 fn delivery_error(e: SlackError) -> DeliveryError {
-    match e {
-        SlackError::RateLimited(wait) => DeliveryError::Transient {
-            message: e.to_string(),
-            retry_after: Some(wait),
-        },
-        e if e.is_permanent() => DeliveryError::Permanent(e.to_string()),
-        e => DeliveryError::Transient {
-            message: e.to_string(),
-            retry_after: None,
-        },
-    }
+    let wait = match e {
+        SlackError::RateLimited(wait) => Some(wait),
+        _ => None,
+    };
+    DeliveryError::from_failure(e.to_string(), e.is_permanent(), wait)
 }
 
 /// Splits `CHANNEL:TS`.
 fn split_ref(reference: &str) -> Result<(&str, &str), DeliveryError> {
-    reference.split_once(':').ok_or_else(|| {
-        DeliveryError::Permanent(format!("`{reference}` is not a Slack message reference"))
-    })
+    super::split_ref(reference, "Slack")
 }
 
 #[async_trait]
