@@ -559,3 +559,25 @@ async fn an_agents_external_call_waits_for_approval_of_the_exact_payload_then_ru
     assert_eq!(result["content"], "rejected by @ben");
     assert_eq!(app.channel("inbox").await.len(), 1, "still only the first");
 }
+
+#[tokio::test]
+async fn an_agent_only_touches_the_memory_namespaces_it_is_given() {
+    let llm = FakeLlm::start().await;
+    let wf = RESEARCH.replace("max_turns = 4", "max_turns = 4\nmemory = [\"company\"]");
+    let app = app_with(Some(&llm), &wf, vec![]).await;
+    llm.script([
+        openai_tool_call(
+            "call_m",
+            "memory__write",
+            json!({"namespace": "people", "key": "ceo", "value": "x"}),
+        ),
+        openai_text("Could not write there."),
+    ]);
+    let run = app.start_run("ana", "general", "/research acme.com").await;
+    app.wait_for_status(run, "succeeded").await;
+    let result = &tool_messages(&llm.requests()[1])[0];
+    assert_eq!(
+        result["content"],
+        "error: namespace `people` is not one this agent may use (company)"
+    );
+}

@@ -29,6 +29,21 @@ pub struct AgentDef {
     pub token_budget: Option<u64>,
     /// When set, the answer must be JSON matching this schema.
     pub output_schema: Option<Value>,
+    /// Memory namespaces the agent may read and write (`company`, or `leads/*` for every
+    /// namespace under `leads/`); empty means all. Memory is shared by every later run, so
+    /// an agent that reads untrusted pages should not write where others read.
+    pub memory: Vec<String>,
+}
+
+impl AgentDef {
+    /// Whether the agent may use a memory namespace.
+    pub fn may_use_memory(&self, namespace: &str) -> bool {
+        self.memory.is_empty()
+            || self.memory.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => m == namespace,
+            })
+    }
 }
 
 /// A tool call the model proposed.
@@ -455,6 +470,29 @@ mod tests {
                 &json!({"endpoint": "crm", "body": {"to": "a", "n": 1}})
             )
         );
+    }
+
+    #[test]
+    fn memory_namespaces_are_exact_or_prefixes() {
+        let mut a = AgentDef {
+            name: "a".into(),
+            role: "A".into(),
+            model: "default".into(),
+            instructions: String::new(),
+            tools: vec![],
+            max_turns: 1,
+            max_output_tokens: 1,
+            timeout: Duration::seconds(1),
+            token_budget: None,
+            output_schema: None,
+            memory: vec![],
+        };
+        assert!(a.may_use_memory("anything"));
+        a.memory = vec!["company".into(), "leads/*".into()];
+        assert!(a.may_use_memory("company"));
+        assert!(a.may_use_memory("leads/acme"));
+        assert!(!a.may_use_memory("companies"));
+        assert!(!a.may_use_memory("secrets"));
     }
 
     #[test]

@@ -447,6 +447,15 @@ impl Engine {
         )
         .await;
         let result = match call.name.as_str() {
+            "memory.read" | "memory.write"
+                if !agent.may_use_memory(call.arguments["namespace"].as_str().unwrap_or("")) =>
+            {
+                Err(format!(
+                    "namespace `{}` is not one this agent may use ({})",
+                    call.arguments["namespace"].as_str().unwrap_or(""),
+                    agent.memory.join(", ")
+                ))
+            }
             "memory.read" => self.memory_read(&call.arguments).await,
             "memory.write" => self.memory_write(job, agent, &call.arguments).await,
             "run.context" => Ok(match call.arguments["step"].as_str() {

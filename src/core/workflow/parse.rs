@@ -55,6 +55,8 @@ struct RawAgent {
     timeout: Option<Spanned<String>>,
     token_budget: Option<u64>,
     output_schema: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    memory: Vec<String>,
 }
 
 fn default_model() -> String {
@@ -599,6 +601,7 @@ fn build_agent(
         timeout,
         token_budget: a.token_budget,
         output_schema: output_schema.map(|(_, s)| s),
+        memory: a.memory,
     })
 }
 
