@@ -47,6 +47,8 @@ pub enum Cmd {
     },
     /// Create or update the database schema, then exit.
     Migrate,
+    /// List the tools workflows and agents may use, with their capability class.
+    Tools,
     /// Slack helpers.
     Slack {
         #[command(subcommand)]
@@ -305,6 +307,27 @@ pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(())
         }
+    }
+}
+
+/// `baton tools`: one line per tool.
+pub fn tools() {
+    let catalog = ToolCatalog::builtin();
+    println!("{:<14} {:<15} {:<12} what", "tool", "class", "used by");
+    for name in catalog.names() {
+        let t = catalog.get(name).expect("listed");
+        let who = if t.agent_only {
+            "agents"
+        } else {
+            "steps, agents"
+        };
+        println!(
+            "{:<14} {:<15} {:<12} {}",
+            t.name,
+            t.capability.to_string(),
+            who,
+            t.description
+        );
     }
 }
 

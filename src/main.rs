@@ -41,6 +41,10 @@ fn main() -> ExitCode {
             Cmd::Runs { command } => cli::runs(&settings, command).await.map(|_| true),
             Cmd::Audit { command } => cli::audit(&settings, command).await,
             Cmd::Migrate => cli::migrate(&settings).await.map(|_| true),
+            Cmd::Tools => {
+                cli::tools();
+                Ok(true)
+            }
             Cmd::Slack { command } => cli::slack(&settings, command).map(|_| true),
             Cmd::Discord { command } => cli::discord(&settings, command).map(|_| true),
         }

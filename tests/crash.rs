@@ -436,6 +436,30 @@ async fn the_cli_cancels_a_run_that_the_running_bot_then_reports() {
 }
 
 #[test]
+fn baton_tools_lists_every_tool_with_its_class() {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("tools")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (tool, class) in [
+        ("http.get", "read"),
+        ("webhook.post", "external"),
+        ("memory.read", "read"),
+        ("memory.write", "write-internal"),
+        ("run.context", "read"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(tool) && l.contains(class)),
+            "{tool} {class}: {text}"
+        );
+    }
+}
+
+#[test]
 fn check_exits_non_zero_and_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "name = \"bad\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"bad\"\n[[step]]\nid = \"a\"\nkind = \"tool\"\ntool = \"nope\"\n").unwrap();
