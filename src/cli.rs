@@ -313,7 +313,7 @@ pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
 /// `baton tools`: one line per tool.
 pub fn tools() {
     let catalog = ToolCatalog::builtin();
-    println!("{:<14} {:<15} {:<12} what", "tool", "class", "used by");
+    println!("{:<14} {:<15} {:<14} what", "tool", "class", "used by");
     for name in catalog.names() {
         let t = catalog.get(name).expect("listed");
         let who = if t.agent_only {
