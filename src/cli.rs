@@ -322,7 +322,7 @@ pub fn tools() {
             "steps, agents"
         };
         println!(
-            "{:<14} {:<15} {:<12} {}",
+            "{:<14} {:<15} {:<14} {}",
             t.name,
             t.capability.to_string(),
             who,
