@@ -121,10 +121,6 @@ impl Models {
         Ok(Self { http, settings })
     }
 
-    pub fn settings(&self) -> &ModelSettings {
-        &self.settings
-    }
-
     /// What to tell someone whose agent names a model Baton cannot reach.
     pub fn unavailable(&self, name: &str) -> Option<String> {
         if self.settings.models.is_empty() {

@@ -91,11 +91,6 @@ impl DiscordApi {
         })
     }
 
-    /// The REST base URL, for deriving where the gateway may live under the test seam.
-    pub fn base(&self) -> &reqwest::Url {
-        &self.base
-    }
-
     pub async fn get(&self, path: &str) -> Result<Value, DiscordError> {
         self.call(Method::GET, path, None).await
     }
