@@ -9,12 +9,14 @@ use crate::config::Settings;
 use crate::core::audit::Redactor;
 use crate::core::clock::Clock;
 use crate::core::tools::ToolCatalog;
-use crate::core::workflow::{Severity, WorkflowSet, load_dir};
+use crate::core::workflow::{
+    Diagnostic, McpServer, Severity, WorkflowSet, load_dir, load_mcp_servers,
+};
 use crate::engine::{Engine, EngineSettings};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
-use crate::tools::ToolBox;
+use crate::tools::{Mcp, ToolBox};
 use anyhow::{Context as _, bail};
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +32,12 @@ pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Res
         .with_context(|| format!("BATON_COMMANDS_DIR: cannot read {}", dir.display()))?;
     let models = settings.models.models.keys().cloned().collect();
     diagnostics.extend(crate::core::workflow::check_models(&set, &models));
+    stop_on_errors(dir, &diagnostics)?;
+    Ok(set)
+}
+
+/// Logs the warnings; errors stop start-up with every one listed.
+fn stop_on_errors(dir: &std::path::Path, diagnostics: &[Diagnostic]) -> anyhow::Result<()> {
     let errors: Vec<String> = diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -49,16 +57,49 @@ pub fn load_workflows(settings: &Settings, catalog: &ToolCatalog) -> anyhow::Res
             errors.join("\n")
         );
     }
-    Ok(set)
+    Ok(())
 }
 
-/// Opens the store named by the settings.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    store::open(
-        settings.database_url.expose(),
-        Redactor::new(settings.secrets()),
-    )
-    .await
+/// The MCP servers `commands/mcp/*.toml` declares; a mistake in one stops start-up.
+pub fn load_mcp(settings: &Settings) -> anyhow::Result<Vec<McpServer>> {
+    let dir = settings.commands_dir.join("mcp");
+    let (servers, diagnostics) = load_mcp_servers(&dir, &|k| settings.vars.get(k))
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    stop_on_errors(&dir, &diagnostics)?;
+    Ok(servers)
+}
+
+/// Connects to the MCP servers and lists their tools: the catalogue with them, and the
+/// servers for the tool box. A server that cannot be reached does not stop Baton: its tools
+/// are taken on trust by name until it answers.
+pub async fn connect_tools(servers: Vec<McpServer>) -> (ToolCatalog, Arc<Mcp>) {
+    let mcp = Arc::new(Mcp::new(servers));
+    let mut catalog = ToolCatalog::builtin();
+    for (server, listed) in mcp.connect_all().await {
+        catalog = catalog.with_mcp(server, listed);
+    }
+    (catalog, mcp)
+}
+
+/// The catalogue without connecting to any MCP server, for commands that only need to read
+/// stored runs: every server's tools are taken on trust.
+pub fn offline_catalog(servers: &[McpServer]) -> ToolCatalog {
+    servers.iter().fold(ToolCatalog::builtin(), |c, s| {
+        c.with_mcp(s, Err("not connected from the command line".into()))
+    })
+}
+
+/// Opens the store named by the settings. The ledger redacts the settings' secrets and
+/// `more_secrets` (what MCP files expand from the environment).
+pub async fn open_store(
+    settings: &Settings,
+    more_secrets: &[McpServer],
+) -> anyhow::Result<Arc<dyn Store>> {
+    let secrets = settings
+        .secrets()
+        .into_iter()
+        .chain(more_secrets.iter().flat_map(|s| s.secrets.iter().cloned()));
+    store::open(settings.database_url.expose(), Redactor::new(secrets)).await
 }
 
 /// The engine with its store, without platforms or background loops: what the CLI needs to
@@ -67,9 +108,10 @@ pub async fn engine_for_cli(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<Engine>> {
-    let catalog = Arc::new(ToolCatalog::builtin());
+    let servers = load_mcp(settings).unwrap_or_default();
+    let catalog = Arc::new(offline_catalog(&servers));
     let workflows = Arc::new(load_workflows(settings, &catalog).unwrap_or_default());
-    let store = open_store(settings).await?;
+    let store = open_store(settings, &servers).await?;
     let engine_settings = engine_settings(settings, settings.http_addr);
     let tools = Arc::new(ToolBox::new(
         settings.tool_settings(&engine_settings.base_url),
@@ -117,14 +159,16 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let catalog = Arc::new(ToolCatalog::builtin());
+    let servers = load_mcp(&settings)?;
+    let store = open_store(&settings, &servers).await?;
+    let (catalog, mcp) = connect_tools(servers).await;
+    let catalog = Arc::new(catalog);
     let workflows = Arc::new(load_workflows(&settings, &catalog)?);
-    let store = open_store(&settings).await?;
     let addr = listener.local_addr()?;
     let engine_settings = engine_settings(&settings, addr);
-    let tools = Arc::new(ToolBox::new(
-        settings.tool_settings(&engine_settings.base_url),
-    )?);
+    let tools = Arc::new(
+        ToolBox::new(settings.tool_settings(&engine_settings.base_url))?.with_mcp(mcp.clone()),
+    );
     let metrics = Arc::new(Metrics::default());
     let console = Console::new(store.clone(), clock.clone());
     console
@@ -251,6 +295,7 @@ pub async fn run(
         tracing::warn!("some acknowledged Discord events were still being handled at shutdown");
     }
     background.shutdown().await;
+    mcp.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,8 +9,7 @@ use crate::core::clock::{Clock, SystemClock};
 use crate::core::engine::{Command, RunStatus};
 use crate::core::event::Actor;
 use crate::core::ids::RunId;
-use crate::core::tools::ToolCatalog;
-use crate::core::workflow::{Severity, load_dir};
+use crate::core::workflow::{Severity, load_dir, load_mcp_servers};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -120,11 +119,21 @@ pub enum AuditCmd {
     },
 }
 
-/// `baton check`: prints every diagnostic; returns whether there were no errors.
-pub fn check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<bool> {
+/// `baton check`: prints every diagnostic; returns whether there were no errors. MCP servers
+/// are connected to, so the tools workflows name are checked against what they list.
+pub async fn check(settings: &Settings, dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let dir = dir.unwrap_or_else(|| settings.commands_dir.clone());
-    let (set, mut diagnostics) = load_dir(&dir, &ToolCatalog::builtin())
-        .with_context(|| format!("cannot read {}", dir.display()))?;
+    let mcp_dir = dir.join("mcp");
+    let (servers, mut diagnostics) = load_mcp_servers(&mcp_dir, &|k| settings.vars.get(k))
+        .with_context(|| format!("cannot read {}", mcp_dir.display()))?;
+    let (catalog, mcp) = app::connect_tools(servers).await;
+    mcp.shutdown().await;
+    for (server, why) in catalog.unlisted_servers() {
+        eprintln!("warning: MCP server `{server}`: {why}");
+    }
+    let (set, more) =
+        load_dir(&dir, &catalog).with_context(|| format!("cannot read {}", dir.display()))?;
+    diagnostics.extend(more);
     let models = settings.models.models.keys().cloned().collect();
     diagnostics.extend(crate::core::workflow::check_models(&set, &models));
     for d in &diagnostics {
@@ -251,7 +260,7 @@ pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
 
 /// `baton audit …`; returns false when verification found a break.
 pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<bool> {
-    let store = app::open_store(settings).await?;
+    let store = app::open_store(settings, &app::load_mcp(settings)?).await?;
     match command {
         AuditCmd::Verify => match verify(store.as_ref()).await? {
             Verification::Intact { entries } => {
@@ -296,7 +305,8 @@ pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<boo
 pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
     match command {
         SlackCmd::Manifest { url } => {
-            let workflows = app::load_workflows(settings, &ToolCatalog::builtin())?;
+            let workflows =
+                app::load_workflows(settings, &app::offline_catalog(&app::load_mcp(settings)?))?;
             let url = url.or_else(|| settings.public_url.clone());
             if let Some(u) = &url
                 && !u.starts_with("https://")
@@ -310,25 +320,36 @@ pub fn slack(settings: &Settings, command: SlackCmd) -> anyhow::Result<()> {
     }
 }
 
-/// `baton tools`: one line per tool.
-pub fn tools() {
-    let catalog = ToolCatalog::builtin();
-    println!("{:<14} {:<15} {:<14} what", "tool", "class", "used by");
-    for name in catalog.names() {
-        let t = catalog.get(name).expect("listed");
+/// `baton tools`: one line per tool, built-in and from each MCP server (connected to for the
+/// listing), with its capability class.
+pub async fn tools(settings: &Settings) -> anyhow::Result<bool> {
+    let (catalog, mcp) = app::connect_tools(app::load_mcp(settings)?).await;
+    mcp.shutdown().await;
+    let infos: Vec<_> = catalog.names().filter_map(|n| catalog.get(n)).collect();
+    let width = infos.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4) + 2;
+    println!("{:<width$}{:<16}{:<15}what", "tool", "class", "used by");
+    for t in &infos {
         let who = if t.agent_only {
             "agents"
         } else {
             "steps, agents"
         };
+        // One line each: a server's description may run to paragraphs.
+        let what = t.description.lines().next().unwrap_or_default();
+        let what: String = what.chars().take(100).collect();
         println!(
-            "{:<14} {:<15} {:<14} {}",
+            "{:<width$}{:<16}{:<15}{what}",
             t.name,
             t.capability.to_string(),
-            who,
-            t.description
+            who
         );
     }
+    let mut all_listed = true;
+    for (server, why) in catalog.unlisted_servers() {
+        all_listed = false;
+        eprintln!("MCP server `{server}` could not be listed: {why}");
+    }
+    Ok(all_listed)
 }
 
 /// `baton discord …`.
@@ -347,7 +368,8 @@ pub fn discord(settings: &Settings, command: DiscordCmd) -> anyhow::Result<()> {
             println!("{}", commands::invite_url(&app_id));
         }
         DiscordCmd::Commands => {
-            let workflows = app::load_workflows(settings, &ToolCatalog::builtin())?;
+            let workflows =
+                app::load_workflows(settings, &app::offline_catalog(&app::load_mcp(settings)?))?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&commands::desired(&workflows))?
@@ -358,7 +380,7 @@ pub fn discord(settings: &Settings, command: DiscordCmd) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    app::open_store(settings).await?;
+    app::open_store(settings, &[]).await?;
     println!("database is up to date");
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A value that must not reach logs. Debug and Display print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -43,6 +44,25 @@ pub enum LogFormat {
 }
 
 /// Every setting Baton reads.
+/// Where settings came from, kept for the variables MCP files name (`${VAR}`).
+#[derive(Clone)]
+pub struct Vars(Arc<Lookup>);
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Vars {
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+}
+
+impl fmt::Debug for Vars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The values may be secrets.
+        f.write_str("Vars(..)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `DATABASE_URL`: where runs and the ledger live.
@@ -78,6 +98,8 @@ pub struct Settings {
     pub webhooks: BTreeMap<String, Secret>,
     /// `BATON_SECRETS`: extra values to redact from the ledger and logs.
     pub extra_secrets: Vec<Secret>,
+    /// Every variable, for `${VAR}` in `commands/mcp/*.toml`.
+    pub vars: Vars,
     /// Slack, when `SLACK_BOT_TOKEN` is set.
     pub slack: Option<SlackSettings>,
     /// Discord, when `DISCORD_TOKEN` is set.
@@ -350,9 +372,12 @@ impl DiscordSettings {
 
 impl Settings {
     /// Reads settings through `get` (the process environment in production, a map in tests).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Result<Self, ConfigError> {
+        let get = Vars(Arc::new(get));
         let var = |k: &str| {
-            get(k)
+            get.get(k)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
@@ -506,6 +531,7 @@ impl Settings {
                 .into_iter()
                 .map(Secret::new)
                 .collect(),
+            vars: get.clone(),
         })
     }
 
@@ -593,7 +619,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
+        Settings::from_lookup(move |k| map.get(k).cloned())
     }
 
     #[test]

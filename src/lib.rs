@@ -10,6 +10,7 @@
 //! - [`agents`]: model providers (OpenAI-compatible, Anthropic) for agent steps.
 //! - [`adapters`]: platforms: the local console, Slack, Discord.
 //! - [`http`]: the HTTP server shared by the console, health and metrics.
+//! - [`http_client`]: how every outbound HTTP client is built (TLS, user agent).
 //! - [`app`], [`config`], [`cli`]: wiring, settings and the command line.
 
 pub mod adapters;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

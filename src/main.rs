@@ -37,14 +37,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Cmd::Run) {
             Cmd::Run => serve(settings).await.map(|_| true),
-            Cmd::Check { dir } => cli::check(&settings, dir),
+            Cmd::Check { dir } => cli::check(&settings, dir).await,
             Cmd::Runs { command } => cli::runs(&settings, command).await.map(|_| true),
             Cmd::Audit { command } => cli::audit(&settings, command).await,
             Cmd::Migrate => cli::migrate(&settings).await.map(|_| true),
-            Cmd::Tools => {
-                cli::tools();
-                Ok(true)
-            }
+            Cmd::Tools => cli::tools(&settings).await,
             Cmd::Slack { command } => cli::slack(&settings, command).map(|_| true),
             Cmd::Discord { command } => cli::discord(&settings, command).map(|_| true),
         }

@@ -77,7 +77,7 @@ impl Aimock {
             base: base.clone(),
             _dir: dir,
         };
-        let http = reqwest::Client::new();
+        let http = baton::http_client::client();
         eventually("aimock to listen", || async {
             http.get(format!("{base}/health")).send().await.is_ok()
         })

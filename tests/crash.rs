@@ -67,7 +67,7 @@ impl Bot {
             dir,
             port: free_port(),
             child: None,
-            http: reqwest::Client::new(),
+            http: baton::http_client::client(),
             env: vec![],
         }
     }

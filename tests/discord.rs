@@ -630,7 +630,7 @@ async fn start_up_error(fake: &FakeDiscord, token: &str) -> String {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let settings = baton::config::Settings::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let settings = baton::config::Settings::from_lookup(move |k| env.get(k).cloned()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let clock: std::sync::Arc<dyn baton::core::clock::Clock> =
         std::sync::Arc::new(baton::core::clock::ManualClock::new(start_time()));

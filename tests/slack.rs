@@ -185,7 +185,7 @@ async fn start_up_error(fake: &FakeSlack, token: &str) -> anyhow::Error {
         ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_owned()),
         ("SLACK_API_URL", fake.api_url()),
     ];
-    let settings = baton::config::Settings::from_lookup(|k| {
+    let settings = baton::config::Settings::from_lookup(move |k| {
         env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
     })
     .unwrap();

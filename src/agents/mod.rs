@@ -111,8 +111,7 @@ fn tool_name(wire: &str) -> String {
 
 impl Models {
     pub fn new(settings: ModelSettings) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http_client::builder()
             .timeout(settings.timeout)
             // A redirect would carry the key (`x-api-key` is not dropped across hosts) and the
             // conversation elsewhere.
@@ -243,6 +242,14 @@ impl Models {
             Provider::OpenAi => openai_reply(&response)?,
             Provider::Anthropic => anthropic_reply(&response)?,
         };
+        // `__` on the wire may stand for `.` or be part of an MCP tool's own name: the
+        // offered tool whose wire name matches is the one meant.
+        for call in &mut reply.tool_calls {
+            let wire = wire_name(&call.name);
+            if let Some(t) = req.tools.iter().find(|t| wire_name(&t.name) == wire) {
+                call.name = t.name.clone();
+            }
+        }
         reply.request = body;
         reply.response = response;
         reply.latency_ms = latency_ms;
@@ -470,7 +477,8 @@ mod tests {
     #[test]
     fn openai_requests_carry_tools_and_tool_results_in_chat_completions_form() {
         let catalog = ToolCatalog::builtin();
-        let tools = [catalog.get("memory.read").unwrap()];
+        let read = catalog.get("memory.read").unwrap();
+        let tools = [read.as_ref()];
         let turns = conversation();
         let body = openai_request(
             "gpt-4o-mini",

@@ -94,11 +94,18 @@ impl Engine {
             )
             .await;
         }
-        let tools: Vec<&ToolInfo> = agent
+        // An MCP server that could not be listed at start-up may have answered since: its
+        // own description of the tool then goes to the model.
+        let described: Vec<std::borrow::Cow<'_, ToolInfo>> = agent
             .tools
             .iter()
             .filter_map(|t| self.catalog.get(t))
+            .map(|info| match self.tools.describe(&info) {
+                Some(live) => std::borrow::Cow::Owned(live),
+                None => info,
+            })
             .collect();
+        let tools: Vec<&ToolInfo> = described.iter().map(|t| t.as_ref()).collect();
         let mut schema_retried = turns
             .iter()
             .any(|t| matches!(t, Turn::User { text } if text.starts_with(SCHEMA_RETRY)));

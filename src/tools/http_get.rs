@@ -104,10 +104,9 @@ pub(super) async fn call(allow: &HostAllowList, args: &Value) -> Result<Value, T
         .copied()
         .find(|a| explicit || allow.allow_private || !is_internal(a.ip()))
         .ok_or_else(|| ToolError::Refused(format!("`{bare}` resolves to an internal address; set BATON_HTTP_ALLOW_PRIVATE=true to allow it")))?;
-    let client = reqwest::Client::builder()
+    let client = crate::http_client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .resolve(bare, addr)
-        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ToolError::Failed(format!("could not build the HTTP client: {e}")))?;
     let response = client

@@ -2,9 +2,11 @@
 //! `core::tools` for capability classes); this module only runs it, within its own guards.
 
 mod http_get;
+pub mod mcp;
 mod webhook_post;
 
 pub use http_get::HostAllowList;
+pub use mcp::Mcp;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -31,19 +33,50 @@ pub struct ToolSettings {
     pub webhooks: BTreeMap<String, String>,
 }
 
-/// Runs built-in tools.
+/// Runs built-in tools and the tools of MCP servers.
 pub struct ToolBox {
     settings: ToolSettings,
     client: reqwest::Client,
+    mcp: std::sync::Arc<Mcp>,
 }
 
 impl ToolBox {
     pub fn new(settings: ToolSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { settings, client })
+        Ok(Self {
+            settings,
+            client,
+            mcp: Default::default(),
+        })
+    }
+
+    /// The same tools plus those of these MCP servers.
+    pub fn with_mcp(self, mcp: std::sync::Arc<Mcp>) -> Self {
+        Self { mcp, ..self }
+    }
+
+    pub fn mcp(&self) -> &std::sync::Arc<Mcp> {
+        &self.mcp
+    }
+
+    /// A fresher description of an MCP tool whose server could not be listed when the
+    /// catalogue was made, once the server has listed it.
+    pub fn describe(
+        &self,
+        info: &crate::core::tools::ToolInfo,
+    ) -> Option<crate::core::tools::ToolInfo> {
+        let origin = info.mcp.as_ref().filter(|o| o.unlisted.is_some())?;
+        let live = self.mcp.describe(&info.name)?;
+        let mut fresh = info.clone();
+        fresh.description = live.description;
+        fresh.parameters = live.input_schema;
+        fresh.mcp = Some(crate::core::tools::McpOrigin {
+            unlisted: None,
+            ..origin.clone()
+        });
+        Some(fresh)
     }
 
     /// Calls `tool` with `args`. `declared` is what the step may use: any other tool is refused
@@ -60,6 +93,7 @@ impl ToolBox {
             )));
         }
         match tool {
+            _ if self.mcp.owns(tool) => self.mcp.call(tool, args).await,
             "http.get" => http_get::call(&self.settings.http_allow, args).await,
             "webhook.post" => webhook_post::call(&self.client, &self.settings.webhooks, args).await,
             other => Err(ToolError::Refused(format!("unknown tool `{other}`"))),

@@ -75,7 +75,9 @@ pub async fn spawn(opts: Spawn) -> TestApp {
         }
     }
     for (name, text) in &opts.extra_workflows {
-        std::fs::write(commands.join(name), text).unwrap();
+        let path = commands.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert(
@@ -92,7 +94,7 @@ pub async fn spawn(opts: Spawn) -> TestApp {
     let mut app = TestApp {
         addr: "127.0.0.1:0".parse().unwrap(),
         base: String::new(),
-        http: reqwest::Client::new(),
+        http: baton::http_client::client(),
         clock,
         dir,
         stop: None,
@@ -108,7 +110,7 @@ impl TestApp {
     pub async fn start(&mut self) {
         let env = self.env.clone();
         let settings =
-            Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid");
+            Settings::from_lookup(move |k| env.get(k).cloned()).expect("test settings are valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.addr = listener.local_addr().unwrap();
         self.base = format!("http://{}", self.addr);
@@ -280,8 +282,9 @@ impl TestApp {
 
     /// The ledger, oldest first, through the CLI's export path.
     pub async fn ledger(&self) -> Vec<Value> {
-        let settings = Settings::from_lookup(|k| self.env.get(k).cloned()).unwrap();
-        let store = baton::app::open_store(&settings).await.unwrap();
+        let env = self.env.clone();
+        let settings = Settings::from_lookup(move |k| env.get(k).cloned()).unwrap();
+        let store = baton::app::open_store(&settings, &[]).await.unwrap();
         let mut out = vec![];
         let mut after = 0;
         loop {

@@ -73,7 +73,7 @@ const GLOBAL: &str = "global";
 
 impl DiscordApi {
     pub fn new(base: reqwest::Url, token: Secret, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = crate::http_client::builder()
             // Discord asks bots to identify themselves this way.
             .user_agent(concat!(
                 "DiscordBot (baton, ",

@@ -49,8 +49,7 @@ pub struct SlackApi {
 
 impl SlackApi {
     pub fn new(base: reqwest::Url, token: Secret) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http_client::builder()
             .timeout(Duration::from_secs(20))
             .build()?;
         Ok(Self { http, base, token })

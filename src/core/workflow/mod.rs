@@ -2,11 +2,13 @@
 //! Parsing and validation live in [`parse`]; a [`Workflow`] that exists is a valid one.
 
 mod duration;
+mod mcp;
 mod parse;
 #[cfg(test)]
 mod tests;
 
 pub use duration::{format_duration, parse_duration};
+pub use mcp::{McpServer, McpTransport, load_mcp_servers};
 pub use parse::{check_models, load_dir, parse_workflow};
 
 use chrono::Duration;

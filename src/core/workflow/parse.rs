@@ -4,7 +4,7 @@
 use super::*;
 use crate::core::agents::AgentDef;
 use crate::core::template;
-use crate::core::tools::{Capability, ToolCatalog};
+use crate::core::tools::{Capability, ToolCatalog, ToolInfo};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -171,13 +171,29 @@ struct RawRetry {
 }
 
 /// Collects diagnostics for one file, turning byte offsets into line numbers.
-struct Report<'a> {
+pub(super) struct Report<'a> {
     file: &'a Path,
     text: &'a str,
     out: Vec<Diagnostic>,
 }
 
-impl Report<'_> {
+impl<'a> Report<'a> {
+    pub(super) fn new(file: &'a Path, text: &'a str) -> Self {
+        Self {
+            file,
+            text,
+            out: Vec::new(),
+        }
+    }
+    pub(super) fn into_diagnostics(self) -> Vec<Diagnostic> {
+        self.out
+    }
+    pub(super) fn error_count(&self) -> usize {
+        self.out
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         self.text.as_bytes()[..end]
@@ -186,7 +202,7 @@ impl Report<'_> {
             .count()
             + 1
     }
-    fn error(&mut self, offset: usize, message: impl Into<String>) {
+    pub(super) fn error(&mut self, offset: usize, message: impl Into<String>) {
         self.push(offset, Severity::Error, message.into());
     }
     fn warn(&mut self, offset: usize, message: impl Into<String>) {
@@ -557,7 +573,10 @@ fn build_agent(
                 );
                 ok = false;
             }
-            Some(info) => allowed.push(info.name.clone()),
+            Some(info) => {
+                warn_unlisted(r, t.span().start, &info);
+                allowed.push(info.name.clone())
+            }
         }
     }
     let output_schema = a
@@ -692,6 +711,7 @@ fn build_step(
                 );
                 return None;
             };
+            warn_unlisted(r, tool.span().start, &info);
             let with_at = s.with.as_ref().map(|w| w.span().start).unwrap_or(kind_at);
             let with: Map<String, Value> = s
                 .with
@@ -973,6 +993,21 @@ fn check_template(
             ),
             _ => {}
         }
+    }
+}
+
+/// A tool of an MCP server that could not be listed is taken on trust; say so.
+fn warn_unlisted(r: &mut Report<'_>, at: usize, info: &ToolInfo) {
+    if let Some(origin) = &info.mcp
+        && let Some(why) = &origin.unlisted
+    {
+        r.warn(
+            at,
+            format!(
+                "`{}` is not checked: the MCP server `{}` could not list its tools ({why})",
+                info.name, origin.server
+            ),
+        );
     }
 }
 
