@@ -6,14 +6,20 @@
 use super::ToolError;
 use crate::core::tools::ListedTool;
 use crate::core::workflow::{McpServer, McpTransport};
+use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::common::client_side_sse::BoxedSseResponse;
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{Peer, ServiceExt as _};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use tokio::io::AsyncBufReadExt as _;
 
 /// Text a tool returns beyond this is cut, so one call cannot flood the ledger.
@@ -226,7 +232,8 @@ impl Server {
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| format!("MCP server `{name}`: {e}"))?;
-                let transport = StreamableHttpClientTransport::with_client(client, config);
+                let transport =
+                    StreamableHttpClientTransport::with_client(SessionAware(client), config);
                 info.serve(transport)
                     .await
                     .map_err(|e| format!("MCP server `{name}` ({url}): {e}"))
@@ -235,15 +242,125 @@ impl Server {
     }
 }
 
+/// rmcp's reqwest client, plus one reading of what servers do in practice: MCP says a server
+/// answers 404 to a session it no longer has, and the client starts a new one; servers built
+/// from the TypeScript SDK's example answer 400 with an error that carries no request id. That
+/// answer to a request sent in a session is taken as the same news, so rmcp opens a new
+/// session and sends the request again (once) instead of waiting for an answer that will
+/// never come.
+#[derive(Clone)]
+struct SessionAware(reqwest::Client);
+
+impl StreamableHttpClient for SessionAware {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            StreamableHttpResponseLimits::default(),
+        )
+        .await
+    }
+
+    async fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let asks = matches!(message, ClientJsonRpcMessage::Request(_));
+        let in_session = session_id.is_some();
+        let response = self
+            .0
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                custom_headers,
+                limits,
+            )
+            .await?;
+        if asks
+            && in_session
+            && let StreamableHttpPostResponse::Json(ServerJsonRpcMessage::Error(e), _) = &response
+            && e.id.is_none()
+        {
+            return Err(StreamableHttpError::SessionExpired);
+        }
+        Ok(response)
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<(), StreamableHttpError<Self::Error>> {
+        self.0
+            .delete_session(uri, session_id, auth_header, custom_headers)
+            .await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<BoxedSseResponse, StreamableHttpError<Self::Error>> {
+        self.0
+            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+            .await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<BoxedSseResponse, StreamableHttpError<Self::Error>> {
+        self.0
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
+    }
+}
+
 fn header_map(
     headers: &BTreeMap<String, String>,
-) -> Result<HashMap<reqwest::header::HeaderName, reqwest::header::HeaderValue>, String> {
+) -> Result<HashMap<HeaderName, HeaderValue>, String> {
     headers
         .iter()
         .map(|(k, v)| {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("`{k}` is not a header name"))?;
-            let mut value = reqwest::header::HeaderValue::from_str(v)
+            let mut value = HeaderValue::from_str(v)
                 .map_err(|_| format!("the value of header `{k}` is not valid in a header"))?;
             value.set_sensitive(true);
             Ok((name, value))
