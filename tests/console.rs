@@ -638,6 +638,8 @@ fn the_core_imports_no_platform_http_server_or_database_crate() {
         "serenity",
         "slack_morphism",
         "tower",
+        "rmcp",
+        "tokio_tungstenite",
     ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
