@@ -165,7 +165,11 @@ impl Models {
                 (
                     e,
                     join(&e.base_url, "chat/completions"),
-                    openai_request(&m.model, req),
+                    openai_request(
+                        &m.model,
+                        req,
+                        e.base_url.host_str() == Some("api.openai.com"),
+                    ),
                 )
             }
             Provider::Anthropic => {
@@ -277,7 +281,8 @@ fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
     base.join(path).unwrap_or(base)
 }
 
-fn openai_request(model: &str, req: &ModelRequest<'_>) -> Value {
+/// `official`: the server is OpenAI's own API.
+fn openai_request(model: &str, req: &ModelRequest<'_>, official: bool) -> Value {
     let mut messages = vec![json!({"role": "system", "content": req.system})];
     for t in req.turns {
         messages.push(match t {
@@ -305,7 +310,16 @@ fn openai_request(model: &str, req: &ModelRequest<'_>) -> Value {
             } => json!({"role": "tool", "tool_call_id": call_id, "content": content}),
         });
     }
-    let mut body = json!({"model": model, "messages": messages, "max_tokens": req.max_tokens});
+    // OpenAI itself refuses `max_tokens` for its reasoning models and takes
+    // `max_completion_tokens` for all; compatible servers (Ollama, vLLM, llama.cpp) know
+    // `max_tokens`.
+    let limit = if official {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let mut body = json!({"model": model, "messages": messages});
+    body[limit] = json!(req.max_tokens);
     if !req.tools.is_empty() {
         body["tools"] = req
             .tools
@@ -475,6 +489,22 @@ mod tests {
     }
 
     #[test]
+    fn openai_itself_is_sent_max_completion_tokens_and_compatible_servers_max_tokens() {
+        let req = ModelRequest {
+            system: "s",
+            turns: &[],
+            tools: &[],
+            max_tokens: 64,
+        };
+        let official = openai_request("o3-mini", &req, true);
+        assert_eq!(official["max_completion_tokens"], 64);
+        assert!(official.get("max_tokens").is_none());
+        let local = openai_request("llama3", &req, false);
+        assert_eq!(local["max_tokens"], 64);
+        assert!(local.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
     fn openai_requests_carry_tools_and_tool_results_in_chat_completions_form() {
         let catalog = ToolCatalog::builtin();
         let read = catalog.get("memory.read").unwrap();
@@ -488,11 +518,13 @@ mod tests {
                 tools: &tools,
                 max_tokens: 100,
             },
+            false,
         );
         assert_eq!(
             body["messages"][0],
             json!({"role": "system", "content": "You research."})
         );
+        assert_eq!(body["max_tokens"], 100);
         assert_eq!(
             body["messages"][2]["tool_calls"][0]["function"]["name"],
             "memory__read"
