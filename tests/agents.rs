@@ -156,6 +156,21 @@ async fn an_agent_writes_memory_in_one_run_and_the_next_run_reads_it_with_attrib
     assert_eq!(read["written_by"]["run"], run);
     assert_eq!(read["written_by"]["step"], "research");
     assert_eq!(read["written_by"]["agent"], "researcher");
+
+    // The console's memory page shows the entry with the same attribution.
+    let (status, page) = app.get("/memory?namespace=company").await;
+    assert_eq!(status, 200);
+    let row = &page[page.find("<td>acme.com</td>").expect("the entry is listed")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("&quot;employees&quot;: 50"), "{row}");
+    assert!(row.contains("<td>researcher</td>"), "{row}");
+    assert!(
+        row.contains(&format!("<a href=\"/runs/{run}\">{run}</a>")),
+        "{row}"
+    );
+    assert!(row.contains("<td>research</td>"), "{row}");
+    let (_, other) = app.get("/memory?namespace=elsewhere").await;
+    assert!(!other.contains("acme.com"));
 }
 
 #[tokio::test]

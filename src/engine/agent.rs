@@ -571,7 +571,7 @@ impl Engine {
             },
             None => self
                 .store
-                .memory_list(namespace, MEMORY_LISTED)
+                .memory_list(Some(namespace), MEMORY_LISTED)
                 .await
                 .map(|entries| Value::Array(entries.iter().map(shown).collect()))
                 .map_err(|e| format!("could not read memory: {e}")),

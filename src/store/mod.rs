@@ -320,8 +320,12 @@ pub trait AgentStore: Send + Sync {
     /// Tokens agents have spent in a run so far (in and out, every step).
     async fn agent_tokens(&self, run: RunId) -> StoreResult<u64>;
     async fn memory_read(&self, namespace: &str, key: &str) -> StoreResult<Option<MemoryEntry>>;
-    /// Every entry of a namespace, newest first.
-    async fn memory_list(&self, namespace: &str, limit: u32) -> StoreResult<Vec<MemoryEntry>>;
+    /// The newest entries of a namespace, or of every namespace, newest first.
+    async fn memory_list(
+        &self,
+        namespace: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryEntry>>;
     async fn memory_write(&self, entry: &MemoryEntry) -> StoreResult<()>;
 }
 

@@ -1303,9 +1303,13 @@ impl AgentStore for SqliteStore {
         row.as_ref().map(memory_from_row).transpose()
     }
 
-    async fn memory_list(&self, namespace: &str, limit: u32) -> StoreResult<Vec<MemoryEntry>> {
+    async fn memory_list(
+        &self,
+        namespace: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryEntry>> {
         let rows = sqlx::query(
-            "SELECT * FROM memory WHERE namespace = ? ORDER BY written_at DESC, key LIMIT ?",
+            "SELECT * FROM memory WHERE ?1 IS NULL OR namespace = ?1 ORDER BY written_at DESC, namespace, key LIMIT ?2",
         )
         .bind(namespace)
         .bind(i64::from(limit))

@@ -42,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(run))
         .route("/approvals", get(approvals))
         .route("/audit", get(audit))
+        .route("/memory", get(memory))
 }
 
 /// Escapes text for HTML bodies and attribute values.
@@ -64,7 +65,7 @@ fn page(title: &str, body: &str) -> Response {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · Baton</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body class=\"page\">\
-         <nav class=\"top\"><a href=\"/\">Chat</a><a href=\"/runs\">Runs</a><a href=\"/approvals\">Approvals</a><a href=\"/audit\">Audit ledger</a></nav>\
+         <nav class=\"top\"><a href=\"/\">Chat</a><a href=\"/runs\">Runs</a><a href=\"/approvals\">Approvals</a><a href=\"/audit\">Audit ledger</a><a href=\"/memory\">Memory</a></nav>\
          <main>{body}</main></body></html>",
         esc(title)
     ))
@@ -240,6 +241,57 @@ async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> 
         );
     }
     Ok(page("Approvals", &body))
+}
+
+#[derive(Deserialize)]
+struct MemoryQuery {
+    namespace: Option<String>,
+}
+
+/// The agents' shared memory, newest first, each entry with the run, step and agent that
+/// wrote it and when.
+async fn memory(
+    State(state): State<AppState>,
+    Query(q): Query<MemoryQuery>,
+) -> Result<Response, ApiError> {
+    let namespace = q
+        .namespace
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let entries = state
+        .engine
+        .store()
+        .memory_list(namespace, PAGE_ROWS)
+        .await?;
+    let mut body = format!(
+        "<h1>Memory</h1><form method=\"get\" class=\"filters\"><label>Namespace <input name=\"namespace\" value=\"{}\"></label> <button>Show</button> <a href=\"/memory\">all</a></form>\
+         <table><thead><tr><th>Namespace</th><th>Key</th><th>Value</th><th>Written by</th><th>Run</th><th>Step</th><th>When</th></tr></thead><tbody>",
+        esc(namespace.unwrap_or_default())
+    );
+    for e in &entries {
+        let value = serde_json::to_string_pretty(&e.value).unwrap_or_default();
+        let value: String = value.chars().take(2000).collect();
+        let run = e
+            .run
+            .map(|r| format!("<a href=\"/runs/{r}\">{r}</a>"))
+            .unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td><td>{}</td><td>{run}</td><td>{}</td><td>{}</td></tr>",
+            esc(&e.namespace),
+            esc(&e.key),
+            esc(&value),
+            esc(e.agent.as_deref().unwrap_or("")),
+            esc(e.step.as_deref().unwrap_or("")),
+            when(e.written_at),
+        );
+    }
+    if entries.is_empty() {
+        body.push_str("<tr><td colspan=\"7\">Nothing remembered yet: agents with <code>memory.write</code> fill this.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    Ok(page("Memory", &body))
 }
 
 async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
