@@ -16,6 +16,10 @@ use crate::core::workflow::{StepKind, Workflow, format_duration};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+/// Characters of an agent's answer (or another step note's detail) the thread shows; the rest
+/// is on the run's page.
+const NOTE_DETAIL_LIMIT: usize = 1500;
+
 /// What the machine needs besides the run itself.
 pub struct Context<'a> {
     pub workflow: &'a Workflow,
@@ -197,6 +201,17 @@ impl Apply<'_, '_> {
             .get(id)
             .is_some_and(|s| s.status == StepStatus::Running && s.attempt == attempt);
         if current {
+            let mut message = message;
+            // A long answer is the step's output, kept whole on the run's page: the thread gets
+            // the start of it and the link.
+            if let Some(detail) = &mut message.detail
+                && detail.chars().count() > NOTE_DETAIL_LIMIT
+            {
+                *detail = detail.chars().take(NOTE_DETAIL_LIMIT).collect();
+                detail.push('…');
+                let url = format!("{}/runs/{}", self.cx.base_url, self.state.run.id);
+                message.text.push_str(&render::note_cut(&url));
+            }
             self.reply(&format!("step:{id}:{attempt}:note:{key}"), message);
         }
     }

@@ -275,6 +275,11 @@ pub fn agent_schema_retry(role: &str, error: &str) -> String {
     format!("*{role}*'s answer did not match its output schema ({error}); asking once more.")
 }
 
+/// Added to a note whose detail was cut.
+pub fn note_cut(url: &str) -> String {
+    format!(" The start is below; all of it is on the run's page: {url}")
+}
+
 pub fn agent_answered(role: &str) -> String {
     format!("*{role}* answered.")
 }

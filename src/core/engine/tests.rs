@@ -536,3 +536,40 @@ fn a_step_that_wants_a_reason_refuses_a_rejection_without_one() {
         Some("no tests")
     );
 }
+
+#[test]
+fn a_long_step_note_shows_its_start_in_the_thread_and_links_the_run_page() {
+    let mut h = Harness::new(FLOW);
+    h.start();
+    let long = "word ".repeat(1000);
+    let t = h.apply(Command::StepNote {
+        step: "a".into(),
+        attempt: 1,
+        key: "answer".into(),
+        message: crate::core::message::OutMessage {
+            text: "*Writer* answered.".into(),
+            detail: Some(long),
+            ..Default::default()
+        },
+    });
+    let message = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Post { key, message, .. }) if key.0.contains("note") => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .expect("the note is posted");
+    let detail = message.detail.unwrap();
+    assert_eq!(detail.chars().count(), 1501, "cut, with an ellipsis");
+    assert!(detail.ends_with('…'));
+    assert!(
+        message
+            .text
+            .ends_with("all of it is on the run's page: http://x/runs/7"),
+        "{}",
+        message.text
+    );
+}
