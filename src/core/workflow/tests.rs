@@ -299,14 +299,34 @@ fn schedule_slots_follow_daylight_saving_time() {
     );
 }
 
+/// The TOML blocks of a document.
+fn toml_blocks(doc: &str) -> Vec<&str> {
+    doc.split("```toml\n")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("```").unwrap()])
+        .collect()
+}
+
 #[test]
 fn the_documented_examples_pass_check() {
     for file in ["docs/workflows.md", "README.md"] {
         let doc =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
-        let start = doc.find("```toml\n").expect("the doc has a toml example") + "```toml\n".len();
-        let end = start + doc[start..].find("```").unwrap();
-        let d = diagnostics(&doc[start..end]);
+        let blocks = toml_blocks(&doc);
+        // The first whole workflow (triggers and steps) is the one to copy.
+        let example = blocks
+            .iter()
+            .find(|b| b.contains("[[trigger]]") && b.contains("[[step]]"))
+            .expect("the doc has a workflow example");
+        let d = diagnostics(example);
         assert!(d.is_empty(), "{file}: {d:?}");
+        // MCP server files, introduced by their path.
+        for block in blocks.iter().filter(|b| b.starts_with("# commands/mcp/")) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("server.toml"), block).unwrap();
+            let (servers, d) =
+                super::load_mcp_servers(dir.path(), &|_: &str| Some("set".into())).unwrap();
+            assert!(d.is_empty() && servers.len() == 1, "{file}: {block}\n{d:?}");
+        }
     }
 }
