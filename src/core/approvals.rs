@@ -1,5 +1,6 @@
 //! Pure approval policy: who may decide a pending approval.
 
+use crate::core::engine::state::Approval;
 use crate::core::event::Actor;
 use crate::core::workflow::ApprovalSpec;
 
@@ -10,6 +11,8 @@ pub enum Refusal {
     NotApprover,
     /// Four-eyes: whoever started the run may not approve it.
     OwnRun,
+    /// This person already decided; with a quorum each person counts once.
+    AlreadyVoted,
 }
 
 impl Refusal {
@@ -18,30 +21,46 @@ impl Refusal {
         match self {
             Refusal::NotApprover => "You are not an approver for this step.",
             Refusal::OwnRun => "You started this run, so you cannot approve it (four-eyes rule).",
+            Refusal::AlreadyVoted => {
+                "You have already decided on this step; each person counts once."
+            }
         }
     }
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::NotApprover => "not_approver",
             Refusal::OwnRun => "own_run",
+            Refusal::AlreadyVoted => "already_voted",
         }
     }
 }
 
-/// Decides whether `actor` may approve (or reject) under `spec` for a run `requester` started.
-/// An approver may always reject; approving one's own run needs `allow_self_approval`.
+/// Decides whether `actor` may approve (or reject) under `spec` for a run `requester` started,
+/// given who may decide now (`approvers`: the step's, plus the escalation's once it
+/// escalated). An approver may always reject; approving one's own run needs
+/// `allow_self_approval`.
 pub fn may_decide(
     spec: &ApprovalSpec,
+    approvers: &[String],
     requester: &Actor,
     actor: &Actor,
     approve: bool,
 ) -> Result<(), Refusal> {
-    if !spec.approvers.iter().any(|a| actor.is_named_by(a)) {
+    if !approvers.iter().any(|a| actor.is_named_by(a)) {
         return Err(Refusal::NotApprover);
     }
     let own = actor.platform == requester.platform && actor.id == requester.id;
     if approve && own && !spec.allow_self_approval {
         return Err(Refusal::OwnRun);
+    }
+    Ok(())
+}
+
+/// Each person decides once: a second click by the same person changes nothing.
+pub fn not_voted(approval: &Approval, actor: &Actor) -> Result<(), Refusal> {
+    let same = |v: &Actor| v.platform == actor.platform && v.id == actor.id;
+    if approval.votes.iter().any(|v| same(&v.actor)) {
+        return Err(Refusal::AlreadyVoted);
     }
     Ok(())
 }
@@ -63,22 +82,35 @@ mod tests {
 
     fn spec(allow_self: bool) -> ApprovalSpec {
         ApprovalSpec {
-            approvers: vec!["ben".into(), "console:cy".into()],
             allow_self_approval: allow_self,
-            reject_reason: false,
-            message: String::new(),
-            timeout: Duration::hours(1),
+            ..ApprovalSpec::simple(
+                vec!["ben".into(), "console:cy".into()],
+                String::new(),
+                Duration::hours(1),
+            )
         }
     }
 
     #[test]
     fn a_listed_approver_may_approve_someone_elses_run() {
         assert_eq!(
-            may_decide(&spec(false), &user("ana"), &user("ben"), true),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ana"),
+                &user("ben"),
+                true
+            ),
             Ok(())
         );
         assert_eq!(
-            may_decide(&spec(false), &user("ana"), &user("cy"), true),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ana"),
+                &user("cy"),
+                true
+            ),
             Ok(())
         );
     }
@@ -86,11 +118,23 @@ mod tests {
     #[test]
     fn someone_not_listed_is_refused() {
         assert_eq!(
-            may_decide(&spec(false), &user("ana"), &user("dee"), true),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ana"),
+                &user("dee"),
+                true
+            ),
             Err(Refusal::NotApprover)
         );
         assert_eq!(
-            may_decide(&spec(false), &user("ana"), &user("dee"), false),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ana"),
+                &user("dee"),
+                false
+            ),
             Err(Refusal::NotApprover)
         );
     }
@@ -100,7 +144,13 @@ mod tests {
         let mut cy = user("cy");
         cy.platform = "slack".into();
         assert_eq!(
-            may_decide(&spec(false), &user("ana"), &cy, true),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ana"),
+                &cy,
+                true
+            ),
             Err(Refusal::NotApprover)
         );
     }
@@ -108,11 +158,23 @@ mod tests {
     #[test]
     fn the_requester_cannot_approve_their_own_run_unless_allowed() {
         assert_eq!(
-            may_decide(&spec(false), &user("ben"), &user("ben"), true),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ben"),
+                &user("ben"),
+                true
+            ),
             Err(Refusal::OwnRun)
         );
         assert_eq!(
-            may_decide(&spec(true), &user("ben"), &user("ben"), true),
+            may_decide(
+                &spec(true),
+                &spec(true).approvers,
+                &user("ben"),
+                &user("ben"),
+                true
+            ),
             Ok(())
         );
     }
@@ -125,19 +187,25 @@ mod tests {
         };
         let mut cy = user("cy");
         assert_eq!(
-            may_decide(&spec, &user("ana"), &cy, true),
+            may_decide(&spec, &spec.approvers, &user("ana"), &cy, true),
             Err(Refusal::NotApprover)
         );
         cy.groups = vec!["release".into()];
-        assert_eq!(may_decide(&spec, &user("ana"), &cy, true), Ok(()));
+        assert_eq!(
+            may_decide(&spec, &spec.approvers, &user("ana"), &cy, true),
+            Ok(())
+        );
         let mut slack = user("U0CY");
         slack.platform = "slack".into();
         slack.groups = vec!["S0OPS".into()];
-        assert_eq!(may_decide(&spec, &user("ana"), &slack, true), Ok(()));
+        assert_eq!(
+            may_decide(&spec, &spec.approvers, &user("ana"), &slack, true),
+            Ok(())
+        );
         let mut console = user("dee");
         console.groups = vec!["S0OPS".into()];
         assert_eq!(
-            may_decide(&spec, &user("ana"), &console, true),
+            may_decide(&spec, &spec.approvers, &user("ana"), &console, true),
             Err(Refusal::NotApprover),
             "pinned to Slack"
         );
@@ -146,7 +214,13 @@ mod tests {
     #[test]
     fn the_requester_may_still_reject_their_own_run() {
         assert_eq!(
-            may_decide(&spec(false), &user("ben"), &user("ben"), false),
+            may_decide(
+                &spec(false),
+                &spec(false).approvers,
+                &user("ben"),
+                &user("ben"),
+                false
+            ),
             Ok(())
         );
     }

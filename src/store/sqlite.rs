@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("../../migrations/sqlite/0002_agents.sql"),
     ),
+    (
+        3,
+        "governance",
+        include_str!("../../migrations/sqlite/0003_governance.sql"),
+    ),
 ];
 
 /// The embedded migrations as a source for sqlx's migrator, which records them in
@@ -254,6 +259,10 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
             .get::<Option<&str>, _>("payload")
             .map(serde_json::from_str)
             .transpose()?,
+        quorum: u32::try_from(a.get::<i64, _>("quorum")).unwrap_or(1),
+        votes: serde_json::from_str(a.get::<&str, _>("votes"))?,
+        reminded_at: opt_at(a.get("reminded_at")),
+        escalated_at: opt_at(a.get("escalated_at")),
     })
 }
 
@@ -301,12 +310,14 @@ async fn save_state(
             continue;
         }
         sqlx::query(
-            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason, payload)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason, payload,
+               quorum, votes, reminded_at, escalated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
                summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
                decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
-               payload = excluded.payload",
+               payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
+               reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at",
         )
         .bind(r.id.0)
         .bind(id)
@@ -319,6 +330,10 @@ async fn save_state(
         .bind(a.decided_at.map(ms))
         .bind(&a.reason)
         .bind(a.payload.as_ref().map(|p| p.to_string()))
+        .bind(i64::from(a.quorum))
+        .bind(serde_json::to_string(&a.votes)?)
+        .bind(a.reminded_at.map(ms))
+        .bind(a.escalated_at.map(ms))
         .execute(&mut *c)
         .await?;
     }

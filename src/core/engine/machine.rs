@@ -12,7 +12,7 @@ use crate::core::ids::MessageKey;
 use crate::core::message::{Destination, OutMessage, Outgoing};
 use crate::core::template;
 use crate::core::tools::{Capability, ToolCatalog};
-use crate::core::workflow::{StepKind, Workflow, format_duration};
+use crate::core::workflow::{ApprovalSpec, StepKind, TimeoutOutcome, Workflow, format_duration};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -153,7 +153,7 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
     a.finish(Some(before))
 }
 
-impl Apply<'_, '_> {
+impl<'a> Apply<'a, '_> {
     fn now(&self) -> DateTime<Utc> {
         self.cx.now
     }
@@ -245,19 +245,14 @@ impl Apply<'_, '_> {
             .unwrap_or(0)
             + 1;
         let args = serde_json::to_string_pretty(&call.arguments).unwrap_or_default();
-        let approval = Approval {
-            status: ApprovalStatus::Pending,
-            approvers: spec.approvers.clone(),
-            summary: render::agent_call_summary(&agent.role, &call.name, &args),
-            requested_at: now,
-            expires_at: now + spec.timeout,
-            decided_by: None,
-            decided_at: None,
-            reason: None,
-            payload: Some(
+        let approval = new_approval(
+            spec,
+            render::agent_call_summary(&agent.role, &call.name, &args),
+            now,
+            Some(
                 json!({"call_id": call.id, "tool": call.name, "args": call.arguments, "hash": hash, "round": round}),
             ),
-        };
+        );
         let s = self.state.steps.get_mut(id).expect("step rows exist");
         s.status = StepStatus::Waiting;
         self.out.effects.push(Effect::AttemptEnded {
@@ -267,19 +262,43 @@ impl Apply<'_, '_> {
             detail: json!({"waiting_for": call.name, "hash": hash}),
             at: now,
         });
+        self.request_approval(
+            id,
+            spec,
+            approval,
+            json!({"tool": call.name, "args": call.arguments, "payload_hash": hash}),
+        );
+        self.advance();
+    }
+
+    /// Posts an approval request and sets its ladder: a reminder and an escalation when the
+    /// step has them, and the expiry.
+    fn request_approval(
+        &mut self,
+        id: &str,
+        spec: &ApprovalSpec,
+        approval: Approval,
+        extra: Value,
+    ) {
+        let now = approval.requested_at;
         self.state
             .timers
             .insert(timer::expire(id), approval.expires_at);
-        let ev = self.event(
-            AuditKind::ApprovalRequested,
-            Some(id),
-            json!({"approvers": approval.approvers, "summary": approval.summary, "expires_at": approval.expires_at, "tool": call.name, "args": call.arguments, "payload_hash": hash}),
-        );
+        if let Some(after) = spec.remind_after {
+            self.state.timers.insert(timer::remind(id), now + after);
+        }
+        if let Some(after) = spec.escalate_after {
+            self.state.timers.insert(timer::escalate(id), now + after);
+        }
+        let mut data = json!({"approvers": approval.approvers, "summary": approval.summary, "expires_at": approval.expires_at, "quorum": approval.quorum});
+        if let (Value::Object(d), Value::Object(more)) = (&mut data, extra) {
+            d.extend(more);
+        }
+        let ev = self.event(AuditKind::ApprovalRequested, Some(id), data);
         self.audit(ev);
-        let msg = render::approval_request(self.state.run.id, id, &approval, spec.reject_reason);
+        let msg = render::approval_request(self.state.run.id, id, &approval, spec);
         self.reply(&approval_key(id, &approval), msg);
         self.state.approvals.insert(id.to_owned(), approval);
-        self.advance();
     }
 
     /// The decision on the call an agent step paused for, once people made it.
@@ -523,6 +542,43 @@ impl Apply<'_, '_> {
                 );
             }
             StepKind::Approval(spec) => {
+                // Approval may be needed only in some runs: the condition decides, on this
+                // run's context, and says so in the ledger.
+                if let Some(when) = &spec.when {
+                    match template::render(&crate::core::workflow::condition_template(when), &ctx) {
+                        Ok(v) if v.trim() == "false" => {
+                            let s = self.state.steps.get_mut(id).expect("step rows exist");
+                            s.attempt += 1;
+                            s.started_at = Some(now);
+                            let ev = self.event(
+                                AuditKind::ApprovalNotRequired,
+                                Some(id),
+                                json!({"when": when}),
+                            );
+                            self.audit(ev);
+                            self.reply(
+                                &format!("approval:{id}:not-required"),
+                                OutMessage {
+                                    text: render::approval_not_required(id, when),
+                                    ..Default::default()
+                                },
+                            );
+                            self.succeed(
+                                id,
+                                json!({"decision": "not_required", "when": when}),
+                                false,
+                            );
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            return self.fail_now(
+                                id,
+                                format!("could not evaluate `when = \"{when}\"`: {e}"),
+                            );
+                        }
+                    }
+                }
                 let summary = match template::render(&spec.message, &ctx) {
                     Ok(s) => s,
                     Err(e) => {
@@ -530,35 +586,12 @@ impl Apply<'_, '_> {
                             .fail_now(id, format!("could not fill in the approval message: {e}"));
                     }
                 };
-                let approval = Approval {
-                    status: ApprovalStatus::Pending,
-                    approvers: spec.approvers.clone(),
-                    summary,
-                    requested_at: now,
-                    expires_at: now + spec.timeout,
-                    decided_by: None,
-                    decided_at: None,
-                    reason: None,
-                    payload: None,
-                };
+                let approval = new_approval(spec, summary, now, None);
                 let s = self.state.steps.get_mut(id).expect("step rows exist");
                 s.status = StepStatus::Waiting;
                 s.attempt += 1;
                 s.started_at = Some(now);
-                self.state
-                    .timers
-                    .insert(timer::expire(id), approval.expires_at);
-                let msg =
-                    render::approval_request(self.state.run.id, id, &approval, spec.reject_reason);
-                let ev = self.event(
-                    AuditKind::ApprovalRequested,
-                    Some(id),
-                    json!({"approvers": approval.approvers, "summary": approval.summary, "expires_at": approval.expires_at}),
-                );
-                self.audit(ev);
-                let key = approval_key(id, &approval);
-                self.state.approvals.insert(id.to_owned(), approval);
-                self.reply(&key, msg);
+                self.request_approval(id, spec, approval, json!({}));
             }
             StepKind::Notify { channel, text } => {
                 let text = match template::render(text, &ctx) {
@@ -843,8 +876,14 @@ impl Apply<'_, '_> {
             let text = render::approval_outcome(id, approval).text.replace('*', "");
             return self.notice(format!("Already decided. {text}"));
         }
-        if let Err(refusal) =
-            approvals::may_decide(spec, &self.state.run.requested_by, actor, approve)
+        if let Err(refusal) = approvals::may_decide(
+            spec,
+            &approval.approvers,
+            &self.state.run.requested_by,
+            actor,
+            approve,
+        )
+        .and_then(|()| approvals::not_voted(approval, actor))
         {
             let ev = self
                 .event(
@@ -864,6 +903,44 @@ impl Apply<'_, '_> {
         }
         let now = self.now();
         let a = self.state.approvals.get_mut(id).expect("checked above");
+        a.votes.push(Vote {
+            actor: actor.clone(),
+            approve,
+            at: now,
+            reason: reason.clone(),
+        });
+        let approvals = a.approvals().count();
+        let rejections = a.rejections();
+        let done = if approve {
+            approvals >= a.quorum.max(1) as usize
+        } else {
+            rejections >= spec.rejections.max(1) as usize
+        };
+        if !done {
+            // One of several: counted, shown on the request, and the request stays open.
+            let a = a.clone();
+            let ev = self
+                .event(
+                    AuditKind::ApprovalVoted,
+                    Some(id),
+                    json!({"approve": approve, "reason": reason, "approvals": approvals, "quorum": a.quorum, "rejections": rejections}),
+                )
+                .actor(actor);
+            self.audit(ev);
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &approval_key(id, &a)),
+                message: render::approval_request(self.state.run.id, id, &a, spec),
+            });
+            self.edit_escalation(id, &a, spec);
+            return self.notice(render::vote_recorded(
+                approve,
+                approvals,
+                a.quorum,
+                rejections,
+                spec.rejections,
+            ));
+        }
         a.status = if approve {
             ApprovalStatus::Approved
         } else {
@@ -873,12 +950,12 @@ impl Apply<'_, '_> {
         a.decided_at = Some(now);
         a.reason = reason.clone();
         let a = a.clone();
-        self.state.timers.remove(&timer::expire(id));
+        self.clear_ladder(id);
         let ev = self
             .event(
                 AuditKind::ApprovalDecided,
                 Some(id),
-                json!({"decision": a.status.as_str(), "reason": reason, "summary": a.summary}),
+                json!({"decision": a.status.as_str(), "reason": reason, "summary": a.summary, "approved_by": a.approvals().map(|x| format!("{}:{}", x.platform, x.id)).collect::<Vec<_>>()}),
             )
             .actor(actor);
         self.audit(ev);
@@ -887,6 +964,7 @@ impl Apply<'_, '_> {
             key: MessageKey::of(self.state.run.id, &approval_key(id, &a)),
             message: render::approval_outcome(id, &a),
         });
+        self.edit_escalation(id, &a, spec);
         if a.payload.is_some() {
             // An agent's call: the agent goes on with the decision, whichever it is.
             self.resume_agent(id);
@@ -928,20 +1006,36 @@ impl Apply<'_, '_> {
         if self.state.timers.remove(key).is_none() {
             return; // Already fired or cancelled: a timer acts once.
         }
-        if let Some(step) = key.strip_prefix("expire:") {
+        if let Some(step) = key.strip_prefix("remind:") {
+            self.remind(step);
+        } else if let Some(step) = key.strip_prefix("escalate:") {
+            self.escalate(step);
+        } else if let Some(step) = key.strip_prefix("expire:") {
             let Some(a) = self.state.approvals.get_mut(step) else {
                 return;
             };
             if a.status != ApprovalStatus::Pending {
                 return;
             }
-            a.status = ApprovalStatus::Expired;
+            let approve = match self.cx.workflow.step(step).map(|s| &s.kind) {
+                // An agent's call is never made because nobody answered.
+                Some(StepKind::Approval(spec)) => spec.on_timeout == TimeoutOutcome::Approve,
+                _ => false,
+            };
+            // Approved on expiry counts as approved for what follows (external tools too):
+            // the workflow said so.
+            a.status = if approve {
+                ApprovalStatus::Approved
+            } else {
+                ApprovalStatus::Expired
+            };
             a.decided_at = Some(self.cx.now);
             let a = a.clone();
+            self.clear_ladder(step);
             let ev = self.event(
                 AuditKind::ApprovalExpired,
                 Some(step),
-                json!({"requested_at": a.requested_at, "expires_at": a.expires_at}),
+                json!({"requested_at": a.requested_at, "expires_at": a.expires_at, "outcome": if approve { "approve" } else { "reject" }}),
             );
             self.audit(ev);
             self.send(Outgoing::Edit {
@@ -949,15 +1043,26 @@ impl Apply<'_, '_> {
                 key: MessageKey::of(self.state.run.id, &approval_key(step, &a)),
                 message: render::approval_outcome(step, &a),
             });
+            if let Some(StepKind::Approval(spec)) = self.cx.workflow.step(step).map(|s| &s.kind) {
+                self.edit_escalation(step, &a, spec);
+            }
             if a.payload.is_some() {
                 self.resume_agent(step);
                 return self.advance();
             }
-            self.reject_step(
-                step,
-                "expired with no decision".into(),
-                json!({"decision": "expired"}),
-            );
+            if approve {
+                self.succeed(
+                    step,
+                    json!({"decision": "expired", "outcome": "approved", "at": self.cx.now}),
+                    false,
+                );
+            } else {
+                self.reject_step(
+                    step,
+                    "expired with no decision".into(),
+                    json!({"decision": "expired"}),
+                );
+            }
             self.advance();
         } else if let Some(step) = key.strip_prefix("retry:")
             && self.state.steps.get(step).map(|s| s.status) == Some(StepStatus::Retrying)
@@ -966,6 +1071,133 @@ impl Apply<'_, '_> {
             self.start_step(step);
             self.advance();
         }
+    }
+
+    /// The approval's spec, for an approval step or an agent step's calls.
+    fn approval_spec(&self, id: &str) -> Option<&'a ApprovalSpec> {
+        match self.cx.workflow.step(id).map(|s| &s.kind) {
+            Some(StepKind::Approval(spec)) => Some(spec),
+            Some(StepKind::Agent {
+                approval: Some(spec),
+                ..
+            }) => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// A decided (or expired, or cancelled) approval climbs no further.
+    fn clear_ladder(&mut self, id: &str) {
+        for key in [timer::expire(id), timer::remind(id), timer::escalate(id)] {
+            self.state.timers.remove(&key);
+        }
+    }
+
+    /// The first rung: the approvers who have not decided yet are mentioned again.
+    fn remind(&mut self, id: &str) {
+        let Some(spec) = self.approval_spec(id) else {
+            return;
+        };
+        let Some(a) = self.state.approvals.get_mut(id) else {
+            return;
+        };
+        if a.status != ApprovalStatus::Pending {
+            return;
+        }
+        a.reminded_at = Some(self.cx.now);
+        let a = a.clone();
+        let ev = self.event(
+            AuditKind::ApprovalReminded,
+            Some(id),
+            json!({"approvers": a.approvers}),
+        );
+        self.audit(ev);
+        let waiting: Vec<String> = a
+            .approvers
+            .iter()
+            .filter(|x| !a.votes.iter().any(|v| v.actor.is_named_by(x)))
+            .cloned()
+            .collect();
+        self.reply(
+            &format!("{}:reminder", approval_key(id, &a)),
+            render::approval_reminder(id, &a, &waiting),
+        );
+        self.send(Outgoing::Edit {
+            run: Some(self.state.run.id),
+            key: MessageKey::of(self.state.run.id, &approval_key(id, &a)),
+            message: render::approval_request(self.state.run.id, id, &a, spec),
+        });
+    }
+
+    /// The second rung: the escalation's people may decide too, and the request is posted in
+    /// the escalation channel (with the same buttons) or mentioned in the thread.
+    fn escalate(&mut self, id: &str) {
+        let Some(spec) = self.approval_spec(id) else {
+            return;
+        };
+        let Some(a) = self.state.approvals.get_mut(id) else {
+            return;
+        };
+        if a.status != ApprovalStatus::Pending {
+            return;
+        }
+        a.escalated_at = Some(self.cx.now);
+        for extra in &spec.escalate_to.approvers {
+            if !a.approvers.contains(extra) {
+                a.approvers.push(extra.clone());
+            }
+        }
+        let a = a.clone();
+        let ev = self.event(
+            AuditKind::ApprovalEscalated,
+            Some(id),
+            json!({"channel": spec.escalate_to.channel, "approvers": spec.escalate_to.approvers}),
+        );
+        self.audit(ev);
+        let request = render::approval_request(self.state.run.id, id, &a, spec);
+        match &spec.escalate_to.channel {
+            Some(channel) => {
+                let mut message = request.clone();
+                message.text = render::escalated_request(&self.state.run, id, &message.text);
+                message.mentions = spec.escalate_to.approvers.clone();
+                self.send(Outgoing::Post {
+                    run: Some(self.state.run.id),
+                    key: MessageKey::of(self.state.run.id, &escalation_key(id, &a)),
+                    to: Destination {
+                        platform: self.state.run.conversation.platform.clone(),
+                        channel: channel.clone(),
+                        thread: None,
+                    },
+                    message,
+                });
+            }
+            None => self.reply(
+                &escalation_key(id, &a),
+                render::approval_reminder(id, &a, &spec.escalate_to.approvers),
+            ),
+        }
+        self.send(Outgoing::Edit {
+            run: Some(self.state.run.id),
+            key: MessageKey::of(self.state.run.id, &approval_key(id, &a)),
+            message: request,
+        });
+    }
+
+    /// The copy of the request in the escalation channel follows the original.
+    fn edit_escalation(&mut self, id: &str, a: &Approval, spec: &ApprovalSpec) {
+        if a.escalated_at.is_none() || spec.escalate_to.channel.is_none() {
+            return;
+        }
+        let mut message = if a.status == ApprovalStatus::Pending {
+            render::approval_request(self.state.run.id, id, a, spec)
+        } else {
+            render::approval_outcome(id, a)
+        };
+        message.text = render::escalated_request(&self.state.run, id, &message.text);
+        self.send(Outgoing::Edit {
+            run: Some(self.state.run.id),
+            key: MessageKey::of(self.state.run.id, &escalation_key(id, a)),
+            message,
+        });
     }
 
     fn cancel(&mut self, actor: &Actor) {
@@ -1003,19 +1235,24 @@ impl Apply<'_, '_> {
             s.status = StepStatus::Cancelled;
             s.finished_at = Some(now);
         }
-        let mut edits = Vec::new();
+        let mut cancelled = Vec::new();
         for (id, a) in self.state.approvals.iter_mut() {
             if a.status == ApprovalStatus::Pending {
                 a.status = ApprovalStatus::Cancelled;
                 a.decided_at = Some(now);
-                edits.push(Outgoing::Edit {
-                    run: Some(run_id),
-                    key: MessageKey::of(run_id, &approval_key(id, a)),
-                    message: render::approval_outcome(id, a),
-                });
+                cancelled.push((id.clone(), a.clone()));
             }
         }
-        edits.into_iter().for_each(|e| self.send(e));
+        for (id, a) in cancelled {
+            self.send(Outgoing::Edit {
+                run: Some(run_id),
+                key: MessageKey::of(run_id, &approval_key(&id, &a)),
+                message: render::approval_outcome(&id, &a),
+            });
+            if let Some(spec) = self.approval_spec(&id) {
+                self.edit_escalation(&id, &a, spec);
+            }
+        }
         self.state.timers.clear();
         self.state.run.status = RunStatus::Cancelled;
         self.state.run.error = Some(format!("Cancelled by {}.", render::mention(actor)));
@@ -1091,6 +1328,33 @@ impl Apply<'_, '_> {
 
 /// The message key of an approval request: one per request, as an agent step may ask more
 /// than once.
+fn new_approval(
+    spec: &ApprovalSpec,
+    summary: String,
+    now: DateTime<Utc>,
+    payload: Option<Value>,
+) -> Approval {
+    Approval {
+        status: ApprovalStatus::Pending,
+        approvers: spec.approvers.clone(),
+        summary,
+        requested_at: now,
+        expires_at: now + spec.timeout,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        payload,
+        quorum: spec.quorum,
+        votes: Vec::new(),
+        reminded_at: None,
+        escalated_at: None,
+    }
+}
+
+fn escalation_key(id: &str, a: &Approval) -> String {
+    format!("{}:escalation", approval_key(id, a))
+}
+
 fn approval_key(id: &str, a: &Approval) -> String {
     match a.payload.as_ref().and_then(|p| p["round"].as_u64()) {
         Some(round) if round > 1 => format!("approval:{id}:{round}"),

@@ -5,7 +5,7 @@ use super::state::*;
 use crate::core::event::Actor;
 use crate::core::ids::{ActionId, RunId};
 use crate::core::message::{Button, ButtonStyle, OutMessage};
-use crate::core::workflow::{Workflow, format_duration};
+use crate::core::workflow::{ApprovalSpec, TimeoutOutcome, Workflow, format_duration};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -135,8 +135,10 @@ pub fn approver_name(entry: &str) -> &str {
 /// What Reject asks when the step wants a reason.
 pub const REJECT_QUESTION: &str = "Why are you rejecting this?";
 
-/// The approval request with its buttons.
-pub fn approval_request(run: RunId, step: &str, a: &Approval, reject_reason: bool) -> OutMessage {
+/// The approval request with its buttons, with how far it has got: votes so far against the
+/// quorum, and the rungs of the ladder that have fired.
+pub fn approval_request(run: RunId, step: &str, a: &Approval, spec: &ApprovalSpec) -> OutMessage {
+    let reject_reason = spec.reject_reason;
     let reject = Button::new(
         "Reject",
         ActionId::Reject {
@@ -155,13 +157,54 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, reject_reason: boo
         .iter()
         .map(|x| format!("@{}", approver_name(x)))
         .collect();
+    let mut text = format!(
+        "*Approval needed* for step *{step}*\nApprovers: {} · expires at {} ({})",
+        approvers.join(", "),
+        a.expires_at.format("%Y-%m-%d %H:%M UTC"),
+        format_duration(a.expires_at - a.requested_at),
+    );
+    if spec.on_timeout == TimeoutOutcome::Approve {
+        text.push_str(", then approved");
+    }
+    if a.quorum > 1 {
+        let so_far: Vec<String> = a.approvals().map(mention).collect();
+        text.push_str(&format!(
+            "\nNeeds {} distinct approvals: {} so far{}",
+            a.quorum,
+            so_far.len(),
+            if so_far.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", so_far.join(", "))
+            }
+        ));
+    }
+    let rejected: Vec<String> = a
+        .votes
+        .iter()
+        .filter(|v| !v.approve)
+        .map(|v| mention(&v.actor))
+        .collect();
+    if !rejected.is_empty() {
+        text.push_str(&format!(
+            "\nRejected by {} ({} of {} rejections needed)",
+            rejected.join(", "),
+            rejected.len(),
+            spec.rejections
+        ));
+    }
+    if let Some(at) = a.reminded_at {
+        text.push_str(&format!("\nReminded at {}", time_of_day(at)));
+    }
+    if let Some(at) = a.escalated_at {
+        text.push_str(&format!(
+            "\nEscalated to {} at {}",
+            escalation_target(spec),
+            time_of_day(at)
+        ));
+    }
     OutMessage {
-        text: format!(
-            "*Approval needed* for step *{step}*\nApprovers: {} · expires at {} ({})",
-            approvers.join(", "),
-            a.expires_at.format("%Y-%m-%d %H:%M UTC"),
-            format_duration(a.expires_at - a.requested_at),
-        ),
+        text,
         detail: Some(a.summary.clone()),
         buttons: vec![
             Button::new(
@@ -178,11 +221,84 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, reject_reason: boo
     }
 }
 
+/// Where an approval escalates, as the request says it: `#channel and @dee`.
+fn escalation_target(spec: &ApprovalSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &spec.escalate_to.channel {
+        parts.push(format!("#{c}"));
+    }
+    parts.extend(
+        spec.escalate_to
+            .approvers
+            .iter()
+            .map(|x| format!("@{}", approver_name(x))),
+    );
+    parts.join(" and ")
+}
+
+/// The first rung: a new mention in the thread for those who have not decided.
+pub fn approval_reminder(step: &str, a: &Approval, waiting: &[String]) -> OutMessage {
+    let who: Vec<String> = waiting
+        .iter()
+        .map(|x| format!("@{}", approver_name(x)))
+        .collect();
+    OutMessage {
+        text: format!(
+            "Reminder: step *{step}* is waiting for a decision from {} (expires at {}).",
+            who.join(", "),
+            a.expires_at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        mentions: waiting.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The request as posted in the escalation channel: which run it belongs to comes first.
+pub fn escalated_request(run: &Run, step: &str, request_text: &str) -> String {
+    format!(
+        "*Escalated* from run {} *{}* (#{}), step *{step}*, started by {}:\n{request_text}",
+        run.id,
+        run.title,
+        run.conversation.channel,
+        mention(&run.requested_by)
+    )
+}
+
+/// An approval whose `when` did not hold.
+pub fn approval_not_required(step: &str, when: &str) -> String {
+    format!("Step *{step}* needs no approval in this run (`{when}` does not hold).")
+}
+
+/// What a person sees after a vote that did not decide yet.
+pub fn vote_recorded(
+    approve: bool,
+    approvals: usize,
+    quorum: u32,
+    rejections: usize,
+    needed: u32,
+) -> String {
+    if approve {
+        format!("Your approval is counted: {approvals} of {quorum}.")
+    } else {
+        format!("Your rejection is counted: {rejections} of {needed} needed to reject.")
+    }
+}
+
 /// The approval message once decided: the decision, no buttons.
 pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
-    let who = a.decided_by.as_ref().map(mention).unwrap_or_default();
+    // With a quorum, everyone who approved is named, in order.
+    let who = if a.status == ApprovalStatus::Approved && a.votes.len() > 1 {
+        let all: Vec<String> = a.approvals().map(mention).collect();
+        all.join(", ")
+    } else {
+        a.decided_by.as_ref().map(mention).unwrap_or_default()
+    };
     let when = a.decided_at.map(time_of_day).unwrap_or_default();
     let line = match a.status {
+        // Nobody decided and the step says expiry approves.
+        ApprovalStatus::Approved if a.decided_by.is_none() => {
+            format!("Expired at {when} with no decision: approved, as the step says")
+        }
         ApprovalStatus::Approved => format!("Approved by {who} at {when}"),
         ApprovalStatus::Rejected => match &a.reason {
             Some(r) => format!("Rejected by {who} at {when}: {r}"),
@@ -232,6 +348,7 @@ pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessag
 fn approval_word(a: &Approval) -> String {
     let who = a.decided_by.as_ref().map(mention).unwrap_or_default();
     match a.status {
+        ApprovalStatus::Approved if a.decided_by.is_none() => "approved on expiry".into(),
         ApprovalStatus::Approved => format!("approved by {who}"),
         ApprovalStatus::Rejected => format!("rejected by {who}"),
         ApprovalStatus::Expired => "expired".into(),

@@ -163,6 +163,34 @@ pub struct Approval {
     /// For an agent's external tool call: the call (`call_id`, `tool`, `args`), the hash the
     /// decision is bound to, and which request of the step this is (`round`).
     pub payload: Option<serde_json::Value>,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// Each person's decision so far, one per person.
+    pub votes: Vec<Vote>,
+    /// When the reminder went out, if it has.
+    pub reminded_at: Option<DateTime<Utc>>,
+    /// When the approval was escalated, if it has been.
+    pub escalated_at: Option<DateTime<Utc>>,
+}
+
+/// One person's decision on an approval that needs several.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Vote {
+    pub actor: Actor,
+    pub approve: bool,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Approval {
+    /// The people who approved, in the order they did.
+    pub fn approvals(&self) -> impl Iterator<Item = &Actor> {
+        self.votes.iter().filter(|v| v.approve).map(|v| &v.actor)
+    }
+    pub fn rejections(&self) -> usize {
+        self.votes.iter().filter(|v| !v.approve).count()
+    }
 }
 
 /// Everything the machine reads and writes for one run.
@@ -182,5 +210,11 @@ pub mod timer {
     }
     pub fn retry(step: &str) -> String {
         format!("retry:{step}")
+    }
+    pub fn remind(step: &str) -> String {
+        format!("remind:{step}")
+    }
+    pub fn escalate(step: &str) -> String {
+        format!("escalate:{step}")
     }
 }

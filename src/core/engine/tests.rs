@@ -573,3 +573,205 @@ fn a_long_step_note_shows_its_start_in_the_thread_and_links_the_run_page() {
         message.text
     );
 }
+
+/// FLOW's gate, with a quorum of two and a ladder: remind at 1h, escalate at 2h to #leads
+/// and dee, expire at 4h.
+fn governed(extra: &str) -> String {
+    FLOW.replace(
+        "approvers = [\"ben\"]\ntimeout = \"1h\"",
+        &format!(
+            "approvers = [\"ben\", \"cy\", \"ana\"]\nquorum = 2\ntimeout = \"4h\"\nremind_after = \"1h\"\nescalate_after = \"2h\"\nescalate_to = {{ channel = \"leads\", approvers = [\"dee\"] }}\n{extra}"
+        ),
+    )
+}
+
+fn decide(h: &mut Harness, who: &str, approve: bool) -> Transition {
+    h.apply(Command::Decide {
+        step: "gate".into(),
+        actor: user(who),
+        approve,
+        reason: None,
+    })
+}
+
+#[test]
+fn a_quorum_of_two_needs_two_distinct_approvers_and_a_repeated_one_does_not_count_twice() {
+    let mut h = Harness::new(&governed(""));
+    to_gate(&mut h);
+    let t = decide(&mut h, "ben", true);
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("Your approval is counted: 1 of 2.")
+    );
+    assert_eq!(audits(&t), vec!["approval.voted"]);
+    assert!(edits(&t).contains(&"run:7:approval:gate".to_owned()));
+    assert_eq!(h.status("gate"), StepStatus::Waiting);
+
+    // ben again: refused and audited; still one approval.
+    let t = decide(&mut h, "ben", true);
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("You have already decided on this step; each person counts once.")
+    );
+    assert_eq!(audits(&t), vec!["approval.refused"]);
+    assert_eq!(h.state.approvals["gate"].approvals().count(), 1);
+
+    // ana started the run: four-eyes still applies to each vote.
+    let t = decide(&mut h, "ana", true);
+    assert!(t.notice.unwrap().contains("four-eyes"));
+    assert_eq!(h.status("gate"), StepStatus::Waiting);
+
+    let t = decide(&mut h, "cy", true);
+    assert_eq!(h.status("gate"), StepStatus::Succeeded);
+    assert_eq!(jobs(&t), vec![("send".into(), 1)]);
+    let outcome = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Edit { key, message, .. }) if key.0 == "run:7:approval:gate" => {
+                Some(message.text.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(outcome.contains("Approved by @ben, @cy"), "{outcome}");
+    for key in ["expire:gate", "remind:gate", "escalate:gate"] {
+        assert!(!h.state.timers.contains_key(key), "{key} is cleared");
+    }
+}
+
+#[test]
+fn one_rejection_rejects_a_quorum_step_unless_it_asks_for_more() {
+    let mut h = Harness::new(&governed(""));
+    to_gate(&mut h);
+    decide(&mut h, "ben", true);
+    decide(&mut h, "cy", false);
+    assert_eq!(h.state.run.status, RunStatus::Rejected);
+
+    let mut h = Harness::new(&governed("rejections = 2"));
+    to_gate(&mut h);
+    let t = decide(&mut h, "cy", false);
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("Your rejection is counted: 1 of 2 needed to reject.")
+    );
+    assert_eq!(h.status("gate"), StepStatus::Waiting);
+    decide(&mut h, "ben", false);
+    assert_eq!(h.state.run.status, RunStatus::Rejected);
+}
+
+#[test]
+fn the_ladder_reminds_then_escalates_then_expires_each_rung_once() {
+    let mut h = Harness::new(&governed(""));
+    to_gate(&mut h);
+    assert_eq!(h.state.timers["remind:gate"], t0() + Duration::hours(1));
+    assert_eq!(h.state.timers["escalate:gate"], t0() + Duration::hours(2));
+    assert_eq!(h.state.timers["expire:gate"], t0() + Duration::hours(4));
+
+    h.now = t0() + Duration::hours(1);
+    let t = h.apply(Command::TimerFired {
+        key: "remind:gate".into(),
+    });
+    assert_eq!(audits(&t), vec!["approval.reminded"]);
+    assert_eq!(posts(&t), vec!["run:7:approval:gate:reminder".to_owned()]);
+    let request = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Edit { message, .. }) => Some(message.text.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(request.contains("Reminded at 11:00 UTC"), "{request}");
+    assert!(
+        h.apply(Command::TimerFired {
+            key: "remind:gate".into()
+        })
+        .effects
+        .is_empty(),
+        "a rung fires once"
+    );
+
+    // dee may not decide before the escalation, and may after it.
+    let t = decide(&mut h, "dee", true);
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("You are not an approver for this step.")
+    );
+    h.now = t0() + Duration::hours(2);
+    let t = h.apply(Command::TimerFired {
+        key: "escalate:gate".into(),
+    });
+    assert_eq!(audits(&t), vec!["approval.escalated"]);
+    let (to, message) = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Post {
+                key, to, message, ..
+            }) if key.0 == "run:7:approval:gate:escalation" => Some((to.clone(), message.clone())),
+            _ => None,
+        })
+        .expect("the request is posted in the escalation channel");
+    assert_eq!((to.channel.as_str(), to.thread.is_none()), ("leads", true));
+    assert!(
+        message.text.starts_with("*Escalated* from run 7"),
+        "{}",
+        message.text
+    );
+    assert_eq!(message.buttons.len(), 2, "the escalation may decide there");
+    assert_eq!(message.mentions, vec!["dee".to_owned()]);
+    decide(&mut h, "dee", true);
+    let t = decide(&mut h, "cy", true);
+    assert_eq!(h.status("gate"), StepStatus::Succeeded);
+    // Both copies of the request show the outcome.
+    let edited = edits(&t);
+    assert!(edited.contains(&"run:7:approval:gate".to_owned()));
+    assert!(edited.contains(&"run:7:approval:gate:escalation".to_owned()));
+}
+
+#[test]
+fn an_approval_nobody_decides_expires_with_the_outcome_the_step_gives() {
+    let mut h = Harness::new(&governed(""));
+    to_gate(&mut h);
+    h.now = t0() + Duration::hours(4);
+    h.apply(Command::TimerFired {
+        key: "expire:gate".into(),
+    });
+    assert_eq!(h.state.run.status, RunStatus::Rejected);
+    assert!(
+        !h.state.timers.contains_key("remind:gate"),
+        "the ladder stops"
+    );
+
+    let mut h = Harness::new(&governed("on_timeout = \"approve\""));
+    to_gate(&mut h);
+    h.now = t0() + Duration::hours(4);
+    let t = h.apply(Command::TimerFired {
+        key: "expire:gate".into(),
+    });
+    assert_eq!(h.status("gate"), StepStatus::Succeeded);
+    assert_eq!(jobs(&t), vec![("send".into(), 1)]);
+}
+
+#[test]
+fn an_approval_whose_condition_does_not_hold_passes_at_once_and_says_why() {
+    let cond = |when: &str| {
+        FLOW.replace(
+            "timeout = \"1h\"",
+            &format!("timeout = \"1h\"\nwhen = \"{when}\""),
+        )
+    };
+    let mut h = Harness::new(&cond("steps.a.output.status >= 500"));
+    to_gate(&mut h);
+    assert_eq!(h.status("gate"), StepStatus::Succeeded);
+    assert!(!h.state.approvals.contains_key("gate"));
+    assert_eq!(
+        jobs(&h.apply(Command::TimerFired { key: "none".into() })),
+        vec![]
+    );
+
+    let mut h = Harness::new(&cond("steps.a.output.status == 200"));
+    to_gate(&mut h);
+    assert_eq!(h.status("gate"), StepStatus::Waiting);
+}

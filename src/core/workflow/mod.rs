@@ -9,7 +9,7 @@ mod tests;
 
 pub use duration::{format_duration, parse_duration};
 pub use mcp::{McpServer, McpTransport, load_mcp_servers};
-pub use parse::{check_models, load_dir, parse_workflow};
+pub use parse::{check_models, condition_template, load_dir, parse_workflow};
 
 use chrono::Duration;
 use chrono_tz::Tz;
@@ -368,6 +368,57 @@ pub struct ApprovalSpec {
     pub reject_reason: bool,
     /// Template for what is about to happen.
     pub message: String,
-    /// After this long with no decision, the approval expires as rejected.
+    /// After this long with no decision, the approval expires with `on_timeout`.
     pub timeout: Duration,
+    /// Distinct approvals needed (four-eyes still applies to each).
+    pub quorum: u32,
+    /// Rejections that reject the step (one, unless the step says otherwise).
+    pub rejections: u32,
+    /// Approval is needed only when this expression over the run holds (e.g.
+    /// `steps.quote.output.amount > 1000`); otherwise the step passes at once.
+    pub when: Option<String>,
+    /// Mention the approvers again in the thread after this long.
+    pub remind_after: Option<Duration>,
+    /// After this long, ask `escalate_to` too.
+    pub escalate_after: Option<Duration>,
+    pub escalate_to: Escalation,
+    /// What an expired approval becomes.
+    pub on_timeout: TimeoutOutcome,
+}
+
+/// Who an approval escalates to: a channel to post it in, and people who may then decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+/// The outcome of an approval nobody decided in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeoutOutcome {
+    #[default]
+    Reject,
+    Approve,
+}
+
+impl ApprovalSpec {
+    /// One approver, no ladder: what an approval is unless the step says more.
+    pub fn simple(approvers: Vec<String>, message: String, timeout: Duration) -> Self {
+        Self {
+            approvers,
+            allow_self_approval: false,
+            reject_reason: false,
+            message,
+            timeout,
+            quorum: 1,
+            rejections: 1,
+            when: None,
+            remind_after: None,
+            escalate_after: None,
+            escalate_to: Escalation::default(),
+            on_timeout: TimeoutOutcome::Reject,
+        }
+    }
 }

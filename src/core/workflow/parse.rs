@@ -150,6 +150,13 @@ struct RawStep {
     #[serde(default)]
     reject_reason: bool,
     message: Option<Spanned<String>>,
+    quorum: Option<Spanned<u32>>,
+    rejections: Option<Spanned<u32>>,
+    when: Option<Spanned<String>>,
+    remind_after: Option<Spanned<String>>,
+    escalate_after: Option<Spanned<String>>,
+    escalate_to: Option<Spanned<Escalation>>,
+    on_timeout: Option<Spanned<String>>,
     // notify and digest
     channel: Option<String>,
     text: Option<Spanned<String>>,
@@ -688,6 +695,19 @@ fn build_step(
             );
         }
     };
+    if !matches!(s.kind.get_ref().as_str(), "approval" | "agent") {
+        for (field, present) in [
+            ("quorum", s.quorum.is_some()),
+            ("rejections", s.rejections.is_some()),
+            ("when", s.when.is_some()),
+            ("remind_after", s.remind_after.is_some()),
+            ("escalate_after", s.escalate_after.is_some()),
+            ("escalate_to", s.escalate_to.is_some()),
+            ("on_timeout", s.on_timeout.is_some()),
+        ] {
+            misplaced(r, field, present);
+        }
+    }
     let kind = match s.kind.get_ref().as_str() {
         "tool" => {
             misplaced(r, "approvers", !s.approvers.is_empty());
@@ -748,13 +768,16 @@ fn build_step(
                 templates.push((id.clone(), m.span().start, m.get_ref().clone()));
             }
             let timeout = duration(r, &s.timeout, DEFAULT_APPROVAL_TIMEOUT);
-            StepKind::Approval(ApprovalSpec {
-                approvers: s.approvers,
-                allow_self_approval: s.allow_self_approval,
-                reject_reason: s.reject_reason,
-                message,
-                timeout,
-            })
+            if let Some(when) = &s.when {
+                // The condition is checked like a template: known steps, needed ones only.
+                templates.push((
+                    id.clone(),
+                    when.span().start,
+                    condition_template(when.get_ref()),
+                ));
+            }
+            let spec = approval_spec(r, &id, &s, message, timeout);
+            StepKind::Approval(spec)
         }
         "notify" => {
             let Some(text) = &s.text else {
@@ -851,13 +874,14 @@ fn build_step(
                 }
                 None
             } else {
-                Some(ApprovalSpec {
-                    approvers: s.approvers.clone(),
-                    allow_self_approval: s.allow_self_approval,
-                    reject_reason: s.reject_reason,
-                    message: String::new(),
-                    timeout: duration(r, &s.approval_timeout, DEFAULT_APPROVAL_TIMEOUT),
-                })
+                if let Some(when) = &s.when {
+                    r.error(
+                        when.span().start,
+                        "`when` is for approval steps; an agent's external calls are always approved",
+                    );
+                }
+                let timeout = duration(r, &s.approval_timeout, DEFAULT_APPROVAL_TIMEOUT);
+                Some(approval_spec(r, &id, &s, String::new(), timeout))
             };
             StepKind::Agent {
                 agent: agent.clone(),
@@ -994,6 +1018,133 @@ fn check_template(
             _ => {}
         }
     }
+}
+
+/// An approval condition as a template that renders `true` or `false`.
+pub fn condition_template(expr: &str) -> String {
+    format!("{{% if {expr} %}}true{{% else %}}false{{% endif %}}")
+}
+
+/// The approval policy of an approval step, or of an agent step's external calls: quorum,
+/// rejections, and the ladder (remind, escalate, expire), each checked against the others.
+fn approval_spec(
+    r: &mut Report<'_>,
+    id: &str,
+    s: &RawStep,
+    message: String,
+    timeout: Duration,
+) -> ApprovalSpec {
+    let mut spec = ApprovalSpec::simple(s.approvers.clone(), message, timeout);
+    spec.allow_self_approval = s.allow_self_approval;
+    spec.reject_reason = s.reject_reason;
+    spec.when = s.when.as_ref().map(|w| w.get_ref().clone());
+    if let Some(q) = &s.quorum {
+        spec.quorum = *q.get_ref();
+        let people = s
+            .approvers
+            .iter()
+            .all(|a| !a.contains("group:") && !a.contains("role:"));
+        if spec.quorum == 0 {
+            r.error(
+                q.span().start,
+                format!("step `{id}`: `quorum` must be at least 1"),
+            );
+        } else if people && spec.quorum as usize > s.approvers.len() {
+            r.error(
+                q.span().start,
+                format!(
+                    "step `{id}`: `quorum = {}` needs more approvers than the {} listed",
+                    spec.quorum,
+                    s.approvers.len()
+                ),
+            );
+        }
+    }
+    if let Some(n) = &s.rejections {
+        spec.rejections = *n.get_ref();
+        if spec.rejections == 0 {
+            r.error(
+                n.span().start,
+                format!("step `{id}`: `rejections` must be at least 1"),
+            );
+        }
+    }
+    let rung = |r: &mut Report<'_>, v: &Option<Spanned<String>>| {
+        v.as_ref().and_then(|v| match parse_duration(v.get_ref()) {
+            Ok(d) => Some((d, v.span().start)),
+            Err(e) => {
+                r.error(v.span().start, e);
+                None
+            }
+        })
+    };
+    let remind = rung(r, &s.remind_after);
+    let escalate = rung(r, &s.escalate_after);
+    if let (Some((re, _)), Some((es, at))) = (remind, escalate)
+        && es <= re
+    {
+        r.error(
+            at,
+            format!("step `{id}`: `escalate_after` must come after `remind_after`"),
+        );
+    }
+    for (d, at, what) in [
+        remind.map(|(d, at)| (d, at, "remind_after")),
+        escalate.map(|(d, at)| (d, at, "escalate_after")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if d >= timeout {
+            r.error(
+                at,
+                format!(
+                    "step `{id}`: `{what}` must come before the approval expires ({})",
+                    format_duration(timeout)
+                ),
+            );
+        }
+    }
+    spec.remind_after = remind.map(|(d, _)| d);
+    spec.escalate_after = escalate.map(|(d, _)| d);
+    if let Some(to) = &s.escalate_to {
+        spec.escalate_to = to.get_ref().clone();
+        if spec.escalate_to.channel.is_none() && spec.escalate_to.approvers.is_empty() {
+            r.error(
+                to.span().start,
+                format!("step `{id}`: `escalate_to` needs a `channel`, `approvers`, or both"),
+            );
+        }
+    }
+    match (&s.escalate_after, &s.escalate_to) {
+        (Some(at), None) => r.error(
+            at.span().start,
+            format!(
+                "step `{id}`: `escalate_after` needs `escalate_to` (a channel and/or approvers)"
+            ),
+        ),
+        (None, Some(to)) => r.error(
+            to.span().start,
+            format!("step `{id}`: `escalate_to` needs `escalate_after`"),
+        ),
+        _ => {}
+    }
+    if let Some(o) = &s.on_timeout {
+        spec.on_timeout = match o.get_ref().as_str() {
+            "reject" => TimeoutOutcome::Reject,
+            "approve" => TimeoutOutcome::Approve,
+            other => {
+                r.error(
+                    o.span().start,
+                    format!(
+                        "step `{id}`: `on_timeout = \"{other}\"`: use \"reject\" or \"approve\""
+                    ),
+                );
+                TimeoutOutcome::Reject
+            }
+        };
+    }
+    spec
 }
 
 /// A tool of an MCP server that could not be listed is taken on trust; say so.

@@ -330,3 +330,67 @@ fn the_documented_examples_pass_check() {
         }
     }
 }
+
+/// HEAD plus a notify step `a` and an approval step `gate` after it, with `extra` lines.
+fn gate(extra: &str) -> String {
+    format!(
+        "{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\n[[step]]\nid = \"gate\"\nkind = \"approval\"\nneeds = [\"a\"]\napprovers = [\"ben\", \"cy\"]\ntimeout = \"4h\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_governed_approval_with_quorum_condition_and_ladder_has_no_errors() {
+    let text = gate(
+        "quorum = 2\nrejections = 2\nwhen = \"steps.a.output.text == 'x'\"\nremind_after = \"1h\"\nescalate_after = \"2h\"\nescalate_to = { channel = \"leads\", approvers = [\"dee\"] }\non_timeout = \"approve\"\n",
+    );
+    assert!(diagnostics(&text).is_empty(), "{:?}", diagnostics(&text));
+}
+
+#[test]
+fn quorum_and_ladder_mistakes_point_at_their_line() {
+    assert_error(
+        &gate("quorum = 3\n"),
+        15,
+        "`quorum = 3` needs more approvers than the 2 listed",
+    );
+    assert_error(&gate("quorum = 0\n"), 15, "`quorum` must be at least 1");
+    assert_error(
+        &gate("escalate_after = \"2h\"\n"),
+        15,
+        "`escalate_after` needs `escalate_to`",
+    );
+    assert_error(
+        &gate(
+            "remind_after = \"3h\"\nescalate_after = \"2h\"\nescalate_to = { channel = \"x\" }\n",
+        ),
+        16,
+        "`escalate_after` must come after `remind_after`",
+    );
+    assert_error(
+        &gate("remind_after = \"5h\"\n"),
+        15,
+        "must come before the approval expires",
+    );
+    assert_error(
+        &gate("on_timeout = \"shrug\"\n"),
+        15,
+        "use \"reject\" or \"approve\"",
+    );
+    assert_error(
+        &gate("escalate_after = \"2h\"\nescalate_to = {}\n"),
+        16,
+        "needs a `channel`, `approvers`, or both",
+    );
+}
+
+#[test]
+fn an_approval_condition_is_checked_like_a_template() {
+    assert_error(
+        &gate("when = \"steps.ghost.output > 1\"\n"),
+        15,
+        "unknown step `ghost`",
+    );
+    assert_error(&gate("when = \"amount >\"\n"), 15, "does not parse");
+    let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nquorum = 2\n");
+    assert_error(&text, 7, "`quorum` does not apply to a notify step");
+}
