@@ -941,3 +941,110 @@ async fn a_message_without_a_guild_id_counts_when_its_channel_is_in_a_listed_gui
         "a channel outside the guilds counts for nothing"
     );
 }
+
+/// Waits for the private answer to interaction `id` that contains `text`.
+async fn private_answer(fake: &FakeDiscord, id: &str, text: &str) {
+    eventually(&format!("the private answer `{text}`"), || async {
+        fake.webhook_calls(&format!("tok-{id}")).iter().any(|c| {
+            c.body["flags"] == 64
+                && c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(text)
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn on_discord_a_quorum_counts_each_person_once_and_the_ladder_escalates_to_a_role_in_a_channel()
+ {
+    const DEE: &str = "400000000000000004";
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace(
+        &format!("approvers = [\"discord:{BEN}\", \"discord:group:{RELEASE_ROLE}\"]"),
+        &format!(
+            "approvers = [\"discord:{BEN}\", \"discord:{CY}\"]\nquorum = 2\nremind_after = \"30m\"\nescalate_after = \"45m\"\nescalate_to = {{ channel = \"releases\", approvers = [\"discord:group:{RELEASE_ROLE}\"] }}"
+        ),
+    );
+    let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let root = start_ship(&fake, "800000000000000101", "7.0").await;
+    let approval = approval_in(&fake, &root).await;
+    assert!(
+        content(&approval).contains("Needs 2 distinct approvals: 0 so far"),
+        "{}",
+        content(&approval)
+    );
+    let approve = custom_id(&approval, "Approve");
+
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000102", &approve, ANA, &[], &root.id),
+    );
+    private_answer(&fake, "800000000000000102", "not an approver").await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000103", &approve, BEN, &[], &root.id),
+    );
+    private_answer(
+        &fake,
+        "800000000000000103",
+        "Your approval is counted: 1 of 2.",
+    )
+    .await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000104", &approve, BEN, &[], &root.id),
+    );
+    private_answer(&fake, "800000000000000104", "each person counts once").await;
+    eventually("the request to show the vote", || async {
+        fake.message(&approval.id)
+            .is_some_and(|m| content(&m).contains(&format!("1 so far (<@{BEN}>)")))
+    })
+    .await;
+
+    app.advance(chrono::Duration::minutes(31));
+    let reminder = message_with(&fake, &root.id, "Reminder: step **gate**").await;
+    assert!(
+        content(&reminder).contains(&format!("<@{CY}>")),
+        "{}",
+        content(&reminder)
+    );
+
+    app.advance(chrono::Duration::minutes(15));
+    let escalated = message_with(&fake, RELEASES, "Escalated").await;
+    assert!(
+        content(&escalated).contains(&format!("<@&{RELEASE_ROLE}>")),
+        "{}",
+        content(&escalated)
+    );
+    let approve_there = custom_id(&escalated, "Approve");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000105",
+            &approve_there,
+            DEE,
+            &[RELEASE_ROLE],
+            RELEASES,
+        ),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    eventually("both copies to show the outcome", || async {
+        let done = |id: &str| {
+            fake.message(id)
+                .is_some_and(|m| content(&m).contains(&format!("Approved by <@{BEN}>, <@{DEE}>")))
+        };
+        done(&approval.id) && done(&escalated.id)
+    })
+    .await;
+    for (kind, n) in [
+        ("approval.reminded", 1),
+        ("approval.escalated", 1),
+        ("approval.voted", 1),
+        ("approval.decided", 1),
+        ("approval.refused", 2),
+    ] {
+        assert_eq!(app.ledger_of(kind).await.len(), n, "{kind}");
+    }
+}

@@ -869,3 +869,127 @@ async fn workflows_naming_channels_match_slack_channel_ids() {
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     assert_eq!(app.ledger_of("run.started").await.len(), 1);
 }
+
+/// Waits for a private answer (through `response_url`) with exactly `text`.
+async fn private_answer(fake: &FakeSlack, text: &str) {
+    eventually(&format!("the private answer `{text}`"), || async {
+        fake.responses().iter().any(|r| r["text"] == text)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn on_slack_a_quorum_counts_each_person_once_and_the_ladder_escalates_to_a_channel_that_may_decide()
+ {
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "approvers = [\"UBEN0001\"]",
+        "approvers = [\"UBEN0001\", \"UCY00001\"]\nquorum = 2\nremind_after = \"30m\"\nescalate_after = \"45m\"\nescalate_to = { channel = \"incidents\", approvers = [\"UDEE0001\"] }",
+    );
+    let app = slack_app_with(&fake, "ship.toml", wf).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 9.2", "T1").await, 200);
+    let (approval_ts, approval) = approval_post(&fake).await;
+    assert!(
+        blocks_text(&approval).contains("Needs 2 distinct approvals: 0 so far"),
+        "{}",
+        blocks_text(&approval)
+    );
+    // The requester may not approve; ben counts once.
+    click(
+        &app,
+        &fake,
+        "UANA0001",
+        "approve:1:gate",
+        &approval_ts,
+        "T2",
+    )
+    .await;
+    private_answer(&fake, "You are not an approver for this step.").await;
+    click(
+        &app,
+        &fake,
+        "UBEN0001",
+        "approve:1:gate",
+        &approval_ts,
+        "T3",
+    )
+    .await;
+    private_answer(&fake, "Your approval is counted: 1 of 2.").await;
+    click(
+        &app,
+        &fake,
+        "UBEN0001",
+        "approve:1:gate",
+        &approval_ts,
+        "T4",
+    )
+    .await;
+    private_answer(
+        &fake,
+        "You have already decided on this step; each person counts once.",
+    )
+    .await;
+    eventually("the request to show the vote", || async {
+        fake.calls("chat.update")
+            .iter()
+            .any(|b| blocks_text(b).contains("1 so far (<@UBEN0001>)"))
+    })
+    .await;
+
+    app.advance(Duration::minutes(31));
+    let reminder = eventually_some("the reminder in the thread", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| blocks_text(b).contains("Reminder: step *gate*"))
+    })
+    .await;
+    assert!(
+        blocks_text(&reminder.1).contains("<@UCY00001>"),
+        "{}",
+        blocks_text(&reminder.1)
+    );
+    assert!(!reminder.1["thread_ts"].is_null(), "in the run's thread");
+
+    app.advance(Duration::minutes(15));
+    let (escalated_ts, escalated) = eventually_some("the request in #incidents", || async {
+        fake.posts().into_iter().find(|(_, b)| {
+            b["channel"] == "C0INCIDENTS" && blocks_text(b).contains("*Escalated* from run 1")
+        })
+    })
+    .await;
+    assert!(blocks_text(&escalated).contains("<@UDEE0001>"));
+    assert_eq!(
+        action_ids(&escalated),
+        vec!["approve:1:gate", "reject:1:gate"]
+    );
+    click(
+        &app,
+        &fake,
+        "UDEE0001",
+        "approve:1:gate",
+        &escalated_ts,
+        "T5",
+    )
+    .await;
+    app.wait_for_status(1, "succeeded").await;
+    eventually("both copies to show the outcome", || async {
+        let updates = fake.calls("chat.update");
+        let done = |channel: &str| {
+            updates.iter().any(|b| {
+                b["channel"] == channel
+                    && blocks_text(b).contains("Approved by <@UBEN0001>, <@UDEE0001>")
+            })
+        };
+        done("C0GENERAL") && done("C0INCIDENTS")
+    })
+    .await;
+    for (kind, n) in [
+        ("approval.reminded", 1),
+        ("approval.escalated", 1),
+        ("approval.voted", 1),
+        ("approval.decided", 1),
+        ("approval.refused", 2),
+    ] {
+        assert_eq!(app.ledger_of(kind).await.len(), n, "{kind}");
+    }
+}

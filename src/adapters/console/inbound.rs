@@ -268,13 +268,17 @@ async fn click(
             "a reason is limited to 1000 characters".into(),
         ));
     }
+    // Without the browser's own id every click is a new event: two clicks in the same
+    // instant (a test's clock stands still) are still two.
+    static CLICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = match client {
         Some(c) => format!("console:action:{c}"),
         None => format!(
-            "console:action:{}:{}:{}",
+            "console:action:{}:{}:{}:{}",
             req.message_id,
             actor.id,
-            state.clock.now().timestamp_nanos_opt().unwrap_or_default()
+            state.clock.now().timestamp_nanos_opt().unwrap_or_default(),
+            CLICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ),
     };
     let event = InboundEvent {

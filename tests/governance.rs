@@ -1,0 +1,169 @@
+//! Governance through the console: approvals that need several people, a condition, and a
+//! ladder (reminder, escalation, expiry) on the injected clock, across a restart.
+
+mod support;
+
+use chrono::Duration;
+use support::*;
+
+const PAY: &str = r#"
+name = "pay"
+description = "Pay a supplier"
+title = "Pay {{ input.amount }}"
+[[trigger]]
+kind = "slash"
+command = "pay"
+args = [{ name = "amount", type = "int", required = true }]
+
+[[step]]
+id = "quote"
+kind = "notify"
+text = "Paying {{ input.amount }} EUR."
+
+[[step]]
+id = "gate"
+kind = "approval"
+needs = ["quote"]
+approvers = ["ben", "cy"]
+quorum = 2
+when = "input.amount > 1000"
+message = "Pay {{ input.amount }} EUR?"
+remind_after = "1h"
+escalate_after = "2h"
+escalate_to = { channel = "finance", approvers = ["dee"] }
+timeout = "4h"
+
+[[step]]
+id = "paid"
+kind = "notify"
+needs = ["gate"]
+text = "Paid {{ input.amount }} EUR."
+"#;
+
+async fn app() -> TestApp {
+    spawn(Spawn {
+        extra_workflows: vec![("pay.toml", PAY.into())],
+        with_examples: false,
+        ..Default::default()
+    })
+    .await
+}
+
+fn id(m: &serde_json::Value) -> i64 {
+    m["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn an_approval_needed_only_above_a_threshold_lets_small_runs_through_and_says_why() {
+    let app = app().await;
+    let run = app.start_run("ana", "general", "/pay 500").await;
+    app.wait_for_status(run, "succeeded").await;
+    let root = app.root_of("general", run).await;
+    app.wait_in_thread(
+        id(&root),
+        "needs no approval in this run (`input.amount > 1000` does not hold)",
+    )
+    .await;
+    assert_eq!(app.ledger_of("approval.not_required").await.len(), 1);
+    assert!(app.ledger_of("approval.requested").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_quorum_ladder_reminds_escalates_and_lets_the_escalation_decide_across_a_restart() {
+    let mut app = app().await;
+    let run = app.start_run("ana", "general", "/pay 5000").await;
+    app.wait_for_status(run, "waiting_approval").await;
+    let root = id(&app.root_of("general", run).await);
+    let request = app.wait_in_thread(root, "Approval needed").await;
+    assert!(
+        text(&request).contains("Needs 2 distinct approvals: 0 so far"),
+        "{}",
+        text(&request)
+    );
+    let approve = button(&request, "Approve").unwrap();
+
+    // The requester is not an approver; ben counts once however often he clicks.
+    assert_eq!(
+        app.click("ana", id(&request), &approve).await,
+        ["You are not an approver for this step."]
+    );
+    assert_eq!(
+        app.click("ben", id(&request), &approve).await,
+        ["Your approval is counted: 1 of 2."]
+    );
+    assert_eq!(
+        app.click("ben", id(&request), &approve).await,
+        ["You have already decided on this step; each person counts once."]
+    );
+    eventually("the request to show ben's approval", || async {
+        app.thread(root)
+            .await
+            .iter()
+            .any(|m| text(m).contains("Needs 2 distinct approvals: 1 so far (@ben)"))
+    })
+    .await;
+
+    // First rung: a reminder in the thread, once.
+    app.advance(Duration::minutes(61));
+    let reminder = app.wait_in_thread(root, "Reminder: step *gate*").await;
+    assert!(text(&reminder).contains("@cy"), "{}", text(&reminder));
+    assert!(
+        !text(&reminder).contains("@ben"),
+        "ben has decided: {}",
+        text(&reminder)
+    );
+
+    // The ladder is rows: a restart loses no rung and repeats none.
+    app.stop().await;
+    app.start().await;
+    app.advance(Duration::minutes(60));
+    let escalated = eventually_some("the request in #finance", || async {
+        app.channel_if_any("finance").await.and_then(|msgs| {
+            msgs.into_iter()
+                .find(|m| text(m).contains("*Escalated* from run"))
+        })
+    })
+    .await;
+    assert!(text(&escalated).contains("Needs 2 distinct approvals: 1 so far (@ben)"));
+    app.wait_in_thread(root, "Escalated to #finance and @dee at")
+        .await;
+
+    // dee, whom the escalation named, decides in #finance.
+    let approve_there = button(&escalated, "Approve").unwrap();
+    app.click("dee", id(&escalated), &approve_there).await;
+    app.wait_for_status(run, "succeeded").await;
+    app.wait_in_thread(root, "Approved by @ben, @dee").await;
+    eventually("the #finance copy to show the outcome", || async {
+        app.channel("finance")
+            .await
+            .iter()
+            .any(|m| text(m).contains("Approved by @ben, @dee"))
+    })
+    .await;
+
+    app.advance(Duration::hours(3));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for (kind, n) in [
+        ("approval.reminded", 1),
+        ("approval.escalated", 1),
+        ("approval.voted", 1),
+        ("approval.decided", 1),
+        ("approval.expired", 0),
+    ] {
+        assert_eq!(app.ledger_of(kind).await.len(), n, "{kind}");
+    }
+    let refused = app.ledger_of("approval.refused").await;
+    assert_eq!(refused.len(), 2, "ana's and ben's second click");
+}
+
+#[tokio::test]
+async fn an_approval_nobody_decides_expires_as_rejected_after_its_ladder() {
+    let app = app().await;
+    let run = app.start_run("ana", "general", "/pay 5000").await;
+    app.wait_for_status(run, "waiting_approval").await;
+    app.advance(Duration::hours(5));
+    app.wait_for_status(run, "rejected").await;
+    let root = id(&app.root_of("general", run).await);
+    app.wait_in_thread(root, "Expired at").await;
+    assert_eq!(app.ledger_of("approval.expired").await.len(), 1);
+}
