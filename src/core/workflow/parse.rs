@@ -880,6 +880,12 @@ fn build_step(
                         "`when` is for approval steps; an agent's external calls are always approved",
                     );
                 }
+                if let Some(o) = s.on_timeout.as_ref().filter(|o| o.get_ref() == "approve") {
+                    r.error(
+                        o.span().start,
+                        "an agent's external call is never made because nobody answered: `on_timeout = \"approve\"` is for approval steps",
+                    );
+                }
                 let timeout = duration(r, &s.approval_timeout, DEFAULT_APPROVAL_TIMEOUT);
                 Some(approval_spec(r, &id, &s, String::new(), timeout))
             };
