@@ -78,6 +78,9 @@ pub struct Settings {
     pub console_token: Option<Secret>,
     /// `BATON_CONSOLE_USERS`: the people one can act as in the console.
     pub console_users: Vec<String>,
+    /// `BATON_CONSOLE_GROUPS`: console groups and their members (`release=ben,cy;finance=dee`),
+    /// for approvers and permissions written `group:release`.
+    pub console_groups: BTreeMap<String, Vec<String>>,
     /// `BATON_CONSOLE_CHANNELS`: channels the console shows besides those workflows name.
     pub console_channels: Vec<String>,
     /// `BATON_LOG_FORMAT`: `text` or `json`.
@@ -512,6 +515,10 @@ impl Settings {
             ),
             console_token,
             console_users: list("BATON_CONSOLE_USERS", "ana,ben,cy,dee"),
+            console_groups: match var("BATON_CONSOLE_GROUPS") {
+                None => BTreeMap::new(),
+                Some(text) => parse("BATON_CONSOLE_GROUPS", &text, console_groups)?,
+            },
             console_channels: list("BATON_CONSOLE_CHANNELS", "general"),
             log_format,
             log_filter: var("BATON_LOG").unwrap_or_else(|| "info".into()),
@@ -596,6 +603,29 @@ impl Settings {
             webhooks,
         }
     }
+}
+
+/// `release=ben,cy;finance=dee`: groups by name, each with its members.
+fn console_groups(text: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, members) = part
+            .split_once('=')
+            .ok_or("must be groups like release=ben,cy;finance=dee")?;
+        let name = name.trim();
+        if name.is_empty() || name.contains([':', ',', ' ']) {
+            return Err(format!(
+                "has a group name `{name}` that is empty or has `:`, `,` or a space"
+            ));
+        }
+        let members: Vec<String> = members
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        out.insert(name.to_owned(), members);
+    }
+    Ok(out)
 }
 
 fn parse<T>(
@@ -770,5 +800,15 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("secret-path"), "{shown}");
         assert!(s.secrets().iter().any(|x| x.contains("secret-path")));
+    }
+
+    #[test]
+    fn console_groups_are_read_with_their_members_and_a_malformed_list_is_refused() {
+        let s = settings(&[("BATON_CONSOLE_GROUPS", "release=ben, cy; finance=dee")]).unwrap();
+        assert_eq!(s.console_groups["release"], ["ben", "cy"]);
+        assert_eq!(s.console_groups["finance"], ["dee"]);
+        let e = settings(&[("BATON_CONSOLE_GROUPS", "release")]).unwrap_err();
+        assert_eq!(e.setting, "BATON_CONSOLE_GROUPS");
+        assert!(settings(&[("BATON_CONSOLE_GROUPS", "a b=ben")]).is_err());
     }
 }

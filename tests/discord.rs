@@ -1048,3 +1048,42 @@ async fn on_discord_a_quorum_counts_each_person_once_and_the_ladder_escalates_to
         assert_eq!(app.ledger_of(kind).await.len(), n, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn on_discord_only_holders_of_a_role_may_start_a_workflow_and_others_are_told_privately() {
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace(
+        "[[step]]\nid = \"gate\"",
+        &format!(
+            "[permissions]\nusers = [\"discord:group:{RELEASE_ROLE}\"]\n[[step]]\nid = \"gate\""
+        ),
+    );
+    let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let options = json!([{"name": "version", "type": 3, "value": "8.0"}]);
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash("800000000000000201", "ship", options.clone(), ANA),
+    );
+    eventually("the private refusal", || async {
+        fake.webhook_calls("tok-800000000000000201")
+            .iter()
+            .any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("You are not allowed to start /ship here.")
+            })
+    })
+    .await;
+    let refused = app.ledger_of("trigger.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["actor"], format!("discord:{ANA}"));
+    assert!(fake.messages_in(GENERAL).is_empty(), "nothing started");
+
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash_with_roles("800000000000000202", "ship", options, CY, &[RELEASE_ROLE]),
+    );
+    message_with(&fake, GENERAL, "Ship 8.0").await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+}

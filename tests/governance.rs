@@ -167,3 +167,76 @@ async fn an_approval_nobody_decides_expires_as_rejected_after_its_ladder() {
     app.wait_in_thread(root, "Expired at").await;
     assert_eq!(app.ledger_of("approval.expired").await.len(), 1);
 }
+
+const RESTRICTED: &str = r#"
+name = "deploy"
+description = "Deploy to production"
+[[trigger]]
+kind = "slash"
+command = "deploy"
+[permissions]
+users = ["group:release"]
+channels = ["general"]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["group:release"]
+[[step]]
+id = "go"
+kind = "notify"
+needs = ["gate"]
+text = "Deploying."
+"#;
+
+#[tokio::test]
+async fn only_members_of_a_console_group_may_start_a_workflow_and_refusals_are_audited() {
+    let app = spawn(Spawn {
+        extra_workflows: vec![("deploy.toml", RESTRICTED.into())],
+        with_examples: false,
+        env: vec![
+            ("BATON_CONSOLE_GROUPS", "release=ben,cy".into()),
+            ("BATON_CONSOLE_CHANNELS", "general,random".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let body = app.say("ana", "general", "/deploy").await;
+    assert_eq!(
+        body["notices"],
+        serde_json::json!(["You are not allowed to start /deploy here."])
+    );
+    assert!(
+        body["started"].as_array().is_none_or(|s| s.is_empty()),
+        "{body}"
+    );
+    let refused = app.ledger_of("trigger.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["actor"], "console:ana");
+
+    // ben may start it; the group approves, but not ben himself (four-eyes) and not dee.
+    let run = app.start_run("ben", "general", "/deploy").await;
+    app.wait_for_status(run, "waiting_approval").await;
+    let request = app
+        .wait_in_thread(id(&app.root_of("general", run).await), "Approval needed")
+        .await;
+    assert!(
+        text(&request).contains("Approvers: @group:release"),
+        "{}",
+        text(&request)
+    );
+    let approve = button(&request, "Approve").unwrap();
+    assert!(app.click("ben", id(&request), &approve).await[0].contains("four-eyes"));
+    assert_eq!(
+        app.click("dee", id(&request), &approve).await,
+        ["You are not an approver for this step."]
+    );
+    app.click("cy", id(&request), &approve).await;
+    app.wait_for_status(run, "succeeded").await;
+    // A member, but in a channel the workflow does not allow.
+    let body = app.say("cy", "random", "/deploy").await;
+    assert_eq!(
+        body["notices"],
+        serde_json::json!(["You are not allowed to start /deploy here."])
+    );
+    assert_eq!(app.ledger_of("trigger.refused").await.len(), 2);
+}

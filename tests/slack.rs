@@ -993,3 +993,24 @@ async fn on_slack_a_quorum_counts_each_person_once_and_the_ladder_escalates_to_a
         assert_eq!(app.ledger_of(kind).await.len(), n, "{kind}");
     }
 }
+
+#[tokio::test]
+async fn on_slack_only_members_of_a_user_group_may_start_a_workflow_and_others_are_told_privately()
+{
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "[[step]]\nid = \"gate\"",
+        "[permissions]\nusers = [\"slack:group:S0RELEASE\"]\n[[step]]\nid = \"gate\"",
+    );
+    let app = slack_app_with(&fake, "ship.toml", wf).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 1.0", "T1").await, 200);
+    private_answer(&fake, "You are not allowed to start /ship here.").await;
+    let refused = app.ledger_of("trigger.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["actor"], "slack:UANA0001");
+    assert!(fake.posts().is_empty(), "nothing started, nothing posted");
+
+    assert_eq!(slash(&app, &fake, "UCY00001", "/ship 1.0", "T2").await, 200);
+    approval_post(&fake).await;
+    assert_eq!(app.ledger_of("run.started").await.len(), 1);
+}

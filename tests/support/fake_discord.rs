@@ -249,12 +249,17 @@ fn interaction(id: &str, kind: u8, data: Value, who: &str, roles: &[&str], chann
 
 /// An APPLICATION_COMMAND interaction.
 pub fn slash(id: &str, name: &str, options: Value, who: &str) -> Value {
+    slash_with_roles(id, name, options, who, &[])
+}
+
+/// A slash command from a member with `roles` in the guild.
+pub fn slash_with_roles(id: &str, name: &str, options: Value, who: &str, roles: &[&str]) -> Value {
     interaction(
         id,
         2,
         json!({"type": 1, "name": name, "id": "700000000000000001", "options": options}),
         who,
-        &[],
+        roles,
         GENERAL,
     )
 }

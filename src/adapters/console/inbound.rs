@@ -128,7 +128,13 @@ fn actor(state: &AppState, user: &str) -> Result<Actor, ApiError> {
         id: user.to_owned(),
         display: user.to_owned(),
         is_bot: false,
-        groups: vec![],
+        groups: state
+            .settings
+            .console_groups
+            .iter()
+            .filter(|(_, members)| members.iter().any(|m| m == user))
+            .map(|(name, _)| name.clone())
+            .collect(),
     })
 }
 

@@ -65,6 +65,8 @@ struct MessageCreate {
     webhook_id: Option<String>,
     #[serde(rename = "type", default)]
     kind: u64,
+    /// The author's roles in the guild (guild messages only).
+    member: Option<Member>,
 }
 
 #[derive(Deserialize)]
@@ -159,7 +161,9 @@ fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
         && (m.mentions.iter().any(|u| u.id == me)
             || m.content.contains(&format!("<@{me}>"))
             || m.content.contains(&format!("<@!{me}>")));
-    let mut author = actor(&m.author, vec![]);
+    // Roles decide who may start a workflow, so a message's author carries theirs.
+    let roles = m.member.map(|mm| mm.roles).unwrap_or_default();
+    let mut author = actor(&m.author, roles);
     // Webhooks post as bots would.
     author.is_bot |= m.webhook_id.is_some();
     let event = InboundEvent {
@@ -188,7 +192,7 @@ fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
             None => discord.guild_of(&event.conversation.channel).await,
         };
         if discord.serves_guild(guild.as_deref()) {
-            handle(&engine, &discord, event, None).await;
+            handle(&engine, &discord, event, None, guild.as_deref()).await;
         }
     });
 }
@@ -420,7 +424,10 @@ fn respond_then(
             tracing::warn!(error = %e, "could not answer a Discord interaction");
         }
         match event {
-            Some(event) => handle(&engine, &discord, event, Some(reply)).await,
+            Some(event) => {
+                let guild = reply.guild.clone();
+                handle(&engine, &discord, event, Some(reply), guild.as_deref()).await
+            }
             // A deferred command with nothing to handle came from outside Baton's guilds.
             None if body["type"] == 5 => {
                 send_reply(
@@ -441,14 +448,14 @@ async fn handle(
     discord: &Arc<Discord>,
     event: InboundEvent,
     reply: Option<Reply>,
+    guild: Option<&str>,
 ) {
     let mut event = event;
-    // Approvers may be roles, by ID or by name: the click carries the role IDs, and the names
-    // are looked up now.
+    // Approvers and who may start a workflow may be roles, by ID or by name: the event
+    // carries the role IDs, and the names are looked up now.
     // Names count only in the guilds `DISCORD_GUILD_IDS` names, where the operator trusts
     // who may name roles; a name that looks like an ID never counts.
-    if matches!(event.kind, EventKind::Action { .. })
-        && let Some(guild) = reply.as_ref().and_then(|r| r.guild.as_deref())
+    if let Some(guild) = guild
         && discord.settings.guild_ids.iter().any(|g| g == guild)
         && !event.actor.groups.is_empty()
     {

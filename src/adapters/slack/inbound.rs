@@ -109,10 +109,9 @@ pub(super) fn handle_later(
     tokio::spawn(async move {
         let _guard = guard;
         let mut event = event;
-        // Approvers may be user groups: who is in which is read when someone clicks.
-        if matches!(event.kind, EventKind::Action { .. }) {
-            event.actor.groups = slack.groups_of(&event.actor.id).await;
-        }
+        // Approvers, and who may start a workflow, may be user groups: who is in which is
+        // read when someone acts (cached for a few minutes).
+        event.actor.groups = slack.groups_of(&event.actor.id).await;
         // Workflows name channels (`incidents`); Slack sends IDs. Runs record the name where
         // there is one, and posting turns it back into the ID.
         if let Some(name) = slack.channel_name(&event.conversation.channel).await {
