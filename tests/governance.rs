@@ -240,3 +240,94 @@ async fn only_members_of_a_console_group_may_start_a_workflow_and_refusals_are_a
     );
     assert_eq!(app.ledger_of("trigger.refused").await.len(), 2);
 }
+
+/// A server whose first answer never comes and whose later ones do: a tool that hangs once.
+async fn hangs_once() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/status", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn a_stalled_run_is_flagged_with_retry_and_cancel_and_retry_resumes_it() {
+    let url = hangs_once().await;
+    let workflow = format!(
+        r#"
+name = "check"
+description = "Check a service"
+stall_after = "10m"
+[[trigger]]
+kind = "slash"
+command = "check"
+[permissions]
+users = ["ana", "ben"]
+[[step]]
+id = "fetch"
+kind = "tool"
+tool = "http.get"
+with = {{ url = "{url}" }}
+timeout = "1h"
+[[step]]
+id = "report"
+kind = "notify"
+needs = ["fetch"]
+text = "The service says {{{{ steps.fetch.output.body }}}}."
+"#
+    );
+    let app = spawn(Spawn {
+        extra_workflows: vec![("check.toml", workflow)],
+        with_examples: false,
+        ..Default::default()
+    })
+    .await;
+    let run = app.start_run("ana", "general", "/check").await;
+    let root = id(&app.root_of("general", run).await);
+    app.wait_in_thread(root, "started").await;
+    app.advance(Duration::minutes(11));
+    let alert = app.wait_in_thread(root, "*Stalled*: run").await;
+    assert!(
+        text(&alert).contains("It is waiting on *fetch*"),
+        "{}",
+        text(&alert)
+    );
+    let retry = button(&alert, "Retry").unwrap();
+    assert!(button(&alert, "Cancel run").is_some());
+    let (_, page) = app.get("/stalled").await;
+    assert!(
+        page.contains(&format!("<a href=\"/runs/{run}\">{run}</a>")),
+        "listed on the console page"
+    );
+
+    // Only people allowed to start the workflow may retry it.
+    let refused = app.click("dee", id(&alert), &retry).await;
+    assert!(
+        refused[0].starts_with(&format!("You may not retry run {run}")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        app.click("ben", id(&alert), &retry).await,
+        ["Retrying fetch."]
+    );
+    app.wait_for_status(run, "succeeded").await;
+    app.wait_in_thread(root, "The service says ok.").await;
+    app.wait_in_thread(root, "Retried by @ben").await;
+    assert_eq!(app.ledger_of("run.stalled").await.len(), 1);
+    assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+    let (_, page) = app.get("/stalled").await;
+    assert!(page.contains("Nothing is stalled."));
+}

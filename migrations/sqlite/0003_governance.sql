@@ -7,3 +7,6 @@ ALTER TABLE approvals ADD COLUMN quorum INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE approvals ADD COLUMN votes TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE approvals ADD COLUMN reminded_at INTEGER;
 ALTER TABLE approvals ADD COLUMN escalated_at INTEGER;
+
+-- When a run was flagged as stalled (no progress for its threshold), until it moves again.
+ALTER TABLE runs ADD COLUMN stalled_at INTEGER;

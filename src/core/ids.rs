@@ -57,9 +57,21 @@ impl fmt::Display for MessageKey {
 /// What a button does, encoded in the button's action id so every platform round-trips it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionId {
-    Approve { run: RunId, step: StepId },
-    Reject { run: RunId, step: StepId },
-    Cancel { run: RunId },
+    Approve {
+        run: RunId,
+        step: StepId,
+    },
+    Reject {
+        run: RunId,
+        step: StepId,
+    },
+    Cancel {
+        run: RunId,
+    },
+    /// Start again what a stalled run is stuck on.
+    Retry {
+        run: RunId,
+    },
 }
 
 impl fmt::Display for ActionId {
@@ -68,6 +80,7 @@ impl fmt::Display for ActionId {
             ActionId::Approve { run, step } => write!(f, "approve:{run}:{step}"),
             ActionId::Reject { run, step } => write!(f, "reject:{run}:{step}"),
             ActionId::Cancel { run } => write!(f, "cancel:{run}"),
+            ActionId::Retry { run } => write!(f, "retry:{run}"),
         }
     }
 }
@@ -83,6 +96,7 @@ impl FromStr for ActionId {
             ("approve", Some(step)) if !step.is_empty() => Ok(ActionId::Approve { run, step }),
             ("reject", Some(step)) if !step.is_empty() => Ok(ActionId::Reject { run, step }),
             ("cancel", None) => Ok(ActionId::Cancel { run }),
+            ("retry", None) => Ok(ActionId::Retry { run }),
             _ => Err(format!("unknown action `{s}`")),
         }
     }

@@ -116,6 +116,12 @@ impl Engine {
                             actor: ev.actor.clone(),
                         },
                     ),
+                    ActionId::Retry { run } => (
+                        run,
+                        Command::Retry {
+                            actor: ev.actor.clone(),
+                        },
+                    ),
                 };
                 // A click delivered twice (retries, two connections) is applied once.
                 let notice = self.submit_event(run, Some(&ev.id), cmd).await?;

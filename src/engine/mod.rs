@@ -206,6 +206,7 @@ impl Engine {
                     tools: &catalog,
                     now,
                     base_url: &self.settings.base_url,
+                    stall_after: self.settings.stall_after,
                 };
                 machine::start(state, &cx)
             })
@@ -246,7 +247,7 @@ impl Engine {
                 let Some(cmd) = cmd.take() else { return Transition::default() };
                 match self.definition(def) {
                     Ok(wf) => {
-                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url };
+                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url, stall_after: self.settings.stall_after };
                         machine::apply(state, cmd, &cx)
                     }
                     Err(e) => {

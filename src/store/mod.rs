@@ -73,6 +73,8 @@ pub struct RunSummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the run was flagged as stalled, while it is.
+    pub stalled_at: Option<DateTime<Utc>>,
 }
 
 /// One attempt of one step.
@@ -120,6 +122,8 @@ pub trait RunStore: Send + Sync {
         f: &mut ApplyFn<'_>,
     ) -> StoreResult<Option<Transition>>;
     async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>>;
+    /// Runs flagged as stalled and not finished, longest stalled first.
+    async fn stalled_runs(&self, limit: u32) -> StoreResult<Vec<RunSummary>>;
     async fn list_runs(
         &self,
         status: Option<RunStatus>,

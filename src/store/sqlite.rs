@@ -188,6 +188,7 @@ async fn load_state(
         created_at: at(r.get("created_at")),
         updated_at: at(r.get("updated_at")),
         finished_at: opt_at(r.get("finished_at")),
+        stalled_at: opt_at(r.get("stalled_at")),
     };
     let def = Definition {
         file: r.get("file"),
@@ -273,12 +274,13 @@ async fn save_state(
 ) -> StoreResult<()> {
     let r = &after.run;
     sqlx::query(
-        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ? WHERE id = ?",
     )
     .bind(r.status.as_str())
     .bind(&r.error)
     .bind(ms(r.updated_at))
     .bind(r.finished_at.map(ms))
+    .bind(r.stalled_at.map(ms))
     .bind(r.id.0)
     .execute(&mut *c)
     .await?;
@@ -542,6 +544,7 @@ fn summary_from_row(r: &SqliteRow) -> RunSummary {
         created_at: at(r.get("created_at")),
         updated_at: at(r.get("updated_at")),
         finished_at: opt_at(r.get("finished_at")),
+        stalled_at: opt_at(r.get("stalled_at")),
     }
 }
 
@@ -653,6 +656,16 @@ impl RunStore for SqliteStore {
     async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>> {
         let mut c = self.pool.acquire().await?;
         Ok(load_state(&mut c, run).await?.map(|(s, _)| s))
+    }
+
+    async fn stalled_runs(&self, limit: u32) -> StoreResult<Vec<RunSummary>> {
+        let rows = sqlx::query(
+            "SELECT * FROM runs WHERE stalled_at IS NOT NULL AND finished_at IS NULL ORDER BY stalled_at LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(summary_from_row).collect())
     }
 
     async fn list_runs(
@@ -1081,16 +1094,19 @@ impl AuditStore for SqliteStore {
             })
             .collect();
         let idle_before = ms(until - stall_after);
+        // Flagged runs (their thread has the alert), and running ones idle past the
+        // threshold that have not been flagged yet.
         let stalled = sqlx::query(
-            "SELECT id, workflow, status, updated_at FROM runs
-             WHERE status = 'running' AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            "SELECT id, workflow, status, COALESCE(stalled_at, updated_at) AS idle_since FROM runs
+             WHERE finished_at IS NULL AND (stalled_at IS NOT NULL OR (status = 'running' AND updated_at < ?1))
+             ORDER BY idle_since LIMIT ?2",
         )
         .bind(idle_before)
         .bind(LISTED as i64)
         .fetch_all(&self.pool)
         .await?;
         f.stalled_count = sqlx::query(
-            "SELECT COUNT(*) AS n FROM runs WHERE status = 'running' AND updated_at < ?",
+            "SELECT COUNT(*) AS n FROM runs WHERE finished_at IS NULL AND (stalled_at IS NOT NULL OR (status = 'running' AND updated_at < ?))",
         )
         .bind(idle_before)
         .fetch_one(&self.pool)
@@ -1102,7 +1118,7 @@ impl AuditStore for SqliteStore {
                 run: RunId(r.get("id")),
                 workflow: r.get("workflow"),
                 status: r.get("status"),
-                idle_since: at(r.get("updated_at")),
+                idle_since: at(r.get("idle_since")),
             })
             .collect();
         Ok(f)

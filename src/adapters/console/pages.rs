@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/approvals", get(approvals))
         .route("/audit", get(audit))
         .route("/memory", get(memory))
+        .route("/stalled", get(stalled))
 }
 
 /// Escapes text for HTML bodies and attribute values.
@@ -65,7 +66,7 @@ fn page(title: &str, body: &str) -> Response {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · Baton</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body class=\"page\">\
-         <nav class=\"top\"><a href=\"/\">Chat</a><a href=\"/runs\">Runs</a><a href=\"/approvals\">Approvals</a><a href=\"/audit\">Audit ledger</a><a href=\"/memory\">Memory</a></nav>\
+         <nav class=\"top\"><a href=\"/\">Chat</a><a href=\"/runs\">Runs</a><a href=\"/approvals\">Approvals</a><a href=\"/stalled\">Stalled</a><a href=\"/audit\">Audit ledger</a><a href=\"/memory\">Memory</a></nav>\
          <main>{body}</main></body></html>",
         esc(title)
     ))
@@ -241,6 +242,35 @@ async fn approvals(State(state): State<AppState>) -> Result<Response, ApiError> 
         );
     }
     Ok(page("Approvals", &body))
+}
+
+/// Runs flagged as stalled: no progress for their workflow's threshold. Each run's thread has
+/// the alert with Retry and Cancel.
+async fn stalled(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let runs = state.engine.store().stalled_runs(PAGE_ROWS).await?;
+    let now = state.clock.now();
+    let mut body = String::from(
+        "<h1>Stalled runs</h1><table><thead><tr><th>Run</th><th>Workflow</th><th>Title</th><th>Channel</th><th>Started by</th><th>Stalled since</th><th>For</th></tr></thead><tbody>",
+    );
+    for r in &runs {
+        let since = r.stalled_at.unwrap_or(r.updated_at);
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>#{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.workflow),
+            esc(&r.title),
+            esc(&r.channel),
+            esc(&r.requested_by),
+            when(since),
+            format_duration(now - since),
+            id = r.id,
+        );
+    }
+    if runs.is_empty() {
+        body.push_str("<tr><td colspan=\"7\">Nothing is stalled.</td></tr>");
+    }
+    body.push_str("</tbody></table><p>A run is stalled when it has made no progress for its workflow's <code>stall_after</code> (default <code>BATON_STALL_AFTER</code>). Its thread has Retry and Cancel.</p>");
+    Ok(page("Stalled runs", &body))
 }
 
 #[derive(Deserialize)]

@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub now: DateTime<Utc>,
     /// Where Baton's console is reachable, for templates (`{{ baton.url }}`) and links.
     pub base_url: &'a str,
+    /// How long a run may go without progress before it is flagged, unless its workflow says.
+    pub stall_after: chrono::Duration,
 }
 
 struct Apply<'a, 'b> {
@@ -136,6 +138,7 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
         } => a.decide(&step, &actor, approve, reason),
         Command::TimerFired { key } => a.timer_fired(&key),
         Command::Cancel { actor } => a.cancel(&actor),
+        Command::Retry { actor } => a.retry(&actor),
         Command::StepNote {
             step,
             attempt,
@@ -357,7 +360,7 @@ impl<'a> Apply<'a, '_> {
                 };
                 self.notice(text);
             }
-            Command::Cancel { .. } => {
+            Command::Cancel { .. } | Command::Retry { .. } => {
                 self.notice(format!("Run {} is already {status}.", self.state.run.id))
             }
             Command::TimerFired { key } => {
@@ -1006,7 +1009,9 @@ impl<'a> Apply<'a, '_> {
         if self.state.timers.remove(key).is_none() {
             return; // Already fired or cancelled: a timer acts once.
         }
-        if let Some(step) = key.strip_prefix("remind:") {
+        if key == timer::STALL {
+            self.stalled();
+        } else if let Some(step) = key.strip_prefix("remind:") {
             self.remind(step);
         } else if let Some(step) = key.strip_prefix("escalate:") {
             self.escalate(step);
@@ -1200,13 +1205,102 @@ impl<'a> Apply<'a, '_> {
         });
     }
 
-    fn cancel(&mut self, actor: &Actor) {
+    /// Whoever started the run, an operator, or anyone allowed to start its workflow there
+    /// may cancel or retry it.
+    fn may_steer(&self, actor: &Actor) -> bool {
         let run = &self.state.run;
         let own = actor.platform == run.requested_by.platform && actor.id == run.requested_by.id;
-        if !own
-            && !actor.is_operator()
-            && !self.cx.workflow.may_start(actor, &run.conversation.channel)
-        {
+        own || actor.is_operator() || self.cx.workflow.may_start(actor, &run.conversation.channel)
+    }
+
+    /// The stall timer fired: the run has made no progress for its threshold. The thread
+    /// says what it is stuck on, with Retry and Cancel.
+    fn stalled(&mut self) {
+        if self.state.run.status != RunStatus::Running || self.state.run.stalled_at.is_some() {
+            return;
+        }
+        let now = self.now();
+        let stuck: Vec<(String, Option<DateTime<Utc>>)> = self
+            .state
+            .steps
+            .iter()
+            .filter(|(_, s)| matches!(s.status, StepStatus::Running | StepStatus::Retrying))
+            .map(|(id, s)| (id.clone(), s.started_at))
+            .collect();
+        self.state.run.stalled_at = Some(now);
+        let idle = now - self.state.run.updated_at;
+        let ev = self.event(
+            AuditKind::RunStalled,
+            None,
+            json!({"idle_since": self.state.run.updated_at, "steps": stuck.iter().map(|(id, _)| id).collect::<Vec<_>>()}),
+        );
+        self.audit(ev);
+        let alert = render::stall_alert(self.state.run.id, idle, &stuck, now);
+        self.reply(&stall_key(now), alert);
+    }
+
+    /// Retry: every step the run is stuck on starts a new attempt now (an old attempt's
+    /// result, should it still come, is ignored), and the alert says who retried.
+    fn retry(&mut self, actor: &Actor) {
+        if !self.may_steer(actor) {
+            let run = &self.state.run;
+            let text = format!(
+                "You may not retry run {}: only its requester or people allowed to start `{}` can.",
+                run.id, run.workflow
+            );
+            let ev = self
+                .event(AuditKind::TriggerRefused, None, json!({"action": "retry"}))
+                .actor(actor);
+            self.audit(ev);
+            return self.notice(text);
+        }
+        let now = self.now();
+        let stuck: Vec<String> = self
+            .state
+            .steps
+            .iter()
+            .filter(|(_, s)| matches!(s.status, StepStatus::Running | StepStatus::Retrying))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if stuck.is_empty() {
+            return self.notice(format!(
+                "Run {} is not stuck on any step; nothing to retry.",
+                self.state.run.id
+            ));
+        }
+        for id in &stuck {
+            let s = self.state.steps.get_mut(id).expect("listed above");
+            if s.status == StepStatus::Running {
+                self.out.effects.push(Effect::AttemptEnded {
+                    step: id.clone(),
+                    attempt: s.attempt,
+                    outcome: AttemptOutcome::Lost,
+                    detail: json!({"error": "abandoned by a retry", "by": format!("{}:{}", actor.platform, actor.id)}),
+                    at: now,
+                });
+            }
+            s.status = StepStatus::Pending;
+            self.state.timers.remove(&timer::retry(id));
+            self.start_step(id);
+        }
+        let ev = self
+            .event(AuditKind::RunRetried, None, json!({"steps": stuck}))
+            .actor(actor);
+        self.audit(ev);
+        if let Some(at) = self.state.run.stalled_at.take() {
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &stall_key(at)),
+                message: render::stall_resolved(&render::retried_by(actor, now)),
+            });
+        }
+        self.notice(format!("Retrying {}.", stuck.join(", ")));
+        self.advance();
+    }
+
+    fn cancel(&mut self, actor: &Actor) {
+        let run = &self.state.run;
+        if !self.may_steer(actor) {
             let text = format!(
                 "You may not cancel run {}: only its requester or people allowed to start `{}` can.",
                 run.id, run.workflow
@@ -1300,6 +1394,40 @@ impl<'a> Apply<'a, '_> {
         let now = self.now();
         self.state.run.updated_at = now;
         let after = self.state.run.status;
+        // Progress (anything but a ledger entry: a step moved, a post, a vote) re-arms the
+        // stall timer; a run waiting for people has its approval's ladder instead.
+        let progressed = self
+            .out
+            .effects
+            .iter()
+            .any(|e| !matches!(e, Effect::Audit(_)));
+        if after == RunStatus::Running {
+            if progressed {
+                let threshold = self.cx.workflow.stall_after.unwrap_or(self.cx.stall_after);
+                self.state
+                    .timers
+                    .insert(timer::STALL.to_owned(), now + threshold);
+            }
+        } else {
+            self.state.timers.remove(timer::STALL);
+        }
+        // A stalled run that moves again says so under its alert.
+        if progressed
+            && let Some(at) = self.state.run.stalled_at
+            && at < now
+        {
+            self.state.run.stalled_at = None;
+            let how = if after.is_terminal() {
+                render::run_ended(after, now)
+            } else {
+                render::moving_again(now)
+            };
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &stall_key(at)),
+                message: render::stall_resolved(&how),
+            });
+        }
         if before.is_some_and(|b| b != after) || (before.is_none() && after != RunStatus::Running) {
             if after.is_terminal() {
                 self.state.run.finished_at = Some(now);
@@ -1349,6 +1477,11 @@ fn new_approval(
         reminded_at: None,
         escalated_at: None,
     }
+}
+
+/// The message key of a stall alert: one per time the run stalled.
+fn stall_key(at: DateTime<Utc>) -> String {
+    format!("stall:{}", at.timestamp_millis())
 }
 
 fn escalation_key(id: &str, a: &Approval) -> String {

@@ -39,6 +39,8 @@ pub enum Command {
     TimerFired { key: String },
     /// Someone asked to stop the run.
     Cancel { actor: Actor },
+    /// Someone asked a stalled run to try again what it is stuck on.
+    Retry { actor: Actor },
     /// A step attempt was in flight when the process stopped; it will not report back.
     AttemptLost { step: StepId, attempt: u32 },
     /// A running agent wants an external tool called: the step waits for a decision on this

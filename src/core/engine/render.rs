@@ -315,6 +315,59 @@ pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
     }
 }
 
+/// A run with no progress for its threshold: what it is stuck on, with Retry and Cancel (the
+/// engine lets only people who may steer the run use them).
+pub fn stall_alert(
+    run: RunId,
+    idle: chrono::Duration,
+    stuck: &[(String, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
+) -> OutMessage {
+    let steps: Vec<String> = stuck
+        .iter()
+        .map(|(id, since)| match since {
+            Some(t) => format!("*{id}* (running for {})", format_duration(now - *t)),
+            None => format!("*{id}*"),
+        })
+        .collect();
+    let what = if steps.is_empty() {
+        String::new()
+    } else {
+        format!(" It is waiting on {}.", steps.join(", "))
+    };
+    OutMessage {
+        text: format!(
+            "*Stalled*: run {run} has made no progress for {}.{what} Retry starts those steps again; Cancel stops the run.",
+            format_duration(idle)
+        ),
+        buttons: vec![
+            Button::new("Retry", ActionId::Retry { run }, ButtonStyle::Primary),
+            Button::new("Cancel run", ActionId::Cancel { run }, ButtonStyle::Danger),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The stall alert once resolved: no buttons, and how.
+pub fn stall_resolved(how: &str) -> OutMessage {
+    OutMessage {
+        text: format!("*Stalled* earlier. {how}"),
+        ..Default::default()
+    }
+}
+
+pub fn retried_by(actor: &Actor, at: DateTime<Utc>) -> String {
+    format!("Retried by {} at {}.", mention(actor), time_of_day(at))
+}
+
+pub fn moving_again(at: DateTime<Utc>) -> String {
+    format!("Moving again since {}.", time_of_day(at))
+}
+
+pub fn run_ended(status: RunStatus, at: DateTime<Utc>) -> String {
+    format!("The run ended ({}) at {}.", status.label(), time_of_day(at))
+}
+
 /// The final reply in the thread.
 pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessage {
     let run = &state.run;

@@ -118,6 +118,8 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the run was flagged as stalled, until it moves again.
+    pub stalled_at: Option<DateTime<Utc>>,
 }
 
 /// A step row.
@@ -211,6 +213,8 @@ pub mod timer {
     pub fn retry(step: &str) -> String {
         format!("retry:{step}")
     }
+    /// The run-level timer that flags a run with no progress for its stall threshold.
+    pub const STALL: &str = "stall";
     pub fn remind(step: &str) -> String {
         format!("remind:{step}")
     }

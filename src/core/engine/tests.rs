@@ -86,6 +86,7 @@ fn fresh() -> RunState {
             created_at: t0(),
             updated_at: t0(),
             finished_at: None,
+            stalled_at: None,
         },
         steps: BTreeMap::new(),
         approvals: BTreeMap::new(),
@@ -115,6 +116,7 @@ impl Harness {
             tools: &self.tools,
             now: self.now,
             base_url: "http://x",
+            stall_after: Duration::hours(1),
         };
         start(&mut self.state, &cx)
     }
@@ -124,6 +126,7 @@ impl Harness {
             tools: &self.tools,
             now: self.now,
             base_url: "http://x",
+            stall_after: Duration::hours(1),
         };
         apply(&mut self.state, cmd, &cx)
     }
@@ -774,4 +777,84 @@ fn an_approval_whose_condition_does_not_hold_passes_at_once_and_says_why() {
     let mut h = Harness::new(&cond("steps.a.output.status == 200"));
     to_gate(&mut h);
     assert_eq!(h.status("gate"), StepStatus::Waiting);
+}
+
+#[test]
+fn a_run_without_progress_is_flagged_once_with_retry_and_cancel_and_retry_starts_its_steps_again() {
+    let text = FLOW.replace(
+        "[[step]]\nid = \"a\"",
+        "[permissions]\nusers = [\"ana\", \"ben\"]\n[[step]]\nid = \"a\"",
+    );
+    let mut h = Harness::new(&text);
+    h.start();
+    assert_eq!(h.state.timers["stall"], t0() + Duration::hours(1));
+    // b finishes after 10 minutes: progress moves the threshold.
+    h.now = t0() + Duration::minutes(10);
+    h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    assert_eq!(h.state.timers["stall"], t0() + Duration::minutes(70));
+
+    h.now = t0() + Duration::minutes(70);
+    let t = h.apply(Command::TimerFired {
+        key: "stall".into(),
+    });
+    assert_eq!(audits(&t), vec!["run.stalled"]);
+    let alert = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Post { key, message, .. })
+                if key.0.starts_with("run:7:stall:") =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .expect("an alert in the thread");
+    assert!(
+        alert.text.contains("no progress for 1 h")
+            && alert.text.contains("*a* (running for 1 h 10 min)"),
+        "{}",
+        alert.text
+    );
+    let labels: Vec<&str> = alert.buttons.iter().map(|b| b.label.as_str()).collect();
+    assert_eq!(labels, ["Retry", "Cancel run"]);
+    assert_eq!(alert.buttons[0].action, "retry:7");
+    assert!(h.state.run.stalled_at.is_some());
+
+    // Only people who may start the workflow (or the requester) may retry.
+    let t = h.apply(Command::Retry { actor: user("dee") });
+    assert!(
+        t.notice
+            .as_deref()
+            .unwrap()
+            .starts_with("You may not retry run 7")
+    );
+    assert!(jobs(&t).is_empty());
+
+    let t = h.apply(Command::Retry { actor: user("ben") });
+    assert_eq!(jobs(&t), vec![("a".into(), 2)]);
+    assert!(audits(&t).contains(&"run.retried"));
+    assert!(edits(&t).iter().any(|k| k.starts_with("run:7:stall:")));
+    assert!(h.state.run.stalled_at.is_none());
+    // The abandoned attempt's late answer changes nothing.
+    let t = h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    assert_eq!(audits(&t), vec!["step.result_ignored"]);
+    h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 2,
+        result: ok(200),
+    });
+    assert_eq!(h.state.run.status, RunStatus::WaitingApproval);
+    assert!(
+        !h.state.timers.contains_key("stall"),
+        "waiting for people is not stalling"
+    );
 }

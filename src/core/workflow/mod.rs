@@ -140,6 +140,9 @@ pub struct Workflow {
     pub inputs: Map<String, Value>,
     /// Steps in file order; `needs` forms a DAG (checked).
     pub steps: Vec<Step>,
+    /// A run with no progress for this long is flagged in its thread (default:
+    /// `BATON_STALL_AFTER`).
+    pub stall_after: Option<Duration>,
 }
 
 impl Workflow {

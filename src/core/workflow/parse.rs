@@ -24,6 +24,7 @@ struct RawWorkflow {
     #[serde(default)]
     description: String,
     title: Option<Spanned<String>>,
+    stall_after: Option<Spanned<String>>,
     #[serde(default)]
     trigger: Vec<Spanned<RawTrigger>>,
     #[serde(default)]
@@ -332,7 +333,13 @@ fn build(
         }
     }
 
+    let stall_after = raw.stall_after.as_ref().and_then(|d| {
+        parse_duration(d.get_ref())
+            .map_err(|e| r.error(d.span().start, format!("stall_after: {e}")))
+            .ok()
+    });
     let wf = Workflow {
+        stall_after,
         name,
         description: raw.description,
         title: raw.title.as_ref().map(|t| t.get_ref().clone()),
