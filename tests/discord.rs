@@ -1087,3 +1087,35 @@ async fn on_discord_only_holders_of_a_role_may_start_a_workflow_and_others_are_t
     message_with(&fake, GENERAL, "Ship 8.0").await;
     assert_eq!(app.ledger_of("run.started").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_discord_a_stalled_run_is_flagged_in_its_thread_and_retry_resumes_it() {
+    let fake = FakeDiscord::start().await;
+    let wf = stalling_workflow(&[&format!("discord:{ANA}")]).await;
+    let app = discord_app_with(&fake, vec![("check.toml", wf)]).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash("800000000000000301", "check", json!([]), ANA),
+    );
+    let root = message_with(&fake, GENERAL, "Check a service").await;
+    app.advance(chrono::Duration::minutes(11));
+    let alert = message_with(&fake, &root.id, "**Stalled**: run 1").await;
+    let retry = custom_id(&alert, "Retry");
+    assert_eq!(retry, "retry:1");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000302", &retry, BEN, &[], &root.id),
+    );
+    private_answer(&fake, "800000000000000302", "You may not retry run 1").await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000303", &retry, ANA, &[], &root.id),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the alert to say who retried", || async {
+        fake.message(&alert.id)
+            .is_some_and(|m| content(&m).contains(&format!("Retried by <@{ANA}>")))
+    })
+    .await;
+    assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+}

@@ -241,54 +241,9 @@ async fn only_members_of_a_console_group_may_start_a_workflow_and_refusals_are_a
     assert_eq!(app.ledger_of("trigger.refused").await.len(), 2);
 }
 
-/// A server whose first answer never comes and whose later ones do: a tool that hangs once.
-async fn hangs_once() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let calls = std::sync::Arc::new(AtomicUsize::new(0));
-    let app = axum::Router::new().route(
-        "/status",
-        axum::routing::get(move || {
-            let calls = calls.clone();
-            async move {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    std::future::pending::<()>().await;
-                }
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/status", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 #[tokio::test]
 async fn a_stalled_run_is_flagged_with_retry_and_cancel_and_retry_resumes_it() {
-    let url = hangs_once().await;
-    let workflow = format!(
-        r#"
-name = "check"
-description = "Check a service"
-stall_after = "10m"
-[[trigger]]
-kind = "slash"
-command = "check"
-[permissions]
-users = ["ana", "ben"]
-[[step]]
-id = "fetch"
-kind = "tool"
-tool = "http.get"
-with = {{ url = "{url}" }}
-timeout = "1h"
-[[step]]
-id = "report"
-kind = "notify"
-needs = ["fetch"]
-text = "The service says {{{{ steps.fetch.output.body }}}}."
-"#
-    );
+    let workflow = stalling_workflow(&["ana", "ben"]).await;
     let app = spawn(Spawn {
         extra_workflows: vec![("check.toml", workflow)],
         with_examples: false,

@@ -1014,3 +1014,31 @@ async fn on_slack_only_members_of_a_user_group_may_start_a_workflow_and_others_a
     approval_post(&fake).await;
     assert_eq!(app.ledger_of("run.started").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_slack_a_stalled_run_is_flagged_in_its_thread_and_retry_resumes_it() {
+    let fake = FakeSlack::start().await;
+    let wf = stalling_workflow(&["UANA0001"]).await;
+    let app = slack_app_with(&fake, "check.toml", wf).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/check", "T1").await, 200);
+    let (root_ts, _) = root_post(&fake, "Check a service").await;
+    app.advance(Duration::minutes(11));
+    let (alert_ts, alert) = eventually_some("the stall alert in the thread", || async {
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Stalled*: run 1")
+        })
+    })
+    .await;
+    assert_eq!(action_ids(&alert), vec!["retry:1", "cancel:1"]);
+    click(&app, &fake, "UBEN0001", "retry:1", &alert_ts, "T2").await;
+    private_answer(&fake, "You may not retry run 1: only its requester or people allowed to start `check` can.").await;
+    click(&app, &fake, "UANA0001", "retry:1", &alert_ts, "T3").await;
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the alert to say who retried", || async {
+        fake.calls("chat.update")
+            .iter()
+            .any(|b| blocks_text(b).contains("Retried by <@UANA0001>"))
+    })
+    .await;
+    assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+}

@@ -365,3 +365,54 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A server whose first answer never comes and whose later ones do: a tool that hangs once.
+pub async fn hangs_once() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/status", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// `/check`: reads a service that hangs on the first call, so the run stalls after 10 minutes
+/// of the test clock; only `starters` may start (and so retry) it.
+pub async fn stalling_workflow(starters: &[&str]) -> String {
+    let url = hangs_once().await;
+    format!(
+        r#"
+name = "check"
+description = "Check a service"
+stall_after = "10m"
+[[trigger]]
+kind = "slash"
+command = "check"
+[permissions]
+users = {starters:?}
+[[step]]
+id = "fetch"
+kind = "tool"
+tool = "http.get"
+with = {{ url = "{url}" }}
+timeout = "1h"
+[[step]]
+id = "report"
+kind = "notify"
+needs = ["fetch"]
+text = "The service says {{{{ steps.fetch.output.body }}}}."
+"#
+    )
+}
