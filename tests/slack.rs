@@ -1031,7 +1031,11 @@ async fn on_slack_a_stalled_run_is_flagged_in_its_thread_and_retry_resumes_it() 
     .await;
     assert_eq!(action_ids(&alert), vec!["retry:1", "cancel:1"]);
     click(&app, &fake, "UBEN0001", "retry:1", &alert_ts, "T2").await;
-    private_answer(&fake, "You may not retry run 1: only its requester or people allowed to start `check` can.").await;
+    private_answer(
+        &fake,
+        "You may not retry run 1: only its requester or people allowed to start `check` can.",
+    )
+    .await;
     click(&app, &fake, "UANA0001", "retry:1", &alert_ts, "T3").await;
     app.wait_for_status(1, "succeeded").await;
     eventually("the alert to say who retried", || async {

@@ -38,6 +38,28 @@ struct RawWorkflow {
     /// Agents declared in this file (`[agents.researcher]`), and shared ones a run carries.
     #[serde(default)]
     agents: BTreeMap<String, Spanned<RawAgent>>,
+    /// Approval policies declared in this file (`[policies.payments]`), and shared ones
+    /// (`commands/policies/*.toml`) a run carries.
+    #[serde(default)]
+    policies: BTreeMap<String, RawPolicy>,
+}
+
+/// An approval policy named once and used by steps (`policy = "payments"`): whatever the
+/// step does not say itself comes from here.
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    approvers: Vec<String>,
+    allow_self_approval: Option<bool>,
+    reject_reason: Option<bool>,
+    quorum: Option<Spanned<u32>>,
+    rejections: Option<Spanned<u32>>,
+    remind_after: Option<Spanned<String>>,
+    escalate_after: Option<Spanned<String>>,
+    escalate_to: Option<Spanned<Escalation>>,
+    timeout: Option<Spanned<String>>,
+    on_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -146,10 +168,9 @@ struct RawStep {
     // approval
     #[serde(default)]
     approvers: Vec<String>,
-    #[serde(default)]
-    allow_self_approval: bool,
-    #[serde(default)]
-    reject_reason: bool,
+    allow_self_approval: Option<bool>,
+    reject_reason: Option<bool>,
+    policy: Option<Spanned<String>>,
     message: Option<Spanned<String>>,
     quorum: Option<Spanned<u32>>,
     rejections: Option<Spanned<u32>>,
@@ -328,6 +349,9 @@ fn build(
     for s in raw.step {
         let line_at = s.span().start;
         let s = s.into_inner();
+        let Some(s) = with_policy(r, s, &raw.policies) else {
+            continue;
+        };
         if let Some(step) = build_step(r, line_at, s, &ids, tools, &agents, &mut template_checks) {
             steps.push(step);
         }
@@ -783,7 +807,7 @@ fn build_step(
                     condition_template(when.get_ref()),
                 ));
             }
-            let spec = approval_spec(r, &id, &s, message, timeout);
+            let spec = approval_spec(r, &format!("step `{id}`"), &s, message, timeout);
             StepKind::Approval(spec)
         }
         "notify" => {
@@ -894,7 +918,13 @@ fn build_step(
                     );
                 }
                 let timeout = duration(r, &s.approval_timeout, DEFAULT_APPROVAL_TIMEOUT);
-                Some(approval_spec(r, &id, &s, String::new(), timeout))
+                Some(approval_spec(
+                    r,
+                    &format!("step `{id}`"),
+                    &s,
+                    String::new(),
+                    timeout,
+                ))
             };
             StepKind::Agent {
                 agent: agent.clone(),
@@ -1033,6 +1063,55 @@ fn check_template(
     }
 }
 
+/// A step that names a policy gets every approval field it does not set itself from it. An
+/// agent step's approvals take the policy's `timeout` as their `approval_timeout`.
+fn with_policy(
+    r: &mut Report<'_>,
+    mut s: RawStep,
+    policies: &BTreeMap<String, RawPolicy>,
+) -> Option<RawStep> {
+    let Some(name) = s.policy.clone() else {
+        return Some(s);
+    };
+    let Some(p) = policies.get(name.get_ref()) else {
+        let known: Vec<&str> = policies.keys().map(String::as_str).collect();
+        r.error(
+            name.span().start,
+            format!(
+                "unknown policy `{}` (known: {}; policies live in commands/policies/ or [policies.NAME])",
+                name.get_ref(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        );
+        return None;
+    };
+    if !matches!(s.kind.get_ref().as_str(), "approval" | "agent") {
+        r.error(
+            name.span().start,
+            format!("`policy` does not apply to a {} step", s.kind.get_ref()),
+        );
+        return None;
+    }
+    let p = p.clone();
+    if s.approvers.is_empty() {
+        s.approvers = p.approvers;
+    }
+    s.allow_self_approval = s.allow_self_approval.or(p.allow_self_approval);
+    s.reject_reason = s.reject_reason.or(p.reject_reason);
+    s.quorum = s.quorum.or(p.quorum);
+    s.rejections = s.rejections.or(p.rejections);
+    s.remind_after = s.remind_after.or(p.remind_after);
+    s.escalate_after = s.escalate_after.or(p.escalate_after);
+    s.escalate_to = s.escalate_to.or(p.escalate_to);
+    s.on_timeout = s.on_timeout.or(p.on_timeout);
+    if s.kind.get_ref() == "agent" {
+        s.approval_timeout = s.approval_timeout.or(p.timeout);
+    } else {
+        s.timeout = s.timeout.or(p.timeout);
+    }
+    Some(s)
+}
+
 /// An approval condition as a template that renders `true` or `false`.
 pub fn condition_template(expr: &str) -> String {
     format!("{{% if {expr} %}}true{{% else %}}false{{% endif %}}")
@@ -1042,14 +1121,14 @@ pub fn condition_template(expr: &str) -> String {
 /// rejections, and the ladder (remind, escalate, expire), each checked against the others.
 fn approval_spec(
     r: &mut Report<'_>,
-    id: &str,
+    who: &str,
     s: &RawStep,
     message: String,
     timeout: Duration,
 ) -> ApprovalSpec {
     let mut spec = ApprovalSpec::simple(s.approvers.clone(), message, timeout);
-    spec.allow_self_approval = s.allow_self_approval;
-    spec.reject_reason = s.reject_reason;
+    spec.allow_self_approval = s.allow_self_approval.unwrap_or(false);
+    spec.reject_reason = s.reject_reason.unwrap_or(false);
     spec.when = s.when.as_ref().map(|w| w.get_ref().clone());
     if let Some(q) = &s.quorum {
         spec.quorum = *q.get_ref();
@@ -1060,13 +1139,13 @@ fn approval_spec(
         if spec.quorum == 0 {
             r.error(
                 q.span().start,
-                format!("step `{id}`: `quorum` must be at least 1"),
+                format!("{who}: `quorum` must be at least 1"),
             );
         } else if people && spec.quorum as usize > s.approvers.len() {
             r.error(
                 q.span().start,
                 format!(
-                    "step `{id}`: `quorum = {}` needs more approvers than the {} listed",
+                    "{who}: `quorum = {}` needs more approvers than the {} listed",
                     spec.quorum,
                     s.approvers.len()
                 ),
@@ -1078,7 +1157,7 @@ fn approval_spec(
         if spec.rejections == 0 {
             r.error(
                 n.span().start,
-                format!("step `{id}`: `rejections` must be at least 1"),
+                format!("{who}: `rejections` must be at least 1"),
             );
         }
     }
@@ -1098,7 +1177,7 @@ fn approval_spec(
     {
         r.error(
             at,
-            format!("step `{id}`: `escalate_after` must come after `remind_after`"),
+            format!("{who}: `escalate_after` must come after `remind_after`"),
         );
     }
     for (d, at, what) in [
@@ -1112,7 +1191,7 @@ fn approval_spec(
             r.error(
                 at,
                 format!(
-                    "step `{id}`: `{what}` must come before the approval expires ({})",
+                    "{who}: `{what}` must come before the approval expires ({})",
                     format_duration(timeout)
                 ),
             );
@@ -1125,20 +1204,18 @@ fn approval_spec(
         if spec.escalate_to.channel.is_none() && spec.escalate_to.approvers.is_empty() {
             r.error(
                 to.span().start,
-                format!("step `{id}`: `escalate_to` needs a `channel`, `approvers`, or both"),
+                format!("{who}: `escalate_to` needs a `channel`, `approvers`, or both"),
             );
         }
     }
     match (&s.escalate_after, &s.escalate_to) {
         (Some(at), None) => r.error(
             at.span().start,
-            format!(
-                "step `{id}`: `escalate_after` needs `escalate_to` (a channel and/or approvers)"
-            ),
+            format!("{who}: `escalate_after` needs `escalate_to` (a channel and/or approvers)"),
         ),
         (None, Some(to)) => r.error(
             to.span().start,
-            format!("step `{id}`: `escalate_to` needs `escalate_after`"),
+            format!("{who}: `escalate_to` needs `escalate_after`"),
         ),
         _ => {}
     }
@@ -1149,9 +1226,7 @@ fn approval_spec(
             other => {
                 r.error(
                     o.span().start,
-                    format!(
-                        "step `{id}`: `on_timeout = \"{other}\"`: use \"reject\" or \"approve\""
-                    ),
+                    format!("{who}: `on_timeout = \"{other}\"`: use \"reject\" or \"approve\""),
                 );
                 TimeoutOutcome::Reject
             }
@@ -1235,12 +1310,14 @@ pub fn load_dir(
     files.sort();
     let mut diagnostics = Vec::new();
     let shared = load_agents(&dir.join("agents"), tools, &mut diagnostics)?;
+    let policies = load_policies(&dir.join("policies"), &mut diagnostics)?;
     let mut workflows: Vec<Workflow> = Vec::new();
     let mut commands: HashMap<String, (PathBuf, usize)> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         let text = with_shared_agents(&text, &shared);
+        let text = with_shared_policies(&text, &policies);
         let (wf, diags) = parse_workflow(&file, &text, tools);
         diagnostics.extend(diags);
         let Some(wf) = wf else { continue };
@@ -1283,6 +1360,104 @@ pub fn load_dir(
         }
     }
     Ok((WorkflowSet::new(workflows), diagnostics))
+}
+
+/// Reads `commands/policies/*.toml`, one approval policy per file (named by the file), checks
+/// each as a step using it would be checked, and keeps the valid ones as TOML tables.
+fn load_policies(
+    dir: &Path,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> std::io::Result<BTreeMap<String, toml::Table>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let mut r = Report::new(&file, &text);
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        match toml::from_str::<RawPolicy>(&text)
+            .and_then(|raw| Ok((raw, toml::from_str::<toml::Table>(&text)?)))
+        {
+            Err(e) => r.error(
+                e.span().map(|s| s.start).unwrap_or(0),
+                e.message().to_string(),
+            ),
+            Ok((raw, table)) => {
+                let probe: RawStep =
+                    toml::from_str("id = \"policy\"\nkind = \"approval\"\npolicy = \"this\"\n")
+                        .expect("the probe step parses");
+                let errors = r.error_count();
+                if let Some(s) =
+                    with_policy(&mut r, probe, &BTreeMap::from([("this".to_owned(), raw)]))
+                {
+                    let timeout = s
+                        .timeout
+                        .as_ref()
+                        .and_then(|t| parse_duration(t.get_ref()).ok())
+                        .unwrap_or_else(|| {
+                            parse_duration(DEFAULT_APPROVAL_TIMEOUT).expect("default")
+                        });
+                    approval_spec(
+                        &mut r,
+                        &format!("policy `{name}`"),
+                        &s,
+                        String::new(),
+                        timeout,
+                    );
+                }
+                if r.error_count() == errors {
+                    out.insert(name, table);
+                }
+            }
+        }
+        diagnostics.extend(r.into_diagnostics());
+    }
+    Ok(out)
+}
+
+/// The workflow text with the shared policies its steps name appended as `[policies.NAME]`,
+/// so a run keeps the policy it started with.
+fn with_shared_policies(text: &str, shared: &BTreeMap<String, toml::Table>) -> String {
+    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
+        return text.to_owned();
+    };
+    let inline = doc.get("policies").and_then(|a| a.as_table());
+    let mut used = toml::Table::new();
+    for step in doc
+        .get("step")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = step.get("policy").and_then(|a| a.as_str()) else {
+            continue;
+        };
+        if inline.is_some_and(|i| i.contains_key(name)) {
+            continue;
+        }
+        if let Some(table) = shared.get(name) {
+            used.insert(name.to_owned(), toml::Value::Table(table.clone()));
+        }
+    }
+    if used.is_empty() {
+        return text.to_owned();
+    }
+    let mut wrapper = toml::Table::new();
+    wrapper.insert("policies".into(), toml::Value::Table(used));
+    let appended = toml::to_string(&wrapper).unwrap_or_default();
+    format!(
+        "{text}\n\n# Shared approval policies from policies/, as they were when this was loaded.\n{appended}"
+    )
 }
 
 /// Reads `commands/agents/*.toml`, one agent per file (named by `name`, or by the file), and

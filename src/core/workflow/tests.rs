@@ -328,6 +328,14 @@ fn the_documented_examples_pass_check() {
                 super::load_mcp_servers(dir.path(), &|_: &str| Some("set".into())).unwrap();
             assert!(d.is_empty() && servers.len() == 1, "{file}: {block}\n{d:?}");
         }
+        // Approval policy files, likewise.
+        for block in blocks.iter().filter(|b| b.starts_with("# commands/policies/")) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
+            std::fs::write(dir.path().join("policies/p.toml"), block).unwrap();
+            let (_, d) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
+            assert!(d.is_empty(), "{file}: {block}\n{d:?}");
+        }
     }
 }
 
@@ -393,4 +401,70 @@ fn an_approval_condition_is_checked_like_a_template() {
     assert_error(&gate("when = \"amount >\"\n"), 15, "does not parse");
     let text = format!("{HEAD}[[step]]\nid = \"a\"\nkind = \"notify\"\ntext = \"x\"\nquorum = 2\n");
     assert_error(&text, 7, "`quorum` does not apply to a notify step");
+}
+
+#[test]
+fn a_named_policy_fills_in_what_a_step_does_not_say_and_travels_with_the_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/payments.toml"),
+        "approvers = [\"group:finance\"]\nquorum = 2\nremind_after = \"1h\"\nescalate_after = \"2h\"\nescalate_to = { channel = \"finance-leads\" }\ntimeout = \"8h\"\nreject_reason = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/broken.toml"),
+        "approvers = [\"ben\"]\nquorum = 0\n",
+    )
+    .unwrap();
+    let wf = format!(
+        "{HEAD}[[step]]\nid = \"pay\"\nkind = \"approval\"\npolicy = \"payments\"\nquorum = 3\n[[step]]\nid = \"other\"\nkind = \"approval\"\npolicy = \"nope\"\n[[step]]\nid = \"note\"\nkind = \"notify\"\ntext = \"x\"\npolicy = \"payments\"\n"
+    );
+    std::fs::write(dir.path().join("w.toml"), &wf).unwrap();
+    let (_, diags) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|d| d
+                .contains("broken.toml:2: error: policy `broken`: `quorum` must be at least 1")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|d| d.contains("w.toml:13: error: unknown policy `nope` (known: payments")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|d| d.contains("w.toml:18: error: `policy` does not apply to a notify step")),
+        "{text:#?}"
+    );
+
+    // Without the mistakes: the step's own quorum wins, the rest comes from the policy, and the
+    // stored text carries the policy.
+    let wf = format!(
+        "{HEAD}[[step]]\nid = \"pay\"\nkind = \"approval\"\npolicy = \"payments\"\nquorum = 3\n"
+    );
+    std::fs::write(dir.path().join("w.toml"), &wf).unwrap();
+    std::fs::remove_file(dir.path().join("policies/broken.toml")).unwrap();
+    let (set, diags) = load_dir(dir.path(), &ToolCatalog::builtin()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let w = set.get("w").unwrap();
+    let StepKind::Approval(spec) = &w.step("pay").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(spec.approvers, ["group:finance"]);
+    assert_eq!(spec.quorum, 3);
+    assert!(spec.reject_reason);
+    assert_eq!(spec.timeout, Duration::hours(8));
+    assert_eq!(spec.escalate_to.channel.as_deref(), Some("finance-leads"));
+    assert!(w.source.contains("[policies.payments]"), "{}", w.source);
+    // The stored text alone (as a run keeps it) parses to the same policy.
+    let (again, d) = parse_workflow(Path::new("w.toml"), &w.source, &ToolCatalog::builtin());
+    assert!(d.is_empty(), "{d:?}");
+    let again = again.unwrap();
+    let StepKind::Approval(spec) = &again.step("pay").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(spec.quorum, 3);
 }
