@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use support::{eventually, eventually_some};
+use support::{button, eventually, eventually_some};
 
 /// The `baton` binary with its own directory, database and port.
 struct Bot {
@@ -389,7 +389,7 @@ async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
     let r = bot
         .http
         .post(format!("{}/api/actions", bot.base()))
-        .json(&json!({"user": "ben", "message_id": approval["id"], "action": format!("approve:{run}:approve")}))
+        .json(&json!({"user": "ben", "message_id": approval["id"], "action": button(&approval, "Approve").unwrap()}))
         .send()
         .await
         .unwrap();

@@ -1119,3 +1119,106 @@ async fn on_discord_a_stalled_run_is_flagged_in_its_thread_and_retry_resumes_it(
     .await;
     assert_eq!(app.ledger_of("run.retried").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_discord_an_edited_payload_is_asked_about_afresh_and_a_click_on_the_old_copy_is_refused()
+{
+    let fake = FakeDiscord::start().await;
+    let wf = format!(
+        r#"
+name = "welcome"
+description = "Welcome a customer"
+[[trigger]]
+kind = "slash"
+command = "welcome"
+args = [{{ name = "who", required = true }}]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["discord:{BEN}", "discord:{CY}"]
+message = "Send this email?"
+payload = "Dear {{{{ input.who }}}}, welcome."
+editable = true
+[[step]]
+id = "send"
+kind = "notify"
+needs = ["gate"]
+text = "{{{{ steps.gate.output.payload }}}}"
+"#
+    );
+    let app = discord_app_with(&fake, vec![("welcome.toml", wf)]).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            "800000000000000401",
+            "welcome",
+            json!([{"name": "who", "type": 3, "value": "Jane"}]),
+            ANA,
+        ),
+    );
+    let root = message_with(&fake, GENERAL, "Welcome a customer").await;
+    let first = approval_in(&fake, &root).await;
+    let old_approve = custom_id(&first, "Approve");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000402",
+            &custom_id(&first, "Edit"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    let modal = eventually_some("the edit modal", || async {
+        fake.callbacks("800000000000000402")
+            .into_iter()
+            .map(|c| c.0)
+            .find(|b| b["type"] == 9)
+    })
+    .await;
+    let input = &modal["data"]["components"][0]["components"][0];
+    assert_eq!(input["value"], "Dear Jane, welcome.");
+    assert_eq!(input["max_length"], 4000);
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        modal_submit(
+            "800000000000000403",
+            modal["data"]["custom_id"].as_str().unwrap(),
+            "Dear Jane, welcome aboard!",
+            BEN,
+            &root.id,
+        ),
+    );
+    let fresh = message_with(&fake, &root.id, "Payload edited by").await;
+
+    // cy clicks Approve on the first copy: refused, and asked afresh.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000404", &old_approve, CY, &[], &root.id),
+    );
+    private_answer(
+        &fake,
+        "800000000000000404",
+        "This request changed since you saw it",
+    )
+    .await;
+    // ben edited it, so his approval does not count.
+    let approve = custom_id(&fresh, "Approve");
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000405", &approve, BEN, &[], &root.id),
+    );
+    private_answer(&fake, "800000000000000405", "You edited this payload").await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000406", &approve, CY, &[], &root.id),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the edited text sent", || async {
+        fake.messages_in(&root.id)
+            .iter()
+            .any(|m| content(m).starts_with("Dear Jane, welcome aboard!"))
+    })
+    .await;
+    assert_eq!(app.ledger_of("approval.edited").await.len(), 1);
+}

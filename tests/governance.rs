@@ -286,3 +286,90 @@ async fn a_stalled_run_is_flagged_with_retry_and_cancel_and_retry_resumes_it() {
     let (_, page) = app.get("/stalled").await;
     assert!(page.contains("Nothing is stalled."));
 }
+
+const WELCOME: &str = r#"
+name = "welcome"
+description = "Welcome a customer"
+[[trigger]]
+kind = "slash"
+command = "welcome"
+args = [{ name = "who", required = true }]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["ben", "cy"]
+message = "Send this email?"
+payload = "Dear {{ input.who }}, welcome."
+editable = true
+[[step]]
+id = "send"
+kind = "notify"
+needs = ["gate"]
+channel = "outbox"
+text = "{{ steps.gate.output.payload }}"
+"#;
+
+#[tokio::test]
+async fn an_approver_edits_the_payload_then_someone_else_approves_it_and_an_old_copy_is_refused() {
+    let app = spawn(Spawn {
+        extra_workflows: vec![("welcome.toml", WELCOME.into())],
+        with_examples: false,
+        env: vec![("BATON_CONSOLE_CHANNELS", "general,outbox".into())],
+        ..Default::default()
+    })
+    .await;
+    let run = app.start_run("ana", "general", "/welcome Jane").await;
+    let root = id(&app.root_of("general", run).await);
+    let first = app.wait_in_thread(root, "Approval needed").await;
+    let edit = first["message"]["buttons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == "Edit")
+        .cloned()
+        .unwrap();
+    assert_eq!(edit["prefill"], "Dear Jane, welcome.");
+    let old_approve = button(&first, "Approve").unwrap();
+
+    let notices = app
+        .click_with_text(
+            "ben",
+            id(&first),
+            edit["action"].as_str().unwrap(),
+            "Dear Jane, welcome aboard!",
+        )
+        .await;
+    assert!(notices[0].starts_with("Your edit is saved"), "{notices:?}");
+    let fresh = app.wait_in_thread(root, "Payload edited by @ben").await;
+    assert!(
+        fresh["message"]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("Dear Jane, welcome aboard!")
+    );
+
+    // ben edited it, so his approval does not count; the first copy no longer decides.
+    let approve = button(&fresh, "Approve").unwrap();
+    assert!(app.click("ben", id(&fresh), &approve).await[0].contains("You edited this payload"));
+    assert_eq!(
+        app.click("cy", id(&first), &old_approve).await,
+        ["This button is no longer active."],
+        "the console shows the replaced copy without buttons"
+    );
+    app.click("cy", id(&fresh), &approve).await;
+    app.wait_for_status(run, "succeeded").await;
+    let sent = app.channel("outbox").await;
+    assert_eq!(text(&sent[0]), "Dear Jane, welcome aboard!");
+    let edited = app.ledger_of("approval.edited").await;
+    assert_eq!(edited.len(), 1);
+    assert_eq!(edited[0]["actor"], "console:ben");
+    let data: serde_json::Value =
+        serde_json::from_str(edited[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (data["before"].as_str(), data["after"].as_str()),
+        (
+            Some("Dear Jane, welcome."),
+            Some("Dear Jane, welcome aboard!")
+        )
+    );
+}

@@ -147,6 +147,7 @@ fn blocks_text(body: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The buttons' action ids, without the hash of the request approval buttons carry.
 fn action_ids(body: &Value) -> Vec<String> {
     body["blocks"]
         .as_array()
@@ -154,7 +155,10 @@ fn action_ids(body: &Value) -> Vec<String> {
         .flatten()
         .filter(|b| b["type"] == "actions")
         .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
-        .map(|e| e["action_id"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            let id = e["action_id"].as_str().unwrap_or_default();
+            id.splitn(4, ':').take(3).collect::<Vec<_>>().join(":")
+        })
         .collect()
 }
 
@@ -666,7 +670,13 @@ async fn reject_opens_a_modal_for_the_reason_and_the_submission_decides() {
     assert_eq!(slash(&app, &fake, "UANA0001", "/ship 8.0", "T1").await, 200);
     let (approval_ts, approval) = approval_post(&fake).await;
     let reject = approval["blocks"].as_array().unwrap().last().unwrap()["elements"][1].clone();
-    assert_eq!(reject["action_id"], "reject:1:gate");
+    assert!(
+        reject["action_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("reject:1:gate:"),
+        "{reject}"
+    );
     assert!(
         reject["value"]
             .as_str()
@@ -1045,4 +1055,145 @@ async fn on_slack_a_stalled_run_is_flagged_in_its_thread_and_retry_resumes_it() 
     })
     .await;
     assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+}
+
+/// Submits the modal `opened` (a `views.open` body) as `user` with `text` in its input.
+async fn submit_modal(app: &TestApp, opened: &Value, user: &str, view_id: &str, text: &str) {
+    let submission = json!({
+        "type": "view_submission",
+        "team": {"id": "T0ACME", "domain": "acme"},
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0ACME"},
+        "api_app_id": "A0BATON",
+        "trigger_id": format!("{view_id}.t"),
+        "view": {
+            "id": view_id, "type": "modal", "callback_id": opened["view"]["callback_id"], "private_metadata": opened["view"]["private_metadata"],
+            "title": opened["view"]["title"], "blocks": opened["view"]["blocks"],
+            "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": text}}}},
+            "team_id": "T0ACME", "app_id": "A0BATON", "bot_id": "B0BATON", "hash": "1700000000.abcd"
+        }
+    });
+    let body = form(&[("payload", &submission.to_string())]);
+    let r = signed(
+        app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// The full action id of the button labelled `label` on a posted message.
+fn full_action_id(body: &Value, label: &str) -> (String, Option<String>) {
+    body["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["text"]["text"] == label)
+        .map(|e| {
+            (
+                e["action_id"].as_str().unwrap().to_owned(),
+                e["value"].as_str().map(str::to_owned),
+            )
+        })
+        .unwrap_or_else(|| panic!("no {label} button"))
+}
+
+#[tokio::test]
+async fn on_slack_an_edited_payload_is_asked_about_afresh_and_a_click_on_the_old_copy_is_refused() {
+    let fake = FakeSlack::start().await;
+    let wf = r#"
+name = "welcome"
+description = "Welcome a customer"
+[[trigger]]
+kind = "slash"
+command = "welcome"
+args = [{ name = "who", required = true }]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["UBEN0001", "UCY00001"]
+message = "Send this email?"
+payload = "Dear {{ input.who }}, welcome."
+editable = true
+[[step]]
+id = "send"
+kind = "notify"
+needs = ["gate"]
+text = "{{ steps.gate.output.payload }}"
+"#;
+    let app = slack_app_with(&fake, "welcome.toml", wf.into()).await;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/welcome Jane", "T1").await,
+        200
+    );
+    let (first_ts, first) = approval_post(&fake).await;
+    let (edit, value) = full_action_id(&first, "Edit");
+    let (old_approve, _) = full_action_id(&first, "Approve");
+    click_with_value(
+        &app,
+        &fake,
+        "UBEN0001",
+        &edit,
+        value.as_deref(),
+        &first_ts,
+        "T2",
+    )
+    .await;
+    let opened = eventually_some("the edit modal", || async {
+        fake.calls("views.open").into_iter().next()
+    })
+    .await;
+    assert_eq!(opened["trigger_id"], "T2");
+    assert_eq!(
+        opened["view"]["blocks"][0]["element"]["initial_value"],
+        "Dear Jane, welcome."
+    );
+    submit_modal(
+        &app,
+        &opened,
+        "UBEN0001",
+        "V0EDIT01",
+        "Dear Jane, welcome aboard!",
+    )
+    .await;
+    let (fresh_ts, fresh) = eventually_some("the fresh request", || async {
+        fake.posts()
+            .into_iter()
+            .find(|(_, b)| blocks_text(b).contains("Payload edited by <@UBEN0001>"))
+    })
+    .await;
+    assert!(blocks_text(&fresh).contains("Dear Jane, welcome aboard!"));
+
+    // cy clicks Approve on the first copy, still on screen: refused, and asked afresh.
+    click(&app, &fake, "UCY00001", &old_approve, &first_ts, "T3").await;
+    private_answer(
+        &fake,
+        "This request changed since you saw it (its payload was edited). Decide on the fresh request in the thread.",
+    )
+    .await;
+    assert_eq!(app.run_status(1).await, "waiting_approval");
+    let (new_approve, _) = full_action_id(&fresh, "Approve");
+    click(&app, &fake, "UCY00001", &new_approve, &fresh_ts, "T4").await;
+    app.wait_for_status(1, "succeeded").await;
+    // Posts to one channel are paced on the test clock.
+    eventually("the edited text sent", || async {
+        app.advance(Duration::seconds(2));
+        fake.posts()
+            .iter()
+            .any(|(_, b)| blocks_text(b).starts_with("Dear Jane, welcome aboard!"))
+    })
+    .await;
+    assert_eq!(app.ledger_of("approval.edited").await.len(), 1);
+    let refused: Vec<Value> = app
+        .ledger_of("approval.refused")
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e["data"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(refused[0]["reason"], "stale_payload");
 }

@@ -10,3 +10,8 @@ ALTER TABLE approvals ADD COLUMN escalated_at INTEGER;
 
 -- When a run was flagged as stalled (no progress for its threshold), until it moves again.
 ALTER TABLE runs ADD COLUMN stalled_at INTEGER;
+
+-- An approval step's payload as it stands, who edited it, and how many requests were posted.
+ALTER TABLE approvals ADD COLUMN content TEXT;
+ALTER TABLE approvals ADD COLUMN editors TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE approvals ADD COLUMN round INTEGER NOT NULL DEFAULT 1;

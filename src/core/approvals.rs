@@ -13,6 +13,10 @@ pub enum Refusal {
     OwnRun,
     /// This person already decided; with a quorum each person counts once.
     AlreadyVoted,
+    /// Four-eyes: whoever edited the payload may not approve it.
+    EditedIt,
+    /// The request changed (its payload was edited) since the person saw it.
+    Stale,
 }
 
 impl Refusal {
@@ -24,6 +28,12 @@ impl Refusal {
             Refusal::AlreadyVoted => {
                 "You have already decided on this step; each person counts once."
             }
+            Refusal::EditedIt => {
+                "You edited this payload, so your approval does not count (four-eyes rule)."
+            }
+            Refusal::Stale => {
+                "This request changed since you saw it (its payload was edited). Decide on the fresh request in the thread."
+            }
         }
     }
     pub fn code(&self) -> &'static str {
@@ -31,6 +41,8 @@ impl Refusal {
             Refusal::NotApprover => "not_approver",
             Refusal::OwnRun => "own_run",
             Refusal::AlreadyVoted => "already_voted",
+            Refusal::EditedIt => "edited_it",
+            Refusal::Stale => "stale_payload",
         }
     }
 }
@@ -52,6 +64,46 @@ pub fn may_decide(
     let own = actor.platform == requester.platform && actor.id == requester.id;
     if approve && own && !spec.allow_self_approval {
         return Err(Refusal::OwnRun);
+    }
+    Ok(())
+}
+
+/// What a decision is bound to: the request as shown (its message, an approval step's payload,
+/// an agent call's exact tool and arguments), as a short hash buttons carry.
+pub fn request_hash(a: &Approval) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(a.summary.as_bytes());
+    h.update([0]);
+    h.update(a.content.as_deref().unwrap_or_default().as_bytes());
+    h.update([0]);
+    if let Some(p) = &a.payload {
+        h.update(p["hash"].as_str().unwrap_or_default().as_bytes());
+    }
+    hex::encode(&h.finalize()[..4])
+}
+
+/// A click carrying the hash of what the person saw counts only if that is still the request.
+pub fn current(approval: &Approval, shown: Option<&str>) -> Result<(), Refusal> {
+    match shown {
+        Some(h) if h != request_hash(approval) => Err(Refusal::Stale),
+        _ => Ok(()),
+    }
+}
+
+/// Under four-eyes, whoever changed the payload does not also approve it.
+pub fn not_editor(
+    spec: &ApprovalSpec,
+    approval: &Approval,
+    actor: &Actor,
+    approve: bool,
+) -> Result<(), Refusal> {
+    let edited = approval
+        .editors
+        .iter()
+        .any(|e| e.platform == actor.platform && e.id == actor.id);
+    if approve && edited && !spec.allow_self_approval {
+        return Err(Refusal::EditedIt);
     }
     Ok(())
 }

@@ -57,13 +57,23 @@ impl fmt::Display for MessageKey {
 /// What a button does, encoded in the button's action id so every platform round-trips it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionId {
+    /// `shown`: the hash of the request the person saw, so a click on a request that has
+    /// changed since (an edited payload) is refused rather than counted.
     Approve {
         run: RunId,
         step: StepId,
+        shown: Option<String>,
     },
     Reject {
         run: RunId,
         step: StepId,
+        shown: Option<String>,
+    },
+    /// Change an approval's payload before approving (the new text comes with the click).
+    Edit {
+        run: RunId,
+        step: StepId,
+        shown: Option<String>,
     },
     Cancel {
         run: RunId,
@@ -77,24 +87,51 @@ pub enum ActionId {
 impl fmt::Display for ActionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ActionId::Approve { run, step } => write!(f, "approve:{run}:{step}"),
-            ActionId::Reject { run, step } => write!(f, "reject:{run}:{step}"),
+            ActionId::Approve { run, step, shown } => write_step(f, "approve", *run, step, shown),
+            ActionId::Reject { run, step, shown } => write_step(f, "reject", *run, step, shown),
+            ActionId::Edit { run, step, shown } => write_step(f, "edit", *run, step, shown),
             ActionId::Cancel { run } => write!(f, "cancel:{run}"),
             ActionId::Retry { run } => write!(f, "retry:{run}"),
         }
     }
 }
 
+fn write_step(
+    f: &mut fmt::Formatter<'_>,
+    verb: &str,
+    run: RunId,
+    step: &str,
+    shown: &Option<String>,
+) -> fmt::Result {
+    match shown {
+        Some(h) => write!(f, "{verb}:{run}:{step}:{h}"),
+        None => write!(f, "{verb}:{run}:{step}"),
+    }
+}
+
 impl FromStr for ActionId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.splitn(3, ':');
+        // Step ids have no `:` (checked when workflows load), so a fourth part is the hash.
+        let mut parts = s.splitn(4, ':');
         let verb = parts.next().unwrap_or_default();
         let run: RunId = parts.next().unwrap_or_default().parse()?;
         let step = parts.next().map(str::to_owned);
+        let shown = match parts.next() {
+            None => None,
+            Some(h)
+                if !h.is_empty() && h.len() <= 16 && h.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                Some(h.to_owned())
+            }
+            Some(_) => return Err(format!("unknown action `{s}`")),
+        };
         match (verb, step) {
-            ("approve", Some(step)) if !step.is_empty() => Ok(ActionId::Approve { run, step }),
-            ("reject", Some(step)) if !step.is_empty() => Ok(ActionId::Reject { run, step }),
+            ("approve", Some(step)) if !step.is_empty() => {
+                Ok(ActionId::Approve { run, step, shown })
+            }
+            ("reject", Some(step)) if !step.is_empty() => Ok(ActionId::Reject { run, step, shown }),
+            ("edit", Some(step)) if !step.is_empty() => Ok(ActionId::Edit { run, step, shown }),
             ("cancel", None) => Ok(ActionId::Cancel { run }),
             ("retry", None) => Ok(ActionId::Retry { run }),
             _ => Err(format!("unknown action `{s}`")),
@@ -112,12 +149,20 @@ mod tests {
             ActionId::Approve {
                 run: RunId(7),
                 step: "gate".into(),
+                shown: None,
             },
             ActionId::Reject {
                 run: RunId(7),
                 step: "gate".into(),
+                shown: Some("ab12cd34".into()),
+            },
+            ActionId::Edit {
+                run: RunId(7),
+                step: "gate".into(),
+                shown: Some("ab12cd34".into()),
             },
             ActionId::Cancel { run: RunId(12) },
+            ActionId::Retry { run: RunId(12) },
         ] {
             assert_eq!(action.to_string().parse::<ActionId>().unwrap(), action);
         }
@@ -132,6 +177,7 @@ mod tests {
             "approve:0:gate",
             "approve:3:",
             "cancel:3:x",
+            "approve:3:gate:not-a-hash",
             "boom:3",
         ] {
             assert!(bad.parse::<ActionId>().is_err(), "{bad} parsed");

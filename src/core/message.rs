@@ -31,6 +31,9 @@ pub struct Button {
     /// Discord, a form in the console. The text is the question.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// The text the answer starts from (an Edit button's current payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
 }
 
 impl Button {
@@ -41,12 +44,19 @@ impl Button {
             action: action.to_string(),
             style,
             prompt: None,
+            prefill: None,
         }
     }
 
     /// The same button, asking `question` first.
     pub fn asking(mut self, question: &str) -> Self {
         self.prompt = Some(question.to_owned());
+        self
+    }
+
+    /// The same button, its answer starting from `text`.
+    pub fn prefilled(mut self, text: &str) -> Self {
+        self.prefill = Some(text.to_owned());
         self
     }
 }

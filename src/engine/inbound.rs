@@ -92,22 +92,33 @@ impl Engine {
             }
             EventKind::Action { action, reason } => {
                 let (run, cmd) = match action {
-                    ActionId::Approve { run, step } => (
+                    ActionId::Approve { run, step, shown } => (
                         run,
                         Command::Decide {
                             step,
                             actor: ev.actor.clone(),
                             approve: true,
                             reason: None,
+                            shown,
                         },
                     ),
-                    ActionId::Reject { run, step } => (
+                    ActionId::Reject { run, step, shown } => (
                         run,
                         Command::Decide {
                             step,
                             actor: ev.actor.clone(),
                             approve: false,
                             reason,
+                            shown,
+                        },
+                    ),
+                    ActionId::Edit { run, step, shown } => (
+                        run,
+                        Command::Edit {
+                            step,
+                            actor: ev.actor.clone(),
+                            text: reason.unwrap_or_default(),
+                            shown,
                         },
                     ),
                     ActionId::Cancel { run } => (

@@ -135,6 +135,12 @@ impl Engine {
         &self.workflows
     }
 
+    /// An approval's payload as it stands, for a platform opening an Edit dialog.
+    pub async fn approval_content(&self, run: RunId, step: &str) -> Option<String> {
+        let state = self.store.load_run(run).await.ok()??;
+        state.approvals.get(step)?.content.clone()
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -264,6 +264,9 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
         votes: serde_json::from_str(a.get::<&str, _>("votes"))?,
         reminded_at: opt_at(a.get("reminded_at")),
         escalated_at: opt_at(a.get("escalated_at")),
+        content: a.get("content"),
+        editors: serde_json::from_str(a.get::<&str, _>("editors"))?,
+        round: u32::try_from(a.get::<i64, _>("round")).unwrap_or(1),
     })
 }
 
@@ -313,13 +316,14 @@ async fn save_state(
         }
         sqlx::query(
             "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason, payload,
-               quorum, votes, reminded_at, escalated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               quorum, votes, reminded_at, escalated_at, content, editors, round)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
                summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
                decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
                payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
-               reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at",
+               reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
+               content = excluded.content, editors = excluded.editors, round = excluded.round",
         )
         .bind(r.id.0)
         .bind(id)
@@ -336,6 +340,9 @@ async fn save_state(
         .bind(serde_json::to_string(&a.votes)?)
         .bind(a.reminded_at.map(ms))
         .bind(a.escalated_at.map(ms))
+        .bind(&a.content)
+        .bind(serde_json::to_string(&a.editors)?)
+        .bind(i64::from(a.round))
         .execute(&mut *c)
         .await?;
     }

@@ -217,6 +217,29 @@ impl TestApp {
             .collect()
     }
 
+    /// Clicks a button that asks for text (a reason, an edited payload), answering `text`.
+    pub async fn click_with_text(
+        &self,
+        user: &str,
+        message_id: i64,
+        action: &str,
+        text: &str,
+    ) -> Vec<String> {
+        let (status, body) = self
+            .post(
+                "/api/actions",
+                json!({"user": user, "message_id": message_id, "action": action, "reason": text}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["notices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The channel's messages, or `None` while the channel does not exist yet (a channel is
     /// created by its first message).
     pub async fn channel_if_any(&self, channel: &str) -> Option<Vec<Value>> {

@@ -116,6 +116,9 @@ struct Click {
     client_id: Option<String>,
 }
 
+/// Longest text a click may carry: a reason, or an edited payload (the engine's own limit).
+const TEXT_LIMIT: usize = 4000;
+
 fn actor(state: &AppState, user: &str) -> Result<Actor, ApiError> {
     if !state.settings.console_users.iter().any(|u| u == user) {
         return Err(ApiError::BadRequest(format!(
@@ -268,11 +271,11 @@ async fn click(
     if req
         .reason
         .as_ref()
-        .is_some_and(|r| r.chars().count() > 1000)
+        .is_some_and(|r| r.chars().count() > TEXT_LIMIT)
     {
-        return Err(ApiError::BadRequest(
-            "a reason is limited to 1000 characters".into(),
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "the text sent with a click (a reason, an edited payload) is limited to {TEXT_LIMIT} characters"
+        )));
     }
     // Without the browser's own id every click is a new event: two clicks in the same
     // instant (a test's clock stands still) are still two.

@@ -285,8 +285,28 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
             let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
             if let Some(action) = custom_id.strip_prefix(ASK_PREFIX)
                 && in_guild
-                && action.parse::<ActionId>().is_ok()
+                && let Ok(parsed) = action.parse::<ActionId>()
             {
+                if let ActionId::Edit { run, step, .. } = parsed {
+                    // Edit starts from the payload as it stands, read now.
+                    let (discord, engine) = (discord.clone(), engine.clone());
+                    let (action, path) = (
+                        action.to_owned(),
+                        format!("interactions/{}/{}/callback", i.id, i.token),
+                    );
+                    tokio::spawn(async move {
+                        let current = engine
+                            .approval_content(run, &step)
+                            .await
+                            .unwrap_or_default();
+                        let body = serde_json::to_value(edit_modal(&action, &current))
+                            .expect("a modal serializes");
+                        if let Err(e) = discord.api.post(&path, &body).await {
+                            tracing::warn!(error = %e, "could not open the edit modal");
+                        }
+                    });
+                    return;
+                }
                 let modal = reason_modal(action);
                 respond_then(discord, engine, &i, modal, None, reply);
                 return;
@@ -374,6 +394,24 @@ fn reason_modal(action: &str) -> CreateInteractionResponse {
             if rejecting { "Reject" } else { "Baton" },
         )
         .components(vec![CreateActionRow::InputText(input)]),
+    )
+}
+
+/// Discord's longest text input value.
+const DISCORD_INPUT_LIMIT: usize = 4000;
+
+/// The modal for editing an approval's payload, starting from the current one. The answer
+/// comes back through the same submission path as a reason.
+fn edit_modal(action: &str, current: &str) -> CreateInteractionResponse {
+    let current: String = current.chars().take(DISCORD_INPUT_LIMIT).collect();
+    // Discord allows 45 characters for an input's label.
+    let input = CreateInputText::new(InputTextStyle::Paragraph, "Payload", REASON_INPUT)
+        .max_length(DISCORD_INPUT_LIMIT as u16)
+        .value(current)
+        .required(true);
+    CreateInteractionResponse::Modal(
+        CreateModal::new(format!("{REASON_MODAL}{action}"), "Edit the payload")
+            .components(vec![CreateActionRow::InputText(input)]),
     )
 }
 

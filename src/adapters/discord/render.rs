@@ -174,6 +174,7 @@ mod tests {
                     ActionId::Approve {
                         run: RunId(7),
                         step: "gate".into(),
+                        shown: None,
                     },
                     ButtonStyle::Primary,
                 ),
@@ -182,6 +183,7 @@ mod tests {
                     ActionId::Reject {
                         run: RunId(7),
                         step: "gate".into(),
+                        shown: None,
                     },
                     ButtonStyle::Danger,
                 )

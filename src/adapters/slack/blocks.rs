@@ -117,6 +117,7 @@ mod tests {
                     ActionId::Approve {
                         run: RunId(4),
                         step: "gate".into(),
+                        shown: None,
                     },
                     ButtonStyle::Primary,
                 ),
@@ -125,6 +126,7 @@ mod tests {
                     ActionId::Reject {
                         run: RunId(4),
                         step: "gate".into(),
+                        shown: None,
                     },
                     ButtonStyle::Danger,
                 ),

@@ -319,15 +319,23 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
             .and_then(|v| v["ask"].as_str().map(str::to_owned));
         if let Some(question) = question {
             let metadata = json!({"action": action.action_id.0, "channel": channel, "response_url": response_url}).to_string();
-            let slack = slack.clone();
+            let (slack, engine) = (slack.clone(), engine.clone());
             let trigger = ev.trigger_id.0.clone();
             tokio::spawn(async move {
-                if let Err(e) = slack
-                    .api
-                    .call("views.open", &reason_modal(&trigger, &question, &metadata))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not open the reason modal");
+                // Edit starts from the payload as it stands (read now: a button's value is
+                // too small to carry it).
+                let view = match &parsed {
+                    ActionId::Edit { run, step, .. } => {
+                        let current = engine
+                            .approval_content(*run, step)
+                            .await
+                            .unwrap_or_default();
+                        text_modal(&trigger, &question, &metadata, TextModal::Edit(&current))
+                    }
+                    _ => text_modal(&trigger, &question, &metadata, TextModal::Reason),
+                };
+                if let Err(e) = slack.api.call("views.open", &view).await {
+                    tracing::warn!(error = %e, "could not open a modal");
                 }
             });
             continue;
@@ -350,22 +358,42 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
     }
 }
 
-/// The `views.open` body of a modal asking why.
-fn reason_modal(trigger_id: &str, question: &str, metadata: &str) -> Value {
+/// What a text modal asks for.
+enum TextModal<'a> {
+    /// Why someone rejects.
+    Reason,
+    /// A new payload, starting from the current one.
+    Edit(&'a str),
+}
+
+/// Slack's longest `plain_text_input`.
+const SLACK_INPUT_LIMIT: usize = 3000;
+
+/// The `views.open` body of a modal asking for text: a reason, or an edited payload.
+fn text_modal(trigger_id: &str, question: &str, metadata: &str, kind: TextModal<'_>) -> Value {
+    let (title, submit, max) = match kind {
+        TextModal::Reason => ("Reject", "Reject", 1000),
+        TextModal::Edit(_) => ("Edit the payload", "Save", SLACK_INPUT_LIMIT),
+    };
+    let mut element = json!({"type": "plain_text_input", "action_id": "reason", "multiline": true, "max_length": max});
+    if let TextModal::Edit(current) = kind {
+        element["initial_value"] =
+            json!(current.chars().take(SLACK_INPUT_LIMIT).collect::<String>());
+    }
     json!({
         "trigger_id": trigger_id,
         "view": {
             "type": "modal",
             "callback_id": REASON_MODAL,
-            "title": {"type": "plain_text", "text": "Reject"},
-            "submit": {"type": "plain_text", "text": "Reject"},
+            "title": {"type": "plain_text", "text": title},
+            "submit": {"type": "plain_text", "text": submit},
             "close": {"type": "plain_text", "text": "Cancel"},
             "private_metadata": metadata,
             "blocks": [{
                 "type": "input",
                 "block_id": "reason",
                 "label": {"type": "plain_text", "text": question},
-                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": true, "max_length": 1000}
+                "element": element
             }]
         }
     })

@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 /// is on the run's page.
 const NOTE_DETAIL_LIMIT: usize = 1500;
 
+/// Longest payload an approver may write when editing one.
+const MAX_PAYLOAD_CHARS: usize = 4000;
+
 /// What the machine needs besides the run itself.
 pub struct Context<'a> {
     pub workflow: &'a Workflow,
@@ -135,7 +138,14 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
             actor,
             approve,
             reason,
-        } => a.decide(&step, &actor, approve, reason),
+            shown,
+        } => a.decide(&step, &actor, approve, reason, shown.as_deref()),
+        Command::Edit {
+            step,
+            actor,
+            text,
+            shown,
+        } => a.edit(&step, &actor, &text, shown.as_deref()),
         Command::TimerFired { key } => a.timer_fired(&key),
         Command::Cancel { actor } => a.cancel(&actor),
         Command::Retry { actor } => a.retry(&actor),
@@ -360,6 +370,10 @@ impl<'a> Apply<'a, '_> {
                 };
                 self.notice(text);
             }
+            Command::Edit { .. } => self.notice(format!(
+                "Run {} is already {status}; nothing is waiting for a decision.",
+                self.state.run.id
+            )),
             Command::Cancel { .. } | Command::Retry { .. } => {
                 self.notice(format!("Run {} is already {status}.", self.state.run.id))
             }
@@ -589,7 +603,18 @@ impl<'a> Apply<'a, '_> {
                             .fail_now(id, format!("could not fill in the approval message: {e}"));
                     }
                 };
-                let approval = new_approval(spec, summary, now, None);
+                let mut approval = new_approval(spec, summary, now, None);
+                if let Some(p) = &spec.payload {
+                    match template::render(p, &ctx) {
+                        Ok(text) => approval.content = Some(text),
+                        Err(e) => {
+                            return self.fail_now(
+                                id,
+                                format!("could not fill in the approval payload: {e}"),
+                            );
+                        }
+                    }
+                }
                 let s = self.state.steps.get_mut(id).expect("step rows exist");
                 s.status = StepStatus::Waiting;
                 s.attempt += 1;
@@ -863,7 +888,14 @@ impl<'a> Apply<'a, '_> {
         self.advance();
     }
 
-    fn decide(&mut self, id: &str, actor: &Actor, approve: bool, reason: Option<String>) {
+    fn decide(
+        &mut self,
+        id: &str,
+        actor: &Actor,
+        approve: bool,
+        reason: Option<String>,
+        shown: Option<&str>,
+    ) {
         let spec = match self.cx.workflow.step(id).map(|s| &s.kind) {
             Some(StepKind::Approval(spec)) => spec,
             Some(StepKind::Agent {
@@ -886,7 +918,9 @@ impl<'a> Apply<'a, '_> {
             actor,
             approve,
         )
+        .and_then(|()| approvals::current(approval, shown))
         .and_then(|()| approvals::not_voted(approval, actor))
+        .and_then(|()| approvals::not_editor(spec, approval, actor, approve))
         {
             let ev = self
                 .event(
@@ -896,6 +930,10 @@ impl<'a> Apply<'a, '_> {
                 )
                 .actor(actor);
             self.audit(ev);
+            if refusal == approvals::Refusal::Stale {
+                // The person acted on an old copy: they get the request as it stands now.
+                self.repost(id, spec, None);
+            }
             return self.notice(refusal.notice());
         }
         let reason = reason
@@ -978,7 +1016,16 @@ impl<'a> Apply<'a, '_> {
             });
             return self.advance();
         }
-        let output = json!({"decision": a.status.as_str(), "by": actor.display, "at": now, "reason": reason});
+        let mut output = json!({"decision": a.status.as_str(), "by": actor.display, "at": now, "reason": reason});
+        if let Some(content) = &a.content {
+            output["payload"] = json!(content);
+            output["edited_by"] = json!(
+                a.editors
+                    .iter()
+                    .map(|e| e.display.clone())
+                    .collect::<Vec<_>>()
+            );
+        }
         if approve {
             self.succeed(id, output, false);
         } else {
@@ -1203,6 +1250,125 @@ impl<'a> Apply<'a, '_> {
             key: MessageKey::of(self.state.run.id, &escalation_key(id, a)),
             message,
         });
+    }
+
+    /// An approver changes the payload: the change is recorded before and after, the votes on
+    /// the old payload no longer count, and a fresh request goes out. Under four-eyes the
+    /// editor's own approval will not count.
+    fn edit(&mut self, id: &str, actor: &Actor, text: &str, shown: Option<&str>) {
+        let Some(StepKind::Approval(spec)) = self.cx.workflow.step(id).map(|s| &s.kind) else {
+            return self.notice(format!("Step `{id}` has no payload to edit."));
+        };
+        if !spec.editable {
+            return self.notice(format!("The payload of step `{id}` cannot be edited."));
+        }
+        let Some(approval) = self.state.approvals.get(id) else {
+            return self.notice("This approval has not been requested yet.");
+        };
+        if approval.status != ApprovalStatus::Pending {
+            let text = render::approval_outcome(id, approval).text.replace('*', "");
+            return self.notice(format!("Already decided. {text}"));
+        }
+        if let Err(refusal) = approvals::may_decide(
+            spec,
+            &approval.approvers,
+            &self.state.run.requested_by,
+            actor,
+            false,
+        )
+        .and_then(|()| approvals::current(approval, shown))
+        {
+            let ev = self
+                .event(
+                    AuditKind::ApprovalRefused,
+                    Some(id),
+                    json!({"reason": refusal.code(), "edit": true}),
+                )
+                .actor(actor);
+            self.audit(ev);
+            if refusal == approvals::Refusal::Stale {
+                self.repost(id, spec, None);
+            }
+            return self.notice(refusal.notice());
+        }
+        let text = text.trim();
+        if text.is_empty() {
+            return self.notice("An edited payload cannot be empty; nothing changed.");
+        }
+        if text.chars().count() > MAX_PAYLOAD_CHARS {
+            return self.notice(format!(
+                "An edited payload is limited to {MAX_PAYLOAD_CHARS} characters; nothing changed."
+            ));
+        }
+        if approval.content.as_deref() == Some(text) {
+            return self.notice("That is the payload as it stands; nothing changed.");
+        }
+        let a = self.state.approvals.get_mut(id).expect("checked above");
+        let before = a.content.replace(text.to_owned());
+        let cleared = a.votes.len();
+        a.votes.clear();
+        if !a
+            .editors
+            .iter()
+            .any(|e| e.platform == actor.platform && e.id == actor.id)
+        {
+            a.editors.push(actor.clone());
+        }
+        let ev = self
+            .event(
+                AuditKind::ApprovalEdited,
+                Some(id),
+                json!({"before": before, "after": text, "votes_cleared": cleared}),
+            )
+            .actor(actor);
+        self.audit(ev);
+        self.repost(id, spec, Some(actor));
+        self.notice(if spec.allow_self_approval {
+            "Your edit is saved; approvals start again on the new payload."
+        } else {
+            "Your edit is saved; approvals start again on the new payload, and someone else must approve it (four-eyes rule)."
+        });
+    }
+
+    /// The request as it stands goes out afresh; the copy before it loses its buttons and
+    /// points to the new one.
+    fn repost(&mut self, id: &str, spec: &ApprovalSpec, edited_by: Option<&Actor>) {
+        let Some(a) = self.state.approvals.get_mut(id) else {
+            return;
+        };
+        let old = a.clone();
+        a.round += 1;
+        let a = a.clone();
+        self.send(Outgoing::Edit {
+            run: Some(self.state.run.id),
+            key: MessageKey::of(self.state.run.id, &approval_key(id, &old)),
+            message: render::approval_replaced(id, &old, edited_by),
+        });
+        self.reply(
+            &approval_key(id, &a),
+            render::approval_request(self.state.run.id, id, &a, spec),
+        );
+        if old.escalated_at.is_some()
+            && let Some(channel) = &spec.escalate_to.channel
+        {
+            let mut message = render::approval_request(self.state.run.id, id, &a, spec);
+            message.text = render::escalated_request(&self.state.run, id, &message.text);
+            self.send(Outgoing::Edit {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &escalation_key(id, &old)),
+                message: render::approval_replaced(id, &old, edited_by),
+            });
+            self.send(Outgoing::Post {
+                run: Some(self.state.run.id),
+                key: MessageKey::of(self.state.run.id, &escalation_key(id, &a)),
+                to: Destination {
+                    platform: self.state.run.conversation.platform.clone(),
+                    channel: channel.clone(),
+                    thread: None,
+                },
+                message,
+            });
+        }
     }
 
     /// Whoever started the run, an operator, or anyone allowed to start its workflow there
@@ -1476,6 +1642,9 @@ fn new_approval(
         votes: Vec::new(),
         reminded_at: None,
         escalated_at: None,
+        content: None,
+        editors: Vec::new(),
+        round: 1,
     }
 }
 
@@ -1489,8 +1658,14 @@ fn escalation_key(id: &str, a: &Approval) -> String {
 }
 
 fn approval_key(id: &str, a: &Approval) -> String {
-    match a.payload.as_ref().and_then(|p| p["round"].as_u64()) {
-        Some(round) if round > 1 => format!("approval:{id}:{round}"),
-        _ => format!("approval:{id}"),
+    let round = a
+        .payload
+        .as_ref()
+        .and_then(|p| p["round"].as_u64())
+        .unwrap_or(u64::from(a.round));
+    if round > 1 {
+        format!("approval:{id}:{round}")
+    } else {
+        format!("approval:{id}")
     }
 }

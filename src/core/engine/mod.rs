@@ -34,6 +34,15 @@ pub enum Command {
         actor: Actor,
         approve: bool,
         reason: Option<String>,
+        /// The hash of the request the person saw, when the button carried it.
+        shown: Option<String>,
+    },
+    /// Someone changed an approval's payload (where the step allows it).
+    Edit {
+        step: StepId,
+        actor: Actor,
+        text: String,
+        shown: Option<String>,
     },
     /// A persisted timer came due.
     TimerFired { key: String },

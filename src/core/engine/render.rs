@@ -139,11 +139,14 @@ pub const REJECT_QUESTION: &str = "Why are you rejecting this?";
 /// quorum, and the rungs of the ladder that have fired.
 pub fn approval_request(run: RunId, step: &str, a: &Approval, spec: &ApprovalSpec) -> OutMessage {
     let reject_reason = spec.reject_reason;
+    // Every button carries the hash of this request, so a click on an outdated copy is caught.
+    let shown = Some(crate::core::approvals::request_hash(a));
     let reject = Button::new(
         "Reject",
         ActionId::Reject {
             run,
             step: step.into(),
+            shown: shown.clone(),
         },
         ButtonStyle::Danger,
     );
@@ -203,21 +206,70 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, spec: &ApprovalSpe
             time_of_day(at)
         ));
     }
-    OutMessage {
-        text,
-        detail: Some(a.summary.clone()),
-        buttons: vec![
+    if !a.editors.is_empty() {
+        let who: Vec<String> = a.editors.iter().map(mention).collect();
+        text.push_str(&format!("\nPayload edited by {}", who.join(", ")));
+    }
+    let mut buttons = vec![
+        Button::new(
+            "Approve",
+            ActionId::Approve {
+                run,
+                step: step.into(),
+                shown: shown.clone(),
+            },
+            ButtonStyle::Primary,
+        ),
+        reject,
+    ];
+    if spec.editable
+        && let Some(content) = &a.content
+    {
+        buttons.push(
             Button::new(
-                "Approve",
-                ActionId::Approve {
+                "Edit",
+                ActionId::Edit {
                     run,
                     step: step.into(),
+                    shown,
                 },
-                ButtonStyle::Primary,
-            ),
-            reject,
-        ],
+                ButtonStyle::Default,
+            )
+            .asking(EDIT_QUESTION)
+            .prefilled(content),
+        );
+    }
+    OutMessage {
+        text,
+        detail: Some(shown_detail(a)),
+        buttons,
         mentions: a.approvers.clone(),
+    }
+}
+
+/// What Edit asks.
+pub const EDIT_QUESTION: &str = "Edit the payload (approvals start again on the new text)";
+
+/// The request's block: the message, then the payload it gates when there is one.
+fn shown_detail(a: &Approval) -> String {
+    match &a.content {
+        Some(content) => format!("{}\n---\n{content}", a.summary),
+        None => a.summary.clone(),
+    }
+}
+
+/// An earlier copy of a request that a fresh one replaced: no buttons.
+pub fn approval_replaced(step: &str, a: &Approval, edited_by: Option<&Actor>) -> OutMessage {
+    let why = match edited_by {
+        Some(actor) => format!("{} edited the payload", mention(actor)),
+        None => "it changed".to_owned(),
+    };
+    OutMessage {
+        text: format!(
+            "*Approval* for step *{step}*: replaced ({why}); decide on the request below."
+        ),
+        detail: Some(shown_detail(a)),
+        ..Default::default()
     }
 }
 
@@ -310,7 +362,7 @@ pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
     };
     OutMessage {
         text: format!("*Approval* for step *{step}*\n{line}"),
-        detail: Some(a.summary.clone()),
+        detail: Some(shown_detail(a)),
         ..Default::default()
     }
 }

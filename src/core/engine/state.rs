@@ -173,6 +173,12 @@ pub struct Approval {
     pub reminded_at: Option<DateTime<Utc>>,
     /// When the approval was escalated, if it has been.
     pub escalated_at: Option<DateTime<Utc>>,
+    /// An approval step's payload as it stands (edits included).
+    pub content: Option<String>,
+    /// Who changed the payload; under four-eyes their approval does not count.
+    pub editors: Vec<Actor>,
+    /// Requests posted for this approval so far (a changed payload is asked about afresh).
+    pub round: u32,
 }
 
 /// One person's decision on an approval that needs several.

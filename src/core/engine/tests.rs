@@ -249,6 +249,7 @@ fn approval_by_an_approver_runs_the_external_step_and_cancels_the_expiry() {
         actor: user("ben"),
         approve: true,
         reason: None,
+        shown: None,
     });
     assert_eq!(t.notice.as_deref(), Some("You approved this step."));
     assert_eq!(jobs(&t), vec![("send".into(), 1)]);
@@ -274,6 +275,7 @@ fn a_refused_click_changes_no_state_and_is_audited() {
         actor: user("dee"),
         approve: true,
         reason: None,
+        shown: None,
     });
     assert_eq!(
         t.notice.as_deref(),
@@ -295,12 +297,14 @@ fn a_second_decision_is_answered_with_the_first() {
         actor: user("ben"),
         approve: false,
         reason: Some("no".into()),
+        shown: None,
     });
     let t = h.apply(Command::Decide {
         step: "gate".into(),
         actor: user("ben"),
         approve: true,
         reason: None,
+        shown: None,
     });
     assert!(t.notice.unwrap().contains("Rejected by @ben"));
     assert!(t.effects.is_empty());
@@ -315,6 +319,7 @@ fn rejection_skips_what_depends_on_it_and_ends_the_run_rejected() {
         actor: user("ben"),
         approve: false,
         reason: Some("too risky".into()),
+        shown: None,
     });
     assert_eq!(h.status("send"), StepStatus::Skipped);
     assert_eq!(h.state.run.status, RunStatus::Rejected);
@@ -521,6 +526,7 @@ fn a_step_that_wants_a_reason_refuses_a_rejection_without_one() {
         actor: user("ben"),
         approve: false,
         reason: Some("  ".into()),
+        shown: None,
     });
     assert_eq!(
         t.notice.as_deref(),
@@ -532,6 +538,7 @@ fn a_step_that_wants_a_reason_refuses_a_rejection_without_one() {
         actor: user("ben"),
         approve: false,
         reason: Some("no tests".into()),
+        shown: None,
     });
     assert_eq!(t.notice.as_deref(), Some("You rejected this step."));
     assert_eq!(
@@ -594,6 +601,7 @@ fn decide(h: &mut Harness, who: &str, approve: bool) -> Transition {
         actor: user(who),
         approve,
         reason: None,
+        shown: None,
     })
 }
 
@@ -857,4 +865,142 @@ fn a_run_without_progress_is_flagged_once_with_retry_and_cancel_and_retry_starts
         !h.state.timers.contains_key("stall"),
         "waiting for people is not stalling"
     );
+}
+
+/// The request message (text and buttons) posted or edited under `key`.
+fn message_at(t: &Transition, key: &str) -> Option<crate::core::message::OutMessage> {
+    t.effects.iter().find_map(|e| match e {
+        Effect::Send(
+            Outgoing::Post {
+                key: k, message, ..
+            }
+            | Outgoing::Edit {
+                key: k, message, ..
+            },
+        ) if k.0 == key => Some(message.clone()),
+        _ => None,
+    })
+}
+
+fn action_of(m: &crate::core::message::OutMessage, label: &str) -> crate::core::ids::ActionId {
+    m.buttons
+        .iter()
+        .find(|b| b.label == label)
+        .unwrap_or_else(|| panic!("no {label} on {m:?}"))
+        .action
+        .parse()
+        .unwrap()
+}
+
+fn shown_of(action: &crate::core::ids::ActionId) -> Option<String> {
+    use crate::core::ids::ActionId;
+    match action {
+        ActionId::Approve { shown, .. }
+        | ActionId::Reject { shown, .. }
+        | ActionId::Edit { shown, .. } => shown.clone(),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_edited_payload_is_recorded_asked_about_afresh_and_its_editor_cannot_approve_it() {
+    let text = FLOW
+        .replace(
+            "approvers = [\"ben\"]\ntimeout = \"1h\"",
+            "approvers = [\"ben\", \"cy\", \"dee\"]\nquorum = 2\ntimeout = \"1h\"\npayload = \"Dear {{ input.text }}, welcome.\"\neditable = true",
+        );
+    let mut h = Harness::new(&text);
+    h.start();
+    h.apply(Command::StepFinished {
+        step: "a".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    let t = h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    let first = message_at(&t, "run:7:approval:gate").expect("the request");
+    assert!(
+        first
+            .detail
+            .as_deref()
+            .unwrap()
+            .ends_with("---\nDear hello, welcome.")
+    );
+    let edit = first.buttons.iter().find(|b| b.label == "Edit").unwrap();
+    assert_eq!(edit.prefill.as_deref(), Some("Dear hello, welcome."));
+    let old_hash = shown_of(&action_of(&first, "Approve"));
+    assert!(old_hash.as_deref().is_some_and(|h| h.len() == 8));
+
+    let vote = |h: &mut Harness, who: &str, shown: Option<String>| {
+        h.apply(Command::Decide {
+            step: "gate".into(),
+            actor: user(who),
+            approve: true,
+            reason: None,
+            shown,
+        })
+    };
+    vote(&mut h, "ben", old_hash.clone());
+    assert_eq!(h.state.approvals["gate"].approvals().count(), 1);
+
+    // cy edits: before and after are in the ledger, ben's vote no longer counts, and a fresh
+    // request replaces the first.
+    let t = h.apply(Command::Edit {
+        step: "gate".into(),
+        actor: user("cy"),
+        text: "Dear hello, welcome aboard!".into(),
+        shown: old_hash.clone(),
+    });
+    assert_eq!(audits(&t), vec!["approval.edited"]);
+    let Effect::Audit(ev) = &t.effects[0] else {
+        panic!()
+    };
+    assert_eq!(ev.data["before"], "Dear hello, welcome.");
+    assert_eq!(ev.data["after"], "Dear hello, welcome aboard!");
+    assert_eq!(ev.data["votes_cleared"], 1);
+    assert!(
+        message_at(&t, "run:7:approval:gate")
+            .unwrap()
+            .text
+            .contains("replaced (@cy edited the payload)")
+    );
+    let fresh = message_at(&t, "run:7:approval:gate:2").expect("a fresh request");
+    assert!(fresh.text.contains("Payload edited by @cy"));
+    let new_hash = shown_of(&action_of(&fresh, "Approve"));
+    assert_ne!(new_hash, old_hash);
+    assert_eq!(h.state.approvals["gate"].approvals().count(), 0);
+
+    // The editor's own approval does not count.
+    let t = vote(&mut h, "cy", new_hash.clone());
+    assert!(t.notice.unwrap().contains("You edited this payload"));
+    // A click on the old copy is refused, and the request goes out afresh.
+    let t = vote(&mut h, "dee", old_hash);
+    assert!(
+        t.notice
+            .as_deref()
+            .unwrap()
+            .starts_with("This request changed since you saw it")
+    );
+    assert!(audits(&t).contains(&"approval.refused"));
+    assert!(message_at(&t, "run:7:approval:gate:3").is_some());
+    assert_eq!(h.state.approvals["gate"].approvals().count(), 0);
+
+    let newest = shown_of(&action_of(
+        &message_at(&t, "run:7:approval:gate:3").unwrap(),
+        "Approve",
+    ));
+    assert_eq!(
+        newest, new_hash,
+        "the payload is the same; only the copy is new"
+    );
+    vote(&mut h, "dee", newest.clone());
+    let t = vote(&mut h, "ben", newest);
+    assert_eq!(h.status("gate"), StepStatus::Succeeded);
+    assert_eq!(jobs(&t), vec![("send".into(), 1)]);
+    let out = h.state.steps["gate"].output.clone().unwrap();
+    assert_eq!(out["payload"], "Dear hello, welcome aboard!");
+    assert_eq!(out["edited_by"], json!(["cy"]));
 }

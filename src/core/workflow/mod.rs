@@ -387,6 +387,11 @@ pub struct ApprovalSpec {
     pub escalate_to: Escalation,
     /// What an expired approval becomes.
     pub on_timeout: TimeoutOutcome,
+    /// Template for the payload the approval gates (an email, an amount), shown in the
+    /// request and given to later steps as `steps.ID.output.payload`.
+    pub payload: Option<String>,
+    /// Approvers may change the payload before approving it.
+    pub editable: bool,
 }
 
 /// Who an approval escalates to: a channel to post it in, and people who may then decide.
@@ -422,6 +427,8 @@ impl ApprovalSpec {
             escalate_after: None,
             escalate_to: Escalation::default(),
             on_timeout: TimeoutOutcome::Reject,
+            payload: None,
+            editable: false,
         }
     }
 }

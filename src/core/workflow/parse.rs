@@ -179,6 +179,8 @@ struct RawStep {
     escalate_after: Option<Spanned<String>>,
     escalate_to: Option<Spanned<Escalation>>,
     on_timeout: Option<Spanned<String>>,
+    payload: Option<Spanned<String>>,
+    editable: Option<Spanned<bool>>,
     // notify and digest
     channel: Option<String>,
     text: Option<Spanned<String>>,
@@ -735,6 +737,8 @@ fn build_step(
             ("escalate_after", s.escalate_after.is_some()),
             ("escalate_to", s.escalate_to.is_some()),
             ("on_timeout", s.on_timeout.is_some()),
+            ("payload", s.payload.is_some()),
+            ("editable", s.editable.is_some()),
         ] {
             misplaced(r, field, present);
         }
@@ -807,7 +811,20 @@ fn build_step(
                     condition_template(when.get_ref()),
                 ));
             }
-            let spec = approval_spec(r, &format!("step `{id}`"), &s, message, timeout);
+            let mut spec = approval_spec(r, &format!("step `{id}`"), &s, message, timeout);
+            if let Some(p) = &s.payload {
+                templates.push((id.clone(), p.span().start, p.get_ref().clone()));
+                spec.payload = Some(p.get_ref().clone());
+            }
+            if let Some(e) = &s.editable {
+                spec.editable = *e.get_ref();
+                if spec.editable && spec.payload.is_none() {
+                    r.error(
+                        e.span().start,
+                        format!("step `{id}`: `editable` needs a `payload` to edit"),
+                    );
+                }
+            }
             StepKind::Approval(spec)
         }
         "notify" => {
@@ -849,6 +866,9 @@ fn build_step(
         }
         "agent" => {
             misplaced(r, "tool", s.tool.is_some());
+            // An agent's call is its own payload: the exact tool and arguments.
+            misplaced(r, "payload", s.payload.is_some());
+            misplaced(r, "editable", s.editable.is_some());
             let Some(name) = &s.agent else {
                 r.error(kind_at, format!("agent step `{id}` needs `agent` (a name from [agents.*] or commands/agents/)"));
                 return None;

@@ -329,7 +329,10 @@ fn the_documented_examples_pass_check() {
             assert!(d.is_empty() && servers.len() == 1, "{file}: {block}\n{d:?}");
         }
         // Approval policy files, likewise.
-        for block in blocks.iter().filter(|b| b.starts_with("# commands/policies/")) {
+        for block in blocks
+            .iter()
+            .filter(|b| b.starts_with("# commands/policies/"))
+        {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("policies")).unwrap();
             std::fs::write(dir.path().join("policies/p.toml"), block).unwrap();
@@ -467,4 +470,20 @@ fn a_named_policy_fills_in_what_a_step_does_not_say_and_travels_with_the_workflo
         panic!()
     };
     assert_eq!(spec.quorum, 3);
+}
+
+#[test]
+fn an_editable_approval_needs_a_payload_and_its_template_is_checked() {
+    assert_error(
+        &gate("editable = true\n"),
+        15,
+        "`editable` needs a `payload` to edit",
+    );
+    assert_error(
+        &gate("payload = \"{{ steps.ghost.output }}\"\n"),
+        15,
+        "unknown step `ghost`",
+    );
+    let ok = gate("payload = \"{{ steps.a.output.text }}\"\neditable = true\n");
+    assert!(diagnostics(&ok).is_empty(), "{:?}", diagnostics(&ok));
 }

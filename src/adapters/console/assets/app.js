@@ -112,11 +112,45 @@ function notice(where, text, isError) {
   setTimeout(() => n.remove(), 20000);
 }
 
+// Asks for text in a small form (a reason, an edited payload); resolves to null on Cancel.
+function ask(question, prefill) {
+  return new Promise((resolve) => {
+    const dialog = document.createElement("dialog");
+    dialog.className = "ask";
+    const form = document.createElement("form");
+    form.method = "dialog";
+    const label = document.createElement("label");
+    label.textContent = question;
+    const text = document.createElement("textarea");
+    text.name = "text";
+    text.rows = prefill ? 10 : 4;
+    text.maxLength = 4000;
+    text.value = prefill || "";
+    label.append(text);
+    const ok = document.createElement("button");
+    ok.value = "ok";
+    ok.textContent = "Send";
+    const cancel = document.createElement("button");
+    cancel.value = "cancel";
+    cancel.textContent = "Cancel";
+    form.append(label, ok, cancel);
+    dialog.append(form);
+    document.body.append(dialog);
+    dialog.addEventListener("close", () => {
+      const answer = dialog.returnValue === "ok" ? text.value : null;
+      dialog.remove();
+      resolve(answer);
+    });
+    dialog.showModal();
+    text.focus();
+  });
+}
+
 async function click(m, b, inThread) {
   const where = inThread ? "thread-notices" : "notices";
   let reason = null;
   if (b.prompt) {
-    reason = window.prompt(b.prompt, "");
+    reason = await ask(b.prompt, b.prefill);
     if (reason === null) return;
   }
   try {
