@@ -1222,3 +1222,38 @@ text = "{{{{ steps.gate.output.payload }}}}"
     .await;
     assert_eq!(app.ledger_of("approval.edited").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_discord_a_message_that_cannot_be_delivered_is_flagged_in_the_thread_and_retry_sends_it_again()
+ {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.s().forbidden_channels.insert(RELEASES.into());
+    let root = start_ship(&fake, "800000000000000501", "9.0").await;
+    let approval = approval_in(&fake, &root).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000502",
+            &custom_id(&approval, "Approve"),
+            BEN,
+            &[],
+            &root.id,
+        ),
+    );
+    let alert = message_with(&fake, &root.id, "**Delivery failed**").await;
+    assert!(
+        content(&alert).contains("to #releases"),
+        "{}",
+        content(&alert)
+    );
+    let retry = custom_id(&alert, "Retry");
+
+    fake.s().forbidden_channels.clear();
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000503", &retry, ANA, &[], &root.id),
+    );
+    message_with(&fake, RELEASES, "Version 9.0 is out.").await;
+    assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+}

@@ -1197,3 +1197,73 @@ text = "{{ steps.gate.output.payload }}"
         .collect();
     assert_eq!(refused[0]["reason"], "stale_payload");
 }
+
+#[tokio::test]
+async fn on_slack_a_message_that_cannot_be_delivered_is_flagged_in_the_thread_and_retry_sends_it_again()
+ {
+    let fake = FakeSlack::start().await;
+    fake.state
+        .lock()
+        .unwrap()
+        .missing_channels
+        .insert("C0INCIDENTS".into());
+    let wf = r#"
+name = "announce"
+description = "Announce something"
+[[trigger]]
+kind = "slash"
+command = "announce"
+args = [{ name = "what", required = true }]
+[[step]]
+id = "tell"
+kind = "notify"
+channel = "incidents"
+text = "Heads up: {{ input.what }}"
+"#;
+    let app = slack_app_with(&fake, "announce.toml", wf.into()).await;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/announce maintenance", "T1").await,
+        200
+    );
+    let (root_ts, _) = root_post(&fake, "Announce something").await;
+    let (alert_ts, alert) = eventually_some("the delivery alert in the thread", || async {
+        app.advance(Duration::seconds(2));
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Delivery failed*")
+        })
+    })
+    .await;
+    assert!(
+        blocks_text(&alert).contains("to #incidents"),
+        "{}",
+        blocks_text(&alert)
+    );
+    assert!(blocks_text(&alert).contains("channel_not_found"));
+    assert_eq!(
+        action_ids(&alert),
+        vec!["retry:1"],
+        "the run has ended: nothing to cancel"
+    );
+    let (_, page) = app.get("/stalled").await;
+    assert!(
+        page.contains("slack #incidents") && page.contains("channel_not_found"),
+        "the console lists it"
+    );
+
+    // The bot is invited; someone who may start the workflow retries.
+    fake.state.lock().unwrap().missing_channels.clear();
+    click(&app, &fake, "UANA0001", "retry:1", &alert_ts, "T2").await;
+    private_answer(
+        &fake,
+        "Sending the messages that could not be delivered again.",
+    )
+    .await;
+    eventually("the announcement in #incidents", || async {
+        app.advance(Duration::seconds(2));
+        fake.posts().iter().any(|(_, b)| {
+            b["channel"] == "C0INCIDENTS" && blocks_text(b).contains("Heads up: maintenance")
+        })
+    })
+    .await;
+    assert_eq!(app.ledger_of("run.retried").await.len(), 1);
+}

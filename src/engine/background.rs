@@ -162,7 +162,7 @@ impl Engine {
     }
 
     /// Delivers what is ready now; returns how many entries were tried.
-    pub async fn deliver_ready(&self) -> usize {
+    pub async fn deliver_ready(self: &Arc<Self>) -> usize {
         let now = self.clock.now();
         let entries = match self.store.outbox_ready(now, 50).await {
             Ok(e) => e,
@@ -246,6 +246,17 @@ impl Engine {
                             .outbox_failed(entry.id, &message, None, now)
                             .await,
                     );
+                    // The run's thread says so, with Retry for when the cause is fixed.
+                    if let Some(run) = entry.run {
+                        let cmd = Command::DeliveryFailed {
+                            key: entry.key.0.clone(),
+                            channel: entry.channel.clone(),
+                            error: message.clone(),
+                        };
+                        if let Err(e) = self.submit(run, cmd).await {
+                            tracing::warn!(run = %run, error = %e, "could not flag a failed delivery");
+                        }
+                    }
                 }
             }
         }

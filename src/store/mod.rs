@@ -191,6 +191,8 @@ pub trait OutboxStore: Send + Sync {
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>>;
     /// The outbox rows of a run, for its page.
     async fn outbox_of_run(&self, run: RunId) -> StoreResult<Vec<OutboxRow>>;
+    /// Posts and edits given up on, newest first, with their run and channel.
+    async fn failed_deliveries(&self, limit: u32) -> StoreResult<Vec<FailedDelivery>>;
 }
 
 /// An outbox row as shown on a run's page.
@@ -203,6 +205,17 @@ pub struct OutboxRow {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub platform_ref: Option<String>,
+}
+
+/// A post or edit the outbox gave up on.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedDelivery {
+    pub run: Option<RunId>,
+    pub key: String,
+    pub platform: String,
+    pub channel: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The ledger.

@@ -467,6 +467,15 @@ async fn persist_effects(
                 .await?;
             }
             Effect::Audit(ev) => append_audit(c, redactor, ev).await?,
+            // Failed posts and edits (and those that failed with them) go back in line, in
+            // their order, as if new.
+            Effect::Redeliver(run) => {
+                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = ? WHERE run_id = ? AND status = 'failed'")
+                    .bind(ms(now))
+                    .bind(run.0)
+                    .execute(&mut *c)
+                    .await?;
+            }
         }
     }
     Ok(())
@@ -988,6 +997,26 @@ impl OutboxStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(r.and_then(|r| r.get("platform_ref")))
+    }
+
+    async fn failed_deliveries(&self, limit: u32) -> StoreResult<Vec<FailedDelivery>> {
+        let rows = sqlx::query(
+            "SELECT run_id, key, platform, channel, last_error, created_at FROM outbox WHERE status = 'failed' ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailedDelivery {
+                run: r.get::<Option<i64>, _>("run_id").map(RunId),
+                key: r.get("key"),
+                platform: r.get("platform"),
+                channel: r.get("channel"),
+                error: r.get("last_error"),
+                created_at: at(r.get("created_at")),
+            })
+            .collect())
     }
 
     async fn outbox_of_run(&self, run: RunId) -> StoreResult<Vec<OutboxRow>> {

@@ -270,6 +270,27 @@ async fn stalled(State(state): State<AppState>) -> Result<Response, ApiError> {
         body.push_str("<tr><td colspan=\"7\">Nothing is stalled.</td></tr>");
     }
     body.push_str("</tbody></table><p>A run is stalled when it has made no progress for its workflow's <code>stall_after</code> (default <code>BATON_STALL_AFTER</code>). Its thread has Retry and Cancel.</p>");
+    let failed = state.engine.store().failed_deliveries(PAGE_ROWS).await?;
+    body.push_str("<h2>Messages that could not be delivered</h2><table><thead><tr><th>Run</th><th>Where</th><th>Message</th><th>Error</th><th>Written</th></tr></thead><tbody>");
+    for f in &failed {
+        let run = f
+            .run
+            .map(|r| format!("<a href=\"/runs/{r}\">{r}</a>"))
+            .unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr><td>{run}</td><td>{} #{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.platform),
+            esc(&f.channel),
+            esc(&f.key),
+            esc(f.error.as_deref().unwrap_or("")),
+            when(f.created_at),
+        );
+    }
+    if failed.is_empty() {
+        body.push_str("<tr><td colspan=\"5\">Every message was delivered.</td></tr>");
+    }
+    body.push_str("</tbody></table><p>The run's thread has Retry, which sends them again once the cause is fixed.</p>");
     Ok(page("Stalled runs", &body))
 }
 

@@ -149,6 +149,11 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
         Command::TimerFired { key } => a.timer_fired(&key),
         Command::Cancel { actor } => a.cancel(&actor),
         Command::Retry { actor } => a.retry(&actor),
+        Command::DeliveryFailed {
+            key,
+            channel,
+            error,
+        } => a.delivery_failed(&key, &channel, &error),
         Command::StepNote {
             step,
             attempt,
@@ -374,8 +379,31 @@ impl<'a> Apply<'a, '_> {
                 "Run {} is already {status}; nothing is waiting for a decision.",
                 self.state.run.id
             )),
-            Command::Cancel { .. } | Command::Retry { .. } => {
+            Command::Cancel { .. } => {
                 self.notice(format!("Run {} is already {status}.", self.state.run.id))
+            }
+            // A finished run's messages can still fail to arrive (a last notify): it says so
+            // in its thread, and Retry sends them again.
+            Command::DeliveryFailed {
+                key,
+                channel,
+                error,
+            } => self.delivery_failed(&key, &channel, &error),
+            Command::Retry { actor } => {
+                if !self.may_steer(&actor) {
+                    self.refuse_retry(&actor);
+                    return self.out;
+                }
+                self.out.effects.push(Effect::Redeliver(self.state.run.id));
+                let ev = self
+                    .event(
+                        AuditKind::RunRetried,
+                        None,
+                        json!({"steps": [], "redeliver": true}),
+                    )
+                    .actor(&actor);
+                self.audit(ev);
+                self.notice("Sending the messages that could not be delivered again.");
             }
             Command::TimerFired { key } => {
                 self.state.timers.remove(&key);
@@ -1407,19 +1435,47 @@ impl<'a> Apply<'a, '_> {
 
     /// Retry: every step the run is stuck on starts a new attempt now (an old attempt's
     /// result, should it still come, is ignored), and the alert says who retried.
+    fn refuse_retry(&mut self, actor: &Actor) {
+        let run = &self.state.run;
+        let text = format!(
+            "You may not retry run {}: only its requester or people allowed to start `{}` can.",
+            run.id, run.workflow
+        );
+        let ev = self
+            .event(AuditKind::TriggerRefused, None, json!({"action": "retry"}))
+            .actor(actor);
+        self.audit(ev);
+        self.notice(text);
+    }
+
+    /// The outbox gave up on a message of this run: the thread says which and why, with Retry
+    /// (and Cancel while the run is under way). The root is the thread, so its loss cannot be
+    /// told there; nor is the loss of such an alert itself.
+    fn delivery_failed(&mut self, key: &str, channel: &str, error: &str) {
+        let run = self.state.run.id;
+        if key == MessageKey::root(run).0 || key.contains(":delivery:") {
+            return;
+        }
+        let now = self.now();
+        let ev = self.event(
+            AuditKind::RunStalled,
+            None,
+            json!({"delivery": key, "channel": channel, "error": error}),
+        );
+        self.audit(ev);
+        let active = !self.state.run.status.is_terminal();
+        self.reply(
+            &format!("delivery:{}", now.timestamp_millis()),
+            render::delivery_alert(run, channel, error, active),
+        );
+    }
+
     fn retry(&mut self, actor: &Actor) {
         if !self.may_steer(actor) {
-            let run = &self.state.run;
-            let text = format!(
-                "You may not retry run {}: only its requester or people allowed to start `{}` can.",
-                run.id, run.workflow
-            );
-            let ev = self
-                .event(AuditKind::TriggerRefused, None, json!({"action": "retry"}))
-                .actor(actor);
-            self.audit(ev);
-            return self.notice(text);
+            return self.refuse_retry(actor);
         }
+        // Messages that could not be delivered are sent again whatever else is stuck.
+        self.out.effects.push(Effect::Redeliver(self.state.run.id));
         let now = self.now();
         let stuck: Vec<String> = self
             .state
@@ -1429,8 +1485,16 @@ impl<'a> Apply<'a, '_> {
             .map(|(id, _)| id.clone())
             .collect();
         if stuck.is_empty() {
+            let ev = self
+                .event(
+                    AuditKind::RunRetried,
+                    None,
+                    json!({"steps": [], "redeliver": true}),
+                )
+                .actor(actor);
+            self.audit(ev);
             return self.notice(format!(
-                "Run {} is not stuck on any step; nothing to retry.",
+                "Run {} is not stuck on any step; messages that could not be delivered are sent again.",
                 self.state.run.id
             ));
         }

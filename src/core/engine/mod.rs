@@ -48,8 +48,15 @@ pub enum Command {
     TimerFired { key: String },
     /// Someone asked to stop the run.
     Cancel { actor: Actor },
-    /// Someone asked a stalled run to try again what it is stuck on.
+    /// Someone asked a stalled run to try again what it is stuck on (steps, and messages
+    /// that could not be delivered).
     Retry { actor: Actor },
+    /// The outbox gave up on one of the run's messages.
+    DeliveryFailed {
+        key: String,
+        channel: String,
+        error: String,
+    },
     /// A step attempt was in flight when the process stopped; it will not report back.
     AttemptLost { step: StepId, attempt: u32 },
     /// A running agent wants an external tool called: the step waits for a decision on this
@@ -88,6 +95,8 @@ pub enum Effect {
     Send(Outgoing),
     /// Append to the ledger.
     Audit(AuditEvent),
+    /// Give this run's messages that could not be delivered another try.
+    Redeliver(RunId),
 }
 
 /// How one attempt ended.

@@ -400,6 +400,31 @@ pub fn stall_alert(
     }
 }
 
+/// A message of the run that the platform would not take, with Retry (and Cancel while the
+/// run is under way).
+pub fn delivery_alert(run: RunId, channel: &str, error: &str, active: bool) -> OutMessage {
+    let mut buttons = vec![Button::new(
+        "Retry",
+        ActionId::Retry { run },
+        ButtonStyle::Primary,
+    )];
+    if active {
+        buttons.push(Button::new(
+            "Cancel run",
+            ActionId::Cancel { run },
+            ButtonStyle::Danger,
+        ));
+    }
+    OutMessage {
+        text: format!(
+            "*Delivery failed*: a message of run {run} to #{channel} could not be delivered. Retry sends it again once the cause is fixed."
+        ),
+        detail: Some(error.to_owned()),
+        buttons,
+        ..Default::default()
+    }
+}
+
 /// The stall alert once resolved: no buttons, and how.
 pub fn stall_resolved(how: &str) -> OutMessage {
     OutMessage {

@@ -1004,3 +1004,44 @@ fn an_edited_payload_is_recorded_asked_about_afresh_and_its_editor_cannot_approv
     assert_eq!(out["payload"], "Dear hello, welcome aboard!");
     assert_eq!(out["edited_by"], json!(["cy"]));
 }
+
+#[test]
+fn a_message_that_could_not_be_delivered_is_flagged_and_retry_sends_the_failed_ones_again() {
+    let mut h = Harness::new(FLOW);
+    h.start();
+    let t = h.apply(Command::DeliveryFailed {
+        key: "run:7:post:tell".into(),
+        channel: "nowhere".into(),
+        error: "channel_not_found".into(),
+    });
+    assert_eq!(audits(&t), vec!["run.stalled"]);
+    let alert = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Post { key, message, .. })
+                if key.0.starts_with("run:7:delivery:") =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(alert.text.contains("to #nowhere"));
+    assert_eq!(alert.detail.as_deref(), Some("channel_not_found"));
+    // Its own loss, or the root's, is not flagged again (there is no thread to tell).
+    for key in ["run:7:delivery:123", "run:7:root"] {
+        let t = h.apply(Command::DeliveryFailed {
+            key: key.into(),
+            channel: "general".into(),
+            error: "x".into(),
+        });
+        assert!(t.effects.is_empty(), "{key}");
+    }
+    let t = h.apply(Command::Retry { actor: user("ana") });
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Redeliver(RunId(7))))
+    );
+}
