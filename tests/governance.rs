@@ -373,3 +373,33 @@ async fn an_approver_edits_the_payload_then_someone_else_approves_it_and_an_old_
         )
     );
 }
+
+#[tokio::test]
+async fn in_the_console_the_members_of_a_channel_are_the_people_who_write_there() {
+    let wf = PAY
+        .replace("approvers = [\"ben\", \"cy\"]\nquorum = 2\nwhen = \"input.amount > 1000\"\n", "approvers = [\"channel:finance\"]\n")
+        .replace("remind_after = \"1h\"\nescalate_after = \"2h\"\nescalate_to = { channel = \"finance\", approvers = [\"dee\"] }\n", "");
+    let app = spawn(Spawn {
+        extra_workflows: vec![("pay.toml", wf)],
+        with_examples: false,
+        env: vec![("BATON_CONSOLE_CHANNELS", "general,finance".into())],
+        ..Default::default()
+    })
+    .await;
+    app.say("dee", "finance", "I look after payments.").await;
+    let run = app.start_run("ana", "general", "/pay 5000").await;
+    let root = id(&app.root_of("general", run).await);
+    let request = app.wait_in_thread(root, "Approval needed").await;
+    assert!(
+        text(&request).contains("Approvers: members of #finance"),
+        "{}",
+        text(&request)
+    );
+    let approve = button(&request, "Approve").unwrap();
+    assert_eq!(
+        app.click("cy", id(&request), &approve).await,
+        ["You are not an approver for this step."]
+    );
+    app.click("dee", id(&request), &approve).await;
+    app.wait_for_status(run, "succeeded").await;
+}

@@ -1267,3 +1267,26 @@ text = "Heads up: {{ input.what }}"
     .await;
     assert_eq!(app.ledger_of("run.retried").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_slack_members_of_a_channel_may_approve_and_others_may_not() {
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "approvers = [\"UBEN0001\"]",
+        "approvers = [\"channel:incidents\"]",
+    );
+    let app = slack_app_with(&fake, "ship.toml", wf).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 9.9", "T1").await, 200);
+    let (approval_ts, approval) = approval_post(&fake).await;
+    assert!(
+        blocks_text(&approval).contains("Approvers: members of #incidents"),
+        "{}",
+        blocks_text(&approval)
+    );
+    let (approve, _) = full_action_id(&approval, "Approve");
+    click(&app, &fake, "UBEN0001", &approve, &approval_ts, "T2").await;
+    private_answer(&fake, "You are not an approver for this step.").await;
+    // UEVE0001 is on the second page of #incidents' members.
+    click(&app, &fake, "UEVE0001", &approve, &approval_ts, "T3").await;
+    app.wait_for_status(1, "succeeded").await;
+}

@@ -57,16 +57,20 @@ impl Actor {
     /// `slack:group:S0ABC`).
     pub fn is_named_by(&self, name: &str) -> bool {
         let (platform, rest) = match name.split_once(':') {
-            Some((p, rest)) if p != "group" => (Some(p), rest),
+            Some((p, rest)) if p != "group" && p != "channel" => (Some(p), rest),
             _ => (None, name),
         };
         if platform.is_some_and(|p| p != self.platform) {
             return false;
         }
-        match rest.strip_prefix("group:") {
-            Some(group) => self.groups.iter().any(|g| g == group),
-            None => rest == self.id,
+        if let Some(group) = rest.strip_prefix("group:") {
+            return self.groups.iter().any(|g| g == group);
         }
+        // Members of a channel: the platform says who they are, as `channel:NAME` groups.
+        if rest.starts_with("channel:") {
+            return self.groups.iter().any(|g| g == rest);
+        }
+        rest == self.id
     }
 }
 

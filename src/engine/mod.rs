@@ -135,6 +135,31 @@ impl Engine {
         &self.workflows
     }
 
+    /// Channels whose members approve some step (`channel:NAME` approvers), so a platform
+    /// knows whose membership to look up when someone clicks.
+    pub fn approver_channels(&self) -> std::collections::BTreeSet<String> {
+        use crate::core::workflow::StepKind;
+        let mut out = std::collections::BTreeSet::new();
+        for wf in self.workflows.iter() {
+            for step in &wf.steps {
+                let spec = match &step.kind {
+                    StepKind::Approval(spec) => spec,
+                    StepKind::Agent {
+                        approval: Some(spec),
+                        ..
+                    } => spec,
+                    _ => continue,
+                };
+                for a in spec.approvers.iter().chain(&spec.escalate_to.approvers) {
+                    if let Some((_, name)) = a.split_once("channel:") {
+                        out.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// An approval's payload as it stands, for a platform opening an Edit dialog.
     pub async fn approval_content(&self, run: RunId, step: &str) -> Option<String> {
         let state = self.store.load_run(run).await.ok()??;

@@ -301,6 +301,12 @@ pub trait ConsoleStore: Send + Sync {
     /// Every channel that has a message, for channels the bot posted to without them being
     /// configured (a channel a run chose, such as a ticket queue).
     async fn console_channel_names(&self) -> StoreResult<Vec<String>>;
+    /// Of `channels`, those `author` has written in: the console's members of a channel.
+    async fn console_member_of(
+        &self,
+        author: &str,
+        channels: &[String],
+    ) -> StoreResult<Vec<String>>;
     /// A thread: its root then the replies, oldest first.
     async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>>;
 }

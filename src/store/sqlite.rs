@@ -1268,6 +1268,27 @@ impl ConsoleStore for SqliteStore {
         r.as_ref().map(console_from_row).transpose()
     }
 
+    async fn console_member_of(
+        &self,
+        author: &str,
+        channels: &[String],
+    ) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for channel in channels {
+            let found = sqlx::query(
+                "SELECT 1 FROM console_messages WHERE channel = ? AND author = ? AND is_bot = 0 LIMIT 1",
+            )
+            .bind(channel)
+            .bind(author)
+            .fetch_optional(&self.pool)
+            .await?;
+            if found.is_some() {
+                out.push(channel.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn console_channel_names(&self) -> StoreResult<Vec<String>> {
         let rows = sqlx::query("SELECT DISTINCT channel FROM console_messages ORDER BY channel")
             .fetch_all(&self.pool)

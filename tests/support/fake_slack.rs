@@ -196,6 +196,25 @@ async fn api(
     if method == "conversations.list" {
         return conversations_list(&headers, &body);
     }
+    if method == "conversations.members" {
+        // Members of #incidents, two pages of one, as Slack pages with a cursor.
+        let params: std::collections::HashMap<String, String> =
+            serde_urlencoded::from_str(&body).unwrap_or_default();
+        if params.get("channel").map(String::as_str) != Some("C0INCIDENTS") {
+            return axum::Json(
+                json!({"ok": true, "members": [], "response_metadata": {"next_cursor": ""}}),
+            )
+            .into_response();
+        }
+        let (members, next) = match params.get("cursor").map(String::as_str) {
+            None | Some("") => (json!(["UDEE0001"]), "bWVtYmVyczI="),
+            _ => (json!(["UEVE0001"]), ""),
+        };
+        return axum::Json(
+            json!({"ok": true, "members": members, "response_metadata": {"next_cursor": next}}),
+        )
+        .into_response();
+    }
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
         return axum::Json(json!({"ok": false, "error": "invalid_json"})).into_response();
     };

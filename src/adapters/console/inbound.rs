@@ -290,6 +290,19 @@ async fn click(
             CLICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ),
     };
+    // Approvers may be a channel's members: in the console, the people who write there.
+    let mut actor = actor;
+    let channels: Vec<String> = state.engine.approver_channels().into_iter().collect();
+    if !channels.is_empty() {
+        for channel in state
+            .engine
+            .store()
+            .console_member_of(&actor.id, &channels)
+            .await?
+        {
+            actor.groups.push(format!("channel:{channel}"));
+        }
+    }
     let event = InboundEvent {
         id,
         actor,

@@ -112,6 +112,13 @@ pub(super) fn handle_later(
         // Approvers, and who may start a workflow, may be user groups: who is in which is
         // read when someone acts (cached for a few minutes).
         event.actor.groups = slack.groups_of(&event.actor.id).await;
+        // Approvers may be a channel's members: whose membership counts is read at the click.
+        if matches!(event.kind, EventKind::Action { .. }) {
+            let channels: Vec<String> = engine.approver_channels().into_iter().collect();
+            for channel in slack.member_of(&event.actor.id, &channels).await {
+                event.actor.groups.push(format!("channel:{channel}"));
+            }
+        }
         // Workflows name channels (`incidents`); Slack sends IDs. Runs record the name where
         // there is one, and posting turns it back into the ID.
         if let Some(name) = slack.channel_name(&event.conversation.channel).await {

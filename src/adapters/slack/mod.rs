@@ -40,6 +40,16 @@ pub struct Slack {
     channels: Mutex<ChannelCache>,
     /// User-group membership (user → group ids), refreshed at most once a minute.
     groups: tokio::sync::Mutex<Option<GroupCache>>,
+    /// Channel members by channel name, each read at most once a minute.
+    members: tokio::sync::Mutex<
+        HashMap<
+            String,
+            (
+                chrono::DateTime<chrono::Utc>,
+                std::collections::HashSet<String>,
+            ),
+        >,
+    >,
     clock: Arc<dyn Clock>,
     /// Events acknowledged and still being handled.
     pub inflight: Arc<super::Inflight>,
@@ -80,6 +90,7 @@ impl Slack {
             pacer: pace::Pacer::new(clock.clone()),
             channels: Mutex::new(ChannelCache::default()),
             groups: tokio::sync::Mutex::new(None),
+            members: tokio::sync::Mutex::new(HashMap::new()),
             inflight: Arc::new(super::Inflight::default()),
             clock,
         }))
@@ -127,6 +138,66 @@ impl Slack {
             .as_ref()
             .and_then(|(_, m)| m.get(user).cloned())
             .unwrap_or_default()
+    }
+
+    /// Of `channels` (names from workflows), those `user` is a member of, read through
+    /// `conversations.members` and kept for a minute. A channel that cannot be read counts as
+    /// one the user is not in.
+    pub async fn member_of(&self, user: &str, channels: &[String]) -> Vec<String> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for name in channels {
+            let mut cache = self.members.lock().await;
+            let fresh = cache
+                .get(name)
+                .is_some_and(|(at, _)| (now - *at).num_seconds() < GROUPS_TTL_SECONDS);
+            if !fresh {
+                match self.read_members(name).await {
+                    Ok(members) => {
+                        cache.insert(name.clone(), (now, members));
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %name, error = %e, "could not read the channel's members")
+                    }
+                }
+            }
+            if cache.get(name).is_some_and(|(_, m)| m.contains(user)) {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    async fn read_members(&self, name: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+        let id = self
+            .channel_id(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut members = std::collections::HashSet::new();
+        let mut cursor = String::new();
+        // Slack pages members; a few pages cover any channel people approve from.
+        for _ in 0..20 {
+            let mut params = vec![("channel", id.clone()), ("limit", "1000".to_owned())];
+            if !cursor.is_empty() {
+                params.push(("cursor", cursor.clone()));
+            }
+            let answer = self.api.call_form("conversations.members", &params).await?;
+            members.extend(
+                answer["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_str().map(str::to_owned)),
+            );
+            cursor = answer["response_metadata"]["next_cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if cursor.is_empty() {
+                break;
+            }
+        }
+        Ok(members)
     }
 
     /// Reads every channel Baton can see into the cache. Misses refresh it at most once a

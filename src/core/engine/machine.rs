@@ -1238,7 +1238,7 @@ impl<'a> Apply<'a, '_> {
             Some(channel) => {
                 let mut message = request.clone();
                 message.text = render::escalated_request(&self.state.run, id, &message.text);
-                message.mentions = spec.escalate_to.approvers.clone();
+                message.mentions = render::mentionable(&spec.escalate_to.approvers);
                 self.send(Outgoing::Post {
                     run: Some(self.state.run.id),
                     key: MessageKey::of(self.state.run.id, &escalation_key(id, &a)),

@@ -127,9 +127,27 @@ pub fn summarize_output(output: &Value, run: RunId) -> Option<String> {
 /// groups kept as `group:ID` so each adapter can turn them into its own group mention.
 pub fn approver_name(entry: &str) -> &str {
     match entry.split_once(':') {
-        Some((p, rest)) if p != "group" => rest,
+        Some((p, rest)) if p != "group" && p != "channel" => rest,
         _ => entry,
     }
+}
+
+/// An approver as a request names it: `@ben`, `@group:S0…`, or `members of #finance`.
+fn approver_label(entry: &str) -> String {
+    let name = approver_name(entry);
+    match name.strip_prefix("channel:") {
+        Some(channel) => format!("members of #{channel}"),
+        None => format!("@{name}"),
+    }
+}
+
+/// Approvers to mention: people and groups; a channel's members are not pinged one by one.
+pub fn mentionable(approvers: &[String]) -> Vec<String> {
+    approvers
+        .iter()
+        .filter(|a| !approver_name(a).starts_with("channel:"))
+        .cloned()
+        .collect()
 }
 
 /// What Reject asks when the step wants a reason.
@@ -155,11 +173,7 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, spec: &ApprovalSpe
     } else {
         reject
     };
-    let approvers: Vec<String> = a
-        .approvers
-        .iter()
-        .map(|x| format!("@{}", approver_name(x)))
-        .collect();
+    let approvers: Vec<String> = a.approvers.iter().map(|x| approver_label(x)).collect();
     let mut text = format!(
         "*Approval needed* for step *{step}*\nApprovers: {} · expires at {} ({})",
         approvers.join(", "),
@@ -243,7 +257,7 @@ pub fn approval_request(run: RunId, step: &str, a: &Approval, spec: &ApprovalSpe
         text,
         detail: Some(shown_detail(a)),
         buttons,
-        mentions: a.approvers.clone(),
+        mentions: mentionable(&a.approvers),
     }
 }
 
@@ -279,28 +293,20 @@ fn escalation_target(spec: &ApprovalSpec) -> String {
     if let Some(c) = &spec.escalate_to.channel {
         parts.push(format!("#{c}"));
     }
-    parts.extend(
-        spec.escalate_to
-            .approvers
-            .iter()
-            .map(|x| format!("@{}", approver_name(x))),
-    );
+    parts.extend(spec.escalate_to.approvers.iter().map(|x| approver_label(x)));
     parts.join(" and ")
 }
 
 /// The first rung: a new mention in the thread for those who have not decided.
 pub fn approval_reminder(step: &str, a: &Approval, waiting: &[String]) -> OutMessage {
-    let who: Vec<String> = waiting
-        .iter()
-        .map(|x| format!("@{}", approver_name(x)))
-        .collect();
+    let who: Vec<String> = waiting.iter().map(|x| approver_label(x)).collect();
     OutMessage {
         text: format!(
             "Reminder: step *{step}* is waiting for a decision from {} (expires at {}).",
             who.join(", "),
             a.expires_at.format("%Y-%m-%d %H:%M UTC")
         ),
-        mentions: waiting.to_vec(),
+        mentions: mentionable(waiting),
         ..Default::default()
     }
 }
