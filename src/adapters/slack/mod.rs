@@ -41,15 +41,7 @@ pub struct Slack {
     /// User-group membership (user → group ids), refreshed at most once a minute.
     groups: tokio::sync::Mutex<Option<GroupCache>>,
     /// Channel members by channel name, each read at most once a minute.
-    members: tokio::sync::Mutex<
-        HashMap<
-            String,
-            (
-                chrono::DateTime<chrono::Utc>,
-                std::collections::HashSet<String>,
-            ),
-        >,
-    >,
+    members: tokio::sync::Mutex<HashMap<String, MemberCache>>,
     clock: Arc<dyn Clock>,
     /// Events acknowledged and still being handled.
     pub inflight: Arc<super::Inflight>,
@@ -62,6 +54,12 @@ struct ChannelCache {
     by_id: HashMap<String, String>,
     refreshed: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// When a channel's members were read, and who they are.
+type MemberCache = (
+    chrono::DateTime<chrono::Utc>,
+    std::collections::HashSet<String>,
+);
 
 /// How long a channel listing answers misses before it is read again.
 const CHANNELS_TTL_SECONDS: i64 = 60;
