@@ -1257,3 +1257,38 @@ async fn on_discord_a_message_that_cannot_be_delivered_is_flagged_in_the_thread_
     message_with(&fake, RELEASES, "Version 9.0 is out.").await;
     assert_eq!(app.ledger_of("run.retried").await.len(), 1);
 }
+
+#[tokio::test]
+async fn on_discord_the_members_of_a_channel_are_those_who_can_see_it() {
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace(
+        &format!("approvers = [\"discord:{BEN}\", \"discord:group:{RELEASE_ROLE}\"]"),
+        "approvers = [\"channel:release-room\"]",
+    );
+    let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let root = start_ship(&fake, "800000000000000601", "10.0").await;
+    let approval = approval_in(&fake, &root).await;
+    assert!(
+        content(&approval).contains("Approvers: members of #release-room"),
+        "{}",
+        content(&approval)
+    );
+    let approve = custom_id(&approval, "Approve");
+    // #release-room is closed to @everyone and open to the release role.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000602", &approve, BEN, &[], &root.id),
+    );
+    private_answer(&fake, "800000000000000602", "not an approver").await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000603",
+            &approve,
+            CY,
+            &[RELEASE_ROLE],
+            &root.id,
+        ),
+    );
+    app.wait_for_status(1, "succeeded").await;
+}

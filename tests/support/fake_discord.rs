@@ -295,7 +295,13 @@ fn channels() -> Value {
         {"id": "200000000000000000", "type": 4, "name": "Text Channels", "guild_id": GUILD, "position": 0},
         {"id": GENERAL, "type": 0, "name": "general", "guild_id": GUILD, "parent_id": "200000000000000000", "position": 0},
         {"id": RELEASES, "type": 0, "name": "releases", "guild_id": GUILD, "parent_id": "200000000000000000", "position": 1},
-        {"id": "200000000000000003", "type": 2, "name": "voice", "guild_id": GUILD, "position": 2}
+        {"id": "200000000000000003", "type": 2, "name": "voice", "guild_id": GUILD, "position": 2},
+        // Private: only the release role may see it.
+        {"id": "200000000000000004", "type": 0, "name": "release-room", "guild_id": GUILD, "parent_id": "200000000000000000", "position": 3,
+         "permission_overwrites": [
+            {"id": GUILD, "type": 0, "allow": "0", "deny": "1024"},
+            {"id": RELEASE_ROLE, "type": 0, "allow": "1024", "deny": "0"}
+         ]}
     ])
 }
 
@@ -355,7 +361,7 @@ async fn rest(
         ("GET", ["users", "@me"]) => axum::Json(user(BOT_ID, "baton", true)).into_response(),
         ("GET", ["guilds", g, "channels"]) if *g == GUILD => axum::Json(channels()).into_response(),
         ("GET", ["guilds", g, "roles"]) if *g == GUILD => axum::Json(json!([
-            {"id": GUILD, "name": "@everyone", "position": 0, "permissions": "0", "managed": false, "mentionable": false, "hoist": false, "color": 0, "flags": 0},
+            {"id": GUILD, "name": "@everyone", "position": 0, "permissions": "68608", "managed": false, "mentionable": false, "hoist": false, "color": 0, "flags": 0},
             {"id": RELEASE_ROLE, "name": "Release Managers", "position": 1, "permissions": "0", "managed": false, "mentionable": true, "hoist": false, "color": 0, "flags": 0}
         ]))
         .into_response(),

@@ -507,6 +507,27 @@ async fn handle(
             .collect();
         event.actor.groups.extend(named);
     }
+    // Approvers may be a channel's members: who can see it is worked out at the click.
+    if matches!(event.kind, EventKind::Action { .. })
+        && let Some(guild) = guild
+    {
+        let channels: Vec<String> = engine.approver_channels().into_iter().collect();
+        if !channels.is_empty() {
+            let roles: Vec<String> = event
+                .actor
+                .groups
+                .iter()
+                .filter(|g| super::is_snowflake(g))
+                .cloned()
+                .collect();
+            for channel in discord
+                .member_of(guild, &event.actor.id, &roles, &channels)
+                .await
+            {
+                event.actor.groups.push(format!("channel:{channel}"));
+            }
+        }
+    }
     // Workflows name channels (`incidents`); Discord sends IDs. Runs record the name where it
     // names one channel, and posting turns it back into the ID.
     let (channel, thread) = discord.conversation(&event.conversation.channel).await;

@@ -334,6 +334,41 @@ impl Discord {
         }
     }
 
+    /// Of `channels` (names or IDs from workflows), those the member can see: a channel's
+    /// members on Discord are whoever has View Channel there, from the guild's role
+    /// permissions and the channel's overwrites, as Discord computes it. Read at the click.
+    pub(crate) async fn member_of(
+        &self,
+        guild: &str,
+        user: &str,
+        member_roles: &[String],
+        channels: &[String],
+    ) -> Vec<String> {
+        let roles = match self.api.get(&format!("guilds/{guild}/roles")).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, guild, "could not read the guild's roles");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for name in channels {
+            let Ok(id) = self.channel_id(name).await else {
+                continue;
+            };
+            match self.api.get(&format!("channels/{id}")).await {
+                Ok(channel) if channel["guild_id"] == guild => {
+                    if can_view(guild, user, member_roles, &roles, &channel) {
+                        out.push(name.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, channel = %name, "could not read the channel"),
+            }
+        }
+        out
+    }
+
     /// What Baton knows of a channel Discord gave by ID, asking Discord once when it is new
     /// (a thread, or a channel made since the last listing).
     async fn channel_info(&self, id: &str) -> Option<ChannelInfo> {
@@ -536,5 +571,103 @@ impl Platform for Discord {
         tracing::info!(bot_user = %identity.username, id = %identity.user_id, "Discord token accepted");
         let _ = self.identity.set(identity);
         Ok(())
+    }
+}
+
+/// Discord's View Channel and Administrator permission bits.
+const VIEW_CHANNEL: u64 = 1 << 10;
+const ADMINISTRATOR: u64 = 1 << 3;
+
+/// Whether a member with `member_roles` may view `channel`: the guild's base permissions
+/// (@everyone, whose role ID is the guild's, and the member's roles), then the channel's
+/// overwrites for @everyone, for the member's roles together, and for the member.
+fn can_view(
+    guild: &str,
+    user: &str,
+    member_roles: &[String],
+    roles: &serde_json::Value,
+    channel: &serde_json::Value,
+) -> bool {
+    let bits = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let mut perms = 0;
+    for r in roles.as_array().into_iter().flatten() {
+        let id = r["id"].as_str().unwrap_or_default();
+        if id == guild || member_roles.iter().any(|m| m == id) {
+            perms |= bits(&r["permissions"]);
+        }
+    }
+    if perms & ADMINISTRATOR != 0 {
+        return true;
+    }
+    let overwrites: Vec<&serde_json::Value> = channel["permission_overwrites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let apply = |perms: u64, allow: u64, deny: u64| (perms & !deny) | allow;
+    if let Some(o) = overwrites.iter().find(|o| o["id"] == guild) {
+        perms = apply(perms, bits(&o["allow"]), bits(&o["deny"]));
+    }
+    let (mut allow, mut deny) = (0, 0);
+    for o in &overwrites {
+        let id = o["id"].as_str().unwrap_or_default();
+        if o["type"] == 0 && id != guild && member_roles.iter().any(|m| m == id) {
+            allow |= bits(&o["allow"]);
+            deny |= bits(&o["deny"]);
+        }
+    }
+    perms = apply(perms, allow, deny);
+    if let Some(o) = overwrites
+        .iter()
+        .find(|o| o["type"] == 1 && o["id"] == user)
+    {
+        perms = apply(perms, bits(&o["allow"]), bits(&o["deny"]));
+    }
+    perms & VIEW_CHANNEL != 0
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+    use serde_json::json;
+
+    const GUILD: &str = "1";
+
+    fn roles() -> serde_json::Value {
+        json!([
+            {"id": GUILD, "name": "@everyone", "permissions": (VIEW_CHANNEL).to_string()},
+            {"id": "10", "name": "finance", "permissions": "0"},
+            {"id": "11", "name": "admins", "permissions": (ADMINISTRATOR).to_string()}
+        ])
+    }
+
+    #[test]
+    fn a_private_channel_is_seen_by_the_roles_and_people_its_overwrites_let_in() {
+        let channel = json!({"permission_overwrites": [
+            {"id": GUILD, "type": 0, "allow": "0", "deny": VIEW_CHANNEL.to_string()},
+            {"id": "10", "type": 0, "allow": VIEW_CHANNEL.to_string(), "deny": "0"},
+            {"id": "77", "type": 1, "allow": VIEW_CHANNEL.to_string(), "deny": "0"},
+            {"id": "78", "type": 1, "allow": "0", "deny": VIEW_CHANNEL.to_string()}
+        ]});
+        let sees = |user: &str, roles_of: &[&str]| {
+            let r: Vec<String> = roles_of.iter().map(|s| s.to_string()).collect();
+            can_view(GUILD, user, &r, &roles(), &channel)
+        };
+        assert!(!sees("50", &[]), "@everyone is denied");
+        assert!(sees("51", &["10"]), "the finance role is let in");
+        assert!(sees("77", &[]), "a member let in by name");
+        assert!(
+            !sees("78", &["10"]),
+            "a member shut out by name, whatever the role"
+        );
+        assert!(sees("79", &["11"]), "administrators see everything");
+    }
+
+    #[test]
+    fn a_channel_without_overwrites_is_seen_by_whoever_the_guild_lets_view() {
+        let open = json!({"permission_overwrites": []});
+        assert!(can_view(GUILD, "50", &[], &roles(), &open));
+        let closed_guild = json!([{"id": GUILD, "permissions": "0"}]);
+        assert!(!can_view(GUILD, "50", &[], &closed_guild, &open));
     }
 }
