@@ -1290,3 +1290,66 @@ async fn on_slack_members_of_a_channel_may_approve_and_others_may_not() {
     click(&app, &fake, "UEVE0001", &approve, &approval_ts, "T3").await;
     app.wait_for_status(1, "succeeded").await;
 }
+
+#[tokio::test]
+async fn on_slack_a_message_that_keeps_failing_is_flagged_before_baton_gives_up_and_retry_tries_at_once()
+ {
+    let fake = FakeSlack::start().await;
+    fake.state
+        .lock()
+        .unwrap()
+        .failing_channels
+        .insert("C0INCIDENTS".into());
+    let wf = r#"
+name = "announce"
+description = "Announce something"
+[[trigger]]
+kind = "slash"
+command = "announce"
+args = [{ name = "what", required = true }]
+[[step]]
+id = "tell"
+kind = "notify"
+channel = "incidents"
+text = "Heads up: {{ input.what }}"
+"#;
+    let app = slack_app_with(&fake, "announce.toml", wf.into()).await;
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/announce maintenance", "T1").await,
+        200
+    );
+    let (root_ts, _) = root_post(&fake, "Announce something").await;
+    let (alert_ts, alert) = eventually_some("the alert after five failed tries", || async {
+        app.advance(Duration::seconds(40));
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Delivery failed*")
+        })
+    })
+    .await;
+    assert!(
+        blocks_text(&alert).contains("5 tries failed in a row, still trying"),
+        "{}",
+        blocks_text(&alert)
+    );
+    assert!(
+        app.ledger_of("post.failed").await.is_empty(),
+        "not given up"
+    );
+    let tries = || {
+        fake.calls("chat.postMessage")
+            .iter()
+            .filter(|b| b["channel"] == "C0INCIDENTS")
+            .count()
+    };
+    let before = tries();
+    fake.state.lock().unwrap().failing_channels.clear();
+    click(&app, &fake, "UANA0001", "retry:1", &alert_ts, "T2").await;
+    // Retry does not wait for the backoff.
+    eventually("the announcement in #incidents", || async {
+        tries() > before
+            && fake.posts().iter().any(|(_, b)| {
+                b["channel"] == "C0INCIDENTS" && blocks_text(b).contains("Heads up: maintenance")
+            })
+    })
+    .await;
+}

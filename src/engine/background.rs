@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 /// Transient failures in a row after which an outbox entry is given up (and reported).
 const MAX_DELIVERY_ATTEMPTS: u32 = 25;
+/// Transient failures in a row after which the run's thread is told, while retries go on.
+const FLAG_DELIVERY_AFTER: u32 = 5;
 /// Longest wait a platform may ask for before the next try.
 const MAX_RETRY_WAIT_SECONDS: i64 = 3600;
 
@@ -231,6 +233,22 @@ impl Engine {
                             .outbox_failed(entry.id, &message, Some(now + backoff), now)
                             .await,
                     );
+                    // Failing again and again: people hear of it long before Baton gives up,
+                    // and Retry tries at once.
+                    if entry.attempts + 1 == FLAG_DELIVERY_AFTER
+                        && let Some(run) = entry.run
+                    {
+                        let cmd = Command::DeliveryFailed {
+                            key: entry.key.0.clone(),
+                            channel: entry.channel.clone(),
+                            error: format!(
+                                "{FLAG_DELIVERY_AFTER} tries failed in a row, still trying: {message}"
+                            ),
+                        };
+                        if let Err(e) = self.submit(run, cmd).await {
+                            tracing::warn!(run = %run, error = %e, "could not flag a failing delivery");
+                        }
+                    }
                 }
                 Err(DeliveryError::NotYet(wait)) => {
                     let wait = Duration::from_std(wait)

@@ -470,7 +470,7 @@ async fn persist_effects(
             // Failed posts and edits (and those that failed with them) go back in line, in
             // their order, as if new.
             Effect::Redeliver(run) => {
-                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = ? WHERE run_id = ? AND status = 'failed'")
+                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = ? WHERE run_id = ? AND (status = 'failed' OR (status = 'pending' AND attempts > 0))")
                     .bind(ms(now))
                     .bind(run.0)
                     .execute(&mut *c)

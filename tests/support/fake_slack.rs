@@ -61,6 +61,8 @@ pub struct FakeState {
     /// The next this many posts answer 429.
     pub rate_limit: u32,
     pub missing_channels: HashSet<String>,
+    /// Channels whose posts answer 500 (Slack having trouble), until taken out.
+    pub failing_channels: HashSet<String>,
     /// Socket Mode: how often the bot opened a connection, what it acknowledged, and the
     /// sender to the current connection.
     pub opens: u32,
@@ -251,6 +253,13 @@ async fn api(
                     .into_response();
             }
             let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+            if method == "chat.postMessage" && s.failing_channels.contains(&channel) {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"ok": false, "error": "internal_error"})),
+                )
+                    .into_response();
+            }
             if channel.is_empty() {
                 return axum::Json(json!({"ok": false, "error": "channel_not_found"}))
                     .into_response();

@@ -95,7 +95,8 @@ pub enum Effect {
     Send(Outgoing),
     /// Append to the ledger.
     Audit(AuditEvent),
-    /// Give this run's messages that could not be delivered another try.
+    /// Give this run's messages that could not be delivered (given up on, or waiting to be
+    /// tried again) another try now.
     Redeliver(RunId),
 }
 
