@@ -25,6 +25,8 @@ pub struct DigestFigures {
     /// How many runs are stalled, and the longest stalled (at most [`LISTED`]).
     pub stalled_count: u64,
     pub stalled: Vec<StalledRun>,
+    /// Messages the outbox gave up on that nobody has sent again yet.
+    pub undelivered: u64,
 }
 
 /// An approval nobody has decided yet.
@@ -93,6 +95,12 @@ pub fn render(f: &DigestFigures) -> String {
         }
         more(&mut out, f.stalled_count, f.stalled.len());
     }
+    if f.undelivered > 0 {
+        out.push(format!(
+            "Messages not delivered: {} (their runs' threads have Retry; the console's Stalled page lists them)",
+            f.undelivered
+        ));
+    }
     out.join("\n")
 }
 
@@ -138,5 +146,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Stalled: none"), "{text}");
+        assert!(!text.contains("not delivered"), "{text}");
+    }
+
+    #[test]
+    fn the_digest_lists_stalled_runs_and_counts_messages_not_delivered() {
+        let until = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let f = DigestFigures {
+            until,
+            stalled_count: 1,
+            stalled: vec![StalledRun {
+                run: RunId(9),
+                workflow: "check".into(),
+                status: "running".into(),
+                idle_since: until - Duration::hours(2),
+            }],
+            undelivered: 2,
+            ..Default::default()
+        };
+        let text = render(&f);
+        assert!(
+            text.contains("• run 9 (check) running with no progress for 2 h"),
+            "{text}"
+        );
+        assert!(text.contains("Messages not delivered: 2"), "{text}");
     }
 }

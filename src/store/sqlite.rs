@@ -1148,6 +1148,10 @@ impl AuditStore for SqliteStore {
         .fetch_one(&self.pool)
         .await?
         .get::<i64, _>("n") as u64;
+        f.undelivered = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE status = 'failed'")
+            .fetch_one(&self.pool)
+            .await?
+            .get::<i64, _>("n") as u64;
         f.stalled = stalled
             .iter()
             .map(|r| StalledRun {

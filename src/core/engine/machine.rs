@@ -755,6 +755,11 @@ impl<'a> Apply<'a, '_> {
             timeout: step.timeout,
             work,
         }));
+        // The worker enforces the timeout; this timer notices if no result came all the same
+        // (a wedged tool, a lost worker), and flags the run.
+        self.state
+            .timers
+            .insert(timer::deadline(id), now + step.timeout);
     }
 
     fn succeed(&mut self, id: &str, output: Value, report: bool) {
@@ -810,6 +815,7 @@ impl<'a> Apply<'a, '_> {
             );
             return self.audit(ev);
         }
+        self.state.timers.remove(&timer::deadline(id));
         let now = self.now();
         match result {
             Ok(output) => {
@@ -1085,7 +1091,20 @@ impl<'a> Apply<'a, '_> {
             return; // Already fired or cancelled: a timer acts once.
         }
         if key == timer::STALL {
-            self.stalled();
+            self.stalled(None);
+        } else if let Some(step) = key.strip_prefix("deadline:") {
+            let past = self.state.steps.get(step).is_some_and(|s| {
+                s.status == StepStatus::Running
+                    && s.started_at.is_some_and(|t| {
+                        self.cx
+                            .workflow
+                            .step(step)
+                            .is_some_and(|w| t + w.timeout <= self.cx.now)
+                    })
+            });
+            if past {
+                self.stalled(Some(step));
+            }
         } else if let Some(step) = key.strip_prefix("remind:") {
             self.remind(step);
         } else if let Some(step) = key.strip_prefix("escalate:") {
@@ -1409,7 +1428,8 @@ impl<'a> Apply<'a, '_> {
 
     /// The stall timer fired: the run has made no progress for its threshold. The thread
     /// says what it is stuck on, with Retry and Cancel.
-    fn stalled(&mut self) {
+    /// `past_deadline`: the step whose timeout passed with no result, when that is why.
+    fn stalled(&mut self, past_deadline: Option<&str>) {
         if self.state.run.status != RunStatus::Running || self.state.run.stalled_at.is_some() {
             return;
         }
@@ -1426,10 +1446,13 @@ impl<'a> Apply<'a, '_> {
         let ev = self.event(
             AuditKind::RunStalled,
             None,
-            json!({"idle_since": self.state.run.updated_at, "steps": stuck.iter().map(|(id, _)| id).collect::<Vec<_>>()}),
+            json!({"idle_since": self.state.run.updated_at, "steps": stuck.iter().map(|(id, _)| id).collect::<Vec<_>>(), "past_deadline": past_deadline}),
         );
         self.audit(ev);
-        let alert = render::stall_alert(self.state.run.id, idle, &stuck, now);
+        let mut alert = render::stall_alert(self.state.run.id, idle, &stuck, now);
+        if let Some(step) = past_deadline {
+            alert.text = render::past_deadline(self.state.run.id, step, &alert.text);
+        }
         self.reply(&stall_key(now), alert);
     }
 

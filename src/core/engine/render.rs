@@ -406,6 +406,15 @@ pub fn stall_alert(
     }
 }
 
+/// A stall alert for a step whose timeout passed with no result.
+pub fn past_deadline(run: RunId, step: &str, alert: &str) -> String {
+    let rest = alert
+        .split_once(". ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    format!("*Stalled*: step *{step}* of run {run} is past its deadline with no result. {rest}")
+}
+
 /// A message of the run that the platform would not take, with Retry (and Cancel while the
 /// run is under way).
 pub fn delivery_alert(run: RunId, channel: &str, error: &str, active: bool) -> OutMessage {

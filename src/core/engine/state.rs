@@ -221,6 +221,9 @@ pub mod timer {
     }
     /// The run-level timer that flags a run with no progress for its stall threshold.
     pub const STALL: &str = "stall";
+    pub fn deadline(step: &str) -> String {
+        format!("deadline:{step}")
+    }
     pub fn remind(step: &str) -> String {
         format!("remind:{step}")
     }

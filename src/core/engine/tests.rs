@@ -1045,3 +1045,45 @@ fn a_message_that_could_not_be_delivered_is_flagged_and_retry_sends_the_failed_o
             .any(|e| matches!(e, Effect::Redeliver(RunId(7))))
     );
 }
+
+#[test]
+fn a_step_past_its_deadline_with_no_result_flags_the_run_once() {
+    let mut h = Harness::new(FLOW);
+    h.start();
+    // FLOW's steps have the default timeout of five minutes.
+    assert_eq!(h.state.timers["deadline:a"], t0() + Duration::minutes(5));
+    h.apply(Command::StepFinished {
+        step: "b".into(),
+        attempt: 1,
+        result: ok(200),
+    });
+    assert!(
+        !h.state.timers.contains_key("deadline:b"),
+        "a result clears it"
+    );
+    h.now = t0() + Duration::minutes(5);
+    let t = h.apply(Command::TimerFired {
+        key: "deadline:a".into(),
+    });
+    assert_eq!(audits(&t), vec!["run.stalled"]);
+    let alert = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Post { key, message, .. })
+                if key.0.starts_with("run:7:stall:") =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        alert
+            .text
+            .starts_with("*Stalled*: step *a* of run 7 is past its deadline with no result."),
+        "{}",
+        alert.text
+    );
+    assert_eq!(alert.buttons.len(), 2);
+}
