@@ -1292,3 +1292,36 @@ async fn on_discord_the_members_of_a_channel_are_those_who_can_see_it() {
     );
     app.wait_for_status(1, "succeeded").await;
 }
+
+#[tokio::test]
+async fn on_discord_a_condition_skips_the_approval_and_a_reminder_fires_once_across_a_restart() {
+    let fake = FakeDiscord::start().await;
+    let wf = ship().replace(
+        "timeout = \"1h\"\nreject_reason = true",
+        "timeout = \"4h\"\nreject_reason = true\nwhen = \"input.version != 'dev'\"\nremind_after = \"30m\"",
+    );
+    let mut app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
+    let root = start_ship(&fake, "800000000000000701", "dev").await;
+    app.wait_for_status(1, "succeeded").await;
+    message_with(&fake, &root.id, "needs no approval in this run").await;
+
+    let root = start_ship(&fake, "800000000000000702", "2.0").await;
+    approval_in(&fake, &root).await;
+    app.stop().await;
+    app.start().await;
+    eventually("the gateway session again", || async {
+        fake.s().socket.is_some()
+    })
+    .await;
+    app.advance(chrono::Duration::minutes(31));
+    message_with(&fake, &root.id, "Reminder: step **gate**").await;
+    app.advance(chrono::Duration::hours(2));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let reminders = fake
+        .messages_in(&root.id)
+        .iter()
+        .filter(|m| content(m).contains("Reminder"))
+        .count();
+    assert_eq!(reminders, 1, "a rung fires once");
+    assert_eq!(app.ledger_of("approval.reminded").await.len(), 1);
+}

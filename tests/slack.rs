@@ -1353,3 +1353,49 @@ text = "Heads up: {{ input.what }}"
     })
     .await;
 }
+
+#[tokio::test]
+async fn on_slack_a_condition_skips_the_approval_and_a_reminder_fires_once_across_a_restart() {
+    let fake = FakeSlack::start().await;
+    let wf = APPROVE.replace(
+        "approvers = [\"UBEN0001\"]",
+        "approvers = [\"UBEN0001\"]\nwhen = \"input.version != 'dev'\"\nremind_after = \"30m\"",
+    );
+    let mut app = slack_app_with(&fake, "ship.toml", wf).await;
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship dev", "T1").await, 200);
+    root_post(&fake, "Ship dev").await;
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the note that no approval is needed", || async {
+        app.advance(Duration::seconds(2));
+        fake.posts().iter().any(|(_, b)| {
+            blocks_text(b)
+                .contains("needs no approval in this run (`input.version != 'dev'` does not hold)")
+        })
+    })
+    .await;
+
+    assert_eq!(slash(&app, &fake, "UANA0001", "/ship 2.0", "T2").await, 200);
+    eventually("the second run's request", || async {
+        app.advance(Duration::seconds(2));
+        fake.posts()
+            .iter()
+            .filter(|(_, b)| blocks_text(b).contains("Approval needed"))
+            .count()
+            == 1
+    })
+    .await;
+    app.stop().await;
+    app.start().await;
+    app.advance(Duration::minutes(31));
+    let reminders = || {
+        fake.posts()
+            .iter()
+            .filter(|(_, b)| blocks_text(b).contains("Reminder: step *gate*"))
+            .count()
+    };
+    eventually("the reminder", || async { reminders() == 1 }).await;
+    app.advance(Duration::hours(2));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(reminders(), 1, "a rung fires once");
+    assert_eq!(app.ledger_of("approval.reminded").await.len(), 1);
+}
