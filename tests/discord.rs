@@ -1263,7 +1263,7 @@ async fn on_discord_the_members_of_a_channel_are_those_who_can_see_it() {
     let fake = FakeDiscord::start().await;
     let wf = ship().replace(
         &format!("approvers = [\"discord:{BEN}\", \"discord:group:{RELEASE_ROLE}\"]"),
-        "approvers = [\"channel:release-room\"]",
+        "approvers = [\"channel:release-room\"]\nquorum = 2",
     );
     let app = discord_app_with(&fake, vec![("ship.toml", wf)]).await;
     let root = start_ship(&fake, "800000000000000601", "10.0").await;
@@ -1289,6 +1289,17 @@ async fn on_discord_the_members_of_a_channel_are_those_who_can_see_it() {
             &[RELEASE_ROLE],
             &root.id,
         ),
+    );
+    private_answer(
+        &fake,
+        "800000000000000603",
+        "Your approval is counted: 1 of 2.",
+    )
+    .await;
+    // The guild's owner sees every channel, whatever its overwrites say.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click("800000000000000604", &approve, OWNER, &[], &root.id),
     );
     app.wait_for_status(1, "succeeded").await;
 }

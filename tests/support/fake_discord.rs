@@ -28,6 +28,8 @@ pub const BEN: &str = "400000000000000002";
 pub const CY: &str = "400000000000000003";
 pub const OTHER_BOT: &str = "400000000000000009";
 pub const RELEASE_ROLE: &str = "500000000000000001";
+/// Owns the guild: every permission, whatever the overwrites say.
+pub const OWNER: &str = "400000000000000008";
 
 /// One REST call the bot made.
 #[derive(Debug, Clone)]
@@ -360,6 +362,9 @@ async fn rest(
         }
         ("GET", ["users", "@me"]) => axum::Json(user(BOT_ID, "baton", true)).into_response(),
         ("GET", ["guilds", g, "channels"]) if *g == GUILD => axum::Json(channels()).into_response(),
+        ("GET", ["guilds", g]) if *g == GUILD => {
+            axum::Json(json!({"id": GUILD, "name": "Acme", "owner_id": OWNER})).into_response()
+        }
         ("GET", ["guilds", g, "roles"]) if *g == GUILD => axum::Json(json!([
             {"id": GUILD, "name": "@everyone", "position": 0, "permissions": "68608", "managed": false, "mentionable": false, "hoist": false, "color": 0, "flags": 0},
             {"id": RELEASE_ROLE, "name": "Release Managers", "position": 1, "permissions": "0", "managed": false, "mentionable": true, "hoist": false, "color": 0, "flags": 0}

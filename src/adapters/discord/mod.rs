@@ -344,6 +344,12 @@ impl Discord {
         member_roles: &[String],
         channels: &[String],
     ) -> Vec<String> {
+        // The guild's owner has every permission everywhere.
+        if let Ok(g) = self.api.get(&format!("guilds/{guild}")).await
+            && g["owner_id"] == user
+        {
+            return channels.to_vec();
+        }
         let roles = match self.api.get(&format!("guilds/{guild}/roles")).await {
             Ok(r) => r,
             Err(e) => {

@@ -1155,7 +1155,7 @@ fn approval_spec(
         let people = s
             .approvers
             .iter()
-            .all(|a| !a.contains("group:") && !a.contains("role:"));
+            .all(|a| !a.contains("group:") && !a.contains("channel:"));
         if spec.quorum == 0 {
             r.error(
                 q.span().start,
