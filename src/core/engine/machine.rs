@@ -938,13 +938,10 @@ impl<'a> Apply<'a, '_> {
             }) => spec,
             _ => return self.notice(format!("Step `{id}` is not an approval.")),
         };
-        let Some(approval) = self.state.approvals.get(id) else {
-            return self.notice("This approval has not been requested yet.");
+        let approval = match self.pending(id) {
+            Ok(a) => a,
+            Err(why) => return self.notice(why),
         };
-        if approval.status != ApprovalStatus::Pending {
-            let text = render::approval_outcome(id, approval).text.replace('*', "");
-            return self.notice(format!("Already decided. {text}"));
-        }
         if let Err(refusal) = approvals::may_decide(
             spec,
             &approval.approvers,
@@ -956,19 +953,7 @@ impl<'a> Apply<'a, '_> {
         .and_then(|()| approvals::not_voted(approval, actor))
         .and_then(|()| approvals::not_editor(spec, approval, actor, approve))
         {
-            let ev = self
-                .event(
-                    AuditKind::ApprovalRefused,
-                    Some(id),
-                    json!({"reason": refusal.code(), "approve": approve}),
-                )
-                .actor(actor);
-            self.audit(ev);
-            if refusal == approvals::Refusal::Stale {
-                // The person acted on an old copy: they get the request as it stands now.
-                self.repost(id, spec, None);
-            }
-            return self.notice(refusal.notice());
+            return self.refuse(id, spec, actor, refusal, json!({"approve": approve}));
         }
         let reason = reason
             .map(|r| r.trim().to_owned())
@@ -1309,13 +1294,10 @@ impl<'a> Apply<'a, '_> {
         if !spec.editable {
             return self.notice(format!("The payload of step `{id}` cannot be edited."));
         }
-        let Some(approval) = self.state.approvals.get(id) else {
-            return self.notice("This approval has not been requested yet.");
+        let approval = match self.pending(id) {
+            Ok(a) => a,
+            Err(why) => return self.notice(why),
         };
-        if approval.status != ApprovalStatus::Pending {
-            let text = render::approval_outcome(id, approval).text.replace('*', "");
-            return self.notice(format!("Already decided. {text}"));
-        }
         if let Err(refusal) = approvals::may_decide(
             spec,
             &approval.approvers,
@@ -1325,18 +1307,7 @@ impl<'a> Apply<'a, '_> {
         )
         .and_then(|()| approvals::current(approval, shown))
         {
-            let ev = self
-                .event(
-                    AuditKind::ApprovalRefused,
-                    Some(id),
-                    json!({"reason": refusal.code(), "edit": true}),
-                )
-                .actor(actor);
-            self.audit(ev);
-            if refusal == approvals::Refusal::Stale {
-                self.repost(id, spec, None);
-            }
-            return self.notice(refusal.notice());
+            return self.refuse(id, spec, actor, refusal, json!({"edit": true}));
         }
         let text = text.trim();
         if text.is_empty() {
@@ -1375,6 +1346,42 @@ impl<'a> Apply<'a, '_> {
         } else {
             "Your edit is saved; approvals start again on the new payload, and someone else must approve it (four-eyes rule)."
         });
+    }
+
+    /// The approval of `id` while it waits for a decision, or what to tell someone acting on
+    /// one that does not.
+    fn pending(&self, id: &str) -> Result<&Approval, String> {
+        let approval = self
+            .state
+            .approvals
+            .get(id)
+            .ok_or_else(|| "This approval has not been requested yet.".to_owned())?;
+        if approval.status != ApprovalStatus::Pending {
+            let text = render::approval_outcome(id, approval).text.replace('*', "");
+            return Err(format!("Already decided. {text}"));
+        }
+        Ok(approval)
+    }
+
+    /// A click that changes nothing: recorded, answered privately, and, when the person acted
+    /// on an old copy, the request as it stands goes out again.
+    fn refuse(
+        &mut self,
+        id: &str,
+        spec: &ApprovalSpec,
+        actor: &Actor,
+        refusal: approvals::Refusal,
+        mut data: Value,
+    ) {
+        data["reason"] = json!(refusal.code());
+        let ev = self
+            .event(AuditKind::ApprovalRefused, Some(id), data)
+            .actor(actor);
+        self.audit(ev);
+        if refusal == approvals::Refusal::Stale {
+            self.repost(id, spec, None);
+        }
+        self.notice(refusal.notice());
     }
 
     /// The request as it stands goes out afresh; the copy before it loses its buttons and

@@ -3,7 +3,7 @@
 //! does it); the core decides which class a tool has, and the class comes from this file,
 //! never from what the server says about itself.
 
-use super::parse::Report;
+use super::parse::{Report, toml_files};
 use super::{Diagnostic, parse_duration};
 use crate::core::tools::Capability;
 use serde::Deserialize;
@@ -89,15 +89,7 @@ pub fn load_mcp_servers(
 ) -> std::io::Result<(Vec<McpServer>, Vec<Diagnostic>)> {
     let mut servers: Vec<McpServer> = Vec::new();
     let mut diagnostics = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok((servers, diagnostics));
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in toml_files(dir) {
         let text = std::fs::read_to_string(&file)?;
         let mut r = Report::new(&file, &text);
         match toml::from_str::<RawServer>(&text) {

@@ -1336,8 +1336,8 @@ pub fn load_dir(
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        let text = with_shared_agents(&text, &shared);
-        let text = with_shared_policies(&text, &policies);
+        let text = with_shared(&text, "agents", &["agent", "narrative"], &shared);
+        let text = with_shared(&text, "policies", &["policy"], &policies);
         let (wf, diags) = parse_workflow(&file, &text, tools);
         diagnostics.extend(diags);
         let Some(wf) = wf else { continue };
@@ -1382,6 +1382,19 @@ pub fn load_dir(
     Ok((WorkflowSet::new(workflows), diagnostics))
 }
 
+/// The `*.toml` files of `dir`, sorted; none when it does not exist.
+pub(super) fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// Reads `commands/policies/*.toml`, one approval policy per file (named by the file), checks
 /// each as a step using it would be checked, and keeps the valid ones as TOML tables.
 fn load_policies(
@@ -1389,15 +1402,7 @@ fn load_policies(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> std::io::Result<BTreeMap<String, toml::Table>> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in toml_files(dir) {
         let text = std::fs::read_to_string(&file)?;
         let mut r = Report::new(&file, &text);
         let name = file
@@ -1445,41 +1450,6 @@ fn load_policies(
     Ok(out)
 }
 
-/// The workflow text with the shared policies its steps name appended as `[policies.NAME]`,
-/// so a run keeps the policy it started with.
-fn with_shared_policies(text: &str, shared: &BTreeMap<String, toml::Table>) -> String {
-    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
-        return text.to_owned();
-    };
-    let inline = doc.get("policies").and_then(|a| a.as_table());
-    let mut used = toml::Table::new();
-    for step in doc
-        .get("step")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let Some(name) = step.get("policy").and_then(|a| a.as_str()) else {
-            continue;
-        };
-        if inline.is_some_and(|i| i.contains_key(name)) {
-            continue;
-        }
-        if let Some(table) = shared.get(name) {
-            used.insert(name.to_owned(), toml::Value::Table(table.clone()));
-        }
-    }
-    if used.is_empty() {
-        return text.to_owned();
-    }
-    let mut wrapper = toml::Table::new();
-    wrapper.insert("policies".into(), toml::Value::Table(used));
-    let appended = toml::to_string(&wrapper).unwrap_or_default();
-    format!(
-        "{text}\n\n# Shared approval policies from policies/, as they were when this was loaded.\n{appended}"
-    )
-}
-
 /// Reads `commands/agents/*.toml`, one agent per file (named by `name`, or by the file), and
 /// keeps the valid ones as TOML tables for the workflows that use them.
 fn load_agents(
@@ -1488,15 +1458,7 @@ fn load_agents(
     diagnostics: &mut Vec<Diagnostic>,
 ) -> std::io::Result<BTreeMap<String, toml::Table>> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in toml_files(dir) {
         let text = std::fs::read_to_string(&file)?;
         let mut r = Report {
             file: &file,
@@ -1536,13 +1498,19 @@ fn load_agents(
     Ok(out)
 }
 
-/// The workflow text with the shared agents its steps name appended as `[agents.NAME]`
-/// tables, so a run's stored definition carries its agents as they were when it started.
-fn with_shared_agents(text: &str, shared: &BTreeMap<String, toml::Table>) -> String {
+/// The workflow text with the shared definitions its steps name (under one of `step_keys`)
+/// appended as `[table.NAME]`, so a run keeps the agents and policies it started with. Names
+/// the file defines itself are left to it.
+fn with_shared(
+    text: &str,
+    table: &str,
+    step_keys: &[&str],
+    shared: &BTreeMap<String, toml::Table>,
+) -> String {
     let Ok(doc) = toml::from_str::<toml::Table>(text) else {
         return text.to_owned();
     };
-    let inline = doc.get("agents").and_then(|a| a.as_table());
+    let inline = doc.get(table).and_then(|a| a.as_table());
     let mut used = toml::Table::new();
     for step in doc
         .get("step")
@@ -1550,9 +1518,9 @@ fn with_shared_agents(text: &str, shared: &BTreeMap<String, toml::Table>) -> Str
         .into_iter()
         .flatten()
     {
-        let Some(name) = step
-            .get("agent")
-            .or_else(|| step.get("narrative"))
+        let Some(name) = step_keys
+            .iter()
+            .find_map(|k| step.get(*k))
             .and_then(|a| a.as_str())
         else {
             continue;
@@ -1560,18 +1528,18 @@ fn with_shared_agents(text: &str, shared: &BTreeMap<String, toml::Table>) -> Str
         if inline.is_some_and(|i| i.contains_key(name)) {
             continue;
         }
-        if let Some(table) = shared.get(name) {
-            used.insert(name.to_owned(), toml::Value::Table(table.clone()));
+        if let Some(t) = shared.get(name) {
+            used.insert(name.to_owned(), toml::Value::Table(t.clone()));
         }
     }
     if used.is_empty() {
         return text.to_owned();
     }
     let mut wrapper = toml::Table::new();
-    wrapper.insert("agents".into(), toml::Value::Table(used));
+    wrapper.insert(table.into(), toml::Value::Table(used));
     let appended = toml::to_string(&wrapper).unwrap_or_default();
     format!(
-        "{text}\n\n# Shared agents from agents/, as they were when this was loaded.\n{appended}"
+        "{text}\n\n# Shared {table} from {table}/, as they were when this was loaded.\n{appended}"
     )
 }
 
