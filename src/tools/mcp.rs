@@ -60,10 +60,6 @@ impl Mcp {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
-    }
-
     /// Connects to every server at once and lists its tools: each server's listing, or why
     /// there is none. A server that fails here is tried again on its first call.
     pub async fn connect_all(&self) -> Vec<(&McpServer, Result<Vec<ListedTool>, String>)> {

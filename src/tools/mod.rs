@@ -57,10 +57,6 @@ impl ToolBox {
         Self { mcp, ..self }
     }
 
-    pub fn mcp(&self) -> &std::sync::Arc<Mcp> {
-        &self.mcp
-    }
-
     /// A fresher description of an MCP tool whose server could not be listed when the
     /// catalogue was made, once the server has listed it.
     pub fn describe(
