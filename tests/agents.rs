@@ -58,17 +58,6 @@ async fn app_with(
     .await
 }
 
-/// The tool messages of a Chat Completions request.
-fn tool_messages(request: &Value) -> Vec<Value> {
-    request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .cloned()
-        .collect()
-}
-
 #[tokio::test]
 async fn an_agent_writes_memory_in_one_run_and_the_next_run_reads_it_with_attribution() {
     let llm = FakeLlm::start().await;

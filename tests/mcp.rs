@@ -123,17 +123,6 @@ async fn app_with(llm: Option<&FakeLlm>, files: Vec<(&'static str, String)>) -> 
     .await
 }
 
-/// The tool messages of a Chat Completions request.
-fn tool_messages(request: &Value) -> Vec<Value> {
-    request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .cloned()
-        .collect()
-}
-
 /// The ledger's `tool.called` entries' data.
 async fn tool_calls(app: &TestApp) -> Vec<Value> {
     app.ledger_of("tool.called")

@@ -143,3 +143,14 @@ pub fn anthropic_tool_use(id: &str, wire_name: &str, input: Value) -> Reply {
         "usage": {"input_tokens": 40, "output_tokens": 8}
     }))
 }
+
+/// The tool messages of a Chat Completions request.
+pub fn tool_messages(request: &Value) -> Vec<Value> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .cloned()
+        .collect()
+}

@@ -810,18 +810,7 @@ fn a_run_without_progress_is_flagged_once_with_retry_and_cancel_and_retry_starts
         key: "stall".into(),
     });
     assert_eq!(audits(&t), vec!["run.stalled"]);
-    let alert = t
-        .effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Send(Outgoing::Post { key, message, .. })
-                if key.0.starts_with("run:7:stall:") =>
-            {
-                Some(message.clone())
-            }
-            _ => None,
-        })
-        .expect("an alert in the thread");
+    let alert = posted_under(&t, "run:7:stall:").expect("an alert in the thread");
     assert!(
         alert.text.contains("no progress for 1 h")
             && alert.text.contains("*a* (running for 1 h 10 min)"),
@@ -878,6 +867,16 @@ fn message_at(t: &Transition, key: &str) -> Option<crate::core::message::OutMess
                 key: k, message, ..
             },
         ) if k.0 == key => Some(message.clone()),
+        _ => None,
+    })
+}
+
+/// The first post whose key starts with `prefix` (keys with a time in them).
+fn posted_under(t: &Transition, prefix: &str) -> Option<crate::core::message::OutMessage> {
+    t.effects.iter().find_map(|e| match e {
+        Effect::Send(Outgoing::Post { key, message, .. }) if key.0.starts_with(prefix) => {
+            Some(message.clone())
+        }
         _ => None,
     })
 }
@@ -1015,18 +1014,7 @@ fn a_message_that_could_not_be_delivered_is_flagged_and_retry_sends_the_failed_o
         error: "channel_not_found".into(),
     });
     assert_eq!(audits(&t), vec!["run.stalled"]);
-    let alert = t
-        .effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Send(Outgoing::Post { key, message, .. })
-                if key.0.starts_with("run:7:delivery:") =>
-            {
-                Some(message.clone())
-            }
-            _ => None,
-        })
-        .unwrap();
+    let alert = posted_under(&t, "run:7:delivery:").unwrap();
     assert!(alert.text.contains("to #nowhere"));
     assert_eq!(alert.detail.as_deref(), Some("channel_not_found"));
     // Its own loss, or the root's, is not flagged again (there is no thread to tell).
@@ -1066,18 +1054,7 @@ fn a_step_past_its_deadline_with_no_result_flags_the_run_once() {
         key: "deadline:a".into(),
     });
     assert_eq!(audits(&t), vec!["run.stalled"]);
-    let alert = t
-        .effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Send(Outgoing::Post { key, message, .. })
-                if key.0.starts_with("run:7:stall:") =>
-            {
-                Some(message.clone())
-            }
-            _ => None,
-        })
-        .unwrap();
+    let alert = posted_under(&t, "run:7:stall:").unwrap();
     assert!(
         alert
             .text
