@@ -70,6 +70,7 @@ async fn engine(url: &str) -> Arc<Engine> {
         base_url: "http://127.0.0.1:8080".into(),
         default_platform: "console".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
+        delivery_alert_after: Duration::minutes(10),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     Engine::new(

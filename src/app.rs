@@ -148,6 +148,7 @@ fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> Engi
         }
         .into(),
         shutdown_grace: settings.shutdown_grace,
+        delivery_alert_after: settings.delivery_alert_after,
     }
 }
 

@@ -201,6 +201,20 @@ pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
             if let Some(f) = r.finished_at {
                 writeln!(out, "finished: {f}")?;
             }
+            if let Some(why) = &r.conversation_lost {
+                writeln!(
+                    out,
+                    "chat:     {}",
+                    crate::core::engine::render::conversation_lost(r, why)
+                )?;
+            }
+            for alert in r.alerts.values().filter(|a| a.open && !a.in_channel) {
+                writeln!(
+                    out,
+                    "chat:     {}",
+                    crate::core::engine::render::message_missing(alert)
+                )?;
+            }
             writeln!(
                 out,
                 "inputs:   {}",

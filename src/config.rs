@@ -95,6 +95,9 @@ pub struct Settings {
     pub stall_after: Duration,
     /// `BATON_SHUTDOWN_GRACE`: how long shutdown waits for running steps.
     pub shutdown_grace: std::time::Duration,
+    /// `BATON_DELIVERY_ALERT_AFTER`: how long a message may keep failing (network trouble,
+    /// 5xx; never rate limits) before its run's thread is told, while Baton keeps trying.
+    pub delivery_alert_after: Duration,
     /// `BATON_HTTP_ALLOW` and `BATON_HTTP_ALLOW_PRIVATE`.
     pub http_allow: HostAllowList,
     /// `BATON_WEBHOOKS`: `name=url` pairs.
@@ -526,6 +529,7 @@ impl Settings {
             poll_interval: to_std(duration("BATON_POLL_INTERVAL", "1s")?),
             stall_after: duration("BATON_STALL_AFTER", "1h")?,
             shutdown_grace: to_std(duration("BATON_SHUTDOWN_GRACE", "10s")?),
+            delivery_alert_after: duration("BATON_DELIVERY_ALERT_AFTER", "10m")?,
             http_allow: HostAllowList {
                 hosts: list("BATON_HTTP_ALLOW", "127.0.0.1"),
                 allow_private,

@@ -42,3 +42,45 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("the TLS settings are fixed and valid")
 }
+
+/// A wait as servers write it in `Retry-After` (and Discord in `retry_after` and its
+/// `X-RateLimit-Reset-After`): seconds, whole or fractional, capped at `max`. The cap is applied
+/// before converting, since a huge number does not fit a `Duration`; a negative or unreadable
+/// value (an HTTP date included: no server Baton talks to sends one) is `None`.
+pub fn wait_seconds(text: &str, max: std::time::Duration) -> Option<std::time::Duration> {
+    let s: f64 = text.trim().parse().ok()?;
+    (s.is_finite() && s >= 0.0)
+        .then(|| std::time::Duration::from_secs_f64(s.min(max.as_secs_f64())))
+}
+
+/// The `Retry-After` header of a response, read with [`wait_seconds`].
+pub fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    max: std::time::Duration,
+) -> Option<std::time::Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| wait_seconds(v, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_are_read_in_seconds_whole_or_fractional_and_capped() {
+        let max = Duration::from_secs(3600);
+        assert_eq!(wait_seconds("2", max), Some(Duration::from_secs(2)));
+        assert_eq!(
+            wait_seconds(" 0.352 ", max),
+            Some(Duration::from_millis(352))
+        );
+        assert_eq!(wait_seconds("1e12", max), Some(max));
+        assert_eq!(wait_seconds("1e300", max), Some(max));
+        assert_eq!(wait_seconds("-1", max), None);
+        assert_eq!(wait_seconds("soon", max), None);
+        assert_eq!(wait_seconds("Wed, 21 Oct 2015 07:28:00 GMT", max), None);
+    }
+}

@@ -11,8 +11,11 @@ pub const STEP_DURATION: &str = "baton_step_duration_seconds";
 pub const APPROVALS_PENDING: &str = "baton_approvals_pending";
 pub const OUTBOX_DEPTH: &str = "baton_outbox_depth";
 pub const OUTBOX_FAILED: &str = "baton_outbox_failed_total";
+pub const DELIVERY_ALERTS_OPEN: &str = "baton_delivery_alerts_open";
+pub const RUNS_UNREACHABLE: &str = "baton_runs_unreachable";
 pub const DELIVERIES: &str = "baton_deliveries_total";
 pub const DELIVERY_FAILURES: &str = "baton_delivery_failures_total";
+pub const RATE_LIMITED: &str = "baton_rate_limited_total";
 pub const AUDIT_ENTRIES: &str = "baton_audit_entries";
 
 /// Counters kept in memory since start-up.
@@ -21,6 +24,8 @@ pub struct Metrics {
     steps: Mutex<Histogram>,
     pub deliveries: AtomicU64,
     pub delivery_failures: AtomicU64,
+    /// Deliveries put off because the platform rate-limited them (not failures).
+    pub rate_limited: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +53,10 @@ impl Metrics {
 
     pub fn delivery_failed(&self) {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Appends the in-memory series in Prometheus text format.
@@ -85,6 +94,16 @@ impl Metrics {
             out,
             "{DELIVERY_FAILURES} {}",
             self.delivery_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {RATE_LIMITED} Deliveries put off by a platform's rate limit since start-up (waits, not failures)."
+        );
+        let _ = writeln!(out, "# TYPE {RATE_LIMITED} counter");
+        let _ = writeln!(
+            out,
+            "{RATE_LIMITED} {}",
+            self.rate_limited.load(Ordering::Relaxed)
         );
     }
 }

@@ -1336,3 +1336,231 @@ async fn on_discord_a_condition_skips_the_approval_and_a_reminder_fires_once_acr
     assert_eq!(reminders, 1, "a rung fires once");
     assert_eq!(app.ledger_of("approval.reminded").await.len(), 1);
 }
+
+/// Three notes in a row, each in the run's thread.
+const CHAIN: &str = r#"
+name = "chain"
+description = "Three notes"
+title = "Chain {{ input.n }}"
+[[trigger]]
+kind = "slash"
+command = "chain"
+args = [{ name = "n", required = true }]
+[[step]]
+id = "a"
+kind = "notify"
+text = "note A of {{ input.n }}"
+[[step]]
+id = "b"
+kind = "notify"
+needs = ["a"]
+text = "note B of {{ input.n }}"
+[[step]]
+id = "c"
+kind = "notify"
+needs = ["b"]
+text = "note C of {{ input.n }}"
+"#;
+
+fn start_chain(fake: &FakeDiscord, interaction: &str, n: u32) {
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            interaction,
+            "chain",
+            json!([{"name": "n", "type": 3, "value": n.to_string()}]),
+            ANA,
+        ),
+    );
+}
+
+/// Everything Baton posted or edited in channels and threads, as text.
+fn everything_said(fake: &FakeDiscord) -> Vec<String> {
+    fake.s()
+        .calls
+        .iter()
+        .filter(|c| c.path.starts_with("channels/") && c.path.contains("/messages"))
+        .map(|c| c.body.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hundred_429s_in_a_row_on_a_channel_delay_every_message_of_every_run_and_lose_none() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app_with(&fake, vec![("chain.toml", CHAIN.into())]).await;
+    {
+        let mut s = fake.s();
+        s.clock = Some(app.clock.clone());
+        s.rate_limit = 100;
+        s.retry_after = Some(1.0);
+    }
+    for n in 1..=3u32 {
+        start_chain(&fake, &format!("8000000000000009{n:02}"), n);
+    }
+    eventually("every run's summary through the storm", || async {
+        app.advance(chrono::Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let s = fake.s();
+        s.rate_limit == 0
+            && (1..=3).all(|n| {
+                s.messages.iter().any(|m| {
+                    m.body["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(&format!("Run {n} **done**"))
+                })
+            })
+    })
+    .await;
+    for n in 1..=3 {
+        let roots: Vec<Msg> = fake
+            .messages_in(GENERAL)
+            .into_iter()
+            .filter(|m| content(m).contains(&format!("Chain {n}")))
+            .collect();
+        assert_eq!(roots.len(), 1, "one root for run {n}");
+        let notes: Vec<String> = fake
+            .messages_in(&roots[0].id)
+            .iter()
+            .map(content)
+            .filter(|t| t.starts_with("note "))
+            .collect();
+        assert_eq!(
+            notes,
+            vec![
+                format!("note A of {n}"),
+                format!("note B of {n}"),
+                format!("note C of {n}")
+            ],
+            "each note once, in order"
+        );
+    }
+    let said = everything_said(&fake);
+    assert!(
+        !said.iter().any(|t| t.contains("Delivery")),
+        "no alert for a rate limit"
+    );
+    for kind in ["post.failed", "delivery.alerted", "run.stalled"] {
+        assert!(app.ledger_of(kind).await.is_empty(), "{kind} in the ledger");
+    }
+    fake.assert_waits_were_kept(chrono::Duration::seconds(1));
+}
+
+#[tokio::test]
+async fn on_discord_a_message_that_keeps_failing_past_the_time_budget_is_flagged_once_and_the_flag_says_when_it_got_through()
+ {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app_with(&fake, vec![("chain.toml", CHAIN.into())]).await;
+    fake.s().failing_texts = vec!["note B".into()];
+    start_chain(&fake, "800000000000000951", 7);
+    let root = message_with(&fake, GENERAL, "Chain 7").await;
+    let alert = eventually_some("the alert once the trouble lasted", || async {
+        app.advance(chrono::Duration::seconds(30));
+        fake.messages_in(&root.id)
+            .into_iter()
+            .find(|m| content(m).contains("**Delivery delayed**"))
+    })
+    .await;
+    assert!(
+        content(&alert).contains("Baton keeps trying"),
+        "{}",
+        content(&alert)
+    );
+    assert!(
+        !fake
+            .messages_in(&root.id)
+            .iter()
+            .any(|m| content(m) == "note C of 7"),
+        "the thread keeps its order meanwhile"
+    );
+    fake.s().failing_texts.clear();
+    eventually("the alert withdrawn", || async {
+        app.advance(chrono::Duration::seconds(60));
+        fake.message(&alert.id).is_some_and(|m| {
+            content(&m).contains("**Delivered after all**")
+                && m.body["components"].as_array().is_none_or(Vec::is_empty)
+        })
+    })
+    .await;
+    message_with(&fake, &root.id, "note C of 7").await;
+    assert_eq!(app.ledger_of("delivery.alerted").await.len(), 1);
+    assert_eq!(app.ledger_of("delivery.recovered").await.len(), 1);
+    assert!(app.ledger_of("post.failed").await.is_empty());
+}
+
+#[tokio::test]
+async fn on_discord_a_root_that_cannot_be_posted_is_told_to_the_requester_privately() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app_with(&fake, vec![("chain.toml", CHAIN.into())]).await;
+    fake.s().forbidden_channels.insert(GENERAL.into());
+    start_chain(&fake, "800000000000000961", 3);
+    let dm = eventually_some("a direct message to the requester", || async {
+        let s = fake.s();
+        let dm = s
+            .dms
+            .iter()
+            .find(|(_, who)| *who == ANA)
+            .map(|(c, _)| c.clone())?;
+        s.messages.iter().find(|m| m.channel == dm).cloned()
+    })
+    .await;
+    assert!(
+        content(&dm).starts_with("Your run 1 (Chain 3) could not post in #general"),
+        "{}",
+        content(&dm)
+    );
+    assert!(
+        dm.body.to_string().contains("Missing Access"),
+        "{}",
+        dm.body
+    );
+    let (_, page) = app.get("/runs/1").await;
+    assert!(page.contains("Its conversation did not reach chat"));
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.contains("baton_runs_unreachable 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_global_429_holds_back_every_route_until_it_is_over() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app_with(&fake, vec![("chain.toml", CHAIN.into())]).await;
+    {
+        let mut s = fake.s();
+        s.clock = Some(app.clock.clone());
+        s.global_rate_limit = 1;
+        s.retry_after = Some(5.0);
+    }
+    start_chain(&fake, "800000000000000971", 1);
+    let limited_at = eventually_some("the global 429", || async {
+        fake.s()
+            .calls
+            .iter()
+            .find(|c| c.limited)
+            .and_then(|c| c.clock_at)
+    })
+    .await;
+    eventually("the run's summary", || async {
+        app.advance(chrono::Duration::seconds(1));
+        fake.s().messages.iter().any(|m| {
+            m.body["content"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Run 1 **done**")
+        })
+    })
+    .await;
+    let s = fake.s();
+    let early: Vec<String> = s
+        .calls
+        .iter()
+        .skip_while(|c| !c.limited)
+        .skip(1)
+        .filter(|c| !c.path.starts_with("interactions/") && c.path != "gateway")
+        .filter(|c| {
+            c.clock_at
+                .is_some_and(|t| t < limited_at + chrono::Duration::seconds(5))
+        })
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(early.is_empty(), "calls during the global limit: {early:?}");
+}

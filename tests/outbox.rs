@@ -97,6 +97,7 @@ async fn engine(
         base_url: "http://127.0.0.1:1".into(),
         default_platform: "flaky".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
+        delivery_alert_after: Duration::minutes(10),
     };
     let dyn_clock: Arc<dyn Clock> = clock.clone();
     let engine = Engine::new(

@@ -529,6 +529,26 @@ async fn a_missing_channel_is_reported_in_the_run_and_the_ledger() {
         page.contains("channel_not_found"),
         "the run's page shows it"
     );
+    // The channel will not take an alert either, so the requester hears of it privately.
+    let private = eventually_some("a direct message to the requester", || async {
+        fake.calls("chat.postMessage")
+            .into_iter()
+            .find(|b| b["channel"] == "UANA0001")
+    })
+    .await;
+    assert!(
+        blocks_text(&private).starts_with("Your run 1 (Ship 4.0.0) could not post in #general"),
+        "{}",
+        blocks_text(&private)
+    );
+    let (_, page) = app.get("/runs/1").await;
+    assert!(
+        page.contains("Its conversation did not reach chat"),
+        "the run's page says the conversation is missing"
+    );
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.contains("baton_runs_unreachable 1"), "{metrics}");
+    assert_eq!(app.ledger_of("delivery.alerted").await.len(), 1);
     // What the run posts later (its cancellation) cannot reach a thread that does not exist:
     // it fails too instead of waiting forever.
     assert_eq!(
@@ -1292,7 +1312,7 @@ async fn on_slack_members_of_a_channel_may_approve_and_others_may_not() {
 }
 
 #[tokio::test]
-async fn on_slack_a_message_that_keeps_failing_is_flagged_before_baton_gives_up_and_retry_tries_at_once()
+async fn on_slack_a_message_that_keeps_failing_is_flagged_after_the_time_budget_and_retry_tries_at_once()
  {
     let fake = FakeSlack::start().await;
     fake.state
@@ -1319,15 +1339,15 @@ text = "Heads up: {{ input.what }}"
         200
     );
     let (root_ts, _) = root_post(&fake, "Announce something").await;
-    let (alert_ts, alert) = eventually_some("the alert after five failed tries", || async {
+    let (alert_ts, alert) = eventually_some("the alert after ten minutes of trouble", || async {
         app.advance(Duration::seconds(40));
         fake.posts().into_iter().find(|(_, b)| {
-            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Delivery failed*")
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Delivery delayed*")
         })
     })
     .await;
     assert!(
-        blocks_text(&alert).contains("5 tries failed in a row, still trying"),
+        blocks_text(&alert).contains("still trying: Slack could not be reached: HTTP 500"),
         "{}",
         blocks_text(&alert)
     );
@@ -1352,6 +1372,18 @@ text = "Heads up: {{ input.what }}"
             })
     })
     .await;
+    let update = eventually_some("the alert says it went through", || async {
+        fake.calls("chat.update")
+            .into_iter()
+            .find(|b| b["ts"] == alert_ts.as_str())
+    })
+    .await;
+    assert!(
+        blocks_text(&update)
+            .starts_with("*Delivered after all*: the message of run 1 to #incidents"),
+        "{}",
+        blocks_text(&update)
+    );
 }
 
 #[tokio::test]
@@ -1398,4 +1430,252 @@ async fn on_slack_a_condition_skips_the_approval_and_a_reminder_fires_once_acros
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(reminders(), 1, "a rung fires once");
     assert_eq!(app.ledger_of("approval.reminded").await.len(), 1);
+}
+
+/// Three notes in a row, each in the run's thread.
+const CHAIN: &str = r#"
+name = "chain"
+description = "Three notes"
+title = "Chain {{ input.n }}"
+[[trigger]]
+kind = "slash"
+command = "chain"
+args = [{ name = "n", required = true }]
+[[step]]
+id = "a"
+kind = "notify"
+text = "note A of {{ input.n }}"
+[[step]]
+id = "b"
+kind = "notify"
+needs = ["a"]
+text = "note B of {{ input.n }}"
+[[step]]
+id = "c"
+kind = "notify"
+needs = ["b"]
+text = "note C of {{ input.n }}"
+"#;
+
+/// Whatever Baton posted or wrote in an update, as text.
+fn everything_said(fake: &FakeSlack) -> Vec<String> {
+    fake.state
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|c| c.method.starts_with("chat."))
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.body["text"].as_str().unwrap_or_default(),
+                blocks_text(&c.body)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hundred_429s_in_a_row_on_one_channel_delay_every_message_of_every_run_and_lose_none() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake, "chain.toml", CHAIN.into()).await;
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.clock = Some(app.clock.clone());
+        s.rate_limit = 100;
+        s.rate_limit_updates = 100;
+        s.retry_after = Some("1");
+    }
+    for n in 1..=3 {
+        let trigger = format!("T9.{n}");
+        assert_eq!(
+            slash(&app, &fake, "UANA0001", &format!("/chain {n}"), &trigger).await,
+            200
+        );
+    }
+    eventually("three runs started", || async {
+        app.ledger_of("run.started").await.len() == 3
+    })
+    .await;
+    for n in 1..=3 {
+        app.wait_for_status(n, "succeeded").await;
+    }
+    eventually("every message through the storm", || async {
+        app.advance(Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let s = fake.state.lock().unwrap();
+        s.rate_limit == 0
+            && s.rate_limit_updates == 0
+            && (1..=3).all(|n| {
+                s.calls.iter().any(|c| {
+                    c.body["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(&format!("Run {n} *done*"))
+                })
+            })
+    })
+    .await;
+    for n in 1..=3 {
+        let (root_ts, _) = root_post(&fake, &format!("Chain {n}")).await;
+        let thread: Vec<String> = fake
+            .thread(&root_ts)
+            .iter()
+            .map(|b| b["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let notes: Vec<&String> = thread.iter().filter(|t| t.starts_with("note ")).collect();
+        assert_eq!(
+            notes,
+            vec![
+                &format!("note A of {n}"),
+                &format!("note B of {n}"),
+                &format!("note C of {n}")
+            ],
+            "each note once, in order: {thread:?}"
+        );
+        assert_eq!(
+            fake.posts()
+                .iter()
+                .filter(|(_, b)| b["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("Chain {n}"))
+                    && b["thread_ts"].is_null())
+                .count(),
+            1,
+            "one root for run {n}"
+        );
+    }
+    let said = everything_said(&fake);
+    assert!(
+        !said.iter().any(|t| t.contains("Delivery")),
+        "no alert for a rate limit: {said:?}"
+    );
+    for kind in ["post.failed", "delivery.alerted", "run.stalled"] {
+        assert!(app.ledger_of(kind).await.is_empty(), "{kind} in the ledger");
+    }
+    fake.assert_waits_were_kept(Duration::seconds(1));
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("baton_rate_limited_total 200"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_429_on_an_update_no_other_update_in_that_channel_goes_before_retry_after() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake, "chain.toml", CHAIN.into()).await;
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.clock = Some(app.clock.clone());
+        s.rate_limit_updates = 1;
+        s.retry_after = Some("30");
+    }
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/chain 1", "T10.1").await,
+        200
+    );
+    root_post(&fake, "Chain 1").await;
+    app.wait_for_status(1, "succeeded").await;
+    eventually("the 429 on an update", || async {
+        app.advance(Duration::seconds(1));
+        fake.state.lock().unwrap().rate_limit_updates == 0
+    })
+    .await;
+    // Newer edits of the root supersede the one that got the 429; none may go early.
+    let updates = || fake.calls("chat.update").len();
+    let before = updates();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(updates(), before, "an update went before Retry-After");
+    eventually("the root's last edit after the wait", || async {
+        app.advance(Duration::seconds(5));
+        fake.calls("chat.update").iter().any(|b| {
+            b["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Status: *done*")
+        })
+    })
+    .await;
+    fake.assert_waits_were_kept(Duration::seconds(30));
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_past_the_time_budget_is_flagged_once_and_the_flag_says_when_it_got_through()
+ {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake, "chain.toml", CHAIN.into()).await;
+    fake.state.lock().unwrap().failing_texts = vec!["note B".into()];
+    assert_eq!(
+        slash(&app, &fake, "UANA0001", "/chain 7", "T11.1").await,
+        200
+    );
+    let (root_ts, _) = root_post(&fake, "Chain 7").await;
+    let (alert_ts, alert) = eventually_some("the alert once the trouble lasted", || async {
+        app.advance(Duration::seconds(30));
+        fake.posts().into_iter().find(|(_, b)| {
+            b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("*Delivery delayed*")
+        })
+    })
+    .await;
+    let text = blocks_text(&alert);
+    assert!(text.contains("Baton keeps trying"), "{text}");
+    assert!(
+        text.contains("internal_error") || text.contains("HTTP 500"),
+        "{text}"
+    );
+    // Notify steps do not wait for delivery, so the run is over: Retry only.
+    assert_eq!(action_ids(&alert), vec!["retry:1"]);
+    let (_, page) = app.get("/runs/1").await;
+    assert!(
+        page.contains("has not gone through yet"),
+        "the run page says so"
+    );
+    assert!(
+        !fake
+            .thread(&root_ts)
+            .iter()
+            .any(|b| b["text"] == "note C of 7"),
+        "the thread keeps its order meanwhile"
+    );
+    assert!(
+        app.ledger_of("post.failed").await.is_empty(),
+        "not given up"
+    );
+
+    fake.state.lock().unwrap().failing_texts.clear();
+    let update = eventually_some("the alert withdrawn", || async {
+        app.advance(Duration::seconds(60));
+        fake.calls("chat.update")
+            .into_iter()
+            .find(|b| b["ts"] == alert_ts.as_str())
+    })
+    .await;
+    assert!(
+        blocks_text(&update).contains("*Delivered after all*"),
+        "{}",
+        blocks_text(&update)
+    );
+    assert!(action_ids(&update).is_empty(), "no buttons left");
+    app.wait_for_status(1, "succeeded").await;
+    eventually("note C after note B", || async {
+        app.advance(Duration::seconds(2));
+        let thread: Vec<String> = fake
+            .thread(&root_ts)
+            .iter()
+            .map(|b| b["text"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let b = thread.iter().position(|t| t == "note B of 7");
+        let c = thread.iter().position(|t| t == "note C of 7");
+        matches!((b, c), (Some(b), Some(c)) if b < c)
+    })
+    .await;
+    assert_eq!(app.ledger_of("delivery.alerted").await.len(), 1);
+    assert_eq!(app.ledger_of("delivery.recovered").await.len(), 1);
+    let alerts = everything_said(&fake)
+        .iter()
+        .filter(|t| t.contains("*Delivery delayed*"))
+        .count();
+    assert_eq!(alerts, 1, "said once");
 }

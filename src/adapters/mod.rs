@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod discord;
+pub mod limits;
 pub mod slack;
 
 use crate::store::OutboxEntry;
@@ -27,6 +28,11 @@ pub enum DeliveryError {
     /// Not a failure: the platform's pace for this channel says wait this long first.
     #[error("paced: wait {0:?}")]
     NotYet(Duration),
+    /// Not a failure either: the platform answered (or had already answered another call in
+    /// the same bucket) that it is rate limited for this long. The outbox waits and never
+    /// counts it as a failed try.
+    #[error("rate limited: wait {0:?}")]
+    RateLimited(Duration),
 }
 
 impl DeliveryError {

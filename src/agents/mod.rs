@@ -209,11 +209,7 @@ impl Models {
             };
             let status = r.status().as_u16();
             if (status == 429 || status >= 500) && attempt < ATTEMPTS {
-                let wait = r
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(retry_after)
+                let wait = crate::http_client::retry_after(r.headers(), MAX_WAIT)
                     .unwrap_or_else(|| backoff(attempt));
                 let body = r.text().await.unwrap_or_default();
                 // An exhausted quota is not a busy server: waiting will not help.
@@ -259,13 +255,6 @@ impl Models {
         reply.latency_ms = latency_ms;
         Ok(reply)
     }
-}
-
-/// A `Retry-After` in seconds, capped (before converting: a huge number does not fit a
-/// Duration).
-fn retry_after(header: &str) -> Option<Duration> {
-    let s = header.trim().parse::<f64>().ok()?;
-    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -542,15 +531,6 @@ mod tests {
         assert_eq!(reply.tool_calls[0].name, "memory.write");
         assert_eq!(reply.tool_calls[0].arguments["_unparsed"], "{not json");
         assert_eq!((reply.tokens_in, reply.tokens_out), (7, 3));
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds_and_capped() {
-        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(retry_after("1e300"), Some(MAX_WAIT));
-        assert_eq!(retry_after("-1"), None);
-        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]

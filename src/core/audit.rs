@@ -40,6 +40,8 @@ pub enum AuditKind {
     PostQueued,
     PostDelivered,
     PostFailed,
+    DeliveryAlerted,
+    DeliveryRecovered,
     ScheduleFired,
 }
 
@@ -75,6 +77,8 @@ impl AuditKind {
             AuditKind::PostQueued => "post.queued",
             AuditKind::PostDelivered => "post.delivered",
             AuditKind::PostFailed => "post.failed",
+            AuditKind::DeliveryAlerted => "delivery.alerted",
+            AuditKind::DeliveryRecovered => "delivery.recovered",
             AuditKind::ScheduleFired => "schedule.fired",
         }
     }

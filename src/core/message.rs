@@ -77,6 +77,10 @@ pub struct Destination {
     pub channel: String,
     /// Post as a reply in the thread of this earlier message.
     pub thread: Option<MessageKey>,
+    /// Only this person (a platform user id) sees the post: a direct message on Slack and
+    /// Discord, a private notice in the console. `channel` then says where it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_to: Option<String>,
 }
 
 /// One entry for the outbox: nothing reaches a platform except through it.
@@ -88,6 +92,9 @@ pub enum Outgoing {
         key: MessageKey,
         to: Destination,
         message: OutMessage,
+        /// Goes out ahead of its conversation's queue instead of in line: a delivery alert
+        /// must not wait behind the very message it is about.
+        urgent: bool,
     },
     /// Replace the content of an earlier post.
     Edit {

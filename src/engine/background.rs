@@ -6,16 +6,19 @@ use crate::core::audit::{AuditEvent, AuditKind};
 use crate::core::engine::Command;
 use crate::core::event::{Actor, ConversationRef};
 use crate::core::workflow::Trigger;
+use crate::store::OutboxEntry;
 use chrono::Duration;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Transient failures in a row after which an outbox entry is given up (and reported).
-const MAX_DELIVERY_ATTEMPTS: u32 = 25;
-/// Transient failures in a row after which the run's thread is told, while retries go on.
-const FLAG_DELIVERY_AFTER: u32 = 5;
+/// How long a message may keep failing (network trouble, 5xx: never rate limits) before it is
+/// given up and reported as failed for good.
+const GIVE_UP_AFTER_HOURS: i64 = 24;
+/// Longest pause between two tries of a message that keeps failing, unless the platform asks
+/// for a longer one.
+const MAX_BACKOFF_SECONDS: i64 = 300;
 /// Longest wait a platform may ask for before the next try.
 const MAX_RETRY_WAIT_SECONDS: i64 = 3600;
 
@@ -164,6 +167,11 @@ impl Engine {
     }
 
     /// Delivers what is ready now; returns how many entries were tried.
+    ///
+    /// A rate limit or the platform's pacing puts an entry off without counting a failed try.
+    /// Other transient trouble is tried again with backoff, and the run is told once it has
+    /// lasted past `delivery_alert_after`; a permanent refusal is reported at once. When a
+    /// message the run was told about goes through after all, the run hears that too.
     pub async fn deliver_ready(self: &Arc<Self>) -> usize {
         let now = self.clock.now();
         let entries = match self.store.outbox_ready(now, 50).await {
@@ -174,12 +182,13 @@ impl Engine {
             }
         };
         // A conversation whose entry did not go out holds back its later entries in this
-        // batch too, so a thread never goes out of order.
+        // batch too, so a thread never goes out of order. Urgent entries (alerts) are outside
+        // that order.
         let mut held: std::collections::HashSet<(String, String)> =
             std::collections::HashSet::new();
         for entry in &entries {
             let conversation = (entry.platform.clone(), entry.channel.clone());
-            if held.contains(&conversation) {
+            if !entry.urgent && held.contains(&conversation) {
                 continue;
             }
             let result = match self.platforms.get(entry.platform.as_str()) {
@@ -190,97 +199,115 @@ impl Engine {
                 ))),
             };
             let now = self.clock.now();
-            let result = match result {
-                Err(DeliveryError::Transient { message, .. })
-                    if entry.attempts + 1 >= MAX_DELIVERY_ATTEMPTS =>
-                {
-                    Err(DeliveryError::Permanent(format!(
-                        "gave up after {MAX_DELIVERY_ATTEMPTS} attempts: {message}"
-                    )))
-                }
-                other => other,
-            };
-            if result.is_err() {
+            if result.is_err() && !entry.urgent {
                 held.insert(conversation);
             }
             match result {
-                Ok(reference) => {
-                    self.metrics.delivered();
-                    // The platform has the message now: recording that must not be skipped, or
-                    // the next pass would post it again.
-                    for wait in [0u64, 100, 500, 2000] {
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                        match self.store.outbox_delivered(entry.id, &reference, now).await {
-                            Ok(()) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
-                            }
-                        }
+                Ok(reference) => self.delivered(entry, &reference, now).await,
+                Err(DeliveryError::NotYet(wait) | DeliveryError::RateLimited(wait)) => {
+                    if matches!(result, Err(DeliveryError::RateLimited(_))) {
+                        self.metrics.rate_limited();
+                        tracing::debug!(key = %entry.key, ?wait, "rate limited; waiting");
                     }
+                    let wait = Duration::from_std(wait)
+                        .unwrap_or_else(|_| Duration::seconds(1))
+                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
+                    self.record(self.store.outbox_defer(entry.id, now + wait).await);
                 }
                 Err(DeliveryError::Transient {
                     message,
                     retry_after,
                 }) => {
                     self.metrics.delivery_failed();
+                    let failing_for = now - entry.failing_since.unwrap_or(now);
+                    if failing_for >= Duration::hours(GIVE_UP_AFTER_HOURS) {
+                        let message = format!(
+                            "gave up after {GIVE_UP_AFTER_HOURS} hours of failed tries: {message}"
+                        );
+                        self.give_up(entry, &message, now).await;
+                        continue;
+                    }
                     let backoff = retry_after
                         .and_then(|d| Duration::from_std(d).ok())
-                        .unwrap_or_else(|| Duration::seconds(1i64 << entry.attempts.min(8)))
-                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
+                        .map(|d| d.min(Duration::seconds(MAX_RETRY_WAIT_SECONDS)))
+                        .unwrap_or_else(|| {
+                            Duration::seconds(1i64 << entry.attempts.min(9))
+                                .min(Duration::seconds(MAX_BACKOFF_SECONDS))
+                        });
                     tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
                     self.record(
                         self.store
                             .outbox_failed(entry.id, &message, Some(now + backoff), now)
                             .await,
                     );
-                    // Failing again and again: people hear of it long before Baton gives up,
-                    // and Retry tries at once.
-                    if entry.attempts + 1 == FLAG_DELIVERY_AFTER
-                        && let Some(run) = entry.run
-                    {
-                        let cmd = Command::DeliveryFailed {
-                            key: entry.key.0.clone(),
-                            channel: entry.channel.clone(),
-                            error: format!(
-                                "{FLAG_DELIVERY_AFTER} tries failed in a row, still trying: {message}"
-                            ),
-                        };
-                        if let Err(e) = self.submit(run, cmd).await {
-                            tracing::warn!(run = %run, error = %e, "could not flag a failing delivery");
-                        }
+                    // Failing for long: a person hears of it long before Baton gives up, and
+                    // Retry tries at once.
+                    if !entry.alerted && failing_for >= self.settings.delivery_alert_after {
+                        let minutes = failing_for.num_minutes().max(1);
+                        let why = format!("failing for {minutes} min, still trying: {message}");
+                        self.alert(entry, why, false).await;
                     }
                 }
-                Err(DeliveryError::NotYet(wait)) => {
-                    let wait = Duration::from_std(wait)
-                        .unwrap_or_else(|_| Duration::seconds(1))
-                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
-                    self.record(self.store.outbox_defer(entry.id, now + wait).await);
-                }
-                Err(DeliveryError::Permanent(message)) => {
-                    self.metrics.delivery_failed();
-                    tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
-                    self.record(
-                        self.store
-                            .outbox_failed(entry.id, &message, None, now)
-                            .await,
-                    );
-                    // The run's thread says so, with Retry for when the cause is fixed.
-                    if let Some(run) = entry.run {
-                        let cmd = Command::DeliveryFailed {
-                            key: entry.key.0.clone(),
-                            channel: entry.channel.clone(),
-                            error: message.clone(),
-                        };
-                        if let Err(e) = self.submit(run, cmd).await {
-                            tracing::warn!(run = %run, error = %e, "could not flag a failed delivery");
-                        }
-                    }
-                }
+                Err(DeliveryError::Permanent(message)) => self.give_up(entry, &message, now).await,
             }
         }
         entries.len()
     }
+
+    /// The platform has the message now: recording that must not be skipped, or the next
+    /// pass would post it again. A message the run was told about is reported as through.
+    async fn delivered(self: &Arc<Self>, entry: &OutboxEntry, reference: &str, now: DateTimeUtc) {
+        self.metrics.delivered();
+        for wait in [0u64, 100, 500, 2000] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            match self.store.outbox_delivered(entry.id, reference, now).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
+                }
+            }
+        }
+        if entry.alerted
+            && let Some(run) = entry.run
+        {
+            let cmd = Command::DeliveryRecovered {
+                outbox: entry.id,
+                key: entry.key.0.clone(),
+            };
+            if let Err(e) = self.submit(run, cmd).await {
+                tracing::warn!(run = %run, error = %e, "could not report a delivery that went through after all");
+            }
+        }
+    }
+
+    /// A message that will not go through: recorded (with everything that depends on it) and
+    /// reported to its run.
+    async fn give_up(self: &Arc<Self>, entry: &OutboxEntry, message: &str, now: DateTimeUtc) {
+        self.metrics.delivery_failed();
+        tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
+        self.record(self.store.outbox_failed(entry.id, message, None, now).await);
+        self.alert(entry, message.to_owned(), true).await;
+    }
+
+    /// Tells the entry's run that it did not go through (its thread, or the channel for a
+    /// root message), with Retry.
+    async fn alert(self: &Arc<Self>, entry: &OutboxEntry, error: String, permanent: bool) {
+        let Some(run) = entry.run else { return };
+        let cmd = Command::DeliveryFailed {
+            outbox: entry.id,
+            key: entry.key.0.clone(),
+            channel: entry.channel.clone(),
+            error,
+            permanent,
+        };
+        match self.submit(run, cmd).await {
+            Ok(_) => self.record(self.store.outbox_alerted(entry.id).await),
+            Err(e) => tracing::warn!(run = %run, error = %e, "could not report a failed delivery"),
+        }
+    }
 }
+
+type DateTimeUtc = chrono::DateTime<chrono::Utc>;
 
 impl Engine {
     fn record(&self, result: Result<(), crate::store::StoreError>) {

@@ -45,6 +45,8 @@ pub struct EngineSettings {
     pub default_platform: String,
     /// How long shutdown waits for running steps.
     pub shutdown_grace: std::time::Duration,
+    /// How long a message may keep failing before its run is told (rate limits never count).
+    pub delivery_alert_after: Duration,
 }
 
 /// Errors the engine reports to adapters; mapped to replies in one place (`crate::http::error`).

@@ -169,6 +169,16 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, error::
             m.outbox_failed,
         ),
         (
+            metrics::DELIVERY_ALERTS_OPEN,
+            "Outgoing messages a delivery alert was raised about that have not gone through since.",
+            m.outbox_alerted,
+        ),
+        (
+            metrics::RUNS_UNREACHABLE,
+            "Runs whose first message could not be posted, so their conversation is not in chat.",
+            m.runs_unreachable,
+        ),
+        (
             metrics::AUDIT_ENTRIES,
             "Entries in the audit ledger.",
             m.audit_entries,

@@ -160,7 +160,16 @@ pub struct OutboxEntry {
     /// For an edit: the platform reference of the message to change.
     pub target_ref: Option<String>,
     pub message: OutMessage,
+    /// Failed tries in a row (rate limits and pacing do not count).
     pub attempts: u32,
+    /// Since when the entry has failed without a break, while it does.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Whether the run was told (a delivery alert) that this entry did not go through.
+    pub alerted: bool,
+    /// Goes out ahead of its conversation's queue: neither held back nor holding back.
+    pub urgent: bool,
+    /// A post only this person sees (a direct message).
+    pub private_to: Option<String>,
 }
 
 /// Every outgoing post and edit, persisted before delivery.
@@ -178,8 +187,9 @@ pub trait OutboxStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Puts an entry off until `until` without counting a failed attempt (pacing).
     async fn outbox_defer(&self, id: i64, until: DateTime<Utc>) -> StoreResult<()>;
-    /// Records a failure: retried at `retry_at`, or given up (with everything that depends on
-    /// it) when `None`. Audited either way when given up.
+    /// Records a failure: retried at `retry_at` (and failing since now, unless it already
+    /// was), or given up (with everything that depends on it) when `None`. Audited when given
+    /// up.
     async fn outbox_failed(
         &self,
         id: i64,
@@ -187,6 +197,9 @@ pub trait OutboxStore: Send + Sync {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Records that the run was told this entry did not go through, so it is told once and
+    /// hears when it goes through after all.
+    async fn outbox_alerted(&self, id: i64) -> StoreResult<()>;
     /// The platform reference of a delivered post.
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>>;
     /// The outbox rows of a run, for its page.
@@ -359,6 +372,10 @@ pub struct StoreMetrics {
     pub approvals_pending: i64,
     pub outbox_pending: i64,
     pub outbox_failed: i64,
+    /// Messages a delivery alert was raised about that have not gone through since.
+    pub outbox_alerted: i64,
+    /// Runs whose root message is not in chat.
+    pub runs_unreachable: i64,
     pub audit_entries: i64,
 }
 

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "governance",
         include_str!("../../migrations/sqlite/0003_governance.sql"),
     ),
+    (
+        4,
+        "reliability",
+        include_str!("../../migrations/sqlite/0004_reliability.sql"),
+    ),
 ];
 
 /// The embedded migrations as a source for sqlx's migrator, which records them in
@@ -189,6 +194,8 @@ async fn load_state(
         updated_at: at(r.get("updated_at")),
         finished_at: opt_at(r.get("finished_at")),
         stalled_at: opt_at(r.get("stalled_at")),
+        conversation_lost: r.get("conversation_lost"),
+        alerts: serde_json::from_str(r.get::<&str, _>("alerts"))?,
     };
     let def = Definition {
         file: r.get("file"),
@@ -277,13 +284,15 @@ async fn save_state(
 ) -> StoreResult<()> {
     let r = &after.run;
     sqlx::query(
-        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ? WHERE id = ?",
+        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ?, conversation_lost = ?, alerts = ? WHERE id = ?",
     )
     .bind(r.status.as_str())
     .bind(&r.error)
     .bind(ms(r.updated_at))
     .bind(r.finished_at.map(ms))
     .bind(r.stalled_at.map(ms))
+    .bind(&r.conversation_lost)
+    .bind(serde_json::to_string(&r.alerts)?)
     .bind(r.id.0)
     .execute(&mut *c)
     .await?;
@@ -427,10 +436,11 @@ async fn persist_effects(
                 key,
                 to,
                 message,
+                urgent,
             }) => {
                 sqlx::query(
-                    "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at)
-                     VALUES (?, ?, 'post', ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at, urgent, private_to)
+                     VALUES (?, ?, 'post', ?, ?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 )
                 .bind(run.map(|r| r.0))
                 .bind(&key.0)
@@ -440,21 +450,23 @@ async fn persist_effects(
                 .bind(serde_json::to_string(message)?)
                 .bind(ms(now))
                 .bind(ms(now))
+                .bind(*urgent as i64)
+                .bind(&to.private_to)
                 .execute(&mut *c)
                 .await?;
             }
             Effect::Send(Outgoing::Edit { run, key, message }) => {
-                // The edit goes where the post went.
+                // The edit goes where the post went, in the same lane.
                 let target = sqlx::query(
-                    "SELECT platform, channel FROM outbox WHERE key = ? AND op = 'post'",
+                    "SELECT platform, channel, urgent, private_to FROM outbox WHERE key = ? AND op = 'post'",
                 )
                 .bind(&key.0)
                 .fetch_optional(&mut *c)
                 .await?;
                 let Some(target) = target else { continue };
                 sqlx::query(
-                    "INSERT INTO outbox (run_id, key, op, platform, channel, body, status, next_attempt_at, created_at)
-                     VALUES (?, ?, 'edit', ?, ?, ?, 'pending', ?, ?)",
+                    "INSERT INTO outbox (run_id, key, op, platform, channel, body, status, next_attempt_at, created_at, urgent, private_to)
+                     VALUES (?, ?, 'edit', ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 )
                 .bind(run.map(|r| r.0))
                 .bind(&key.0)
@@ -463,6 +475,8 @@ async fn persist_effects(
                 .bind(serde_json::to_string(message)?)
                 .bind(ms(now))
                 .bind(ms(now))
+                .bind(target.get::<i64, _>("urgent"))
+                .bind(target.get::<Option<String>, _>("private_to"))
                 .execute(&mut *c)
                 .await?;
             }
@@ -470,7 +484,7 @@ async fn persist_effects(
             // Failed posts and edits (and those that failed with them) go back in line, in
             // their order, as if new.
             Effect::Redeliver(run) => {
-                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = ? WHERE run_id = ? AND (status = 'failed' OR (status = 'pending' AND attempts > 0))")
+                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, failing_since = NULL, next_attempt_at = ? WHERE run_id = ? AND (status = 'failed' OR (status = 'pending' AND attempts > 0))")
                     .bind(ms(now))
                     .bind(run.0)
                     .execute(&mut *c)
@@ -835,7 +849,8 @@ impl OutboxStore for SqliteStore {
                 r.get::<String, _>("platform"),
                 r.get::<String, _>("channel"),
             );
-            if blocked.contains(&conversation) {
+            let urgent = r.get::<i64, _>("urgent") != 0;
+            if blocked.contains(&conversation) && !urgent {
                 continue;
             }
             let thread_key: Option<String> = r.get("thread_key");
@@ -855,7 +870,10 @@ impl OutboxStore for SqliteStore {
                 || (op == OutboxOp::Edit && target_ref.is_none());
             if waiting {
                 // Later messages of this conversation wait too, so a thread keeps its order.
-                blocked.insert(conversation);
+                // An urgent post is outside that order: it neither waits for nor holds it.
+                if !urgent {
+                    blocked.insert(conversation);
+                }
                 continue;
             }
             out.push(OutboxEntry {
@@ -869,6 +887,10 @@ impl OutboxStore for SqliteStore {
                 target_ref,
                 message: serde_json::from_str(r.get::<&str, _>("body"))?,
                 attempts: r.get::<i64, _>("attempts") as u32,
+                failing_since: opt_at(r.get("failing_since")),
+                alerted: r.get::<i64, _>("alerted") != 0,
+                urgent,
+                private_to: r.get("private_to"),
             });
             if out.len() >= limit as usize {
                 break;
@@ -952,9 +974,10 @@ impl OutboxStore for SqliteStore {
         write_tx!(self, |c| {
             match retry_at {
                 Some(next) => {
-                    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?")
+                    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, failing_since = COALESCE(failing_since, ?) WHERE id = ?")
                             .bind(&error)
                             .bind(ms(next))
+                            .bind(ms(now))
                             .bind(id)
                             .execute(&mut *c)
                             .await?;
@@ -989,6 +1012,15 @@ impl OutboxStore for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    async fn outbox_alerted(&self, id: i64) -> StoreResult<()> {
+        let _guard = self.write.lock().await;
+        sqlx::query("UPDATE outbox SET alerted = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>> {
@@ -1462,6 +1494,14 @@ impl Store for SqliteStore {
             outbox_pending: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'")
                 .await?,
             outbox_failed: one("SELECT COUNT(*) AS n FROM outbox WHERE status = 'failed'").await?,
+            outbox_alerted: one(
+                "SELECT COUNT(*) AS n FROM outbox WHERE alerted = 1 AND status IN ('pending', 'failed')",
+            )
+            .await?,
+            runs_unreachable: one(
+                "SELECT COUNT(*) AS n FROM runs WHERE conversation_lost IS NOT NULL",
+            )
+            .await?,
             audit_entries: one("SELECT COUNT(*) AS n FROM audit").await?,
         })
     }

@@ -11,6 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use baton::core::clock::{Clock, ManualClock};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,10 @@ pub struct Call {
     pub path: String,
     pub body: Value,
     pub at: Instant,
+    /// The app's (manual) clock when the call arrived, once the test shared it.
+    pub clock_at: Option<DateTime<Utc>>,
+    /// Answered 429.
+    pub limited: bool,
 }
 
 /// A message as the fake keeps it: where it is and what it says now.
@@ -60,6 +66,16 @@ pub struct FakeState {
     pub commands: HashMap<String, Value>,
     /// The next this many channel posts answer 429.
     pub rate_limit: u32,
+    /// The `retry_after` of those 429s, in seconds (1.5 when unset).
+    pub retry_after: Option<f64>,
+    /// The next this many channel posts answer 429 for the global limit.
+    pub global_rate_limit: u32,
+    /// Posts whose content contains one of these answer 500 (Discord having trouble).
+    pub failing_texts: Vec<String>,
+    /// Direct-message channels opened, with whom.
+    pub dms: HashMap<String, String>,
+    /// The app's clock, to stamp calls with.
+    pub clock: Option<Arc<ManualClock>>,
     /// Channel posts report their bucket empty for this many seconds.
     pub empty_bucket_for: Option<&'static str>,
     /// Channels that answer 404 Unknown Channel / 403 Missing Access.
@@ -172,6 +188,31 @@ impl FakeDiscord {
         let tx = self.s().socket.take();
         if let Some(tx) = tx {
             let _ = tx.send(Outgoing::Close(code));
+        }
+    }
+
+    /// Checks Discord's rule: after a 429 on a route's bucket, no call to that route comes
+    /// before `retry_after` has passed on the app's clock.
+    pub fn assert_waits_were_kept(&self, retry_after: chrono::Duration) {
+        let s = self.s();
+        for (i, c) in s.calls.iter().enumerate() {
+            if !c.limited {
+                continue;
+            }
+            let at = c.clock_at.expect("the fake was given the app's clock");
+            if let Some(next) = s.calls[i + 1..]
+                .iter()
+                .find(|n| n.method == c.method && n.path == c.path)
+            {
+                let next_at = next.clock_at.unwrap();
+                assert!(
+                    next_at >= at + retry_after,
+                    "{} {} went again {}ms after a 429",
+                    c.method,
+                    c.path,
+                    (next_at - at).num_milliseconds()
+                );
+            }
         }
     }
 
@@ -333,11 +374,14 @@ async fn rest(
         tokio::time::sleep(delay).await;
     }
     let mut s = state.lock().unwrap();
+    let clock_at = s.clock.as_ref().map(|c| c.now());
     s.calls.push(Call {
         method: method.to_string(),
         path: path.clone(),
         body: body.clone(),
         at: Instant::now(),
+        clock_at,
+        limited: false,
     });
     let host = headers
         .get("host")
@@ -410,6 +454,15 @@ async fn rest(
                 .insert(path.clone(), Value::Array(registered.clone()));
             axum::Json(Value::Array(registered)).into_response()
         }
+        ("POST", ["users", "@me", "channels"]) => {
+            let Some(recipient) = body["recipient_id"].as_str() else {
+                return discord_error(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body");
+            };
+            let id = format!("6{}", &recipient[1..]);
+            s.dms.insert(id.clone(), recipient.to_owned());
+            axum::Json(json!({"id": id, "type": 1, "recipients": [user(recipient, "someone", false)]}))
+                .into_response()
+        }
         ("POST", ["channels", ch, "messages", mid, "threads"]) => {
             if s.threads.contains_key(*mid) {
                 return discord_error(
@@ -423,14 +476,40 @@ async fn rest(
         }
         ("POST", ["channels", ch, "messages"]) => {
             let ch = ch.to_string();
-            if s.rate_limit > 0 {
-                s.rate_limit -= 1;
+            if s.global_rate_limit > 0 {
+                s.global_rate_limit -= 1;
+                s.calls.last_mut().unwrap().limited = true;
+                let retry_after = s.retry_after.unwrap_or(1.5);
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", "2"), ("x-ratelimit-scope", "user")],
-                    axum::Json(json!({"message": "You are being rate limited.", "retry_after": 1.5, "global": false})),
+                    [
+                        ("retry-after", (retry_after.ceil() as u64).to_string()),
+                        ("x-ratelimit-global", "true".into()),
+                        ("x-ratelimit-scope", "global".into()),
+                    ],
+                    axum::Json(json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": true})),
                 )
                     .into_response();
+            }
+            if s.rate_limit > 0 {
+                s.rate_limit -= 1;
+                s.calls.last_mut().unwrap().limited = true;
+                let retry_after = s.retry_after.unwrap_or(1.5);
+                let header = (retry_after.ceil() as u64).to_string();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [
+                        ("retry-after", header),
+                        ("x-ratelimit-scope", "user".into()),
+                        ("x-ratelimit-bucket", "abcd1234".into()),
+                    ],
+                    axum::Json(json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": false})),
+                )
+                    .into_response();
+            }
+            let text = body.to_string();
+            if s.failing_texts.iter().any(|t| text.contains(t.as_str())) {
+                return discord_error(StatusCode::INTERNAL_SERVER_ERROR, 0, "500: Internal Server Error");
             }
             if s.missing_channels.contains(&ch) {
                 return discord_error(StatusCode::NOT_FOUND, 10003, "Unknown Channel");
@@ -439,6 +518,7 @@ async fn rest(
                 return discord_error(StatusCode::FORBIDDEN, 50001, "Missing Access");
             }
             let known = s.threads.contains_key(&ch)
+                || s.dms.contains_key(&ch)
                 || channels().as_array().unwrap().iter().any(|c| c["id"] == ch);
             if !known {
                 return discord_error(StatusCode::NOT_FOUND, 10003, "Unknown Channel");

@@ -8,6 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use baton::core::clock::{Clock, ManualClock};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -51,6 +53,8 @@ pub struct Call {
     pub body: Value,
     /// The message's ts: assigned for a post, the target for an update.
     pub ts: String,
+    /// The app's (manual) clock when the call arrived, once the test shared it.
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -60,6 +64,19 @@ pub struct FakeState {
     pub next_ts: u64,
     /// The next this many posts answer 429.
     pub rate_limit: u32,
+    /// The next this many updates (`chat.update`) answer 429.
+    pub rate_limit_updates: u32,
+    /// The `Retry-After` of those 429s, in seconds (2 when unset).
+    pub retry_after: Option<&'static str>,
+    /// Every call answered 429, in order.
+    pub limited: Vec<Call>,
+    /// Every `chat.postMessage` and `chat.update` in arrival order: method, channel, the
+    /// app's clock, and whether it was answered 429.
+    pub chat_log: Vec<(String, String, Option<DateTime<Utc>>, bool)>,
+    /// Posts whose text contains one of these answer 500 (Slack having trouble with them).
+    pub failing_texts: Vec<String>,
+    /// The app's clock, to stamp calls with.
+    pub clock: Option<Arc<ManualClock>>,
     pub missing_channels: HashSet<String>,
     /// Channels whose posts answer 500 (Slack having trouble), until taken out.
     pub failing_channels: HashSet<String>,
@@ -152,6 +169,29 @@ impl FakeSlack {
             .collect()
     }
 
+    /// Checks Slack's rule: after a 429, no other call of that method in that channel comes
+    /// before `Retry-After` has passed on the app's clock.
+    pub fn assert_waits_were_kept(&self, retry_after: chrono::Duration) {
+        let s = self.state.lock().unwrap();
+        for (i, (method, channel, at, limited)) in s.chat_log.iter().enumerate() {
+            if !limited {
+                continue;
+            }
+            let at = at.expect("the fake was given the app's clock");
+            if let Some((_, _, next, _)) = s.chat_log[i + 1..]
+                .iter()
+                .find(|(m, c, _, _)| m == method && c == channel)
+            {
+                let next = next.unwrap();
+                assert!(
+                    next >= at + retry_after,
+                    "{method} in {channel} went again {}ms after a 429",
+                    (next - at).num_milliseconds()
+                );
+            }
+        }
+    }
+
     /// Posts (in order) in a channel's thread, by the root's ts.
     pub fn thread(&self, root_ts: &str) -> Vec<Value> {
         self.calls("chat.postMessage")
@@ -237,23 +277,48 @@ async fn api(
                 method: method.clone(),
                 body: body.clone(),
                 ts: String::new(),
+                at: None,
             });
             let mut view = body["view"].clone();
             view["id"] = json!("V0MODAL01");
             axum::Json(json!({"ok": true, "view": view})).into_response()
         }
         "chat.postMessage" | "chat.update" => {
-            if method == "chat.postMessage" && s.rate_limit > 0 {
-                s.rate_limit -= 1;
+            let at = s.clock.as_ref().map(|c| c.now());
+            let left = if method == "chat.postMessage" {
+                &mut s.rate_limit
+            } else {
+                &mut s.rate_limit_updates
+            };
+            let limited = *left > 0;
+            let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+            s.chat_log.push((method.clone(), channel, at, limited));
+            let left = if method == "chat.postMessage" {
+                &mut s.rate_limit
+            } else {
+                &mut s.rate_limit_updates
+            };
+            if limited {
+                *left -= 1;
+                s.limited.push(Call {
+                    method: method.clone(),
+                    body: body.clone(),
+                    ts: String::new(),
+                    at,
+                });
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
-                    [("retry-after", "2")],
+                    [("retry-after", s.retry_after.unwrap_or("2"))],
                     axum::Json(json!({"ok": false, "error": "ratelimited"})),
                 )
                     .into_response();
             }
             let channel = body["channel"].as_str().unwrap_or_default().to_owned();
-            if method == "chat.postMessage" && s.failing_channels.contains(&channel) {
+            let text = body.to_string();
+            if method == "chat.postMessage"
+                && (s.failing_channels.contains(&channel)
+                    || s.failing_texts.iter().any(|t| text.contains(t.as_str())))
+            {
                 return (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     axum::Json(json!({"ok": false, "error": "internal_error"})),
@@ -282,6 +347,7 @@ async fn api(
                 method: method.clone(),
                 body: body.clone(),
                 ts: ts.clone(),
+                at,
             });
             axum::Json(json!({"ok": true, "channel": channel, "ts": ts, "message": {"type": "message", "text": body["text"], "ts": ts}})).into_response()
         }

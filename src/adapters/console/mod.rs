@@ -111,10 +111,12 @@ impl Platform for Console {
         };
         match entry.op {
             OutboxOp::Post => {
-                if !valid_channel(&entry.channel) {
+                // A private post goes to the person's own channel, `@name`.
+                let direct = entry.private_to.as_ref().map(|user| format!("@{user}"));
+                let channel = direct.as_deref().unwrap_or(&entry.channel);
+                if direct.is_none() && !valid_channel(channel) {
                     return Err(DeliveryError::Permanent(format!(
-                        "channel `{}` does not exist",
-                        entry.channel
+                        "channel `{channel}` does not exist"
                     )));
                 }
                 let thread = match &entry.thread_ref {
@@ -127,7 +129,7 @@ impl Platform for Console {
                     .store
                     .console_post(
                         ConsolePost {
-                            channel: &entry.channel,
+                            channel,
                             thread_id: thread,
                             author: BOT_NAME,
                             is_bot: true,

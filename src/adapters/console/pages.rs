@@ -147,6 +147,20 @@ async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
     if let Some(e) = &r.error {
         let _ = write!(body, "<dt>Note</dt><dd>{}</dd>", esc(e));
     }
+    if let Some(why) = &r.conversation_lost {
+        let _ = write!(
+            body,
+            "<dt>Chat</dt><dd class=\"status failed\">{}</dd>",
+            esc(&crate::core::engine::render::conversation_lost(r, why))
+        );
+    }
+    for alert in r.alerts.values().filter(|a| a.open && !a.in_channel) {
+        let _ = write!(
+            body,
+            "<dt>Chat</dt><dd class=\"status failed\">{}</dd>",
+            esc(&crate::core::engine::render::message_missing(alert))
+        );
+    }
     if let Some(root) = store
         .message_ref(&crate::core::ids::MessageKey::root(id))
         .await?

@@ -8,9 +8,10 @@
 //! and reports them; the outbox waits. It behaves the same against Discord, a proxy or a test
 //! server.
 
+use crate::adapters::limits::Buckets;
 use crate::config::Secret;
 use crate::core::clock::Clock;
-use chrono::{DateTime, Utc};
+use crate::http_client::wait_seconds;
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -20,7 +21,8 @@ use std::time::Duration;
 /// Why a REST call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscordError {
-    /// HTTP 429: wait this long.
+    /// HTTP 429: wait this long. The route's bucket (or every route, for the global limit) is
+    /// closed for as long.
     #[error("rate limited by Discord (retry after {0:?})")]
     RateLimited(Duration),
     /// Not sent: Discord said this route's bucket is empty until then. Not a failure.
@@ -57,15 +59,20 @@ impl DiscordError {
 /// Longest wait taken from Discord: a bigger number is a broken header, not a wait.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
+/// How long to wait after a 429 that says nothing readable about how long.
+const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+
 /// The REST client.
 pub struct DiscordApi {
     http: reqwest::Client,
     base: reqwest::Url,
     token: Secret,
-    clock: Arc<dyn Clock>,
-    /// Buckets Discord said are empty, by route, and when they refill. The global limit is
-    /// the bucket `GLOBAL`.
-    empty_until: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Buckets Discord closed (an empty bucket, a 429), by bucket key; the global limit is
+    /// the bucket [`GLOBAL`].
+    buckets: Buckets,
+    /// Discord's own bucket id for each route, from `X-RateLimit-Bucket`: routes that share a
+    /// bucket id (with the same major parameters) share their limit.
+    route_buckets: Mutex<HashMap<String, String>>,
 }
 
 /// The bucket every route shares when Discord says the whole bot is rate limited.
@@ -86,8 +93,8 @@ impl DiscordApi {
             http,
             base,
             token,
-            clock,
-            empty_until: Mutex::new(HashMap::new()),
+            buckets: Buckets::new(clock),
+            route_buckets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,27 +114,35 @@ impl DiscordApi {
         self.call(Method::PUT, path, Some(body)).await
     }
 
-    /// Sends one request. A bucket Discord said is empty is not asked again before it refills.
+    /// The key a route's limit is kept under: Discord's bucket id with the route's major
+    /// parameters once Discord named it, the route itself before.
+    fn bucket_key(&self, route: &Route) -> String {
+        match self
+            .route_buckets
+            .lock()
+            .expect("bucket lock")
+            .get(&route.route)
+        {
+            Some(id) => format!("{id}:{}", route.major),
+            None => route.route.clone(),
+        }
+    }
+
+    /// Sends one request. A bucket Discord closed is not asked again before it opens, and
+    /// neither is any route while the global limit holds.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, DiscordError> {
-        let bucket = bucket_of(&method, path);
-        let now = self.clock.now();
-        let blocked = {
-            let empty = self.empty_until.lock().expect("bucket lock");
-            [bucket.as_str(), GLOBAL]
-                .iter()
-                .filter_map(|b| empty.get(*b).copied())
-                .filter(|until| *until > now)
-                .max()
-        };
-        if let Some(until) = blocked {
-            return Err(DiscordError::BucketEmpty(
-                (until - now).to_std().unwrap_or_default(),
-            ));
+        let route = route_of(&method, path);
+        let key = self.bucket_key(&route);
+        // Interaction callbacks are exempt from the global limit, as Discord documents.
+        let global = !route.route.starts_with("POST interactions/");
+        let keys: &[&str] = if global { &[&key, GLOBAL] } else { &[&key] };
+        if let Some(wait) = self.buckets.wait(keys) {
+            return Err(DiscordError::BucketEmpty(wait));
         }
         let url = self
             .base
@@ -147,14 +162,22 @@ impl DiscordApi {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        // Learn the route's bucket id first, so the limits below land on the shared bucket.
+        let key = match header("x-ratelimit-bucket") {
+            Some(id) if !id.is_empty() => {
+                self.route_buckets
+                    .lock()
+                    .expect("bucket lock")
+                    .insert(route.route.clone(), id.to_owned());
+                format!("{id}:{}", route.major)
+            }
+            _ => key,
+        };
         if header("x-ratelimit-remaining") == Some("0")
-            && let Some(reset) = header("x-ratelimit-reset-after").and_then(seconds)
+            && let Some(reset) =
+                header("x-ratelimit-reset-after").and_then(|v| wait_seconds(v, MAX_WAIT))
         {
-            let until = now + chrono::Duration::from_std(reset).unwrap_or_default();
-            self.empty_until
-                .lock()
-                .expect("bucket lock")
-                .insert(bucket, until);
+            self.buckets.close(&key, reset);
         }
         let text = response.text().await.map_err(|e| {
             DiscordError::Transport(format!("unreadable answer: {}", e.without_url()))
@@ -165,21 +188,17 @@ impl DiscordApi {
             let wait = json
                 .as_ref()
                 .and_then(|j| j["retry_after"].as_f64())
-                .and_then(|s| seconds(&s.to_string()))
-                .or_else(|| header("retry-after").and_then(seconds))
-                .unwrap_or(Duration::from_secs(1));
+                .and_then(|s| wait_seconds(&s.to_string(), MAX_WAIT))
+                .or_else(|| header("retry-after").and_then(|v| wait_seconds(v, MAX_WAIT)))
+                .unwrap_or(DEFAULT_WAIT);
             // A global limit holds back every route, not only this one: requests that hit
-            // it anyway count towards Discord's invalid-request ban.
-            let global = json.as_ref().is_some_and(|j| j["global"] == true)
+            // it anyway count towards Discord's invalid-request ban. Any other 429 closes the
+            // route's bucket, so no other call in it goes early either.
+            let is_global = json.as_ref().is_some_and(|j| j["global"] == true)
                 || header("x-ratelimit-global").is_some_and(|v| v == "true")
                 || header("x-ratelimit-scope") == Some("global");
-            if global {
-                let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
-                self.empty_until
-                    .lock()
-                    .expect("bucket lock")
-                    .insert(GLOBAL.to_owned(), until);
-            }
+            self.buckets
+                .close(if is_global { GLOBAL } else { &key }, wait);
             return Err(DiscordError::RateLimited(wait));
         }
         if status >= 500 {
@@ -210,43 +229,56 @@ impl DiscordApi {
     }
 }
 
-/// A wait in seconds as Discord writes it (`"1"`, `"0.352"`), capped.
-fn seconds(text: &str) -> Option<Duration> {
-    let s: f64 = text.trim().parse().ok()?;
-    // Capped before converting: a huge number does not fit a Duration.
-    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
+/// A route as Discord's rate limits see it.
+struct Route {
+    /// The method and the path with every ID but the major parameters folded.
+    route: String,
+    /// The major parameters' values (a channel, a guild, a webhook with its token, an
+    /// interaction with its token): routes with the same bucket id share a limit only for
+    /// the same major parameters.
+    major: String,
 }
 
-/// The rate-limit bucket of a route, the way Discord groups them: the method and the path with
-/// the "major parameters" kept (a channel, a guild, a webhook with its token, an
-/// interaction with its token) and every other ID folded.
-fn bucket_of(method: &Method, path: &str) -> String {
+/// The rate-limit route of a request, the way Discord groups them: the method and the path
+/// with the "major parameters" kept and every other ID folded.
+fn route_of(method: &Method, path: &str) -> Route {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut out = Vec::with_capacity(parts.len());
+    let mut major = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         let before = |n: usize| i.checked_sub(n).map(|j| parts[j]);
-        let major = matches!(
+        let is_major = matches!(
             before(1),
             Some("channels" | "guilds" | "webhooks" | "interactions")
         ) || matches!(before(2), Some("webhooks" | "interactions"));
         let id = !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
-        out.push(if id && !major { ":id" } else { part });
+        if is_major {
+            major.push(*part);
+        }
+        out.push(if id && !is_major { ":id" } else { part });
     }
-    format!("{method} {}", out.join("/"))
+    Route {
+        route: format!("{method} {}", out.join("/")),
+        major: major.join("/"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn route(method: Method, path: &str) -> String {
+        route_of(&method, path).route
+    }
+
     #[test]
     fn each_interactions_follow_ups_have_their_own_bucket() {
         assert_ne!(
-            bucket_of(&Method::POST, "webhooks/1/tokenA"),
-            bucket_of(&Method::POST, "webhooks/1/tokenB")
+            route(Method::POST, "webhooks/1/tokenA"),
+            route(Method::POST, "webhooks/1/tokenB")
         );
         assert_eq!(
-            bucket_of(&Method::PUT, "applications/1/guilds/2/commands"),
+            route(Method::PUT, "applications/1/guilds/2/commands"),
             "PUT applications/:id/guilds/2/commands"
         );
     }
@@ -254,26 +286,20 @@ mod tests {
     #[test]
     fn buckets_keep_the_major_parameter_and_fold_the_rest() {
         assert_eq!(
-            bucket_of(&Method::PATCH, "channels/12/messages/34"),
+            route(Method::PATCH, "channels/12/messages/34"),
             "PATCH channels/12/messages/:id"
         );
         assert_eq!(
-            bucket_of(&Method::POST, "/channels/12/messages"),
+            route(Method::POST, "/channels/12/messages"),
             "POST channels/12/messages"
         );
         assert_ne!(
-            bucket_of(&Method::POST, "channels/12/messages"),
-            bucket_of(&Method::POST, "channels/13/messages")
+            route(Method::POST, "channels/12/messages"),
+            route(Method::POST, "channels/13/messages")
         );
-    }
-
-    #[test]
-    fn waits_are_read_as_discord_writes_them_and_capped() {
-        assert_eq!(seconds("0.352"), Some(Duration::from_millis(352)));
-        assert_eq!(seconds("2"), Some(Duration::from_secs(2)));
-        assert_eq!(seconds("1e12"), Some(MAX_WAIT));
-        assert_eq!(seconds("1e300"), Some(MAX_WAIT));
-        assert_eq!(seconds("-1"), None);
-        assert_eq!(seconds("soon"), None);
+        assert_eq!(
+            route_of(&Method::PATCH, "channels/12/messages/34").major,
+            "12"
+        );
     }
 }

@@ -605,26 +605,35 @@ async fn send_reply(discord: &Discord, reply: &Reply, text: &str) {
     }
 }
 
-/// A private answer is worth a short wait: a rate limit or a hiccup is tried again a few
-/// times, waiting at most a few seconds each.
+/// A private answer is worth waiting for: a rate limit is waited out (it is not a failure)
+/// for up to two minutes in all, and a network hiccup is tried again a few times.
 async fn with_patience<F, Fut>(mut call: F) -> Result<Value, DiscordError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Value, DiscordError>>,
 {
-    let mut attempt = 0u32;
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let mut hiccups = 0u32;
     loop {
-        match call().await {
-            Err(e) if !e.is_permanent() && attempt < 3 => {
-                attempt += 1;
-                let wait = match e {
-                    DiscordError::RateLimited(w) | DiscordError::BucketEmpty(w) => w,
-                    _ => std::time::Duration::from_millis(300 * u64::from(attempt)),
-                };
-                tokio::time::sleep(wait.min(std::time::Duration::from_secs(5))).await;
+        let wait = match call().await {
+            Err(DiscordError::RateLimited(w) | DiscordError::BucketEmpty(w)) => w,
+            Err(DiscordError::Transport(_)) if hiccups < 3 => {
+                hiccups += 1;
+                std::time::Duration::from_millis(300 * u64::from(hiccups))
             }
             other => return other,
+        };
+        // Waits are at least a little, so a bucket on a clock that does not move (or one that
+        // says zero) is not asked in a tight loop.
+        let wait = wait.clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(10),
+        );
+        if started.elapsed() + wait > PATIENCE {
+            return call().await;
         }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -458,6 +458,19 @@ impl Discord {
         }
     }
 
+    /// The direct-message channel with a person, which Discord opens (or returns, when it is
+    /// open already) on request.
+    async fn direct_channel(&self, user: &str) -> Result<String, DeliveryError> {
+        let dm = self
+            .api
+            .post("users/@me/channels", &json!({"recipient_id": user}))
+            .await
+            .map_err(delivery_error)?;
+        dm["id"].as_str().map(str::to_owned).ok_or_else(|| {
+            DeliveryError::Permanent("Discord opened a direct message without an id".into())
+        })
+    }
+
     /// The thread of a run's root message, started on first use.
     async fn thread_of(&self, root: &str, run: Option<i64>) -> Result<String, DeliveryError> {
         let (channel, message) = split_ref(root)?;
@@ -496,9 +509,8 @@ fn delivery_error(e: DiscordError) -> DeliveryError {
     match e {
         // Waiting for a bucket Discord announced as empty is pacing, not failing.
         DiscordError::BucketEmpty(wait) => DeliveryError::NotYet(wait),
-        DiscordError::RateLimited(wait) => {
-            DeliveryError::from_failure(e.to_string(), false, Some(wait))
-        }
+        // A rate limit is a wait, never a failed try.
+        DiscordError::RateLimited(wait) => DeliveryError::RateLimited(wait),
         e => DeliveryError::from_failure(e.to_string(), e.is_permanent(), None),
     }
 }
@@ -519,9 +531,10 @@ impl Platform for Discord {
         self.resolve_role_names(&mut message).await;
         match entry.op {
             OutboxOp::Post => {
-                let channel = match &entry.thread_ref {
-                    Some(root) => self.thread_of(root, entry.run.map(|r| r.0)).await?,
-                    None => self.channel_id(&entry.channel).await?,
+                let channel = match (&entry.private_to, &entry.thread_ref) {
+                    (Some(user), _) => self.direct_channel(user).await?,
+                    (None, Some(root)) => self.thread_of(root, entry.run.map(|r| r.0)).await?,
+                    (None, None) => self.channel_id(&entry.channel).await?,
                 };
                 let mut body = render::post(&message);
                 // Discord's idempotency key: a post repeated with the same nonce within a few

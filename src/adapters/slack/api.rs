@@ -2,14 +2,18 @@
 //! turned into typed errors. The request and response shapes are Slack's own (see the method
 //! docs at api.slack.com/methods).
 
+use crate::adapters::limits::Buckets;
 use crate::config::Secret;
+use crate::core::clock::Clock;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a Web API call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SlackError {
-    /// HTTP 429: wait as long as Slack says.
+    /// HTTP 429 or `ratelimited`, or a call not sent because its bucket is still closed from
+    /// an earlier one: wait this long.
     #[error("rate limited by Slack (retry after {0:?})")]
     RateLimited(Duration),
     /// `"ok": false` with Slack's error code, such as `channel_not_found`.
@@ -28,8 +32,7 @@ impl SlackError {
             SlackError::RateLimited(_) | SlackError::Transport(_) => false,
             SlackError::Api(code) => !matches!(
                 code.as_str(),
-                "ratelimited"
-                    | "internal_error"
+                "internal_error"
                     | "fatal_error"
                     | "service_unavailable"
                     | "request_timeout"
@@ -39,20 +42,42 @@ impl SlackError {
     }
 }
 
+/// Longest wait taken from Slack: a bigger number is a broken header, not a wait.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// How long to wait when Slack says `ratelimited` without saying how long.
+const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+
 /// The Web API client.
 #[derive(Clone)]
 pub struct SlackApi {
     http: reqwest::Client,
     base: reqwest::Url,
     token: Secret,
+    /// Slack rate-limits a method (and `chat.postMessage` / `chat.update` per channel): once it
+    /// said wait, no call in that bucket goes before the wait is over.
+    buckets: Arc<Buckets>,
+}
+
+/// The bucket of a call: the method, and the channel when the call names one.
+fn bucket(method: &str, channel: Option<&str>) -> String {
+    match channel {
+        Some(c) if !c.is_empty() => format!("{method}:{c}"),
+        _ => method.to_owned(),
+    }
 }
 
 impl SlackApi {
-    pub fn new(base: reqwest::Url, token: Secret) -> anyhow::Result<Self> {
+    pub fn new(base: reqwest::Url, token: Secret, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let http = crate::http_client::builder()
             .timeout(Duration::from_secs(20))
             .build()?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            buckets: Arc::new(Buckets::new(clock)),
+        })
     }
 
     /// The host the Web API lives on, for checking `response_url`s in tests behind the seam.
@@ -72,7 +97,8 @@ impl SlackApi {
     /// Calls a Web API method with a JSON body (write methods); returns the response when `ok`
     /// is true.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
-        self.finish(self.request(method, &self.token)?.json(body))
+        let bucket = bucket(method, body["channel"].as_str());
+        self.finish(&bucket, self.request(method, &self.token)?.json(body))
             .await
     }
 
@@ -83,7 +109,12 @@ impl SlackApi {
         method: &str,
         params: &[(&str, String)],
     ) -> Result<Value, SlackError> {
-        self.finish(self.request(method, &self.token)?.form(params))
+        let channel = params
+            .iter()
+            .find(|(k, _)| *k == "channel")
+            .map(|(_, v)| v.as_str());
+        let bucket = bucket(method, channel);
+        self.finish(&bucket, self.request(method, &self.token)?.form(params))
             .await
     }
 
@@ -95,7 +126,8 @@ impl SlackApi {
         token: &Secret,
         params: &[(&str, String)],
     ) -> Result<Value, SlackError> {
-        self.finish(self.request(method, token)?.form(params)).await
+        self.finish(method, self.request(method, token)?.form(params))
+            .await
     }
 
     /// `auth.test`, with the scopes the token was granted (Slack lists them in the
@@ -103,6 +135,7 @@ impl SlackApi {
     pub async fn auth_test(&self) -> Result<(Value, Option<Vec<String>>), SlackError> {
         let (value, headers) = self
             .exchange(
+                "auth.test",
                 self.request("auth.test", &self.token)?
                     .json(&serde_json::json!({})),
             )
@@ -119,35 +152,41 @@ impl SlackApi {
         Ok((value, scopes))
     }
 
-    async fn finish(&self, request: reqwest::RequestBuilder) -> Result<Value, SlackError> {
-        self.exchange(request).await.map(|(value, _)| value)
+    async fn finish(
+        &self,
+        bucket: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, SlackError> {
+        self.exchange(bucket, request).await.map(|(value, _)| value)
     }
 
-    /// Sends a request and reads Slack's answer: 429s, 5xx and `"ok": false` become errors.
+    /// Sends a request in `bucket` and reads Slack's answer: 429s, 5xx and `"ok": false` become
+    /// errors. A bucket Slack closed is not asked again before it opens.
     async fn exchange(
         &self,
+        bucket: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<(Value, reqwest::header::HeaderMap), SlackError> {
+        if let Some(wait) = self.buckets.wait(&[bucket]) {
+            return Err(SlackError::RateLimited(wait));
+        }
         let response = request
             .send()
             .await
             .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
         let status = response.status();
+        let headers = response.headers().clone();
+        let limited = |buckets: &Buckets| {
+            let wait = crate::http_client::retry_after(&headers, MAX_WAIT).unwrap_or(DEFAULT_WAIT);
+            buckets.close(bucket, wait);
+            SlackError::RateLimited(wait)
+        };
         if status.as_u16() == 429 {
-            let wait = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1)
-                // A wait longer than an hour is not a wait but a broken header.
-                .min(3600);
-            return Err(SlackError::RateLimited(Duration::from_secs(wait)));
+            return Err(limited(&self.buckets));
         }
         if status.is_server_error() {
             return Err(SlackError::Transport(format!("HTTP {status}")));
         }
-        let headers = response.headers().clone();
         if status.is_client_error()
             && !headers
                 .get(reqwest::header::CONTENT_TYPE)
@@ -161,18 +200,41 @@ impl SlackApi {
             SlackError::Transport(format!("unreadable answer: {}", e.without_url()))
         })?;
         if value.get("ok").and_then(Value::as_bool) == Some(true) {
-            Ok((value, headers))
-        } else {
-            let code = value
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown_error");
-            Err(SlackError::Api(code.to_owned()))
+            return Ok((value, headers));
         }
+        let code = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown_error");
+        // Slack also says `ratelimited` in a 200 answer; it is the same wait.
+        if code == "ratelimited" {
+            return Err(limited(&self.buckets));
+        }
+        Err(SlackError::Api(code.to_owned()))
     }
 
     /// Posts a private reply to a slash command or an interaction through its `response_url`.
+    /// A 429 or a network error is tried again (waiting as Slack says) for as long as
+    /// [`RESPOND_PATIENCE`] allows: the person is waiting for this answer, and the URL stays
+    /// valid for half an hour.
     pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), SlackError> {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let wait = match self.respond_once(response_url, text).await {
+                Err(SlackError::RateLimited(wait)) => wait,
+                Err(SlackError::Transport(_)) => backoff,
+                other => return other,
+            };
+            if started.elapsed() + wait > RESPOND_PATIENCE {
+                return self.respond_once(response_url, text).await;
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn respond_once(&self, response_url: &str, text: &str) -> Result<(), SlackError> {
         let body = serde_json::json!({"response_type": "ephemeral", "replace_original": false, "text": text});
         let r = self
             .http
@@ -182,11 +244,19 @@ impl SlackApi {
             .await
             .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
         if r.status().as_u16() == 429 {
-            return Err(SlackError::RateLimited(Duration::from_secs(1)));
+            let wait =
+                crate::http_client::retry_after(r.headers(), MAX_WAIT).unwrap_or(DEFAULT_WAIT);
+            return Err(SlackError::RateLimited(wait));
+        }
+        if r.status().is_server_error() {
+            return Err(SlackError::Transport(format!("HTTP {}", r.status())));
         }
         if !r.status().is_success() {
-            return Err(SlackError::Transport(format!("HTTP {}", r.status())));
+            return Err(SlackError::Api(format!("http_{}", r.status().as_u16())));
         }
         Ok(())
     }
 }
+
+/// How long a private reply keeps being tried through rate limits and network errors.
+const RESPOND_PATIENCE: Duration = Duration::from_secs(120);

@@ -80,7 +80,11 @@ fn is_channel_id(s: &str) -> bool {
 
 impl Slack {
     pub fn new(settings: SlackSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
-        let api = SlackApi::new(settings.api_url.clone(), settings.bot_token.clone())?;
+        let api = SlackApi::new(
+            settings.api_url.clone(),
+            settings.bot_token.clone(),
+            clock.clone(),
+        )?;
         Ok(Arc::new(Self {
             api,
             settings,
@@ -302,11 +306,11 @@ impl Slack {
 }
 
 fn delivery_error(e: SlackError) -> DeliveryError {
-    let wait = match e {
-        SlackError::RateLimited(wait) => Some(wait),
-        _ => None,
-    };
-    DeliveryError::from_failure(e.to_string(), e.is_permanent(), wait)
+    match e {
+        // A rate limit is a wait, never a failed try.
+        SlackError::RateLimited(wait) => DeliveryError::RateLimited(wait),
+        e => DeliveryError::from_failure(e.to_string(), e.is_permanent(), None),
+    }
 }
 
 /// Splits `CHANNEL:TS`.
@@ -324,7 +328,11 @@ impl Platform for Slack {
         let (text, blocks) = blocks::render(&entry.message);
         match entry.op {
             OutboxOp::Post => {
-                let channel = self.channel_id(&entry.channel).await?;
+                // Slack delivers a post to a user ID as a direct message from the app.
+                let channel = match &entry.private_to {
+                    Some(user) => user.clone(),
+                    None => self.channel_id(&entry.channel).await?,
+                };
                 self.pacer.take(&channel).map_err(DeliveryError::NotYet)?;
                 let mut body = json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
                 if let Some(thread) = &entry.thread_ref {

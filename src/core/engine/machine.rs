@@ -60,12 +60,14 @@ pub fn start(state: &mut RunState, cx: &Context<'_>) -> Transition {
         platform: a.state.run.conversation.platform.clone(),
         channel: a.state.run.conversation.channel.clone(),
         thread: None,
+        private_to: None,
     };
     a.send(Outgoing::Post {
         run: Some(a.state.run.id),
         key: MessageKey::root(a.state.run.id),
         to,
         message: root,
+        urgent: false,
     });
     a.advance();
     a.finish(None)
@@ -101,6 +103,7 @@ pub fn abandon(state: &mut RunState, reason: &str, now: DateTime<Utc>) -> Transi
         platform: state.run.conversation.platform.clone(),
         channel: state.run.conversation.channel.clone(),
         thread: Some(MessageKey::root(run)),
+        private_to: None,
     };
     let message = OutMessage {
         text: format!("Run {run} *failed*: {reason}"),
@@ -111,6 +114,7 @@ pub fn abandon(state: &mut RunState, reason: &str, now: DateTime<Utc>) -> Transi
         key: MessageKey::of(run, "summary"),
         to,
         message,
+        urgent: false,
     }));
     out.notice = Some(format!("Run {run} could not go on: {reason}"));
     out
@@ -150,10 +154,13 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
         Command::Cancel { actor } => a.cancel(&actor),
         Command::Retry { actor } => a.retry(&actor),
         Command::DeliveryFailed {
+            outbox,
             key,
             channel,
             error,
-        } => a.delivery_failed(&key, &channel, &error),
+            permanent,
+        } => a.delivery_failed(outbox, &key, &channel, &error, permanent),
+        Command::DeliveryRecovered { outbox, key } => a.delivery_recovered(outbox, &key),
         Command::StepNote {
             step,
             attempt,
@@ -197,6 +204,7 @@ impl<'a> Apply<'a, '_> {
             platform: self.state.run.conversation.platform.clone(),
             channel: self.state.run.conversation.channel.clone(),
             thread: Some(MessageKey::root(self.state.run.id)),
+            private_to: None,
         }
     }
 
@@ -206,6 +214,7 @@ impl<'a> Apply<'a, '_> {
             key: MessageKey::of(self.state.run.id, what),
             to: self.thread(),
             message,
+            urgent: false,
         };
         self.send(o);
     }
@@ -385,10 +394,13 @@ impl<'a> Apply<'a, '_> {
             // A finished run's messages can still fail to arrive (a last notify): it says so
             // in its thread, and Retry sends them again.
             Command::DeliveryFailed {
+                outbox,
                 key,
                 channel,
                 error,
-            } => self.delivery_failed(&key, &channel, &error),
+                permanent,
+            } => self.delivery_failed(outbox, &key, &channel, &error, permanent),
+            Command::DeliveryRecovered { outbox, key } => self.delivery_recovered(outbox, &key),
             Command::Retry { actor } => {
                 if !self.may_steer(&actor) {
                     self.refuse_retry(&actor);
@@ -687,6 +699,7 @@ impl<'a> Apply<'a, '_> {
                 platform: self.state.run.conversation.platform.clone(),
                 channel: c.to_owned(),
                 thread: None,
+                private_to: None,
             },
             _ => self.thread(),
         };
@@ -695,6 +708,7 @@ impl<'a> Apply<'a, '_> {
             key,
             to,
             message,
+            urgent: false,
         });
     }
 
@@ -1250,8 +1264,10 @@ impl<'a> Apply<'a, '_> {
                         platform: self.state.run.conversation.platform.clone(),
                         channel: channel.clone(),
                         thread: None,
+                        private_to: None,
                     },
                     message,
+                    urgent: false,
                 });
             }
             None => self.reply(
@@ -1419,8 +1435,10 @@ impl<'a> Apply<'a, '_> {
                     platform: self.state.run.conversation.platform.clone(),
                     channel: channel.clone(),
                     thread: None,
+                    private_to: None,
                 },
                 message,
+                urgent: false,
             });
         }
     }
@@ -1478,26 +1496,157 @@ impl<'a> Apply<'a, '_> {
         self.notice(text);
     }
 
-    /// The outbox gave up on a message of this run: the thread says which and why, with Retry
-    /// (and Cancel while the run is under way). The root is the thread, so its loss cannot be
-    /// told there; nor is the loss of such an alert itself.
-    fn delivery_failed(&mut self, key: &str, channel: &str, error: &str) {
+    /// A message of this run did not go through: the thread says which and why (or, when it
+    /// was the thread's root, the channel does), with Retry (and Cancel while the run is under
+    /// way). Said once per message: a second report of the same kind changes nothing. An alert
+    /// that cannot be delivered either falls back to the requester, privately, when it was
+    /// about the root; nothing is said about the loss of that private note itself.
+    fn delivery_failed(
+        &mut self,
+        outbox: i64,
+        key: &str,
+        channel: &str,
+        error: &str,
+        permanent: bool,
+    ) {
         let run = self.state.run.id;
-        if key == MessageKey::root(run).0 || key.contains(":delivery:") {
+        let now = self.now();
+        if let Some((about, alert)) = self
+            .state
+            .run
+            .alerts
+            .iter()
+            .find(|(id, _)| alert_key(run, **id).0 == key)
+            .map(|(id, a)| (*id, a.clone()))
+        {
+            if alert.in_channel {
+                self.tell_requester_privately(about, &alert.channel, error);
+            }
             return;
         }
-        let now = self.now();
+        if key.ends_with(":private") {
+            return;
+        }
+        if self
+            .state
+            .run
+            .alerts
+            .get(&outbox)
+            .is_some_and(|a| a.open && a.permanent == permanent)
+        {
+            // Said already, and nothing changed.
+            return;
+        }
+        let is_root = key == MessageKey::root(run).0;
+        if is_root {
+            self.state.run.conversation_lost = Some(error.to_owned());
+        }
         let ev = self.event(
-            AuditKind::RunStalled,
+            AuditKind::DeliveryAlerted,
             None,
-            json!({"delivery": key, "channel": channel, "error": error}),
+            json!({"message": key, "channel": channel, "error": error, "permanent": permanent}),
         );
         self.audit(ev);
         let active = !self.state.run.status.is_terminal();
-        self.reply(
-            &format!("delivery:{}", now.timestamp_millis()),
-            render::delivery_alert(run, channel, error, active),
+        let message = if is_root {
+            render::root_alert(&self.state.run, error, permanent, self.cx.base_url)
+        } else {
+            render::delivery_alert(run, channel, error, permanent, active)
+        };
+        match self.state.run.alerts.get_mut(&outbox) {
+            Some(a) => {
+                a.open = true;
+                a.permanent = permanent;
+                self.send(Outgoing::Edit {
+                    run: Some(run),
+                    key: alert_key(run, outbox),
+                    message,
+                });
+            }
+            None => {
+                let to = if is_root {
+                    Destination {
+                        thread: None,
+                        ..self.thread()
+                    }
+                } else {
+                    self.thread()
+                };
+                self.state.run.alerts.insert(
+                    outbox,
+                    DeliveryAlert {
+                        about: key.to_owned(),
+                        channel: channel.to_owned(),
+                        permanent,
+                        open: true,
+                        raised_at: now,
+                        in_channel: is_root,
+                    },
+                );
+                self.send(Outgoing::Post {
+                    run: Some(run),
+                    key: alert_key(run, outbox),
+                    to,
+                    message,
+                    urgent: true,
+                });
+            }
+        }
+    }
+
+    /// The channel would not take the alert about a root message either: the person who
+    /// started the run hears of it privately, when a person did.
+    fn tell_requester_privately(&mut self, about: i64, channel: &str, error: &str) {
+        let run = &self.state.run;
+        let requester = &run.requested_by;
+        if requester.is_bot || requester.platform != run.conversation.platform {
+            return;
+        }
+        let key = MessageKey(format!("{}:private", alert_key(run.id, about).0));
+        let message = render::root_alert_private(run, channel, error, self.cx.base_url);
+        let to = Destination {
+            platform: run.conversation.platform.clone(),
+            channel: channel.to_owned(),
+            thread: None,
+            private_to: Some(requester.id.clone()),
+        };
+        self.send(Outgoing::Post {
+            run: Some(run.id),
+            key,
+            to,
+            message,
+            urgent: true,
+        });
+    }
+
+    /// A message this run raised an alert about went through after all: the alert says so
+    /// and loses its buttons.
+    fn delivery_recovered(&mut self, outbox: i64, key: &str) {
+        let run = self.state.run.id;
+        let now = self.now();
+        if key == MessageKey::root(run).0 {
+            self.state.run.conversation_lost = None;
+        }
+        let Some(alert) = self.state.run.alerts.get_mut(&outbox) else {
+            return;
+        };
+        if !alert.open {
+            return;
+        }
+        alert.open = false;
+        let channel = alert.channel.clone();
+        let message = render::delivery_recovered(run, &channel, now);
+        let ev = self.event(
+            AuditKind::DeliveryRecovered,
+            None,
+            json!({"message": key, "channel": channel}),
         );
+        self.audit(ev);
+        self.send(Outgoing::Edit {
+            run: Some(run),
+            key: alert_key(run, outbox),
+            message,
+        });
     }
 
     fn retry(&mut self, actor: &Actor) {
@@ -1743,6 +1892,12 @@ fn new_approval(
 }
 
 /// The message key of a stall alert: one per time the run stalled.
+/// The key of the alert about outbox entry `outbox`: one alert per message, edited as it
+/// changes.
+fn alert_key(run: crate::core::ids::RunId, outbox: i64) -> MessageKey {
+    MessageKey::of(run, &format!("delivery:{outbox}"))
+}
+
 fn stall_key(at: DateTime<Utc>) -> String {
     format!("stall:{}", at.timestamp_millis())
 }

@@ -51,12 +51,18 @@ pub enum Command {
     /// Someone asked a stalled run to try again what it is stuck on (steps, and messages
     /// that could not be delivered).
     Retry { actor: Actor },
-    /// The outbox gave up on one of the run's messages.
+    /// One of the run's messages did not go through: the platform refused it for good
+    /// (`permanent`), or it kept failing past the outbox's time budget (it is still tried).
     DeliveryFailed {
+        /// The outbox entry.
+        outbox: i64,
         key: String,
         channel: String,
         error: String,
+        permanent: bool,
     },
+    /// A message the run raised a delivery alert about went through after all.
+    DeliveryRecovered { outbox: i64, key: String },
     /// A step attempt was in flight when the process stopped; it will not report back.
     AttemptLost { step: StepId, attempt: u32 },
     /// A running agent wants an external tool called: the step waits for a decision on this

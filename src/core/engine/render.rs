@@ -415,9 +415,34 @@ pub fn past_deadline(run: RunId, step: &str, alert: &str) -> String {
     format!("*Stalled*: step *{step}* of run {run} is past its deadline with no result. {rest}")
 }
 
-/// A message of the run that the platform would not take, with Retry (and Cancel while the
-/// run is under way).
-pub fn delivery_alert(run: RunId, channel: &str, error: &str, active: bool) -> OutMessage {
+/// A message of the run that did not go through, with Retry (and Cancel while the run is
+/// under way). It says which kind of trouble it is: a refusal that retrying will not fix, or
+/// trouble that has lasted long enough for a person to look (Baton keeps trying meanwhile).
+pub fn delivery_alert(
+    run: RunId,
+    channel: &str,
+    error: &str,
+    permanent: bool,
+    active: bool,
+) -> OutMessage {
+    let text = if permanent {
+        format!(
+            "*Delivery failed*: a message of run {run} to #{channel} was refused, and trying again will not help until the cause is fixed. Retry sends it again."
+        )
+    } else {
+        format!(
+            "*Delivery delayed*: a message of run {run} to #{channel} has not gone through for a while. Baton keeps trying; Retry tries again now."
+        )
+    };
+    OutMessage {
+        text,
+        detail: Some(error.to_owned()),
+        buttons: alert_buttons(run, active),
+        ..Default::default()
+    }
+}
+
+fn alert_buttons(run: RunId, active: bool) -> Vec<Button> {
     let mut buttons = vec![Button::new(
         "Retry",
         ActionId::Retry { run },
@@ -430,12 +455,69 @@ pub fn delivery_alert(run: RunId, channel: &str, error: &str, active: bool) -> O
             ButtonStyle::Danger,
         ));
     }
+    buttons
+}
+
+/// The run's root message did not go through, so it has no thread: said in the channel
+/// itself, with where to follow the run.
+pub fn root_alert(run: &Run, error: &str, permanent: bool, base_url: &str) -> OutMessage {
+    let how = if permanent {
+        "was refused"
+    } else {
+        "has not gone through for a while (Baton keeps trying)"
+    };
     OutMessage {
         text: format!(
-            "*Delivery failed*: a message of run {run} to #{channel} could not be delivered. Retry sends it again once the cause is fixed."
+            "*Delivery failed*: the first message of run {} ({}) {how}, so the run has no thread here. It goes on; follow it at {base_url}/runs/{}. Retry sends the message again.",
+            run.id, run.title, run.id
         ),
         detail: Some(error.to_owned()),
-        buttons,
+        buttons: alert_buttons(run.id, !run.status.is_terminal()),
+        ..Default::default()
+    }
+}
+
+/// The same, for the person who started the run, when the channel would not take the alert.
+pub fn root_alert_private(run: &Run, channel: &str, error: &str, base_url: &str) -> OutMessage {
+    OutMessage {
+        text: format!(
+            "Your run {} ({}) could not post in #{channel}, so it has no thread there. It goes on; follow it at {base_url}/runs/{}.",
+            run.id, run.title, run.id
+        ),
+        detail: Some(error.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// What a run page and `baton runs show` say of a run whose root message is not in chat.
+pub fn conversation_lost(run: &Run, why: &str) -> String {
+    format!(
+        "Its conversation did not reach chat: the first message could not be posted in {} #{} ({why}).",
+        run.conversation.platform, run.conversation.channel
+    )
+}
+
+/// The same for another message of the run that has not gone through.
+pub fn message_missing(alert: &DeliveryAlert) -> String {
+    let how = if alert.permanent {
+        "was refused"
+    } else {
+        "has not gone through yet"
+    };
+    format!(
+        "A message to #{} {how} (since {}).",
+        alert.channel,
+        time_of_day(alert.raised_at)
+    )
+}
+
+/// A delivery alert once its message went through after all.
+pub fn delivery_recovered(run: RunId, channel: &str, at: DateTime<Utc>) -> OutMessage {
+    OutMessage {
+        text: format!(
+            "*Delivered after all*: the message of run {run} to #{channel} went through at {}.",
+            time_of_day(at)
+        ),
         ..Default::default()
     }
 }

@@ -120,6 +120,28 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the run was flagged as stalled, until it moves again.
     pub stalled_at: Option<DateTime<Utc>>,
+    /// Why the run's root message could not be posted, while it has not been: the run goes
+    /// on, but its conversation is not in chat.
+    pub conversation_lost: Option<String>,
+    /// Delivery alerts the run raised, by the outbox entry they are about.
+    pub alerts: BTreeMap<i64, DeliveryAlert>,
+}
+
+/// An alert the run posted because one of its messages did not go through.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryAlert {
+    /// The key of the message that did not go through.
+    pub about: String,
+    /// Where that message was going.
+    pub channel: String,
+    /// A permanent error (true), or transient errors that lasted past the time budget.
+    pub permanent: bool,
+    /// Until the message goes through after all.
+    pub open: bool,
+    pub raised_at: DateTime<Utc>,
+    /// Posted in the channel rather than the thread: the message was the thread's root.
+    #[serde(default)]
+    pub in_channel: bool,
 }
 
 /// A step row.

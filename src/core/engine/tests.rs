@@ -3,7 +3,7 @@
 use super::*;
 use crate::core::event::{Actor, ConversationRef};
 use crate::core::ids::{MessageKey, RunId};
-use crate::core::message::Outgoing;
+use crate::core::message::{Destination, OutMessage, Outgoing};
 use crate::core::tools::ToolCatalog;
 use crate::core::workflow::{Workflow, parse_workflow};
 use chrono::{DateTime, Duration, Utc};
@@ -87,6 +87,8 @@ fn fresh() -> RunState {
             updated_at: t0(),
             finished_at: None,
             stalled_at: None,
+            conversation_lost: None,
+            alerts: BTreeMap::new(),
         },
         steps: BTreeMap::new(),
         approvals: BTreeMap::new(),
@@ -1004,34 +1006,164 @@ fn an_edited_payload_is_recorded_asked_about_afresh_and_its_editor_cannot_approv
     assert_eq!(out["edited_by"], json!(["cy"]));
 }
 
-#[test]
-fn a_message_that_could_not_be_delivered_is_flagged_and_retry_sends_the_failed_ones_again() {
-    let mut h = Harness::new(FLOW);
-    h.start();
-    let t = h.apply(Command::DeliveryFailed {
-        key: "run:7:post:tell".into(),
+fn failed(outbox: i64, key: &str, permanent: bool) -> Command {
+    Command::DeliveryFailed {
+        outbox,
+        key: key.into(),
         channel: "nowhere".into(),
         error: "channel_not_found".into(),
-    });
-    assert_eq!(audits(&t), vec!["run.stalled"]);
-    let alert = posted_under(&t, "run:7:delivery:").unwrap();
-    assert!(alert.text.contains("to #nowhere"));
-    assert_eq!(alert.detail.as_deref(), Some("channel_not_found"));
-    // Its own loss, or the root's, is not flagged again (there is no thread to tell).
-    for key in ["run:7:delivery:123", "run:7:root"] {
-        let t = h.apply(Command::DeliveryFailed {
-            key: key.into(),
-            channel: "general".into(),
-            error: "x".into(),
-        });
-        assert!(t.effects.is_empty(), "{key}");
+        permanent,
     }
+}
+
+/// The post with this exact key, with where it goes and whether it jumps the queue.
+fn post_of(t: &Transition, wanted: &str) -> Option<(Destination, OutMessage, bool)> {
+    t.effects.iter().find_map(|e| match e {
+        Effect::Send(Outgoing::Post {
+            key,
+            to,
+            message,
+            urgent,
+            ..
+        }) if key.0 == wanted => Some((to.clone(), message.clone(), *urgent)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_message_that_could_not_be_delivered_is_flagged_once_and_the_flag_is_withdrawn_when_it_goes_through()
+ {
+    let mut h = Harness::new(FLOW);
+    h.start();
+    let t = h.apply(failed(11, "run:7:post:tell", true));
+    assert_eq!(audits(&t), vec!["delivery.alerted"]);
+    let (to, alert, urgent) = post_of(&t, "run:7:delivery:11").unwrap();
+    assert!(
+        urgent,
+        "an alert does not wait behind the message it is about"
+    );
+    assert_eq!(to.thread, Some(MessageKey::root(RunId(7))));
+    assert!(
+        alert
+            .text
+            .starts_with("*Delivery failed*: a message of run 7 to #nowhere was refused"),
+        "{}",
+        alert.text
+    );
+    assert_eq!(alert.detail.as_deref(), Some("channel_not_found"));
+    assert_eq!(
+        alert.buttons.len(),
+        2,
+        "Retry and Cancel while the run is on"
+    );
+    assert!(
+        h.apply(failed(11, "run:7:post:tell", true))
+            .effects
+            .is_empty(),
+        "said once"
+    );
+    let t = h.apply(Command::DeliveryRecovered {
+        outbox: 11,
+        key: "run:7:post:tell".into(),
+    });
+    assert_eq!(audits(&t), vec!["delivery.recovered"]);
+    let edited = t
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(Outgoing::Edit { key, message, .. }) if key.0 == "run:7:delivery:11" => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        edited.text.starts_with("*Delivered after all*"),
+        "{}",
+        edited.text
+    );
+    assert!(edited.buttons.is_empty());
+    assert!(
+        h.apply(Command::DeliveryRecovered {
+            outbox: 11,
+            key: "run:7:post:tell".into(),
+        })
+        .effects
+        .is_empty()
+    );
+
+    let t = h.apply(failed(12, "run:7:post:other", false));
+    let (_, delayed, _) = post_of(&t, "run:7:delivery:12").unwrap();
+    assert!(
+        delayed.text.starts_with("*Delivery delayed*"),
+        "{}",
+        delayed.text
+    );
+    // Trouble that becomes a refusal is said again, in the same message.
+    let t = h.apply(failed(12, "run:7:post:other", true));
+    assert_eq!(edits(&t), vec!["run:7:delivery:12"]);
+
+    // The loss of an alert in the thread is not flagged again.
+    assert!(
+        h.apply(failed(40, "run:7:delivery:11", true))
+            .effects
+            .is_empty()
+    );
+
     let t = h.apply(Command::Retry { actor: user("ana") });
     assert!(
         t.effects
             .iter()
             .any(|e| matches!(e, Effect::Redeliver(RunId(7))))
     );
+}
+
+#[test]
+fn a_root_that_cannot_be_posted_is_said_in_the_channel_and_then_privately_to_the_requester() {
+    let mut h = Harness::new(FLOW);
+    h.start();
+    let t = h.apply(failed(1, "run:7:root", true));
+    assert_eq!(
+        h.state.run.conversation_lost.as_deref(),
+        Some("channel_not_found")
+    );
+    let (to, alert, urgent) = post_of(&t, "run:7:delivery:1").unwrap();
+    assert!(urgent);
+    assert_eq!(
+        (to.channel.as_str(), to.thread),
+        ("general", None),
+        "in the channel"
+    );
+    assert!(
+        alert.text.contains("so the run has no thread here"),
+        "{}",
+        alert.text
+    );
+    assert!(alert.text.contains("http://x/runs/7"), "{}", alert.text);
+
+    // The channel will not take that either: the requester hears of it privately.
+    let t = h.apply(failed(2, "run:7:delivery:1", true));
+    let (to, private, urgent) = post_of(&t, "run:7:delivery:1:private").unwrap();
+    assert!(urgent);
+    assert_eq!(to.private_to.as_deref(), Some("ana"));
+    assert!(
+        private
+            .text
+            .starts_with("Your run 7 (Flow) could not post in #nowhere"),
+        "{}",
+        private.text
+    );
+    assert!(
+        h.apply(failed(3, "run:7:delivery:1:private", true))
+            .effects
+            .is_empty()
+    );
+
+    h.apply(Command::DeliveryRecovered {
+        outbox: 1,
+        key: "run:7:root".into(),
+    });
+    assert_eq!(h.state.run.conversation_lost, None);
 }
 
 #[test]

@@ -1,0 +1,16 @@
+-- Reliability: delivery alerts that mean something, and alerts that jump their queue.
+-- Times are milliseconds since the Unix epoch (UTC).
+
+-- A post that goes out ahead of its conversation's queue (a delivery alert), and a post only
+-- one person sees (a direct message; `channel` then says what it is about).
+ALTER TABLE outbox ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN private_to TEXT;
+-- Since when an entry has failed without a break (rate limits do not count), and whether the
+-- run was told.
+ALTER TABLE outbox ADD COLUMN failing_since INTEGER;
+ALTER TABLE outbox ADD COLUMN alerted INTEGER NOT NULL DEFAULT 0;
+
+-- Why a run's root message could not be posted, while it has not been.
+ALTER TABLE runs ADD COLUMN conversation_lost TEXT;
+-- The run's delivery alerts as JSON, by outbox entry (see core::engine::state::DeliveryAlert).
+ALTER TABLE runs ADD COLUMN alerts TEXT NOT NULL DEFAULT '{}';
