@@ -433,7 +433,7 @@ async fn malformed_and_oversized_requests_get_a_clear_error_and_change_nothing()
             json!({"user": "ben", "message_id": 1, "action": "explode:1"}),
         )
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 404, "a click on a message that does not exist");
     assert!(
         app.channel("general").await.is_empty(),
         "nothing was posted"
@@ -719,4 +719,16 @@ async fn someone_not_allowed_to_start_a_workflow_is_refused_privately_and_nothin
     assert_eq!(refused.len(), 2);
     assert_eq!(refused[0]["actor"], "console:ana");
     app.start_run("ben", "general", "/deploy").await;
+}
+
+#[tokio::test]
+async fn a_click_on_a_button_baton_cannot_read_is_answered_and_recorded() {
+    let app = spawn_app().await;
+    let (_, root) = start_demo(&app, "ana").await;
+    let notices = app.click("ben", root, "approve:1").await;
+    assert_eq!(
+        notices,
+        vec!["This button is no longer valid. Nothing was changed."]
+    );
+    assert_eq!(app.ledger_of("action.unreadable").await.len(), 1);
 }

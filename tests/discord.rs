@@ -1564,3 +1564,31 @@ async fn a_global_429_holds_back_every_route_until_it_is_over() {
         .collect();
     assert!(early.is_empty(), "calls during the global limit: {early:?}");
 }
+
+#[tokio::test]
+async fn a_click_on_a_button_baton_cannot_read_is_answered_privately_and_recorded() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        click(
+            "800000000000000981",
+            "legacy_approve_button",
+            BEN,
+            &[],
+            GENERAL,
+        ),
+    );
+    let answer = eventually_some("the private answer", || async {
+        fake.webhook_calls("tok-800000000000000981")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        answer.body["content"],
+        "This button is no longer valid. Nothing was changed."
+    );
+    assert_eq!(answer.body["flags"], 64, "only the clicker sees it");
+    assert_eq!(app.ledger_of("action.unreadable").await.len(), 1);
+}

@@ -1679,3 +1679,59 @@ async fn a_message_that_keeps_failing_past_the_time_budget_is_flagged_once_and_t
         .count();
     assert_eq!(alerts, 1, "said once");
 }
+
+#[tokio::test]
+async fn a_click_on_a_button_baton_cannot_read_is_answered_privately_and_recorded() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    for (action, trigger) in [("approve:1", "T12.1"), ("legacy_approve_button", "T12.2")] {
+        assert_eq!(
+            click(
+                &app,
+                &fake,
+                "UBEN0001",
+                action,
+                "1700000000.000009",
+                trigger
+            )
+            .await,
+            200
+        );
+    }
+    eventually("both answered", || async {
+        fake.responses()
+            .iter()
+            .filter(|r| {
+                r["text"] == "This button is no longer valid. Nothing was changed."
+                    && r["response_type"] == "ephemeral"
+            })
+            .count()
+            == 2
+    })
+    .await;
+    let recorded = app.ledger_of("action.unreadable").await;
+    assert_eq!(recorded.len(), 2);
+    assert!(
+        recorded[1]["data"]
+            .as_str()
+            .unwrap()
+            .contains("legacy_approve_button")
+    );
+    // A payload Slack sends that is not JSON Baton can read is acknowledged, not refused.
+    let body = form(&[("payload", "{\"type\": \"block_actions\", \"user\": ")]);
+    let status = signed(
+        &app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await
+    .status();
+    assert_eq!(status, 200);
+    eventually("the unreadable payload recorded", || async {
+        app.ledger_of("inbound.unreadable").await.len() == 1
+    })
+    .await;
+}

@@ -164,3 +164,92 @@ async fn a_disconnect_mid_run_reconnects_and_loses_nothing() {
     app.wait_for_status(1, "succeeded").await;
     assert!(app.ledger_of("post.failed").await.is_empty());
 }
+
+#[tokio::test]
+async fn on_refresh_requested_the_new_connection_is_open_before_the_old_one_closes_and_nothing_is_missed()
+ {
+    let fake = FakeSlack::start().await;
+    let app = socket_app(&fake).await;
+    // The successor takes a while to say hello: the old connection must keep serving.
+    fake.state.lock().unwrap().hello_delay = Some(std::time::Duration::from_millis(300));
+    fake.send_on(1, json!({"type": "disconnect", "reason": "refresh_requested", "debug_info": {"host": "applink-7"}}));
+    fake.send_on(1, slash(&fake, "env-during", "UANA0001", "/ship 3.0", "T1"));
+    acked(&fake, "env-during").await;
+    eventually("the old connection closed by Baton", || async {
+        fake.socket_log().iter().any(|e| e == "closed by bot 1")
+    })
+    .await;
+    let log = fake.socket_log();
+    let hello2 = log
+        .iter()
+        .position(|e| e == "hello 2")
+        .expect("a second connection");
+    let closed1 = log.iter().position(|e| e == "closed by bot 1").unwrap();
+    assert!(hello2 < closed1, "no moment without a connection: {log:?}");
+    eventually("the run the envelope started", || async {
+        fake.posts()
+            .iter()
+            .any(|(_, b)| b["text"].as_str().unwrap_or("").contains("Ship 3.0"))
+    })
+    .await;
+    // An envelope Slack sends on both connections counts once.
+    fake.send_on(
+        2,
+        click(&fake, "env-twice", "UBEN0001", "approve:1:gate", "T2"),
+    );
+    fake.send_on(
+        2,
+        click(&fake, "env-twice", "UBEN0001", "approve:1:gate", "T2"),
+    );
+    app.wait_for_status(1, "succeeded").await;
+    assert_eq!(app.ledger_of("approval.decided").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_reconnect_backoff_starts_over_after_every_good_connection() {
+    let fake = FakeSlack::start().await;
+    // Four connections in a row drop right after hello; the fifth stays.
+    fake.state.lock().unwrap().drop_after_hello = 4;
+    let _app = socket_app(&fake).await;
+    eventually("a fifth connection", || async {
+        fake.socket_log().iter().any(|e| e == "hello 5")
+    })
+    .await;
+    let s = fake.state.lock().unwrap();
+    let at = |what: &str| s.socket_log.iter().find(|(_, e)| e == what).unwrap().0;
+    // Each drop followed a good connection, so each pause is the first one (half a second);
+    // a backoff that kept doubling would need 0.5 + 1 + 2 + 4 s.
+    let took = at("hello 5") - at("dropped 1");
+    assert!(
+        took < std::time::Duration::from_millis(5000),
+        "four reconnects took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_envelope_baton_cannot_read_is_acknowledged_and_recorded() {
+    let fake = FakeSlack::start().await;
+    let app = socket_app(&fake).await;
+    // A lone surrogate is valid JSON to Slack but not a Rust string: read as U+FFFD.
+    fake.send_text(r#"{"envelope_id": "env-surrogate", "type": "events_api", "accepts_response_payload": false, "retry_attempt": 0, "payload": {"token": "legacy", "team_id": "T0ACME", "api_app_id": "A0BATON", "type": "event_callback", "event_id": "Ev9", "event_time": 1700000000, "event": {"type": "message", "channel": "C0GENERAL", "user": "UANA0001", "text": "ship it: 6.0 \ud800", "ts": "1700000060.000100", "channel_type": "channel"}}}"#.into());
+    acked(&fake, "env-surrogate").await;
+    eventually("the run it started", || async {
+        fake.posts()
+            .iter()
+            .any(|(_, b)| b["text"].as_str().unwrap_or("").contains("Ship 6.0"))
+    })
+    .await;
+    // What cannot be read at all is still acknowledged, and the ledger keeps it.
+    fake.send_text(
+        r#"{"envelope_id": "env-broken", "type": "events_api", "payload": {"event": {"#.into(),
+    );
+    acked(&fake, "env-broken").await;
+    let entry = eventually_some("the unreadable envelope in the ledger", || async {
+        app.ledger_of("inbound.unreadable").await.into_iter().next()
+    })
+    .await;
+    assert!(
+        entry["data"].as_str().unwrap().contains("env-broken"),
+        "{entry}"
+    );
+}

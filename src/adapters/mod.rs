@@ -5,6 +5,7 @@
 pub mod console;
 pub mod discord;
 pub mod limits;
+pub mod payload;
 pub mod slack;
 
 use crate::store::OutboxEntry;

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub enum AuditKind {
     TriggerReceived,
     TriggerRefused,
+    InboundUnreadable,
+    ActionUnreadable,
     RunStarted,
     RunStatusChanged,
     RunCancelled,
@@ -51,6 +53,8 @@ impl AuditKind {
             AuditKind::TriggerReceived => "trigger.received",
             AuditKind::ModelCalled => "model.called",
             AuditKind::TriggerRefused => "trigger.refused",
+            AuditKind::InboundUnreadable => "inbound.unreadable",
+            AuditKind::ActionUnreadable => "action.unreadable",
             AuditKind::RunStarted => "run.started",
             AuditKind::RunStatusChanged => "run.status",
             AuditKind::RunCancelled => "run.cancelled",

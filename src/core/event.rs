@@ -112,4 +112,7 @@ pub enum EventKind {
         action: ActionId,
         reason: Option<String>,
     },
+    /// A click on a button Baton cannot read (one it never made, or of an older format): the
+    /// person is told it is no longer valid, and the ledger keeps what it said.
+    UnreadableAction { action: String },
 }

@@ -28,7 +28,31 @@ impl Response {
     }
 }
 
+/// How much of a payload Baton could not read the ledger keeps, to see what it was.
+const UNREADABLE_EXCERPT: usize = 500;
+
 impl Engine {
+    /// Records a payload from a platform that could not be read at all (it was acknowledged
+    /// all the same, so the platform does not send it again): the ledger keeps what it was.
+    pub async fn unreadable(&self, platform: &str, what: &str, error: &str, text: &str) {
+        let excerpt: String = text.chars().take(UNREADABLE_EXCERPT).collect();
+        let ev = AuditEvent::new(
+            self.clock.now(),
+            AuditKind::InboundUnreadable,
+            None,
+            json!({"platform": platform, "what": what, "error": error, "bytes": text.len(), "excerpt": excerpt}),
+        );
+        tracing::warn!(
+            platform,
+            what,
+            error,
+            "a payload Baton cannot read was acknowledged and recorded"
+        );
+        if let Err(e) = self.store.audit_append(vec![ev]).await {
+            tracing::warn!(error = %e, "could not record an unreadable payload");
+        }
+    }
+
     /// Handles one inbound event end to end.
     #[tracing::instrument(skip_all, fields(event_id = %ev.id))]
     pub async fn handle(self: &Arc<Self>, ev: InboundEvent) -> Result<Response, EngineError> {
@@ -89,6 +113,19 @@ impl Engine {
                     out.started.extend(r.started);
                 }
                 Ok(out)
+            }
+            EventKind::UnreadableAction { action } => {
+                let ev = AuditEvent::new(
+                    self.clock.now(),
+                    AuditKind::ActionUnreadable,
+                    None,
+                    json!({"action": action, "channel": ev.conversation.channel, "event_id": ev.id}),
+                )
+                .actor(&ev.actor);
+                self.store.audit_append(vec![ev]).await?;
+                Ok(Response::notice(
+                    crate::core::engine::render::button_not_valid(),
+                ))
             }
             EventKind::Action { action, reason } => {
                 let (run, cmd) = match action {

@@ -46,6 +46,13 @@ text = "Shipped {{ input.version }}."
 
 pub const APP_TOKEN: &str = "xapp-1-test-token";
 
+/// What the fake sends on a Socket Mode connection.
+pub enum SocketOut {
+    Text(String),
+    /// Drop the connection without a close frame, as a network failure would.
+    Drop,
+}
+
 /// One Web API call the bot made.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -84,7 +91,16 @@ pub struct FakeState {
     /// sender to the current connection.
     pub opens: u32,
     pub acks: Vec<String>,
-    pub socket: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    pub socket: Option<tokio::sync::mpsc::UnboundedSender<SocketOut>>,
+    /// Every connection's sender, by its number (1, 2, …).
+    pub sockets: Vec<(u32, tokio::sync::mpsc::UnboundedSender<SocketOut>)>,
+    /// What happened to connections, in order, with when: `hello N`, `closed by bot N`,
+    /// `dropped N`.
+    pub socket_log: Vec<(std::time::Instant, String)>,
+    /// New connections wait this long before saying hello.
+    pub hello_delay: Option<std::time::Duration>,
+    /// The next this many connections are dropped (no close frame) right after hello.
+    pub drop_after_hello: u32,
     /// WebSocket connections served so far.
     pub connected: u32,
     /// Scopes reported in `x-oauth-scopes`; `None` means every scope Baton asks for.
@@ -116,6 +132,11 @@ impl FakeSlack {
 
     /// Sends a Socket Mode envelope on the current connection.
     pub fn send(&self, envelope: Value) {
+        self.send_text(envelope.to_string());
+    }
+
+    /// Sends raw text on the current connection (a frame that may not be valid JSON).
+    pub fn send_text(&self, text: String) {
         let tx = self
             .state
             .lock()
@@ -123,7 +144,29 @@ impl FakeSlack {
             .socket
             .clone()
             .expect("a Socket Mode connection is open");
-        tx.send(envelope.to_string()).unwrap();
+        tx.send(SocketOut::Text(text)).unwrap();
+    }
+
+    /// Sends an envelope on connection `n`.
+    pub fn send_on(&self, n: u32, envelope: Value) {
+        let s = self.state.lock().unwrap();
+        let (_, tx) = s
+            .sockets
+            .iter()
+            .find(|(i, _)| *i == n)
+            .expect("connection n");
+        tx.send(SocketOut::Text(envelope.to_string())).unwrap();
+    }
+
+    /// The connection log's entries, without times.
+    pub fn socket_log(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .socket_log
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     pub fn acks(&self) -> Vec<String> {
@@ -405,6 +448,18 @@ async fn link(
 /// One Socket Mode connection: `hello` first, then whatever the test sends; acks are recorded.
 async fn serve_socket(mut socket: axum::extract::ws::WebSocket, state: Arc<Mutex<FakeState>>) {
     use axum::extract::ws::Message;
+    let (n, delay, drop_it) = {
+        let mut s = state.lock().unwrap();
+        s.connected += 1;
+        let drop_it = s.drop_after_hello > 0;
+        if drop_it {
+            s.drop_after_hello -= 1;
+        }
+        (s.connected, s.hello_delay, drop_it)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let hello = json!({"type": "hello", "num_connections": 1, "debug_info": {"host": "applink-7", "build_number": 10, "approximate_connection_time": 18060}, "connection_info": {"app_id": "A0BATON"}});
     if socket
         .send(Message::Text(hello.to_string().into()))
@@ -413,21 +468,44 @@ async fn serve_socket(mut socket: axum::extract::ws::WebSocket, state: Arc<Mutex
     {
         return;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SocketOut>();
     {
         let mut s = state.lock().unwrap();
-        s.socket = Some(tx);
-        s.connected += 1;
+        s.socket = Some(tx.clone());
+        s.sockets.push((n, tx.clone()));
+        s.socket_log
+            .push((std::time::Instant::now(), format!("hello {n}")));
     }
+    if drop_it {
+        let _ = tx.send(SocketOut::Drop);
+    }
+    let log = |what: String| {
+        state
+            .lock()
+            .unwrap()
+            .socket_log
+            .push((std::time::Instant::now(), what));
+    };
     loop {
         tokio::select! {
             out = rx.recv() => match out {
-                Some(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
+                Some(SocketOut::Text(text)) => if socket.send(Message::Text(text.into())).await.is_err() { break },
+                Some(SocketOut::Drop) => {
+                    log(format!("dropped {n}"));
+                    return;
+                }
                 None => break,
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(t))) => state.lock().unwrap().acks.push(t.to_string()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) => {
+                    log(format!("closed by bot {n}"));
+                    break;
+                }
+                None | Some(Err(_)) => {
+                    log(format!("lost {n}"));
+                    break;
+                }
                 Some(Ok(_)) => {}
             },
         }

@@ -249,13 +249,28 @@ async fn click(
     let Json(req) = body?;
     let actor = actor(&state, &req.user)?;
     let client = client_id(req.client_id.as_deref())?;
-    let action: ActionId = req.action.parse().map_err(ApiError::BadRequest)?;
     let message = state
         .engine
         .store()
         .console_get(req.message_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no message {}", req.message_id)))?;
+    let conversation = ConversationRef {
+        platform: "console".into(),
+        channel: message.channel.clone(),
+        thread: message.thread_id.map(|t| t.to_string()),
+    };
+    // A button Baton cannot read gets its answer, and the ledger keeps it.
+    let Ok(action) = req.action.parse::<ActionId>() else {
+        let event = InboundEvent {
+            id: format!("console:action:{}", client.unwrap_or("unreadable")),
+            actor,
+            conversation,
+            kind: EventKind::UnreadableAction { action: req.action },
+        };
+        let response = state.engine.handle(event).await?;
+        return Ok(Json(json!({"notices": response.notices})));
+    };
     // A button only works on the message that shows it: a click on a message whose buttons
     // are gone (decided, expired) gets the current state instead of acting.
     if !message
@@ -306,11 +321,7 @@ async fn click(
     let event = InboundEvent {
         id,
         actor,
-        conversation: ConversationRef {
-            platform: "console".into(),
-            channel: message.channel.clone(),
-            thread: message.thread_id.map(|t| t.to_string()),
-        },
+        conversation,
         kind: EventKind::Action {
             action,
             reason: req.reason,

@@ -325,10 +325,12 @@ async fn connect_once(
             }
             Some(Ok(_)) => continue,
         };
-        let frame: Frame = match serde_json::from_str(&text) {
+        let frame: Frame = match crate::adapters::payload::parse(&text) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(error = %e, "unreadable gateway frame");
+                engine
+                    .unreadable("discord", "gateway frame", &e.to_string(), &text)
+                    .await;
                 continue;
             }
         };

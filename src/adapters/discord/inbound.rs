@@ -99,13 +99,26 @@ const PERSON_MESSAGE_TYPES: [u64; 2] = [0, 19];
 /// Handles one gateway dispatch.
 pub fn dispatch(discord: &Arc<Discord>, engine: &Arc<Engine>, kind: &str, d: Value) {
     match kind {
-        "MESSAGE_CREATE" => match serde_json::from_value::<MessageCreate>(d) {
+        "MESSAGE_CREATE" => match serde_json::from_value::<MessageCreate>(d.clone()) {
             Ok(m) => on_message(discord, engine, m),
-            Err(e) => tracing::warn!(error = %e, "unreadable MESSAGE_CREATE"),
+            Err(e) => record_unreadable(engine, kind, &e.to_string(), &d),
         },
-        "INTERACTION_CREATE" => match serde_json::from_value::<Interaction>(d) {
+        "INTERACTION_CREATE" => match serde_json::from_value::<Interaction>(d.clone()) {
             Ok(i) => on_interaction(discord, engine, i),
-            Err(e) => tracing::warn!(error = %e, "unreadable INTERACTION_CREATE"),
+            Err(e) => {
+                // The person still hears something, when the interaction can be answered.
+                if let (Some(id), Some(token)) = (d["id"].as_str(), d["token"].as_str()) {
+                    let path = format!("interactions/{id}/{token}/callback");
+                    let body = json!({"type": 4, "data": {"content": crate::core::engine::render::button_not_valid(), "flags": 64}});
+                    let discord = discord.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = discord.api.post(&path, &body).await {
+                            tracing::warn!(error = %e, "could not answer a Discord interaction");
+                        }
+                    });
+                }
+                record_unreadable(engine, kind, &e.to_string(), &d)
+            }
         },
         "GUILD_CREATE" => {
             if let Some(id) = d["id"].as_str() {
@@ -121,6 +134,17 @@ pub fn dispatch(discord: &Arc<Discord>, engine: &Arc<Engine>, kind: &str, d: Val
         "RESUMED" => tracing::info!("Discord gateway session resumed"),
         _ => {}
     }
+}
+
+/// A dispatch whose payload Baton cannot read: the ledger keeps it.
+fn record_unreadable(engine: &Arc<Engine>, kind: &str, error: &str, d: &Value) {
+    let (engine, kind, error, text) = (
+        engine.clone(),
+        kind.to_owned(),
+        error.to_owned(),
+        d.to_string(),
+    );
+    tokio::spawn(async move { engine.unreadable("discord", &kind, &error, &text).await });
 }
 
 fn actor(user: &User, roles: Vec<String>) -> Actor {
@@ -311,11 +335,15 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
                 respond_then(discord, engine, &i, modal, None, reply);
                 return;
             }
-            let ev = custom_id.parse::<ActionId>().ok().map(|action| {
-                event(EventKind::Action {
+            // A button Baton cannot read (not its own, or of an older format) is answered too.
+            let ev = Some(match custom_id.parse::<ActionId>() {
+                Ok(action) => event(EventKind::Action {
                     action,
                     reason: None,
-                })
+                }),
+                Err(_) => event(EventKind::UnreadableAction {
+                    action: custom_id.to_owned(),
+                }),
             });
             respond_then(
                 discord,
@@ -328,17 +356,22 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
         }
         // A submitted modal.
         5 => {
-            let ev = i.data["custom_id"]
-                .as_str()
-                .and_then(|c| c.strip_prefix(REASON_MODAL))
-                .and_then(|a| a.parse::<ActionId>().ok())
-                .map(|action| {
+            let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
+            let parsed = custom_id
+                .strip_prefix(REASON_MODAL)
+                .and_then(|a| a.parse::<ActionId>().ok());
+            let ev = Some(match parsed {
+                Some(action) => {
                     let reason = find_input(&i.data["components"], REASON_INPUT)
                         .map(str::trim)
                         .filter(|r| !r.is_empty())
                         .map(str::to_owned);
                     event(EventKind::Action { action, reason })
-                });
+                }
+                None => event(EventKind::UnreadableAction {
+                    action: custom_id.to_owned(),
+                }),
+            });
             respond_then(
                 discord,
                 engine,

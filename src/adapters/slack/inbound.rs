@@ -161,9 +161,16 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let slack = slack_of(&state)?;
     let text = verify(&slack, &headers, &body)?;
-    let push: SlackPushEvent = match serde_json::from_str(&text) {
+    let push: SlackPushEvent = match crate::adapters::payload::parse(&text) {
         Ok(p) => p,
-        Err(e) => return Err(ApiError::BadRequest(format!("unreadable event: {e}"))),
+        // Acknowledged all the same: Slack would only send it again, and again.
+        Err(e) => {
+            state
+                .engine
+                .unreadable("slack", "Events API request", &e.to_string(), &text)
+                .await;
+            return Ok(StatusCode::OK.into_response());
+        }
     };
     Ok(match push {
         SlackPushEvent::UrlVerification(v) => {
@@ -298,9 +305,9 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
         }
         return;
     }
-    let interaction = match serde_json::from_value::<SlackInteractionEvent>(payload) {
+    let interaction = match serde_json::from_value::<SlackInteractionEvent>(payload.clone()) {
         Ok(i) => i,
-        Err(e) => return tracing::warn!(error = %e, "unreadable Slack interaction"),
+        Err(e) => return unreadable_interaction(engine, slack, &payload, &e.to_string()),
     };
     // Other interaction kinds (shortcuts, messages actions) are not used.
     let SlackInteractionEvent::BlockActions(ev) = interaction else {
@@ -316,7 +323,11 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
         .unwrap_or_default();
     let response_url = ev.response_url.as_ref().map(|u| u.0.to_string());
     for action in ev.actions.iter().flatten() {
+        // The trigger id is unique per click: a click delivered twice is applied once.
+        let id = format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0);
         let Ok(parsed) = action.action_id.0.parse::<ActionId>() else {
+            let event = unreadable_click(id, &user, &channel, &action.action_id.0);
+            handle_later(engine.clone(), slack.clone(), event, response_url.clone());
             continue;
         };
         let question = action
@@ -347,9 +358,8 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
             });
             continue;
         }
-        // The trigger id is unique per click: a click delivered twice is applied once.
         let event = InboundEvent {
-            id: format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0),
+            id,
             actor: actor(&user, false),
             conversation: ConversationRef {
                 platform: "slack".into(),
@@ -363,6 +373,48 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
         };
         handle_later(engine.clone(), slack.clone(), event, response_url.clone());
     }
+}
+
+/// A click on a button Baton cannot read, as the event that tells the person so.
+fn unreadable_click(id: String, user: &str, channel: &str, action: &str) -> InboundEvent {
+    InboundEvent {
+        id,
+        actor: actor(user, false),
+        conversation: ConversationRef {
+            platform: "slack".into(),
+            channel: channel.to_owned(),
+            thread: None,
+        },
+        kind: EventKind::UnreadableAction {
+            action: action.to_owned(),
+        },
+    }
+}
+
+/// An interaction whose payload does not have the shape Baton reads. A button click still
+/// gets its answer (from the fields every click has); anything else is recorded.
+fn unreadable_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: &Value, error: &str) {
+    let user = payload["user"]["id"].as_str();
+    if payload["type"] == "block_actions"
+        && let Some(user) = user
+    {
+        let channel = payload["channel"]["id"].as_str().unwrap_or_default();
+        let trigger = payload["trigger_id"].as_str().unwrap_or_default();
+        let response_url = payload["response_url"].as_str().map(str::to_owned);
+        for action in payload["actions"].as_array().into_iter().flatten() {
+            let action_id = action["action_id"].as_str().unwrap_or_default();
+            let id = format!("slack:action:{trigger}:{action_id}");
+            let event = unreadable_click(id, user, channel, action_id);
+            handle_later(engine.clone(), slack.clone(), event, response_url.clone());
+        }
+        return;
+    }
+    let (engine, text, error) = (engine.clone(), payload.to_string(), error.to_owned());
+    tokio::spawn(async move {
+        engine
+            .unreadable("slack", "interaction", &error, &text)
+            .await;
+    });
 }
 
 /// What a text modal asks for.
@@ -461,10 +513,15 @@ async fn interactions(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (slack, form) = verified_form::<InteractionForm>(&state, &headers, &body, "interaction")?;
-    let Ok(payload) = serde_json::from_str::<Value>(&form.payload) else {
-        return Err(ApiError::BadRequest(
-            "unreadable interaction payload".into(),
-        ));
+    let payload = match crate::adapters::payload::parse::<Value>(&form.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            state
+                .engine
+                .unreadable("slack", "interaction", &e.to_string(), &form.payload)
+                .await;
+            return Ok(StatusCode::OK);
+        }
     };
     dispatch_interaction(&state.engine, &slack, payload);
     // An empty 200 also closes a submitted modal.

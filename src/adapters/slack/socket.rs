@@ -1,21 +1,29 @@
 //! Socket Mode: Baton opens a WebSocket to Slack (the URL comes from `apps.connections.open`,
 //! called with the app-level token) and receives `events_api`, `slash_commands` and
-//! `interactive` envelopes on it. Each envelope is acknowledged at once with its
-//! `envelope_id`; the work continues in the background exactly as for the Events API over HTTP.
-//! On `disconnect`, a closed socket or an error, Baton connects again (backing off on errors).
-//! What arrives twice across a reconnect is de-duplicated by the same event ids.
+//! `interactive` envelopes on it. Each envelope with an id is acknowledged at once, even one
+//! whose payload cannot be read; the work continues in the background exactly as for the
+//! Events API over HTTP.
+//!
+//! A supervisor keeps one connection live. When Slack warns that a connection will close
+//! (`disconnect` with `refresh_requested` or `warning`), a new one is opened first and the
+//! old one is closed only once the new one said `hello`, so there is no moment without a
+//! connection; an envelope that arrives on both is handled once (by its envelope id, and
+//! the engine's event ids behind that). A connection that drops is replaced after a backoff
+//! that starts over with every `hello`.
 
 use super::Slack;
 use super::inbound::{command_event, dispatch_interaction, handle_later, message_event};
+use crate::adapters::payload;
 use crate::engine::Engine;
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use slack_morphism::prelude::*;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -24,103 +32,250 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(120);
 /// Longest a WebSocket handshake may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The pause before reconnecting after a connection that ended unplanned: it doubles with
+/// each failure in a row, up to a minute, and starts over once a connection says `hello`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(60);
+
+    /// The pause to take now; the one after is twice as long.
+    pub fn pause(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+
+    /// A connection works again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+/// Envelope ids seen lately, so an envelope delivered twice (on two connections while one
+/// replaces the other, or redelivered) is acknowledged twice and handled once.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    seen: HashSet<String>,
+}
+
+impl RecentIds {
+    const KEEP: usize = 2048;
+
+    /// Whether `id` is new; remembers it.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() >= Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.order.push_back(id.to_owned());
+        self.seen.insert(id.to_owned());
+        true
+    }
+}
+
+/// What a connection tells the supervisor.
+enum Report {
+    /// Slack said `hello`: the connection works.
+    Hello(u64),
+    /// Slack warned that the connection will close: open its successor now.
+    Replace(u64),
+    /// The connection is over.
+    Ended(u64, anyhow::Result<()>),
+}
+
+/// A connection the supervisor started.
+struct Link {
+    id: u64,
+    close: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    fn close(&mut self) {
+        if let Some(tx) = self.close.take() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// Keeps a Socket Mode connection open until shutdown.
 pub fn spawn(
     slack: Arc<Slack>,
     engine: Arc<Engine>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(500);
-        while !*shutdown.borrow() {
-            match connect_once(&slack, &engine, &mut shutdown).await {
-                Ok(()) => backoff = Duration::from_millis(500),
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), wait = ?backoff, "Slack Socket Mode connection failed; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|s| *s) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    })
+    tokio::spawn(supervise(slack, engine, shutdown))
 }
 
-/// One connection, from `apps.connections.open` to its end. `Ok` means Slack asked us to
-/// reconnect (or shutdown began); `Err` means something failed.
-async fn connect_once(
-    slack: &Arc<Slack>,
-    engine: &Arc<Engine>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let token = slack
-        .settings
-        .app_token
-        .clone()
-        .context("SLACK_APP_TOKEN is not set")?;
-    let answer = slack
-        .api
-        .call_with_token("apps.connections.open", &token, &[])
-        .await
-        .context("apps.connections.open")?;
-    let url = answer["url"]
-        .as_str()
-        .context("apps.connections.open answered without a url")?;
-    let (socket, _) = tokio::time::timeout(CONNECT_LIMIT, tokio_tungstenite::connect_async(url))
-        .await
-        .context("opening the Socket Mode WebSocket timed out")?
-        .context("opening the Socket Mode WebSocket")?;
-    let (mut sink, mut stream) = socket.split();
-    loop {
-        if *shutdown.borrow() {
-            let _ = sink.send(Message::Close(None)).await;
-            return Ok(());
+async fn supervise(slack: Arc<Slack>, engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = Arc::new(Mutex::new(RecentIds::default()));
+    let mut backoff = Backoff::default();
+    let mut ids = 0u64;
+    let mut open = |delay: Duration| {
+        ids += 1;
+        let (close_tx, close_rx) = oneshot::channel();
+        let task = tokio::spawn(connection(
+            ids,
+            delay,
+            slack.clone(),
+            engine.clone(),
+            tx.clone(),
+            close_rx,
+            seen.clone(),
+        ));
+        Link {
+            id: ids,
+            close: Some(close_tx),
+            task,
         }
-        let frame = tokio::select! {
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    // The app is gone: nothing will ever tell us to stop.
-                    return Ok(());
+    };
+    let mut live = open(Duration::ZERO);
+    // Connections Slack is about to close, kept serving until their successor said hello.
+    let mut retiring: Vec<Link> = Vec::new();
+    loop {
+        tokio::select! {
+            report = rx.recv() => match report {
+                Some(Report::Hello(id)) if id == live.id => {
+                    backoff.reset();
+                    for old in &mut retiring {
+                        old.close();
+                    }
                 }
-                continue;
-            }
-            // Slack pings the connection regularly; this long in silence means it is dead.
-            frame = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => match frame {
-                Ok(f) => f,
-                Err(_) => anyhow::bail!("no traffic on the Socket Mode connection for {SILENCE_LIMIT:?}"),
+                Some(Report::Replace(id)) if id == live.id => {
+                    tracing::info!("Slack will close the Socket Mode connection; opening the next one first");
+                    let next = open(Duration::ZERO);
+                    retiring.push(std::mem::replace(&mut live, next));
+                }
+                Some(Report::Ended(id, result)) if id == live.id => {
+                    let wait = backoff.pause();
+                    match result {
+                        Ok(()) => tracing::info!(wait = ?wait, "the Slack Socket Mode connection closed; reconnecting"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), wait = ?wait, "the Slack Socket Mode connection failed; reconnecting"),
+                    }
+                    live = open(wait);
+                }
+                Some(Report::Ended(id, _)) => retiring.retain(|l| l.id != id),
+                Some(_) => {}
+                None => return,
             },
-        };
-        let frame = match frame {
-            None => return Ok(()),
-            Some(Err(e)) => return Err(e).context("reading from the Socket Mode WebSocket"),
-            Some(Ok(f)) => f,
-        };
-        match frame {
-            Message::Text(text) => {
-                let (ack, reconnect) = on_envelope(slack, engine, text.as_str());
-                if let Some(ack) = ack {
-                    sink.send(Message::Text(ack.into()))
-                        .await
-                        .context("acknowledging an envelope")?;
-                }
-                if reconnect {
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    live.close();
+    for old in &mut retiring {
+        old.close();
+    }
+    let _ = live.task.await;
+    for old in retiring {
+        let _ = old.task.await;
+    }
+}
+
+/// One connection, from `apps.connections.open` to its end, after `delay`. `Ok` means it was
+/// closed on purpose (by Baton, or cleanly by Slack); `Err` that something failed.
+async fn connection(
+    id: u64,
+    delay: Duration,
+    slack: Arc<Slack>,
+    engine: Arc<Engine>,
+    reports: mpsc::UnboundedSender<Report>,
+    mut close: oneshot::Receiver<()>,
+    seen: Arc<Mutex<RecentIds>>,
+) {
+    let result = async {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut close => return Ok(()),
+        }
+        let token = slack
+            .settings
+            .app_token
+            .clone()
+            .context("SLACK_APP_TOKEN is not set")?;
+        let answer = slack
+            .api
+            .call_with_token("apps.connections.open", &token, &[])
+            .await
+            .context("apps.connections.open")?;
+        let url = answer["url"]
+            .as_str()
+            .context("apps.connections.open answered without a url")?;
+        let (socket, _) =
+            tokio::time::timeout(CONNECT_LIMIT, tokio_tungstenite::connect_async(url))
+                .await
+                .context("opening the Socket Mode WebSocket timed out")?
+                .context("opening the Socket Mode WebSocket")?;
+        let (mut sink, mut stream) = socket.split();
+        loop {
+            let frame = tokio::select! {
+                _ = &mut close => {
                     let _ = sink.send(Message::Close(None)).await;
                     return Ok(());
                 }
+                // Slack pings the connection regularly; this long in silence means it is dead.
+                frame = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => match frame {
+                    Ok(f) => f,
+                    Err(_) => anyhow::bail!("no traffic on the Socket Mode connection for {SILENCE_LIMIT:?}"),
+                },
+            };
+            let frame = match frame {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e).context("reading from the Socket Mode WebSocket"),
+                Some(Ok(f)) => f,
+            };
+            match frame {
+                Message::Text(text) => {
+                    let (ack, control) = on_envelope(&slack, &engine, &seen, text.as_str()).await;
+                    if let Some(ack) = ack {
+                        sink.send(Message::Text(ack.into()))
+                            .await
+                            .context("acknowledging an envelope")?;
+                    }
+                    match control {
+                        Some(Control::Hello) => {
+                            let _ = reports.send(Report::Hello(id));
+                        }
+                        // Keep serving until the successor is up (or Slack closes this one).
+                        Some(Control::Replace) => {
+                            let _ = reports.send(Report::Replace(id));
+                        }
+                        None => {}
+                    }
+                }
+                Message::Ping(data) => sink
+                    .send(Message::Pong(data))
+                    .await
+                    .context("answering a ping")?,
+                Message::Close(_) => return Ok(()),
+                _ => {}
             }
-            Message::Ping(data) => sink
-                .send(Message::Pong(data))
-                .await
-                .context("answering a ping")?,
-            Message::Close(_) => return Ok(()),
-            _ => {}
         }
     }
+    .await;
+    let _ = reports.send(Report::Ended(id, result));
+}
+
+/// What an envelope asks of the connection.
+enum Control {
+    Hello,
+    Replace,
 }
 
 /// A Socket Mode frame as Slack sends it. (slack-morphism models these too, but does not
@@ -136,33 +291,51 @@ struct Envelope {
     num_connections: Option<u32>,
 }
 
-/// Handles one envelope: returns the acknowledgement to send, and whether to reconnect.
-fn on_envelope(slack: &Arc<Slack>, engine: &Arc<Engine>, text: &str) -> (Option<String>, bool) {
-    let envelope: Envelope = match serde_json::from_str(text) {
+/// Handles one envelope: returns the acknowledgement to send, and what it asks of the
+/// connection. Every envelope with an id is acknowledged, even one Baton cannot read, so
+/// Slack does not deliver it again and again and the person sees no timeout.
+async fn on_envelope(
+    slack: &Arc<Slack>,
+    engine: &Arc<Engine>,
+    seen: &Mutex<RecentIds>,
+    text: &str,
+) -> (Option<String>, Option<Control>) {
+    let ack_of = |id: &str| serde_json::json!({ "envelope_id": id }).to_string();
+    let envelope: Envelope = match payload::parse(text) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, "unreadable Socket Mode frame");
-            return (None, false);
+            let id = payload::field_of_unreadable(text, "envelope_id");
+            engine
+                .unreadable("slack", "Socket Mode envelope", &e.to_string(), text)
+                .await;
+            return (id.as_deref().map(ack_of), None);
         }
     };
-    // Every envelope with an id is acknowledged, even one we cannot use, so Slack does not
-    // deliver it again and again.
-    let ack = envelope
+    let ack = envelope.envelope_id.as_deref().map(ack_of);
+    let first_time = envelope
         .envelope_id
-        .as_ref()
-        .map(|id| serde_json::json!({ "envelope_id": id }).to_string());
+        .as_deref()
+        .is_none_or(|id| seen.lock().expect("envelope ids lock").first_time(id));
     match envelope.kind.as_str() {
         "hello" => {
             tracing::info!(
                 connections = envelope.num_connections.unwrap_or(1),
                 "Slack Socket Mode connected"
             );
-            (None, false)
+            (None, Some(Control::Hello))
         }
         "disconnect" => {
-            tracing::info!(reason = %envelope.reason.unwrap_or_default(), "Slack asked to reconnect");
-            (None, true)
+            let reason = envelope.reason.unwrap_or_default();
+            if reason == "link_disabled" {
+                tracing::error!(
+                    "Slack turned Socket Mode off for this app; switch it on under Socket Mode in the app's settings"
+                );
+            } else {
+                tracing::info!(reason = %reason, "Slack will close the Socket Mode connection");
+            }
+            (None, Some(Control::Replace))
         }
+        _ if !first_time => (ack, None),
         "events_api" => {
             match serde_json::from_value::<SlackPushEventCallback>(envelope.payload) {
                 Ok(cb) => {
@@ -170,12 +343,13 @@ fn on_envelope(slack: &Arc<Slack>, engine: &Arc<Engine>, text: &str) -> (Option<
                         handle_later(engine.clone(), slack.clone(), event, None);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "unreadable events_api payload"),
+                // Slack sends many event types Baton does not model; only say so.
+                Err(e) => tracing::debug!(error = %e, "an events_api payload Baton does not use"),
             }
-            (ack, false)
+            (ack, None)
         }
         "slash_commands" => {
-            match serde_json::from_value::<SlackCommandEvent>(envelope.payload) {
+            match serde_json::from_value::<SlackCommandEvent>(envelope.payload.clone()) {
                 Ok(p) => {
                     let event = command_event(
                         &p.command.0,
@@ -191,17 +365,54 @@ fn on_envelope(slack: &Arc<Slack>, engine: &Arc<Engine>, text: &str) -> (Option<
                         Some(p.response_url.0.to_string()),
                     );
                 }
-                Err(e) => tracing::warn!(error = %e, "unreadable slash_commands payload"),
+                Err(e) => {
+                    engine
+                        .unreadable(
+                            "slack",
+                            "slash command",
+                            &e.to_string(),
+                            &envelope.payload.to_string(),
+                        )
+                        .await;
+                }
             }
-            (ack, false)
+            (ack, None)
         }
         "interactive" => {
             dispatch_interaction(engine, slack, envelope.payload);
-            (ack, false)
+            (ack, None)
         }
         other => {
             tracing::debug!(kind = other, "ignored a Socket Mode envelope");
-            (ack, false)
+            (ack, None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_while_connections_fail_and_starts_over_after_hello() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..9).map(|_| b.pause().as_millis()).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+        b.reset();
+        assert_eq!(b.pause(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_envelope_seen_before_is_recognised() {
+        let mut ids = RecentIds::default();
+        assert!(ids.first_time("a"));
+        assert!(!ids.first_time("a"));
+        for n in 0..RecentIds::KEEP {
+            ids.first_time(&n.to_string());
+        }
+        assert!(ids.first_time("a"), "old ids are forgotten");
     }
 }

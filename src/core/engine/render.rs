@@ -489,6 +489,11 @@ pub fn root_alert_private(run: &Run, channel: &str, error: &str, base_url: &str)
     }
 }
 
+/// The answer to a click on a button Baton cannot read.
+pub fn button_not_valid() -> String {
+    "This button is no longer valid. Nothing was changed.".to_owned()
+}
+
 /// What a run page and `baton runs show` say of a run whose root message is not in chat.
 pub fn conversation_lost(run: &Run, why: &str) -> String {
     format!(
