@@ -61,7 +61,9 @@ impl Platform for Sink {
 }
 
 async fn engine(url: &str) -> Arc<Engine> {
-    let store = baton::store::open(url, Redactor::default()).await.unwrap();
+    let store = baton::store::open(url, Redactor::default(), None)
+        .await
+        .unwrap();
     let (wf, _) = parse_workflow(Path::new("parked.toml"), WF, &ToolCatalog::builtin());
     let settings = EngineSettings {
         workers: 8,

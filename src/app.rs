@@ -99,7 +99,12 @@ pub async fn open_store(
         .secrets()
         .into_iter()
         .chain(more_secrets.iter().flat_map(|s| s.secrets.iter().cloned()));
-    store::open(settings.database_url.expose(), Redactor::new(secrets)).await
+    store::open(
+        settings.database_url.expose(),
+        Redactor::new(secrets),
+        settings.audit_key(),
+    )
+    .await
 }
 
 /// The engine with its store, without platforms or background loops: what the CLI needs to

@@ -1,10 +1,9 @@
 //! The command line: `baton` runs the bot; the subcommands check workflows, inspect and cancel
 //! runs, verify and export the ledger, and apply migrations.
 
-use crate::adapters::console::pages::verify;
 use crate::app;
 use crate::config::Settings;
-use crate::core::audit::Verification;
+use crate::core::audit::{Checkpoint, Verification};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::engine::{Command, RunStatus};
 use crate::core::event::Actor;
@@ -109,8 +108,18 @@ pub enum RunsCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Walk the hash chain; report intact or the first broken entry (exit code 1).
-    Verify,
+    /// Walk the hash chain; report intact (with the newest entry's checkpoint) or the first
+    /// broken entry (exit code 1). Checkpoints seen before catch deleted or rewritten newest
+    /// entries; with BATON_AUDIT_KEY every entry's signature is checked too.
+    Verify {
+        /// A checkpoint seen before, `SEQ:HASH` or `SEQ:HASH:SIGNATURE` as printed by this
+        /// command and the digest (repeatable).
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect: Vec<String>,
+        /// A file of checkpoints, one per line (`#` starts a comment).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+    },
     /// Write every entry as JSON Lines.
     Export {
         /// File to write (default: standard output).
@@ -276,16 +285,51 @@ pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
 pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<bool> {
     let store = app::open_store(settings, &app::load_mcp(settings)?).await?;
     match command {
-        AuditCmd::Verify => match verify(store.as_ref()).await? {
-            Verification::Intact { entries } => {
-                println!("intact: {entries} entries, every hash checks out");
-                Ok(true)
+        AuditCmd::Verify {
+            expect,
+            checkpoints,
+        } => {
+            let mut seen = expect
+                .iter()
+                .map(|c| c.parse::<Checkpoint>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(path) = &checkpoints {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                seen.extend(checkpoints_in(&text).with_context(|| path.display().to_string())?);
             }
-            Verification::Broken { seq, reason } => {
-                println!("broken at entry {seq}: {reason}");
-                Ok(false)
+            let key = settings.audit_key();
+            let signed = key.is_some();
+            let given = seen.len();
+            match crate::store::verify_ledger(store.as_ref(), key, seen).await? {
+                Verification::Intact {
+                    entries,
+                    head,
+                    unsigned,
+                } => {
+                    let mut what = vec!["every hash checks out".to_owned()];
+                    if given > 0 {
+                        what.push(format!(
+                            "{given} checkpoint(s) seen before are on the chain"
+                        ));
+                    }
+                    if signed {
+                        what.push(format!(
+                            "every signature checks out ({unsigned} early entries written before BATON_AUDIT_KEY was set are unsigned)"
+                        ));
+                    }
+                    println!("intact: {entries} entries, {}", what.join("; "));
+                    if let Some(head) = head {
+                        println!("head:   {head}");
+                    }
+                    Ok(true)
+                }
+                Verification::Broken { seq, reason } => {
+                    println!("broken at entry {seq}: {reason}");
+                    Ok(false)
+                }
             }
-        },
+        }
         AuditCmd::Export { out } => {
             let mut sink: Box<dyn Write> = match &out {
                 Some(path) => Box::new(std::io::BufWriter::new(
@@ -397,4 +441,42 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     app::open_store(settings, &[]).await?;
     println!("database is up to date");
     Ok(())
+}
+
+/// The checkpoints in a file: each line's `SEQ:HASH[:SIGNATURE]`, which may be pasted with the
+/// words around it (from a digest, say). Blank lines and `#` comments are skipped.
+fn checkpoints_in(text: &str) -> anyhow::Result<Vec<Checkpoint>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let found = line
+            .split(|c: char| c.is_whitespace() || c == '`')
+            .find_map(|word| word.parse::<Checkpoint>().ok());
+        match found {
+            Some(c) => out.push(c),
+            None => anyhow::bail!("line {}: no checkpoint (SEQ:HASH) in `{line}`", n + 1),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_file_takes_pasted_lines_and_names_a_bad_one() {
+        let text = "# saved on Monday\n42:0123456789abcdef\nLedger checkpoint: `43:fedcba9876543210:00ff00ff00ff00ff` (verify…)\n\n";
+        let found = checkpoints_in(text).unwrap();
+        assert_eq!(found.iter().map(|c| c.seq).collect::<Vec<_>>(), [42, 43]);
+        assert_eq!(found[1].mac.as_deref(), Some("00ff00ff00ff00ff"));
+        let err = checkpoints_in("42:0123456789abcdef\nsomething else").unwrap_err();
+        assert!(
+            err.to_string().starts_with("line 2: no checkpoint"),
+            "{err}"
+        );
+    }
 }

@@ -102,6 +102,9 @@ pub struct Settings {
     pub http_allow: HostAllowList,
     /// `BATON_WEBHOOKS`: `name=url` pairs.
     pub webhooks: BTreeMap<String, Secret>,
+    /// `BATON_AUDIT_KEY`: signs every ledger entry and printed checkpoint (HMAC-SHA256), so
+    /// someone with the database file alone cannot write a tail that verifies.
+    pub audit_key: Option<Secret>,
     /// `BATON_SECRETS`: extra values to redact from the ledger and logs.
     pub extra_secrets: Vec<Secret>,
     /// Every variable, for `${VAR}` in `commands/mcp/*.toml`.
@@ -542,8 +545,25 @@ impl Settings {
                 .into_iter()
                 .map(Secret::new)
                 .collect(),
+            audit_key: match var("BATON_AUDIT_KEY") {
+                None => None,
+                Some(k) if k.chars().count() >= 16 => Some(Secret::new(k)),
+                Some(_) => {
+                    return Err(ConfigError {
+                        setting: "BATON_AUDIT_KEY",
+                        problem: "must be at least 16 characters (a long random string; keep it out of the database's reach)".into(),
+                    });
+                }
+            },
             vars: get.clone(),
         })
+    }
+
+    /// The ledger's signing key, when one is set.
+    pub fn audit_key(&self) -> Option<crate::core::audit::AuditKey> {
+        self.audit_key
+            .as_ref()
+            .map(|k| crate::core::audit::AuditKey::new(k.expose().as_bytes()))
     }
 
     /// Reads the process environment.
@@ -576,6 +596,7 @@ impl Settings {
         out.extend(self.webhooks.values().map(|s| s.expose().to_owned()));
         out.extend(self.console_token.iter().map(|s| s.expose().to_owned()));
         out.extend(self.extra_secrets.iter().map(|s| s.expose().to_owned()));
+        out.extend(self.audit_key.iter().map(|s| s.expose().to_owned()));
         // A database URL carries a password only with a scheme like postgres://user:pw@host.
         if let Ok(u) = reqwest::Url::parse(self.database_url.expose())
             && let Some(pw) = u.password()

@@ -566,6 +566,23 @@ async fn the_daily_digest_counts_from_the_ledger() {
         )),
         "{t}"
     );
+    // Chat history holds a checkpoint of the ledger that verifies.
+    let head = t
+        .split("Ledger checkpoint: `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("no checkpoint in {t}"));
+    let (_, page) = app.get("/audit").await;
+    assert!(page.contains("Intact"), "{page}");
+    let seq: i64 = head.split(':').next().unwrap().parse().unwrap();
+    assert!(
+        app.ledger().await.iter().any(|e| e["seq"] == seq
+            && e["hash"]
+                .as_str()
+                .unwrap()
+                .starts_with(head.split(':').nth(1).unwrap())),
+        "the checkpoint is an entry of the ledger: {head}"
+    );
 }
 
 #[tokio::test]

@@ -551,6 +551,141 @@ fn audit_verify_finds_the_first_tampered_entry() {
     assert!(out.contains("broken at entry 3"), "{out}");
 }
 
+/// Runs SQL on a stopped bot's database as someone with the file would.
+fn tamper(bot: &Bot, rt: &tokio::runtime::Runtime, statements: &[&str]) {
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let url = format!("sqlite://{}", bot.dir.path().join("baton.db").display());
+        let mut c = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for sql in statements {
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+        }
+    });
+}
+
+/// The `head:` line of `baton audit verify`.
+fn head_of(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("head:"))
+        .unwrap_or_else(|| panic!("no head in {out}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn deleting_the_newest_ledger_entries_is_caught_by_a_checkpoint_seen_before() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut bot = Bot::new(&[("demo.toml", example("demo.toml"))]);
+    rt.block_on(async {
+        bot.start().await;
+        let run = bot.start_run("ana", "general", "/demo ledger").await;
+        eventually("the approval", || async {
+            bot.run_page(run).await.contains("status waiting_approval")
+        })
+        .await;
+    });
+    bot.kill();
+    let (ok, out) = bot.cli(&["audit", "verify"]);
+    assert!(ok, "{out}");
+    let head = head_of(&out);
+    let seq: i64 = head.split(':').next().unwrap().parse().unwrap();
+    let file = bot.dir.path().join("checkpoints.txt");
+    std::fs::write(
+        &file,
+        format!("# from the digest\nLedger checkpoint: `{head}`\n"),
+    )
+    .unwrap();
+    assert!(bot.cli(&["audit", "verify", "--expect", &head]).0);
+    assert!(
+        bot.cli(&["audit", "verify", "--checkpoints", file.to_str().unwrap()])
+            .0
+    );
+
+    // The two newest entries go; what is left is a valid chain on its own.
+    tamper(
+        &bot,
+        &rt,
+        &[
+            "DROP TRIGGER audit_no_delete",
+            &format!("DELETE FROM audit WHERE seq > {}", seq - 2),
+        ],
+    );
+    assert!(
+        bot.cli(&["audit", "verify"]).0,
+        "alone, a shorter chain verifies"
+    );
+    for args in [
+        vec!["audit", "verify", "--expect", head.as_str()],
+        vec!["audit", "verify", "--checkpoints", file.to_str().unwrap()],
+    ] {
+        let (ok, out) = bot.cli(&args);
+        assert!(!ok, "{args:?}");
+        assert!(out.contains("newer entries were deleted"), "{out}");
+    }
+    let (ok, out) = bot.cli(&["audit", "verify", "--expect", "nonsense"]);
+    assert!(!ok);
+    assert!(!out.contains("intact"), "{out}");
+}
+
+#[test]
+fn with_an_audit_key_a_tail_written_without_it_does_not_verify() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut bot = Bot::new(&[("demo.toml", example("demo.toml"))]);
+    bot.env
+        .push(("BATON_AUDIT_KEY", "correct horse battery staple".into()));
+    rt.block_on(async {
+        bot.start().await;
+        let run = bot.start_run("ana", "general", "/demo signed").await;
+        eventually("the approval", || async {
+            bot.run_page(run).await.contains("status waiting_approval")
+        })
+        .await;
+    });
+    bot.kill();
+    let (ok, out) = bot.cli(&["audit", "verify"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("every signature checks out (0 early entries"),
+        "{out}"
+    );
+    let head = head_of(&out);
+    assert_eq!(
+        head.split(':').count(),
+        3,
+        "the head is printed signed: {head}"
+    );
+    // Someone with the file alone appends an entry, hashing it properly: it has no valid
+    // signature.
+    let export = bot.ledger();
+    let last = export.last().unwrap();
+    let seq = last["seq"].as_i64().unwrap() + 1;
+    let prev = last["hash"].as_str().unwrap();
+    let at = chrono::Utc::now();
+    let hash =
+        baton::core::audit::entry_hash(prev, seq, at, "run.cancelled", None, None, None, "{}");
+    tamper(
+        &bot,
+        &rt,
+        &[&format!(
+            "INSERT INTO audit (seq, at, kind, data, prev_hash, hash) VALUES ({seq}, {}, 'run.cancelled', '{{}}', '{prev}', '{hash}')",
+            at.timestamp_millis()
+        )],
+    );
+    let (ok, out) = bot.cli(&["audit", "verify"]);
+    assert!(!ok);
+    assert!(out.contains(&format!("broken at entry {seq}")), "{out}");
+    // Without the key the same chain verifies: the key is what proves the tail.
+    let mut keyless = bot.command();
+    keyless.env_remove("BATON_AUDIT_KEY");
+    let out = keyless.args(["audit", "verify"]).output().unwrap();
+    assert!(out.status.success());
+}
+
 #[tokio::test]
 async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
     let delay = std::time::Duration::from_millis(700);

@@ -79,7 +79,9 @@ async fn engine(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("b.db").display());
-    let store = baton::store::open(&url, Redactor::default()).await.unwrap();
+    let store = baton::store::open(&url, Redactor::default(), None)
+        .await
+        .unwrap();
     let (wf, diags) = parse_workflow(Path::new("note.toml"), WF, &ToolCatalog::builtin());
     let workflows = Arc::new(WorkflowSet::new(
         [wf.unwrap_or_else(|| panic!("{diags:?}"))],

@@ -14,3 +14,7 @@ ALTER TABLE outbox ADD COLUMN alerted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN conversation_lost TEXT;
 -- The run's delivery alerts as JSON, by outbox entry (see core::engine::state::DeliveryAlert).
 ALTER TABLE runs ADD COLUMN alerts TEXT NOT NULL DEFAULT '{}';
+
+-- With BATON_AUDIT_KEY set, each ledger entry's hash signed (HMAC-SHA256), so a tail written
+-- without the key does not verify. Written with the entry, never changed after.
+ALTER TABLE audit ADD COLUMN mac TEXT;

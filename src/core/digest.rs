@@ -27,6 +27,9 @@ pub struct DigestFigures {
     pub stalled: Vec<StalledRun>,
     /// Messages the outbox gave up on that nobody has sent again yet.
     pub undelivered: u64,
+    /// The ledger's newest entry as a checkpoint (signed when the ledger is), so chat history
+    /// holds points of the chain that `baton audit verify --expect` can check later.
+    pub ledger_head: Option<String>,
 }
 
 /// An approval nobody has decided yet.
@@ -101,6 +104,11 @@ pub fn render(f: &DigestFigures) -> String {
             f.undelivered
         ));
     }
+    if let Some(head) = &f.ledger_head {
+        out.push(format!(
+            "Ledger checkpoint: `{head}` (`baton audit verify --expect {head}` proves nothing before it was deleted or changed)"
+        ));
+    }
     out.join("\n")
 }
 
@@ -172,5 +180,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Messages not delivered: 2"), "{text}");
+        assert!(!text.contains("Ledger checkpoint"), "{text}");
+        let f = DigestFigures {
+            ledger_head: Some("42:0123456789abcdef".into()),
+            ..f
+        };
+        assert!(
+            render(&f).contains("Ledger checkpoint: `42:0123456789abcdef` (`baton audit verify --expect 42:0123456789abcdef`"),
+            "{}",
+            render(&f)
+        );
     }
 }

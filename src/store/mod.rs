@@ -3,7 +3,9 @@
 
 pub mod sqlite;
 
-use crate::core::audit::{AuditEntry, AuditEvent};
+use crate::core::audit::{
+    AuditEntry, AuditEvent, AuditKey, ChainVerifier, Checkpoint, Verification,
+};
 use crate::core::digest::DigestFigures;
 use crate::core::engine::{RunState, RunStatus, Transition};
 use crate::core::event::{Actor, ConversationRef};
@@ -389,13 +391,34 @@ pub trait Store:
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// Opens the store named by `url` and brings its schema up to date.
+/// Walks the whole ledger in pages: every link, hash and (with `key`) signature, then the
+/// checkpoints seen before (`expect`), which catch a ledger cut short or rewritten from some
+/// entry on.
+pub async fn verify_ledger(
+    store: &dyn AuditStore,
+    key: Option<AuditKey>,
+    expect: Vec<Checkpoint>,
+) -> StoreResult<Verification> {
+    let mut v = ChainVerifier::new(key, expect);
+    let mut after = 0;
+    loop {
+        let page = store.audit_page(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        page.iter().for_each(|e| v.push(e));
+    }
+    Ok(v.finish())
+}
+
+/// Opens the store named by `url` and brings its schema up to date. Ledger entries are
+/// redacted by `redactor` and signed with `audit_key` when there is one.
 pub async fn open(
     url: &str,
     redactor: crate::core::audit::Redactor,
+    audit_key: Option<AuditKey>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::open(url, redactor).await?;
+        let store = sqlite::SqliteStore::open(url, redactor, audit_key).await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         anyhow::bail!(

@@ -5,7 +5,7 @@
 //! second process (the CLI cancelling a run) waits on the busy timeout.
 
 use super::*;
-use crate::core::audit::{AuditKind, GENESIS, Redactor, entry_hash};
+use crate::core::audit::{AuditKey, AuditKind, Checkpoint, GENESIS, Redactor, entry_hash};
 use crate::core::digest::{LISTED, StalledRun, WaitingApproval};
 use crate::core::engine::{Approval, Effect, Run, StepState};
 use crate::core::message::Outgoing;
@@ -97,7 +97,13 @@ macro_rules! write_tx {
 pub struct SqliteStore {
     pool: SqlitePool,
     write: Mutex<()>,
+    rules: WriteRules,
+}
+
+/// What the store applies to everything it writes: secrets redacted, ledger entries signed.
+struct WriteRules {
     redactor: Redactor,
+    audit_key: Option<AuditKey>,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -130,7 +136,11 @@ fn parse<T: FromStr<Err = String>>(s: &str) -> StoreResult<T> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the migrations.
-    pub async fn open(url: &str, redactor: Redactor) -> anyhow::Result<Self> {
+    pub async fn open(
+        url: &str,
+        redactor: Redactor,
+        audit_key: Option<AuditKey>,
+    ) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| "DATABASE_URL is not a valid sqlite: URL".to_string())?
             .create_if_missing(true)
@@ -152,7 +162,10 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write: Mutex::new(()),
-            redactor,
+            rules: WriteRules {
+                redactor,
+                audit_key,
+            },
         })
     }
 }
@@ -382,7 +395,7 @@ async fn save_state(
 
 async fn persist_effects(
     c: &mut SqliteConnection,
-    redactor: &Redactor,
+    rules: &WriteRules,
     t: &Transition,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
@@ -401,7 +414,7 @@ async fn persist_effects(
                     }
                 };
                 let mut input = input;
-                redactor.redact(&mut input);
+                rules.redactor.redact(&mut input);
                 sqlx::query("INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at) VALUES (?, ?, ?, 'running', ?, ?)")
                     .bind(job.run.0)
                     .bind(&job.step)
@@ -419,7 +432,7 @@ async fn persist_effects(
                 at: ended,
             } => {
                 let mut detail = detail.clone();
-                redactor.redact(&mut detail);
+                rules.redactor.redact(&mut detail);
                 let run = run_of(t).unwrap_or_default();
                 sqlx::query("UPDATE attempts SET status = ?, detail = ?, finished_at = ? WHERE run_id = ? AND step_id = ? AND attempt = ?")
                     .bind(outcome.as_str())
@@ -480,7 +493,7 @@ async fn persist_effects(
                 .execute(&mut *c)
                 .await?;
             }
-            Effect::Audit(ev) => append_audit(c, redactor, ev).await?,
+            Effect::Audit(ev) => append_audit(c, rules, ev).await?,
             // Failed posts and edits (and those that failed with them) go back in line, in
             // their order, as if new.
             Effect::Redeliver(run) => {
@@ -505,7 +518,7 @@ fn run_of(t: &Transition) -> Option<i64> {
 
 async fn append_audit(
     c: &mut SqliteConnection,
-    redactor: &Redactor,
+    rules: &WriteRules,
     ev: &AuditEvent,
 ) -> StoreResult<()> {
     let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -516,7 +529,7 @@ async fn append_audit(
         None => (0, GENESIS.to_owned()),
     };
     let mut data = ev.data.clone();
-    redactor.redact(&mut data);
+    rules.redactor.redact(&mut data);
     let data = data.to_string();
     let seq = prev_seq + 1;
     // Stored at millisecond precision, so hash what is stored.
@@ -533,7 +546,8 @@ async fn append_audit(
         ev.actor.as_deref(),
         &data,
     );
-    sqlx::query("INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    let mac = rules.audit_key.as_ref().map(|k| k.entry_mac(&hash));
+    sqlx::query("INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(seq)
         .bind(ms(when))
         .bind(kind)
@@ -543,6 +557,7 @@ async fn append_audit(
         .bind(&data)
         .bind(&prev_hash)
         .bind(&hash)
+        .bind(&mac)
         .execute(&mut *c)
         .await?;
     Ok(())
@@ -559,6 +574,7 @@ fn audit_from_row(r: &SqliteRow) -> AuditEntry {
         data: r.get("data"),
         prev_hash: r.get("prev_hash"),
         hash: r.get("hash"),
+        mac: r.get("mac"),
     }
 }
 
@@ -600,7 +616,7 @@ impl RunStore for SqliteStore {
         now: DateTime<Utc>,
         start: &mut ApplyFn<'_>,
     ) -> StoreResult<Created> {
-        let redactor = &self.redactor;
+        let rules = &self.rules;
         write_tx!(self, |c| {
             if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?")
                 .bind(&new.event_id)
@@ -643,7 +659,7 @@ impl RunStore for SqliteStore {
             let before = state.clone();
             let transition = start(&mut state, &def);
             save_state(c, &before, &state).await?;
-            persist_effects(c, redactor, &transition, now).await?;
+            persist_effects(c, rules, &transition, now).await?;
             Ok(Created {
                 run: RunId(id),
                 new: true,
@@ -658,7 +674,7 @@ impl RunStore for SqliteStore {
         event_id: Option<&str>,
         f: &mut ApplyFn<'_>,
     ) -> StoreResult<Option<Transition>> {
-        let redactor = &self.redactor;
+        let rules = &self.rules;
         write_tx!(self, |c| {
             let Some((mut state, def)) = load_state(c, run).await? else {
                 return Ok(None);
@@ -678,7 +694,7 @@ impl RunStore for SqliteStore {
                 }
             }
             save_state(c, &before, &state).await?;
-            persist_effects(c, redactor, &transition, state.run.updated_at).await?;
+            persist_effects(c, rules, &transition, state.run.updated_at).await?;
             Ok(Some(transition))
         })
     }
@@ -925,7 +941,7 @@ impl OutboxStore for SqliteStore {
         platform_ref: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let redactor = &self.redactor;
+        let rules = &self.rules;
         let platform_ref = platform_ref.to_owned();
         write_tx!(self, |c| {
             let row = sqlx::query(
@@ -946,7 +962,7 @@ impl OutboxStore for SqliteStore {
                     serde_json::json!({"key": r.get::<String, _>("key"), "op": r.get::<String, _>("op"), "platform": r.get::<String, _>("platform"),
                             "channel": r.get::<String, _>("channel"), "ref": platform_ref, "text": body.text}),
                 );
-                append_audit(c, redactor, &ev).await?;
+                append_audit(c, rules, &ev).await?;
             }
             Ok(())
         })
@@ -969,7 +985,7 @@ impl OutboxStore for SqliteStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let redactor = &self.redactor;
+        let rules = &self.rules;
         let error = error.to_owned();
         write_tx!(self, |c| {
             match retry_at {
@@ -1007,7 +1023,7 @@ impl OutboxStore for SqliteStore {
                         r.get::<Option<i64>, _>("run_id").map(RunId),
                         serde_json::json!({"key": key, "op": op, "platform": r.get::<String, _>("platform"), "channel": r.get::<String, _>("channel"), "error": error}),
                     );
-                    append_audit(c, redactor, &ev).await?;
+                    append_audit(c, rules, &ev).await?;
                 }
             }
             Ok(())
@@ -1074,10 +1090,10 @@ impl OutboxStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
-        let redactor = &self.redactor;
+        let rules = &self.rules;
         write_tx!(self, |c| {
             for ev in &events {
-                append_audit(c, redactor, ev).await?;
+                append_audit(c, rules, ev).await?;
             }
             Ok(())
         })
@@ -1184,6 +1200,17 @@ impl AuditStore for SqliteStore {
             .fetch_one(&self.pool)
             .await?
             .get::<i64, _>("n") as u64;
+        f.ledger_head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| {
+                Checkpoint::of(
+                    r.get("seq"),
+                    r.get::<&str, _>("hash"),
+                    self.rules.audit_key.as_ref(),
+                )
+                .to_string()
+            });
         f.stalled = stalled
             .iter()
             .map(|r| StalledRun {

@@ -1,7 +1,7 @@
 //! Server-rendered pages: the chat workspace shell, runs, pending approvals and the ledger.
 //! Every piece of user-supplied text goes through [`esc`].
 
-use crate::core::audit::{ChainVerifier, Verification};
+use crate::core::audit::Verification;
 use crate::core::engine::RunStatus;
 use crate::core::ids::RunId;
 use crate::core::workflow::format_duration;
@@ -361,14 +361,23 @@ async fn memory(
 
 async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     let store = state.engine.store();
-    let verification = verify(store.as_ref()).await?;
+    let verification =
+        crate::store::verify_ledger(store.as_ref(), state.settings.audit_key(), vec![]).await?;
     let mut body = String::from("<h1>Audit ledger</h1>");
     match verification {
-        Verification::Intact { entries } => {
+        Verification::Intact { entries, head, .. } => {
             let _ = write!(
                 body,
                 "<p class=\"verify ok\" id=\"verification\">Intact: {entries} entries, every hash checks out.</p>"
             );
+            if let Some(head) = head {
+                let _ = write!(
+                    body,
+                    "<p>Checkpoint of the newest entry: <code id=\"head\">{}</code>. Keep it outside Baton; <code>baton audit verify --expect {}</code> later proves nothing before it was deleted or changed.</p>",
+                    esc(&head.to_string()),
+                    esc(&head.to_string())
+                );
+            }
         }
         Verification::Broken { seq, reason } => {
             let _ = write!(
@@ -381,21 +390,6 @@ async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     body.push_str("<p>The newest 500 entries. <code>baton audit export</code> writes them all as JSON Lines.</p>");
     audit_table(&mut body, &store.audit_recent(None, 500).await?);
     Ok(page("Audit ledger", &body))
-}
-
-/// Walks the whole chain in pages.
-pub async fn verify(
-    store: &dyn crate::store::Store,
-) -> Result<Verification, crate::store::StoreError> {
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let page = store.audit_page(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        page.iter().for_each(|e| v.push(e));
-    }
-    Ok(v.finish())
 }
 
 fn audit_table(body: &mut String, entries: &[crate::core::audit::AuditEntry]) {
