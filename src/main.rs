@@ -23,7 +23,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    baton::telemetry::init(settings.log_format, &settings.log_filter);
+    baton::telemetry::init(
+        settings.log_format,
+        &settings.log_filter,
+        baton::core::audit::Redactor::new(settings.secrets()),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

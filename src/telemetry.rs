@@ -1,10 +1,16 @@
 //! Logging through tracing: human-readable by default, JSON when `BATON_LOG_FORMAT=json`.
+//! Every line passes the same redactor as the store, so a secret that reaches a log message
+//! (in an error from a server, say) is not written out.
 
 use crate::config::LogFormat;
+use crate::core::audit::Redactor;
+use std::io::Write;
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Installs the global subscriber. Logs go to stderr so command output stays clean.
-pub fn init(format: LogFormat, filter: &str) {
+pub fn init(format: LogFormat, filter: &str, redactor: Redactor) {
     // rmcp logs each MCP session's whole handshake at info; Baton logs what matters of it.
     let filter = if filter.contains("rmcp") {
         filter.to_owned()
@@ -14,9 +20,76 @@ pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(RedactedStderr(Arc::new(redactor)));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Makes a writer per log event that redacts the event's text before it reaches stderr.
+struct RedactedStderr(Arc<Redactor>);
+
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedLine;
+    fn make_writer(&'a self) -> RedactedLine {
+        RedactedLine {
+            redactor: self.0.clone(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One event's text, written to stderr whole (and redacted) when the event is done.
+struct RedactedLine {
+    redactor: Arc<Redactor>,
+    buf: Vec<u8>,
+}
+
+impl Write for RedactedLine {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let line = self.take();
+        std::io::stderr().lock().write_all(line.as_bytes())
+    }
+}
+
+impl RedactedLine {
+    /// The event's text so far, redacted, leaving the buffer empty.
+    fn take(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.buf);
+        let line = if self.redactor.is_empty() {
+            text.into_owned()
+        } else {
+            self.redactor.redact_text(&text)
+        };
+        self.buf.clear();
+        line
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_in_a_log_line_is_written_redacted() {
+        let make = RedactedStderr(Arc::new(Redactor::new(["sk-in-a-log-123".to_owned()])));
+        let mut line = make.make_writer();
+        write!(line, "GET https://x/?key=sk-in-a-log-123 failed").unwrap();
+        assert_eq!(line.take(), "GET https://x/?key=[redacted] failed");
+    }
 }

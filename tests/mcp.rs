@@ -264,7 +264,9 @@ async fn an_external_mcp_tool_waits_for_approval_and_the_server_gets_only_the_en
     let seen: Value = serde_json::from_str(result["content"].as_str().unwrap()).unwrap();
     let env: Value = serde_json::from_str(seen["text"].as_str().unwrap()).unwrap();
     assert_eq!(env["GREETING"], "hello");
-    assert_eq!(env["API_TOKEN"], "tok-very-secret-42");
+    // The server saw the expanded token: the result carried exactly that value, which is why
+    // neither the model nor the store sees it.
+    assert_eq!(env["API_TOKEN"], "[redacted]");
     assert!(
         env.get("PATH").is_some(),
         "PATH is passed so the server can run"

@@ -499,13 +499,61 @@ impl Redactor {
         }
     }
 
-    pub fn redact_text(&self, text: &str) -> String {
-        let mut v = Value::String(text.to_owned());
-        self.redact(&mut v);
-        match v {
-            Value::String(s) => s,
-            _ => unreachable!("a string stays a string"),
+    /// Takes out the configured secret values only, wherever they appear (keys included);
+    /// unlike [`Redactor::redact`], a field is not blanked for its name. For data a run goes
+    /// on with (step outputs, inputs, turns, memory), where `token_count` or a field called
+    /// `password_hint` must stay as it is.
+    pub fn redact_values(&self, value: &mut Value) {
+        if self.secrets.is_empty() {
+            return;
         }
+        match value {
+            Value::String(s) => *s = self.redact_text(s),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_values(v)),
+            Value::Object(map) => {
+                let has_secret_key = map
+                    .keys()
+                    .any(|k| self.secrets.iter().any(|s| k.contains(s.as_str())));
+                if has_secret_key {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(self.redact_text(&k), v);
+                    }
+                }
+                map.values_mut().for_each(|v| self.redact_values(v));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether there is anything to redact by value (field names are always looked at).
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// A chat message with every secret value taken out of what it shows.
+    pub fn redact_message(&self, m: &mut crate::core::message::OutMessage) {
+        m.text = self.redact_text(&m.text);
+        if let Some(d) = &mut m.detail {
+            *d = self.redact_text(d);
+        }
+        for b in &mut m.buttons {
+            b.label = self.redact_text(&b.label);
+            for t in [&mut b.prompt, &mut b.prefill].into_iter().flatten() {
+                *t = self.redact_text(t);
+            }
+        }
+    }
+
+    /// Only the configured secret values, for text (not JSON): names of fields mean nothing.
+    pub fn redact_text(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        out
     }
 }
 

@@ -342,14 +342,18 @@ impl Engine {
         }
     }
 
-    /// Persists a turn and keeps it.
+    /// Persists a turn and keeps it, with every configured secret taken out first: what the
+    /// agent goes on with (its next request, the hash of a call it wants approved) is what is
+    /// stored, so a resumed conversation is the same conversation.
     async fn record_turn(
         &self,
         job: &Job,
         turns: &mut Vec<Turn>,
         turn: Turn,
     ) -> Result<(), String> {
-        let value = serde_json::to_value(&turn).expect("a turn serializes");
+        let mut value = serde_json::to_value(&turn).expect("a turn serializes");
+        self.store.redactor().redact_values(&mut value);
+        let turn: Turn = serde_json::from_value(value.clone()).unwrap_or(turn);
         self.store
             .agent_turn_append(
                 job.run,

@@ -200,6 +200,13 @@ impl Engine {
         req: StartRequest,
     ) -> Result<StartOutcome, EngineError> {
         let now = self.clock.now();
+        let mut req = req;
+        // What a person typed may hold a secret too; the run never keeps it.
+        let mut inputs = Value::Object(std::mem::take(&mut req.inputs));
+        self.store.redactor().redact_values(&mut inputs);
+        if let Value::Object(m) = inputs {
+            req.inputs = m;
+        }
         let wf = req.workflow.clone();
         if !wf.may_start(&req.actor, &req.conversation.channel) {
             let ev = AuditEvent::new(now, AuditKind::TriggerRefused, None, json!({"workflow": wf.name, "channel": req.conversation.channel, "event_id": req.event_id}))
@@ -273,7 +280,7 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let now = self.clock.now();
         let catalog = self.catalog.clone();
-        let mut cmd = Some(cmd);
+        let mut cmd = Some(cmd.redacted(self.store.redactor()));
         let transition = self
             .store
             .apply(run, event_id, &mut |state, def| {

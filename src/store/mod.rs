@@ -387,6 +387,9 @@ pub trait Store:
     RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore + AgentStore
 {
     async fn metrics(&self) -> StoreResult<StoreMetrics>;
+    /// What the store takes out of everything it writes; the engine applies it to what
+    /// arrives from outside before the state machine sees it, so both agree.
+    fn redactor(&self) -> &crate::core::audit::Redactor;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 }

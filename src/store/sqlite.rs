@@ -106,6 +106,33 @@ struct WriteRules {
     audit_key: Option<AuditKey>,
 }
 
+impl WriteRules {
+    /// A chat message as stored: JSON with every secret taken out.
+    fn message(&self, m: &OutMessage) -> StoreResult<String> {
+        if self.redactor.is_empty() {
+            return Ok(serde_json::to_string(m)?);
+        }
+        let mut m = m.clone();
+        self.redactor.redact_message(&mut m);
+        Ok(serde_json::to_string(&m)?)
+    }
+
+    /// A JSON value a run goes on with, as stored: the secret values taken out.
+    fn json(&self, v: &Value) -> String {
+        if self.redactor.is_empty() {
+            return v.to_string();
+        }
+        let mut v = v.clone();
+        self.redactor.redact_values(&mut v);
+        v.to_string()
+    }
+
+    /// Text as stored, secrets taken out.
+    fn text(&self, t: &str) -> String {
+        self.redactor.redact_text(t)
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Database(e.to_string())
@@ -292,6 +319,7 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
 
 async fn save_state(
     c: &mut SqliteConnection,
+    rules: &WriteRules,
     before: &RunState,
     after: &RunState,
 ) -> StoreResult<()> {
@@ -300,7 +328,7 @@ async fn save_state(
         "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ?, conversation_lost = ?, alerts = ? WHERE id = ?",
     )
     .bind(r.status.as_str())
-    .bind(&r.error)
+    .bind(r.error.as_deref().map(|e| rules.text(e)))
     .bind(ms(r.updated_at))
     .bind(r.finished_at.map(ms))
     .bind(r.stalled_at.map(ms))
@@ -325,8 +353,8 @@ async fn save_state(
         .bind(s.status.as_str())
         .bind(s.attempt as i64)
         .bind(s.retries_used as i64)
-        .bind(s.output.as_ref().map(Value::to_string))
-        .bind(&s.error)
+        .bind(s.output.as_ref().map(|o| rules.json(o)))
+        .bind(s.error.as_deref().map(|e| rules.text(e)))
         .bind(s.started_at.map(ms))
         .bind(s.finished_at.map(ms))
         .execute(&mut *c)
@@ -351,18 +379,18 @@ async fn save_state(
         .bind(id)
         .bind(a.status.as_str())
         .bind(serde_json::to_string(&a.approvers)?)
-        .bind(&a.summary)
+        .bind(rules.text(&a.summary))
         .bind(ms(a.requested_at))
         .bind(ms(a.expires_at))
         .bind(a.decided_by.as_ref().map(serde_json::to_string).transpose()?)
         .bind(a.decided_at.map(ms))
-        .bind(&a.reason)
-        .bind(a.payload.as_ref().map(|p| p.to_string()))
+        .bind(a.reason.as_deref().map(|t| rules.text(t)))
+        .bind(a.payload.as_ref().map(|p| rules.json(p)))
         .bind(i64::from(a.quorum))
         .bind(serde_json::to_string(&a.votes)?)
         .bind(a.reminded_at.map(ms))
         .bind(a.escalated_at.map(ms))
-        .bind(&a.content)
+        .bind(a.content.as_deref().map(|t| rules.text(t)))
         .bind(serde_json::to_string(&a.editors)?)
         .bind(i64::from(a.round))
         .execute(&mut *c)
@@ -460,7 +488,7 @@ async fn persist_effects(
                 .bind(&to.platform)
                 .bind(&to.channel)
                 .bind(to.thread.as_ref().map(|k| k.0.clone()))
-                .bind(serde_json::to_string(message)?)
+                .bind(rules.message(message)?)
                 .bind(ms(now))
                 .bind(ms(now))
                 .bind(*urgent as i64)
@@ -485,7 +513,7 @@ async fn persist_effects(
                 .bind(&key.0)
                 .bind(target.get::<String, _>("platform"))
                 .bind(target.get::<String, _>("channel"))
-                .bind(serde_json::to_string(message)?)
+                .bind(rules.message(message)?)
                 .bind(ms(now))
                 .bind(ms(now))
                 .bind(target.get::<i64, _>("urgent"))
@@ -643,9 +671,9 @@ impl RunStore for SqliteStore {
                 .bind(&new.requested_by.id)
                 .bind(&new.requested_by.display)
                 .bind(new.requested_by.is_bot as i64)
-                .bind(Value::Object(new.inputs.clone()).to_string())
+                .bind(rules.json(&Value::Object(new.inputs.clone())))
                 .bind(new.late as i64)
-                .bind(&new.title)
+                .bind(rules.text(&new.title))
                 .bind(&new.file)
                 .bind(&*new.definition)
                 .bind(ms(now))
@@ -658,7 +686,7 @@ impl RunStore for SqliteStore {
                 .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?;
             let before = state.clone();
             let transition = start(&mut state, &def);
-            save_state(c, &before, &state).await?;
+            save_state(c, rules, &before, &state).await?;
             persist_effects(c, rules, &transition, now).await?;
             Ok(Created {
                 run: RunId(id),
@@ -693,7 +721,7 @@ impl RunStore for SqliteStore {
                     return Ok(Some(Transition::default()));
                 }
             }
-            save_state(c, &before, &state).await?;
+            save_state(c, rules, &before, &state).await?;
             persist_effects(c, rules, &transition, state.run.updated_at).await?;
             Ok(Some(transition))
         })
@@ -1292,7 +1320,7 @@ impl ConsoleStore for SqliteStore {
                 .bind(thread_id)
                 .bind(author)
                 .bind(is_bot as i64)
-                .bind(serde_json::to_string(message)?)
+                .bind(self.rules.message(message)?)
                 .bind(outbox_id)
                 .bind(ms(now))
                 .bind(ms(now))
@@ -1314,7 +1342,7 @@ impl ConsoleStore for SqliteStore {
         {
             let _guard = self.write.lock().await;
             sqlx::query("UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?")
-                .bind(serde_json::to_string(message)?)
+                .bind(self.rules.message(message)?)
                 .bind(ms(now))
                 .bind(id)
                 .execute(&self.pool)
@@ -1408,7 +1436,7 @@ impl AgentStore for SqliteStore {
         message: &Value,
         when: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let text = serde_json::to_string(message)?;
+        let text = self.rules.json(message);
         write_tx!(self, |c| {
             sqlx::query(
                 "INSERT INTO agent_turns (run_id, step_id, seq, message, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -1470,7 +1498,7 @@ impl AgentStore for SqliteStore {
     }
 
     async fn memory_write(&self, e: &MemoryEntry) -> StoreResult<()> {
-        let value = serde_json::to_string(&e.value)?;
+        let value = self.rules.json(&e.value);
         write_tx!(self, |c| {
             sqlx::query(
                 "INSERT INTO memory (namespace, key, value, run_id, step_id, agent, written_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
@@ -1504,6 +1532,10 @@ fn memory_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<MemoryEntry> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn redactor(&self) -> &Redactor {
+        &self.rules.redactor
+    }
+
     async fn metrics(&self) -> StoreResult<StoreMetrics> {
         let runs = sqlx::query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
             .fetch_all(&self.pool)

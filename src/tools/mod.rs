@@ -25,6 +25,15 @@ pub enum ToolError {
     Failed(String),
 }
 
+impl ToolError {
+    /// What went wrong, without the kind's prefix.
+    pub fn reason(&self) -> &str {
+        match self {
+            ToolError::Refused(r) | ToolError::BadArgs(r) | ToolError::Failed(r) => r,
+        }
+    }
+}
+
 /// Settings for the built-in tools.
 #[derive(Debug, Clone, Default)]
 pub struct ToolSettings {

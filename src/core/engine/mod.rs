@@ -83,6 +83,100 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command with every configured secret taken out of what it carries (a step's result,
+    /// a note, an agent's proposed call, text a person typed), before the machine sees it: so
+    /// no state, message, hash or page is ever made from a secret.
+    pub fn redacted(self, r: &crate::core::audit::Redactor) -> Command {
+        if r.is_empty() {
+            return self;
+        }
+        match self {
+            Command::StepFinished {
+                step,
+                attempt,
+                result,
+            } => Command::StepFinished {
+                step,
+                attempt,
+                result: match result {
+                    Ok(mut v) => {
+                        r.redact_values(&mut v);
+                        Ok(v)
+                    }
+                    Err(e) => Err(r.redact_text(&e)),
+                },
+            },
+            Command::StepNote {
+                step,
+                attempt,
+                key,
+                mut message,
+            } => {
+                r.redact_message(&mut message);
+                Command::StepNote {
+                    step,
+                    attempt,
+                    key,
+                    message,
+                }
+            }
+            Command::AgentWantsTool {
+                step,
+                attempt,
+                mut call,
+                payload_hash,
+            } => {
+                r.redact_values(&mut call.arguments);
+                Command::AgentWantsTool {
+                    step,
+                    attempt,
+                    call,
+                    payload_hash,
+                }
+            }
+            Command::Decide {
+                step,
+                actor,
+                approve,
+                reason,
+                shown,
+            } => Command::Decide {
+                step,
+                actor,
+                approve,
+                reason: reason.map(|t| r.redact_text(&t)),
+                shown,
+            },
+            Command::Edit {
+                step,
+                actor,
+                text,
+                shown,
+            } => Command::Edit {
+                step,
+                actor,
+                text: r.redact_text(&text),
+                shown,
+            },
+            Command::DeliveryFailed {
+                outbox,
+                key,
+                channel,
+                error,
+                permanent,
+            } => Command::DeliveryFailed {
+                outbox,
+                key,
+                channel,
+                error: r.redact_text(&error),
+                permanent,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Work to carry out after the transaction commits. The store persists all of them in the
 /// same transaction as the state, so none is lost to a crash.
 #[derive(Debug, Clone, PartialEq)]
