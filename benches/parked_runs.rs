@@ -70,6 +70,7 @@ async fn engine(url: &str) -> Arc<Engine> {
         poll_interval: std::time::Duration::from_millis(200),
         stall_after: Duration::hours(1),
         base_url: "http://127.0.0.1:8080".into(),
+        local_url: "http://127.0.0.1:8080".into(),
         default_platform: "console".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
         delivery_alert_after: Duration::minutes(10),

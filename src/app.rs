@@ -119,7 +119,7 @@ pub async fn engine_for_cli(
     let store = open_store(settings, &servers).await?;
     let engine_settings = engine_settings(settings, settings.http_addr);
     let tools = Arc::new(ToolBox::new(
-        settings.tool_settings(&engine_settings.base_url),
+        settings.tool_settings(&engine_settings.local_url),
     )?);
     Ok(Engine::new(
         store,
@@ -134,12 +134,32 @@ pub async fn engine_for_cli(
     ))
 }
 
+/// Where Baton reaches itself: the address it listens on, or loopback when that is every
+/// interface (`0.0.0.0`, `[::]`), which is not an address one can connect to.
+pub fn local_url(listening: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match listening.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, listening.port()))
+}
+
+/// Where people reach Baton: `BATON_PUBLIC_URL`, else the address it listens on (loopback for
+/// every interface). Beyond loopback without the setting, links may not open for others: the
+/// start-up log says so once.
+fn public_url(settings: &Settings, listening: std::net::SocketAddr) -> String {
+    match &settings.public_url {
+        Some(url) => url.clone(),
+        None => local_url(listening),
+    }
+}
+
 fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> EngineSettings {
     EngineSettings {
-        base_url: settings
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{listening}")),
+        base_url: public_url(settings, listening),
+        local_url: local_url(listening),
         workers: settings.workers,
         poll_interval: settings.poll_interval,
         stall_after: settings.stall_after,
@@ -171,9 +191,15 @@ pub async fn run(
     let catalog = Arc::new(catalog);
     let workflows = Arc::new(load_workflows(&settings, &catalog)?);
     let addr = listener.local_addr()?;
+    if settings.public_url.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "BATON_PUBLIC_URL is unset while Baton listens on {addr}: links in chat point at {}, which people on other machines may not reach; set BATON_PUBLIC_URL to the address they use",
+            local_url(addr)
+        );
+    }
     let engine_settings = engine_settings(&settings, addr);
     let tools = Arc::new(
-        ToolBox::new(settings.tool_settings(&engine_settings.base_url))?.with_mcp(mcp.clone()),
+        ToolBox::new(settings.tool_settings(&engine_settings.local_url))?.with_mcp(mcp.clone()),
     );
     let metrics = Arc::new(Metrics::default());
     let console = Console::new(store.clone(), clock.clone());

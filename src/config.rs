@@ -536,6 +536,7 @@ impl Settings {
             http_allow: HostAllowList {
                 hosts: list("BATON_HTTP_ALLOW", "127.0.0.1"),
                 allow_private,
+                own: None,
             },
             webhooks,
             slack: SlackSettings::from_lookup(&var)?,
@@ -606,8 +607,9 @@ impl Settings {
         out
     }
 
-    /// Tool settings for a server reachable at `base_url`. With no `BATON_WEBHOOKS`, the
-    /// `pager` endpoint is the console's inbox.
+    /// Tool settings for a server that reaches itself at `base_url`. With no `BATON_WEBHOOKS`,
+    /// the `pager` endpoint is the console's inbox. `http.get` may always call Baton's own
+    /// address, whatever the allow-list says.
     pub fn tool_settings(&self, base_url: &str) -> ToolSettings {
         let mut webhooks: BTreeMap<String, String> = self
             .webhooks
@@ -623,8 +625,15 @@ impl Settings {
             webhooks.insert("pager".into(), format!("{base_url}/inbox/pager{token}"));
             webhooks.insert("crm".into(), format!("{base_url}/inbox/crm{token}"));
         }
+        let own = reqwest::Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.socket_addrs(|| None).ok())
+            .and_then(|a| a.into_iter().next());
         ToolSettings {
-            http_allow: self.http_allow.clone(),
+            http_allow: HostAllowList {
+                own,
+                ..self.http_allow.clone()
+            },
             webhooks,
         }
     }

@@ -687,6 +687,77 @@ fn with_an_audit_key_a_tail_written_without_it_does_not_verify() {
 }
 
 #[tokio::test]
+async fn bound_to_every_interface_the_examples_still_work_and_links_use_the_public_url() {
+    let token = "a-console-token-for-tests";
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let client = baton::http_client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let incident = example("incident.toml");
+    let link = r#"
+name = "link"
+[[trigger]]
+kind = "slash"
+command = "link"
+[[step]]
+id = "tell"
+kind = "notify"
+text = "Follow it at {{ baton.url }}/runs/{{ run.id }}"
+"#;
+    let mut bot = Bot::new(&[
+        ("demo.toml", example("demo.toml")),
+        ("incident.toml", incident),
+        ("link.toml", link.into()),
+    ]);
+    bot.http = client;
+    let port = bot.port;
+    bot.env.push(("BATON_HTTP_ADDR", format!("0.0.0.0:{port}")));
+    bot.env.push(("BATON_CONSOLE_TOKEN", token.into()));
+    bot.start().await;
+    // Baton calls itself on loopback, which it can reach, whatever the bind address.
+    let run = bot.start_run("ana", "general", "/demo wide").await;
+    eventually("both checks through and the approval waiting", || async {
+        bot.run_page(run).await.contains("status waiting_approval")
+    })
+    .await;
+    let page = bot.run_page(run).await;
+    assert!(!page.contains("not on BATON_HTTP_ALLOW"), "{page}");
+    let log = std::fs::read_to_string(bot.dir.path().join("bot.log")).unwrap();
+    assert!(
+        log.contains("BATON_PUBLIC_URL is unset while Baton listens on 0.0.0.0"),
+        "{log}"
+    );
+    bot.kill();
+
+    // With the public address set, links in chat use it, and the self-calls still work.
+    bot.env
+        .push(("BATON_PUBLIC_URL", "https://baton.example.com".into()));
+    bot.start().await;
+    let run = bot
+        .start_run("ana", "incidents", "/incident checkout is down")
+        .await;
+    eventually("the incident's checks through", || async {
+        bot.run_page(run).await.contains("status waiting_approval")
+    })
+    .await;
+    let run = bot.start_run("ana", "general", "/link").await;
+    eventually("the link in the thread", || async {
+        bot.thread_texts("general", run).await.iter().any(|t| {
+            t.contains(&format!(
+                "Follow it at https://baton.example.com/runs/{run}"
+            ))
+        })
+    })
+    .await;
+    bot.kill();
+}
+
+#[tokio::test]
 async fn sigterm_lets_the_running_step_finish_and_flushes_its_posts() {
     let delay = std::time::Duration::from_millis(700);
     let (port, hits) = upstream(delay, delay).await;

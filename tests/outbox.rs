@@ -97,6 +97,7 @@ async fn engine(
         poll_interval: std::time::Duration::from_millis(20),
         stall_after: Duration::hours(1),
         base_url: "http://127.0.0.1:1".into(),
+        local_url: "http://127.0.0.1:1".into(),
         default_platform: "flaky".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
         delivery_alert_after: Duration::minutes(10),

@@ -39,8 +39,10 @@ pub struct EngineSettings {
     pub poll_interval: std::time::Duration,
     /// A running run with no change for this long is listed as stalled.
     pub stall_after: Duration,
-    /// The console's address, for `{{ baton.url }}` in templates and links in chat.
+    /// The console's address people use, for `{{ baton.url }}` in templates and links in chat.
     pub base_url: String,
+    /// The address Baton reaches itself at, for `{{ baton.local_url }}`.
+    pub local_url: String,
     /// The platform schedules post on when their channel names none.
     pub default_platform: String,
     /// How long shutdown waits for running steps.
@@ -220,7 +222,7 @@ impl Engine {
                 "You are not allowed to start {how} here."
             )));
         }
-        let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}, "baton": {"url": self.settings.base_url}});
+        let title_ctx = json!({"input": req.inputs, "run": {"started_by": req.actor.display, "channel": req.conversation.channel}, "trigger": {"late": req.late}, "baton": {"url": self.settings.base_url, "local_url": self.settings.local_url}});
         let title = match &wf.title {
             Some(t) => template::render(t, &title_ctx).unwrap_or_else(|_| wf.description.clone()),
             None if !wf.description.is_empty() => wf.description.clone(),
@@ -246,6 +248,7 @@ impl Engine {
                     tools: &catalog,
                     now,
                     base_url: &self.settings.base_url,
+                    local_url: &self.settings.local_url,
                     stall_after: self.settings.stall_after,
                 };
                 machine::start(state, &cx)
@@ -287,7 +290,7 @@ impl Engine {
                 let Some(cmd) = cmd.take() else { return Transition::default() };
                 match self.definition(def) {
                     Ok(wf) => {
-                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url, stall_after: self.settings.stall_after };
+                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url, local_url: &self.settings.local_url, stall_after: self.settings.stall_after };
                         machine::apply(state, cmd, &cx)
                     }
                     Err(e) => {

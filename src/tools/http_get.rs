@@ -17,6 +17,8 @@ pub struct HostAllowList {
     pub hosts: Vec<String>,
     /// Let allow-listed names resolve to internal addresses.
     pub allow_private: bool,
+    /// Baton's own address, which steps may always call (`{{ baton.local_url }}`).
+    pub own: Option<SocketAddr>,
 }
 
 impl HostAllowList {
@@ -92,13 +94,23 @@ async fn check(allow: &HostAllowList, url: reqwest::Url) -> Result<Target, ToolE
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let literal: Option<IpAddr> = bare.parse().ok();
+    // Baton's own address is allowed as it is: the console's own endpoints.
+    if let (Some(ip), Some(own)) = (literal, allow.own)
+        && SocketAddr::new(ip, port) == own
+    {
+        return Ok(Target {
+            url,
+            host: bare,
+            addr: own,
+        });
+    }
     if !allow.allows(&bare) {
         return Err(ToolError::Refused(format!(
             "host `{bare}` is not on BATON_HTTP_ALLOW"
         )));
     }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let literal: Option<IpAddr> = bare.parse().ok();
     let addrs: Vec<SocketAddr> = match literal {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => tokio::net::lookup_host((bare.as_str(), port))
@@ -228,6 +240,7 @@ mod tests {
         HostAllowList {
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             allow_private: false,
+            own: None,
         }
     }
 

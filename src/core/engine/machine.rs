@@ -28,8 +28,11 @@ pub struct Context<'a> {
     pub workflow: &'a Workflow,
     pub tools: &'a ToolCatalog,
     pub now: DateTime<Utc>,
-    /// Where Baton's console is reachable, for templates (`{{ baton.url }}`) and links.
+    /// Where people reach Baton's console, for templates (`{{ baton.url }}`) and links.
     pub base_url: &'a str,
+    /// Where Baton reaches itself (`{{ baton.local_url }}`), for steps that call Baton's own
+    /// endpoints: a loopback address when it listens on every interface.
+    pub local_url: &'a str,
     /// How long a run may go without progress before it is flagged, unless its workflow says.
     pub stall_after: chrono::Duration,
 }
@@ -455,7 +458,7 @@ impl<'a> Apply<'a, '_> {
             "steps": steps,
             "run": {"id": run.id.0, "workflow": run.workflow, "started_by": run.requested_by.display, "channel": run.conversation.channel},
             "trigger": {"event_id": run.event_id, "late": run.late},
-            "baton": {"url": self.cx.base_url},
+            "baton": {"url": self.cx.base_url, "local_url": self.cx.local_url},
         })
     }
 

@@ -118,6 +118,7 @@ impl Harness {
             tools: &self.tools,
             now: self.now,
             base_url: "http://x",
+            local_url: "http://127.0.0.1:1",
             stall_after: Duration::hours(1),
         };
         start(&mut self.state, &cx)
@@ -128,6 +129,7 @@ impl Harness {
             tools: &self.tools,
             now: self.now,
             base_url: "http://x",
+            local_url: "http://127.0.0.1:1",
             stall_after: Duration::hours(1),
         };
         apply(&mut self.state, cmd, &cx)
