@@ -373,6 +373,23 @@ async fn the_same_inbound_event_twice_starts_one_run() {
     assert!(second["started"].as_array().unwrap().is_empty(), "{second}");
     let (_, runs) = app.get("/runs").await;
     assert_eq!(runs.matches("<a href=\"/runs/").count(), 1);
+    // Sent again after a lost answer, the message is the same message: shown once.
+    assert_eq!(first["message"]["id"], second["message"]["id"]);
+    let shown = app
+        .channel("general")
+        .await
+        .iter()
+        .filter(|m| text(m) == "/demo once")
+        .count();
+    assert_eq!(shown, 1, "the channel shows the message once");
+    // Another person's message with the same id is their own.
+    let (_, other) = app
+        .post(
+            "/api/messages",
+            json!({"channel": "general", "user": "ben", "text": "hello", "client_id": "abc-123"}),
+        )
+        .await;
+    assert_ne!(other["message"]["id"], first["message"]["id"]);
 }
 
 #[tokio::test]

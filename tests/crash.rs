@@ -172,6 +172,13 @@ impl Bot {
     }
 
     async fn thread_texts(&self, channel: &str, run: i64) -> Vec<String> {
+        self.thread_texts_if_any(channel, run)
+            .await
+            .expect("root posted")
+    }
+
+    /// The run's thread, once its root is in the channel.
+    async fn thread_texts_if_any(&self, channel: &str, run: i64) -> Option<Vec<String>> {
         let msgs: Vec<Value> = self
             .http
             .get(format!("{}/api/channels/{channel}/messages", self.base()))
@@ -181,15 +188,12 @@ impl Bot {
             .json()
             .await
             .unwrap();
-        let root = msgs
-            .iter()
-            .find(|m| {
-                m["message"]["text"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains(&format!("run {run} ·"))
-            })
-            .expect("root posted");
+        let root = msgs.iter().find(|m| {
+            m["message"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("run {run} ·"))
+        })?;
         let thread: Vec<Value> = self
             .http
             .get(format!("{}/api/threads/{}", self.base(), root["id"]))
@@ -199,10 +203,12 @@ impl Bot {
             .json()
             .await
             .unwrap();
-        thread
-            .iter()
-            .map(|m| m["message"]["text"].as_str().unwrap_or("").to_owned())
-            .collect()
+        Some(
+            thread
+                .iter()
+                .map(|m| m["message"]["text"].as_str().unwrap_or("").to_owned())
+                .collect(),
+        )
     }
 }
 
@@ -747,11 +753,15 @@ text = "Follow it at {{ baton.url }}/runs/{{ run.id }}"
     .await;
     let run = bot.start_run("ana", "general", "/link").await;
     eventually("the link in the thread", || async {
-        bot.thread_texts("general", run).await.iter().any(|t| {
-            t.contains(&format!(
-                "Follow it at https://baton.example.com/runs/{run}"
-            ))
-        })
+        bot.thread_texts_if_any("general", run)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|t| {
+                t.contains(&format!(
+                    "Follow it at https://baton.example.com/runs/{run}"
+                ))
+            })
     })
     .await;
     bot.kill();

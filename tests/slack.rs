@@ -1735,3 +1735,31 @@ async fn a_click_on_a_button_baton_cannot_read_is_answered_privately_and_recorde
     })
     .await;
 }
+
+#[tokio::test]
+async fn nul_and_other_control_characters_never_reach_slack() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app(&fake).await;
+    assert_eq!(
+        slash(
+            &app,
+            &fake,
+            "UANA0001",
+            "/ship 1.0\u{0}\u{1b}\u{202e}beta",
+            "T13.1"
+        )
+        .await,
+        200
+    );
+    let (_, root) = root_post(&fake, "Ship 1.0").await;
+    let text = root["text"].as_str().unwrap();
+    assert!(text.contains("Ship 1.0beta"), "{text}");
+    let everything = fake.calls("chat.postMessage");
+    assert!(
+        !serde_json::to_string(&everything)
+            .unwrap()
+            .contains("\\u0000"),
+        "a NUL reached Slack"
+    );
+    assert!(everything.iter().all(|b| !b.to_string().contains('\u{1b}')));
+}

@@ -18,3 +18,8 @@ ALTER TABLE runs ADD COLUMN alerts TEXT NOT NULL DEFAULT '{}';
 -- With BATON_AUDIT_KEY set, each ledger entry's hash signed (HMAC-SHA256), so a tail written
 -- without the key does not verify. Written with the entry, never changed after.
 ALTER TABLE audit ADD COLUMN mac TEXT;
+
+-- The browser's own id for a message a person sends, so a message sent again after a lost
+-- answer is stored (and shown) once.
+ALTER TABLE console_messages ADD COLUMN client_id TEXT;
+CREATE UNIQUE INDEX console_by_client ON console_messages (author, client_id) WHERE client_id IS NOT NULL;

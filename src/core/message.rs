@@ -20,6 +20,43 @@ pub struct OutMessage {
     pub mentions: Vec<String>,
 }
 
+impl OutMessage {
+    /// The message with control characters taken out of everything it shows: NUL and other
+    /// C0/C1 controls (a tab and a line break stay; `\r\n` becomes a line break) and the
+    /// bidirectional overrides that make text read differently from what it is. Platforms
+    /// refuse some of them (Slack's `invalid_blocks`, Discord's 50035) and render others as
+    /// boxes; none belongs in a chat message.
+    pub fn strip_controls(&mut self) {
+        self.text = strip_controls(&self.text);
+        if let Some(d) = &mut self.detail {
+            *d = strip_controls(d);
+        }
+        for b in &mut self.buttons {
+            b.label = strip_controls(&b.label);
+            for t in [&mut b.prompt, &mut b.prefill].into_iter().flatten() {
+                *t = strip_controls(t);
+            }
+        }
+    }
+}
+
+/// `text` without control characters and bidirectional overrides (see
+/// [`OutMessage::strip_controls`]).
+pub fn strip_controls(text: &str) -> String {
+    let unwanted = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !text.chars().any(unwanted) {
+        return text.to_owned();
+    }
+    text.replace("\r\n", "\n")
+        .chars()
+        .filter(|c| !unwanted(*c))
+        .collect()
+}
+
 /// A button on a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Button {
@@ -102,4 +139,22 @@ pub enum Outgoing {
         key: MessageKey,
         message: OutMessage,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_taken_out_of_what_a_message_shows() {
+        let mut m = OutMessage {
+            text: "a\u{0}b\r\nc\td\u{1b}[31m\u{202e}e".into(),
+            detail: Some("x\u{7f}y\u{85}z".into()),
+            ..Default::default()
+        };
+        m.strip_controls();
+        assert_eq!(m.text, "ab\nc\td[31me");
+        assert_eq!(m.detail.as_deref(), Some("xyz"));
+        assert_eq!(strip_controls("plain ✓ 👩‍💻"), "plain ✓ 👩‍💻");
+    }
 }

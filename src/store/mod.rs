@@ -292,18 +292,22 @@ pub struct ConsolePost<'a> {
     pub message: &'a OutMessage,
     /// The outbox entry delivering it, when the bot posts.
     pub outbox_id: Option<i64>,
+    /// The sender's own id for the message (the console's `client_id`): the same author
+    /// posting the same id again gets the message already posted.
+    pub client_id: Option<&'a str>,
 }
 
 /// The console platform's own chat history.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
-    /// Posts a message. With `outbox_id`, posting the same outbox entry again returns the
-    /// message already posted for it.
+    /// Posts a message; says whether it is new. With `outbox_id` (or `client_id`), posting
+    /// the same outbox entry (or the author's same message) again returns the message already
+    /// posted for it, and `false`.
     async fn console_post(
         &self,
         post: ConsolePost<'_>,
         now: DateTime<Utc>,
-    ) -> StoreResult<ConsoleMessage>;
+    ) -> StoreResult<(ConsoleMessage, bool)>;
     async fn console_edit(
         &self,
         id: i64,

@@ -107,13 +107,14 @@ struct WriteRules {
 }
 
 impl WriteRules {
-    /// A chat message as stored: JSON with every secret taken out.
+    /// A chat message as stored: JSON with every secret and control character taken out, so
+    /// what the outbox delivers and the console shows is clean.
     fn message(&self, m: &OutMessage) -> StoreResult<String> {
-        if self.redactor.is_empty() {
-            return Ok(serde_json::to_string(m)?);
-        }
         let mut m = m.clone();
-        self.redactor.redact_message(&mut m);
+        m.strip_controls();
+        if !self.redactor.is_empty() {
+            self.redactor.redact_message(&mut m);
+        }
         Ok(serde_json::to_string(&m)?)
     }
 
@@ -1293,7 +1294,7 @@ impl ConsoleStore for SqliteStore {
         &self,
         post: ConsolePost<'_>,
         now: DateTime<Utc>,
-    ) -> StoreResult<ConsoleMessage> {
+    ) -> StoreResult<(ConsoleMessage, bool)> {
         let ConsolePost {
             channel,
             thread_id,
@@ -1301,36 +1302,54 @@ impl ConsoleStore for SqliteStore {
             is_bot,
             message,
             outbox_id,
+            client_id,
         } = post;
         let id: i64 = {
             let _guard = self.write.lock().await;
-            if let Some(o) = outbox_id
-                && let Some(r) = sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?")
-                    .bind(o)
+            let earlier = match (outbox_id, client_id) {
+                (Some(o), _) => {
+                    sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?")
+                        .bind(o)
+                        .fetch_optional(&self.pool)
+                        .await?
+                }
+                (None, Some(c)) => {
+                    sqlx::query(
+                        "SELECT id FROM console_messages WHERE author = ? AND client_id = ?",
+                    )
+                    .bind(author)
+                    .bind(c)
                     .fetch_optional(&self.pool)
                     .await?
-            {
-                return self
+                }
+                (None, None) => None,
+            };
+            if let Some(r) = earlier {
+                let m = self
                     .console_get(r.get("id"))
                     .await?
-                    .ok_or_else(|| StoreError::Corrupt("message vanished".into()));
+                    .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
+                return Ok((m, false));
             }
-            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
                 .bind(channel)
                 .bind(thread_id)
                 .bind(author)
                 .bind(is_bot as i64)
                 .bind(self.rules.message(message)?)
                 .bind(outbox_id)
+                .bind(client_id)
                 .bind(ms(now))
                 .bind(ms(now))
                 .fetch_one(&self.pool)
                 .await?
                 .get("id")
         };
-        self.console_get(id)
+        let m = self
+            .console_get(id)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("message vanished".into()))
+            .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
+        Ok((m, true))
     }
 
     async fn console_edit(

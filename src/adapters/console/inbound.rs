@@ -205,6 +205,7 @@ async fn send_message(
                 text: text.to_owned(),
                 ..Default::default()
             },
+            client,
         )
         .await?;
     let kind = match text.strip_prefix('/') {
@@ -222,12 +223,9 @@ async fn send_message(
         },
     };
     let event = InboundEvent {
-        id: format!(
-            "console:msg:{}",
-            client
-                .map(str::to_owned)
-                .unwrap_or_else(|| message.id.to_string())
-        ),
+        // A message sent again under its client id is the same stored message, so its id
+        // names the event.
+        id: format!("console:msg:{}", message.id),
         actor,
         conversation: ConversationRef {
             platform: "console".into(),
@@ -263,7 +261,11 @@ async fn click(
     // A button Baton cannot read gets its answer, and the ledger keeps it.
     let Ok(action) = req.action.parse::<ActionId>() else {
         let event = InboundEvent {
-            id: format!("console:action:{}", client.unwrap_or("unreadable")),
+            id: format!(
+                "console:action:{}:{}",
+                actor.id,
+                client.unwrap_or("unreadable")
+            ),
             actor,
             conversation,
             kind: EventKind::UnreadableAction { action: req.action },
@@ -296,7 +298,7 @@ async fn click(
     // instant (a test's clock stands still) are still two.
     static CLICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = match client {
-        Some(c) => format!("console:action:{c}"),
+        Some(c) => format!("console:action:{}:{c}", actor.id),
         None => format!(
             "console:action:{}:{}:{}:{}",
             req.message_id,
@@ -389,6 +391,7 @@ async fn inbox(
             &format!("webhook:{name}"),
             true,
             &message,
+            None,
         )
         .await?;
     Ok(Json(json!({"ok": true, "id": m.id})))

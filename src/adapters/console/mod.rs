@@ -58,7 +58,8 @@ impl Console {
         self.updates.subscribe()
     }
 
-    /// Stores a message and tells every open console.
+    /// Stores a message and tells every open console. With `client_id`, a message the same
+    /// author sent before under that id is returned as it was, and nobody is told again.
     pub async fn post(
         &self,
         channel: &str,
@@ -66,8 +67,9 @@ impl Console {
         author: &str,
         is_bot: bool,
         message: &OutMessage,
+        client_id: Option<&str>,
     ) -> anyhow::Result<ConsoleMessage> {
-        let m = self
+        let (m, new) = self
             .store
             .console_post(
                 ConsolePost {
@@ -77,11 +79,15 @@ impl Console {
                     is_bot,
                     message,
                     outbox_id: None,
+                    client_id,
                 },
                 self.clock.now(),
             )
             .await?;
-        self.announce(&m).await;
+        // A message stored before (a resend) was announced then.
+        if new {
+            self.announce(&m).await;
+        }
         Ok(m)
     }
 
@@ -125,7 +131,7 @@ impl Platform for Console {
                     })?),
                     None => None,
                 };
-                let m = self
+                let (m, _) = self
                     .store
                     .console_post(
                         ConsolePost {
@@ -135,6 +141,7 @@ impl Platform for Console {
                             is_bot: true,
                             message: &entry.message,
                             outbox_id: Some(entry.id),
+                            client_id: None,
                         },
                         self.clock.now(),
                     )

@@ -1052,7 +1052,10 @@ impl<'a> Apply<'a, '_> {
             });
             return self.advance();
         }
-        let mut output = json!({"decision": a.status.as_str(), "by": actor.display, "at": now, "reason": reason});
+        // `by` is whoever decided (the vote that reached the quorum); `approvers` credits
+        // everyone who approved, in order.
+        let approvers: Vec<String> = a.approvals().map(|x| x.display.clone()).collect();
+        let mut output = json!({"decision": a.status.as_str(), "by": actor.display, "approvers": approvers, "at": now, "reason": reason});
         if let Some(content) = &a.content {
             output["payload"] = json!(content);
             output["edited_by"] = json!(

@@ -343,14 +343,24 @@ pub fn vote_recorded(
 }
 
 /// The approval message once decided: the decision, no buttons.
+/// Who decided: with a quorum, everyone who approved (or rejected), in order; otherwise the
+/// one who decided.
+fn deciders(a: &Approval) -> String {
+    let approving = a.status == ApprovalStatus::Approved;
+    let voters: Vec<String> = a
+        .votes
+        .iter()
+        .filter(|v| v.approve == approving)
+        .map(|v| mention(&v.actor))
+        .collect();
+    if voters.len() > 1 {
+        return voters.join(", ");
+    }
+    a.decided_by.as_ref().map(mention).unwrap_or_default()
+}
+
 pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
-    // With a quorum, everyone who approved is named, in order.
-    let who = if a.status == ApprovalStatus::Approved && a.votes.len() > 1 {
-        let all: Vec<String> = a.approvals().map(mention).collect();
-        all.join(", ")
-    } else {
-        a.decided_by.as_ref().map(mention).unwrap_or_default()
-    };
+    let who = deciders(a);
     let when = a.decided_at.map(time_of_day).unwrap_or_default();
     let line = match a.status {
         // Nobody decided and the step says expiry approves.
@@ -578,7 +588,7 @@ pub fn summary(state: &RunState, wf: &Workflow, now: DateTime<Utc>) -> OutMessag
 }
 
 fn approval_word(a: &Approval) -> String {
-    let who = a.decided_by.as_ref().map(mention).unwrap_or_default();
+    let who = deciders(a);
     match a.status {
         ApprovalStatus::Approved if a.decided_by.is_none() => "approved on expiry".into(),
         ApprovalStatus::Approved => format!("approved by {who}"),

@@ -650,6 +650,15 @@ fn a_quorum_of_two_needs_two_distinct_approvers_and_a_repeated_one_does_not_coun
         })
         .unwrap();
     assert!(outcome.contains("Approved by @ben, @cy"), "{outcome}");
+    // Everyone who approved is credited; `by` is who decided it.
+    let out = h.state.steps["gate"].output.clone().unwrap();
+    assert_eq!(out["approvers"], json!(["ben", "cy"]));
+    assert_eq!(out["by"], "cy");
+    let summary = render::summary(&h.state, &h.wf, h.now).text;
+    assert!(
+        summary.contains("• gate: approved by @ben, @cy"),
+        "{summary}"
+    );
     for key in ["expire:gate", "remind:gate", "escalate:gate"] {
         assert!(!h.state.timers.contains_key(key), "{key} is cleared");
     }
