@@ -64,6 +64,41 @@ pub fn retry_after(
         .and_then(|v| wait_seconds(v, max))
 }
 
+/// What went wrong with a request, in words a person can act on: the cause at the bottom of
+/// reqwest's error (`connection refused`, a certificate problem, a timeout) rather than its
+/// top line ("error sending request"), and never the URL, which may carry a secret.
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper and reqwest repeat their callers' words; keep each distinct line once.
+        if !text.is_empty() && !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    let root = causes.last().cloned();
+    if e.is_timeout() {
+        "it timed out".to_owned()
+    } else if e.is_connect() {
+        match root {
+            Some(r) => format!("could not connect ({r})"),
+            None => "could not connect".to_owned(),
+        }
+    } else if e.is_body() || e.is_decode() {
+        match root {
+            Some(r) => format!("the answer could not be read ({r})"),
+            None => "the answer could not be read".to_owned(),
+        }
+    } else {
+        match root {
+            Some(r) => format!("the request failed ({r})"),
+            None => "the request failed".to_owned(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

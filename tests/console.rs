@@ -766,3 +766,80 @@ async fn a_click_on_a_button_baton_cannot_read_is_answered_and_recorded() {
     );
     assert_eq!(app.ledger_of("action.unreadable").await.len(), 1);
 }
+
+#[tokio::test]
+async fn what_a_person_is_told_is_a_sentence_about_what_they_did() {
+    let wf = r#"
+name = "page"
+description = "Page someone"
+[[trigger]]
+kind = "slash"
+command = "page"
+[tools."webhook.post"]
+auto = true
+[[step]]
+id = "send"
+kind = "tool"
+tool = "webhook.post"
+with = { endpoint = "pager", body = { text = "hello" } }
+"#;
+    let app = spawn(Spawn {
+        extra_workflows: vec![("page.toml", wf.into())],
+        env: vec![("BATON_WEBHOOKS", "pager=http://127.0.0.1:1/hook".into())],
+        ..Default::default()
+    })
+    .await;
+    let notice = |body: serde_json::Value| body["notices"][0].as_str().unwrap_or("").to_owned();
+    assert_eq!(
+        notice(app.say("ana", "general", "/baton cancel").await),
+        "Which run? Usage: /baton cancel <run>, with the run's number."
+    );
+    assert_eq!(
+        notice(app.say("ana", "general", "/baton cancel abc").await),
+        "`abc` is not a run number (runs are numbered 1, 2, 3 …). Usage: /baton cancel <run>"
+    );
+    let error = |body: String| -> String {
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (status, body) = app.get("/api/threads/abc").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error(body),
+        "`abc` is not a message number; threads are named by their first message's number"
+    );
+    let (status, body) = app.get("/runs?status=bogus").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error(body),
+        "`bogus` is not a run status; use one of: running, waiting_approval, succeeded, failed, rejected, cancelled"
+    );
+    let (status, body) = app.get("/runs/").await;
+    assert_eq!(status, 404);
+    assert!(error(body).starts_with("there is no page"));
+    let (status, body) = app
+        .post(
+            "/api/messages",
+            json!({"channel": "general", "user": "ana", "text": "x", "thread_id": "seven"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let said = body["error"].as_str().unwrap();
+    assert!(said.contains("expected a whole number"), "{said}");
+    assert!(
+        !said.contains("i64") && !said.contains("Failed to deserialize"),
+        "{said}"
+    );
+
+    // A webhook that cannot be reached says why, not "error sending request".
+    let run = app.start_run("ana", "general", "/page").await;
+    app.wait_for_status(run, "failed").await;
+    let (_, page) = app.get(&format!("/runs/{run}")).await;
+    assert!(
+        page.contains("POST to webhook `pager` failed: could not connect"),
+        "{page}"
+    );
+    assert!(!page.contains("error sending request"));
+}

@@ -80,12 +80,48 @@ pub enum ModelError {
     NotConfigured(String),
     #[error("the model request timed out after {0:?}")]
     Timeout(Duration),
-    #[error("the model API answered HTTP {status}: {body}")]
+    #[error("{}", http_failure(*status, body))]
     Http { status: u16, body: String },
     #[error("the model API could not be reached: {0}")]
     Transport(String),
     #[error("the model's answer could not be read: {0}")]
     Malformed(String),
+}
+
+/// A model API's refusal as a sentence: the provider's own message (not its JSON), and what
+/// to do about the usual causes.
+fn http_failure(status: u16, body: &str) -> String {
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let said = json
+        .as_ref()
+        .and_then(|j| {
+            j["error"]["message"]
+                .as_str()
+                .or_else(|| j["error"].as_str())
+                .or_else(|| j["message"].as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| {
+            if json.is_some() {
+                String::new()
+            } else {
+                body.chars().take(200).collect()
+            }
+        });
+    let hint = match status {
+        401 | 403 => " Check the API key (OPENAI_API_KEY / ANTHROPIC_API_KEY).",
+        404 => " Check the model name in BATON_MODELS and the base URL.",
+        429 => " The provider is rate limiting or the quota is used up; try again later.",
+        413 => " The request is too long for the model.",
+        500..=599 => " The provider is having trouble; try again later.",
+        _ => "",
+    };
+    let said = said.trim().trim_end_matches('.');
+    if said.is_empty() {
+        format!("the model API answered HTTP {status}.{hint}")
+    } else {
+        format!("the model API answered HTTP {status}: {said}.{hint}")
+    }
 }
 
 /// Attempts per model turn for 429s and 5xx.
@@ -205,7 +241,7 @@ impl Models {
                     tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
-                Err(e) => return Err(ModelError::Transport(e.without_url().to_string())),
+                Err(e) => return Err(ModelError::Transport(crate::http_client::describe(&e))),
             };
             let status = r.status().as_u16();
             if (status == 429 || status >= 500) && attempt < ATTEMPTS {
@@ -226,7 +262,7 @@ impl Models {
             let text = match r.text().await {
                 Ok(t) => t,
                 Err(e) if e.is_timeout() => return Err(ModelError::Timeout(self.settings.timeout)),
-                Err(e) => return Err(ModelError::Transport(e.without_url().to_string())),
+                Err(e) => return Err(ModelError::Transport(crate::http_client::describe(&e))),
             };
             if !(200..300).contains(&status) {
                 return Err(ModelError::Http {
@@ -531,6 +567,27 @@ mod tests {
         assert_eq!(reply.tool_calls[0].name, "memory.write");
         assert_eq!(reply.tool_calls[0].arguments["_unparsed"], "{not json");
         assert_eq!((reply.tokens_in, reply.tokens_out), (7, 3));
+    }
+
+    #[test]
+    fn a_refusal_reads_as_the_providers_words_with_what_to_do() {
+        let e = ModelError::Http {
+            status: 429,
+            body: r#"{"error":{"message":"Rate limit reached for gpt-test.","type":"requests"}}"#
+                .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the model API answered HTTP 429: Rate limit reached for gpt-test. The provider is rate limiting or the quota is used up; try again later."
+        );
+        let e = ModelError::Http {
+            status: 401,
+            body: "{}".into(),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("the model API answered HTTP 401. Check the API key")
+        );
     }
 
     #[test]

@@ -19,11 +19,17 @@ impl FromStr for RunId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim().trim_start_matches('#');
+        if s.is_empty() {
+            return Err("The run's number is missing (runs are numbered 1, 2, 3 …).".into());
+        }
         s.parse::<i64>()
             .ok()
             .filter(|n| *n > 0)
             .map(RunId)
-            .ok_or_else(|| format!("`{s}` is not a run number"))
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(40).collect();
+                format!("`{shown}` is not a run number (runs are numbered 1, 2, 3 …).")
+            })
     }
 }
 

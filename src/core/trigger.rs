@@ -43,9 +43,12 @@ pub fn match_slash(
         return match (words.next(), words.next(), words.next()) {
             (Some("cancel"), Some(run), None) => match run.parse() {
                 Ok(run) => SlashMatch::Baton(BatonCommand::Cancel(run)),
-                Err(e) => SlashMatch::Usage(format!("{e}. Usage: /baton cancel <run>")),
+                Err(e) => SlashMatch::Usage(format!("{e} Usage: /baton cancel <run>")),
             },
             (None | Some("help"), None, None) => SlashMatch::Baton(BatonCommand::Help),
+            (Some("cancel"), None, None) => SlashMatch::Usage(
+                "Which run? Usage: /baton cancel <run>, with the run's number.".into(),
+            ),
             _ => SlashMatch::Usage("Usage: /baton cancel <run> · /baton help".into()),
         };
     }

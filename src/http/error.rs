@@ -43,9 +43,52 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
         use axum::extract::rejection::JsonRejection::*;
         match r {
             BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-            other => ApiError::BadRequest(format!("malformed request: {}", other.body_text())),
+            MissingJsonContentType(_) => ApiError::BadRequest(
+                "the request must be JSON (Content-Type: application/json)".into(),
+            ),
+            JsonSyntaxError(_) => ApiError::BadRequest("the request is not valid JSON".into()),
+            JsonDataError(e) => {
+                // serde says what was wrong and where; its words for kinds are Rust's.
+                let detail = e.body_text();
+                let detail = detail
+                    .rsplit_once(": ")
+                    .map(|(_, d)| d)
+                    .unwrap_or(&detail)
+                    .to_owned();
+                ApiError::BadRequest(format!(
+                    "the request does not have the fields Baton expects: {}",
+                    plain_kinds(&detail)
+                ))
+            }
+            other => ApiError::BadRequest(format!(
+                "the request could not be read ({})",
+                other.status()
+            )),
         }
     }
+}
+
+/// serde's messages with Rust's type names in words: `expected i64` becomes `expected a
+/// whole number`.
+fn plain_kinds(text: &str) -> String {
+    let words = [
+        ("a sequence", "a list"),
+        ("struct ", "an object "),
+        ("a map", "an object"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("u16", "a whole number"),
+        ("usize", "a whole number"),
+        ("f64", "a number"),
+        ("a boolean", "true or false"),
+    ];
+    let mut out = text.to_owned();
+    for (rust, plain) in words {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 impl IntoResponse for ApiError {
@@ -67,5 +110,18 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_kinds_read_as_words() {
+        assert_eq!(
+            plain_kinds("invalid type: string \"x\", expected i64 at line 1 column 40"),
+            "invalid type: string \"x\", expected a whole number at line 1 column 40"
+        );
     }
 }

@@ -53,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(guarded)
+        .fallback(|uri: axum::http::Uri| async move {
+            let path: String = uri.path().chars().take(200).collect();
+            error::ApiError::NotFound(format!("there is no page {path}"))
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -169,11 +169,12 @@ pub(super) async fn call(allow: &HostAllowList, args: &Value) -> Result<Value, T
             .build()
             .map_err(|e| ToolError::Failed(format!("could not build the HTTP client: {e}")))?;
         let url = target.url.clone();
-        let response = client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| ToolError::Failed(format!("GET {url} failed: {}", e.without_url())))?;
+        let response = client.get(url.clone()).send().await.map_err(|e| {
+            ToolError::Failed(format!(
+                "GET {url} failed: {}",
+                crate::http_client::describe(&e)
+            ))
+        })?;
         let status = response.status();
         let is_accepted = |s: reqwest::StatusCode| match &accept {
             Some(list) => list.contains(&s.as_u16()),

@@ -26,13 +26,13 @@ pub(super) async fn call(
     let response = client.post(url).json(&body).send().await.map_err(|e| {
         ToolError::Failed(format!(
             "POST to webhook `{name}` failed: {}",
-            e.without_url()
+            crate::http_client::describe(&e)
         ))
     })?;
     let (status, value) = response_value(response, MAX_BODY).await?;
     if !status.is_success() {
         return Err(ToolError::Failed(format!(
-            "webhook `{name}` answered {status}"
+            "webhook `{name}` answered {status}, so the call did not go through"
         )));
     }
     Ok(value)

@@ -125,16 +125,31 @@ impl TestApp {
             },
         )));
         self.stop = Some(tx);
-        // Ready when it answers.
-        eventually("the app answers /readyz", || async {
-            self.http
+        // Ready when it answers; an app that stopped at start-up says why.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                match self.task.take().unwrap().await {
+                    Ok(Err(e)) => panic!("the app stopped at start-up: {e:#}"),
+                    other => panic!("the app stopped at start-up: {other:?}"),
+                }
+            }
+            let ready = self
+                .http
                 .get(format!("{}/readyz", self.base))
                 .send()
                 .await
                 .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        })
-        .await;
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the app to answer /readyz"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops the app gracefully and waits for it.

@@ -76,7 +76,8 @@ async fn channel_messages(
 ) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
     if !known_channels(&state).await?.contains(&channel) {
         return Err(ApiError::NotFound(format!(
-            "there is no channel #{channel}"
+            "there is no channel #{}",
+            truncate(&channel, 80)
         )));
     }
     Ok(Json(
@@ -86,8 +87,14 @@ async fn channel_messages(
 
 async fn thread(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Vec<ConsoleMessage>>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "`{}` is not a message number; threads are named by their first message's number",
+            truncate(&id, 40)
+        ))
+    })?;
     let messages = state.engine.store().console_thread(id).await?;
     if messages.is_empty() {
         return Err(ApiError::NotFound(format!("there is no message {id}")));

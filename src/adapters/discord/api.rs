@@ -29,7 +29,7 @@ pub enum DiscordError {
     #[error("Discord's rate-limit bucket for this route refills in {0:?}")]
     BucketEmpty(Duration),
     /// Discord refused the request: HTTP status, Discord's JSON error code and message.
-    #[error("Discord answered HTTP {status}: {message} (code {code})")]
+    #[error("Discord answered HTTP {status}: {message} (code {code}){}", code_words(*code))]
     Api {
         status: u16,
         code: i64,
@@ -53,6 +53,20 @@ impl DiscordError {
             DiscordError::Api { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+/// What a Discord error code means for the person reading it, where Baton knows.
+fn code_words(code: i64) -> &'static str {
+    match code {
+        10003 => ": the channel does not exist, or the bot is not in its server",
+        10008 => ": the message to change is gone",
+        50001 => ": the bot cannot see the channel (give it View Channel there)",
+        50013 => {
+            ": the bot lacks a permission there (Send Messages, Create Public Threads, Send Messages in Threads)"
+        }
+        50035 => ": Discord would not take the message as written",
+        _ => "",
     }
 }
 
@@ -158,7 +172,7 @@ impl DiscordApi {
         let response = request
             .send()
             .await
-            .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| DiscordError::Transport(crate::http_client::describe(&e)))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

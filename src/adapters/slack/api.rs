@@ -17,7 +17,7 @@ pub enum SlackError {
     #[error("rate limited by Slack (retry after {0:?})")]
     RateLimited(Duration),
     /// `"ok": false` with Slack's error code, such as `channel_not_found`.
-    #[error("Slack answered `{0}`")]
+    #[error("{}", api_words(.0))]
     Api(String),
     /// Network trouble or a 5xx: worth trying again.
     #[error("Slack could not be reached: {0}")]
@@ -39,6 +39,35 @@ impl SlackError {
                     | "team_added_to_org"
             ),
         }
+    }
+}
+
+/// Slack's error code, with what it means for the person reading it where Baton knows.
+fn api_words(code: &str) -> String {
+    let meaning = match code {
+        "channel_not_found" => {
+            "the channel does not exist, or it is private and the bot is not in it (invite it with /invite @baton)"
+        }
+        "not_in_channel" => "the bot is not in the channel (invite it with /invite @baton)",
+        "is_archived" => "the channel is archived",
+        "msg_too_long" => "the message is too long for Slack",
+        "invalid_blocks" | "invalid_blocks_format" => "Slack would not take the message's layout",
+        "message_not_found" | "cant_update_message" => {
+            "the message to change is gone, or the bot did not post it"
+        }
+        "invalid_auth" | "not_authed" | "token_revoked" | "token_expired" | "account_inactive" => {
+            "the bot token is no longer valid (SLACK_BOT_TOKEN)"
+        }
+        "missing_scope" => {
+            "the Slack app lacks a permission it needs (reinstall it from `baton slack manifest`)"
+        }
+        "restricted_action" => "the workspace does not let the bot post there",
+        _ => "",
+    };
+    if meaning.is_empty() {
+        format!("Slack answered `{code}`")
+    } else {
+        format!("Slack answered `{code}`: {meaning}")
     }
 }
 
@@ -173,7 +202,7 @@ impl SlackApi {
         let response = request
             .send()
             .await
-            .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| SlackError::Transport(crate::http_client::describe(&e)))?;
         let status = response.status();
         let headers = response.headers().clone();
         let limited = |buckets: &Buckets| {
@@ -242,7 +271,7 @@ impl SlackApi {
             .json(&body)
             .send()
             .await
-            .map_err(|e| SlackError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| SlackError::Transport(crate::http_client::describe(&e)))?;
         if r.status().as_u16() == 429 {
             let wait =
                 crate::http_client::retry_after(r.headers(), MAX_WAIT).unwrap_or(DEFAULT_WAIT);

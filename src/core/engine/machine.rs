@@ -381,7 +381,7 @@ impl<'a> Apply<'a, '_> {
             Command::Decide { step, .. } => {
                 let text = match self.state.approvals.get(&step) {
                     Some(a) if a.status != ApprovalStatus::Pending => {
-                        render::approval_outcome(&step, a).text.replace('*', "")
+                        render::already_decided(&step, a)
                     }
                     _ => format!("Run {} is already {status}.", self.state.run.id),
                 };
@@ -1379,8 +1379,7 @@ impl<'a> Apply<'a, '_> {
             .get(id)
             .ok_or_else(|| "This approval has not been requested yet.".to_owned())?;
         if approval.status != ApprovalStatus::Pending {
-            let text = render::approval_outcome(id, approval).text.replace('*', "");
-            return Err(format!("Already decided. {text}"));
+            return Err(render::already_decided(id, approval));
         }
         Ok(approval)
     }

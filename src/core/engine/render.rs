@@ -359,6 +359,22 @@ fn deciders(a: &Approval) -> String {
     a.decided_by.as_ref().map(mention).unwrap_or_default()
 }
 
+/// The private answer to a click on an approval that is no longer waiting.
+pub fn already_decided(step: &str, a: &Approval) -> String {
+    let when = a.decided_at.map(time_of_day).unwrap_or_default();
+    let what = match a.status {
+        ApprovalStatus::Approved if a.decided_by.is_none() => {
+            format!("was approved when it expired at {when}")
+        }
+        ApprovalStatus::Approved => format!("was already approved by {} at {when}", deciders(a)),
+        ApprovalStatus::Rejected => format!("was already rejected by {} at {when}", deciders(a)),
+        ApprovalStatus::Expired => format!("expired at {when} with no decision"),
+        ApprovalStatus::Cancelled => format!("was cancelled with its run at {when}"),
+        ApprovalStatus::Pending => "is still waiting".to_owned(),
+    };
+    format!("Step {step} {what}; your click changed nothing.")
+}
+
 pub fn approval_outcome(step: &str, a: &Approval) -> OutMessage {
     let who = deciders(a);
     let when = a.decided_at.map(time_of_day).unwrap_or_default();

@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident ($label:literal) { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name { $($variant),+ }
@@ -25,7 +25,14 @@ macro_rules! string_enum {
         impl FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($text => Ok($name::$variant),)+ other => Err(format!("unknown {} `{other}`", stringify!($name))) }
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => {
+                        let known: Vec<&str> = vec![$($text),+];
+                        let shown: String = other.chars().take(40).collect();
+                        Err(format!("`{shown}` is not a {}; use one of: {}", $label, known.join(", ")))
+                    }
+                }
             }
         }
     };
@@ -33,7 +40,7 @@ macro_rules! string_enum {
 
 string_enum!(
     /// Where a run stands.
-    RunStatus {
+    RunStatus ("run status") {
         Running => "running",
         WaitingApproval => "waiting_approval",
         Succeeded => "succeeded",
@@ -65,7 +72,7 @@ impl RunStatus {
 
 string_enum!(
     /// Where a step stands.
-    StepStatus {
+    StepStatus ("step status") {
         Pending => "pending",
         Running => "running",
         Retrying => "retrying",
@@ -91,7 +98,7 @@ impl StepStatus {
 
 string_enum!(
     /// Where an approval stands.
-    ApprovalStatus {
+    ApprovalStatus ("approval status") {
         Pending => "pending",
         Approved => "approved",
         Rejected => "rejected",

@@ -310,7 +310,10 @@ fn a_second_decision_is_answered_with_the_first() {
         reason: None,
         shown: None,
     });
-    assert!(t.notice.unwrap().contains("Rejected by @ben"));
+    assert_eq!(
+        t.notice.as_deref(),
+        Some("Step gate was already rejected by @ben at 10:00 UTC; your click changed nothing.")
+    );
     assert!(t.effects.is_empty());
 }
 
