@@ -75,9 +75,15 @@ impl Engine {
         while !*shutdown.borrow() {
             match self.store.due_timers(self.clock.now(), 200).await {
                 Ok(due) => {
-                    for (run, key) in due {
+                    for (run, key, at) in due {
                         if let Err(e) = self
-                            .submit(run, Command::TimerFired { key: key.clone() })
+                            .submit(
+                                run,
+                                Command::TimerFired {
+                                    key: key.clone(),
+                                    due: at,
+                                },
+                            )
                             .await
                         {
                             tracing::warn!(run = %run, timer = %key, error = %e, "could not fire a timer; trying again");

@@ -134,8 +134,12 @@ pub trait RunStore: Send + Sync {
     async fn attempts(&self, run: RunId) -> StoreResult<Vec<AttemptRow>>;
     /// Attempts recorded as started and never ended: after a restart these were lost.
     async fn unfinished_attempts(&self) -> StoreResult<Vec<(RunId, String, u32)>>;
-    async fn due_timers(&self, now: DateTime<Utc>, limit: u32)
-    -> StoreResult<Vec<(RunId, String)>>;
+    /// Timers due by `now`: the run, the key and the instant each was set for.
+    async fn due_timers(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(RunId, String, DateTime<Utc>)>>;
     /// The oldest pending approvals, at most `limit`, and how many there are in all.
     async fn pending_approvals(&self, limit: u32) -> StoreResult<(Vec<PendingApproval>, u64)>;
 }

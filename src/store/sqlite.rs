@@ -810,16 +810,17 @@ impl RunStore for SqliteStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(RunId, String)>> {
-        let rows =
-            sqlx::query("SELECT run_id, key FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?")
-                .bind(ms(now))
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?;
+    ) -> StoreResult<Vec<(RunId, String, DateTime<Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT run_id, key, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+        )
+        .bind(ms(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
-            .map(|r| (RunId(r.get("run_id")), r.get("key")))
+            .map(|r| (RunId(r.get("run_id")), r.get("key"), at(r.get("due_at"))))
             .collect())
     }
 

@@ -153,7 +153,7 @@ pub fn apply(state: &mut RunState, cmd: Command, cx: &Context<'_>) -> Transition
             text,
             shown,
         } => a.edit(&step, &actor, &text, shown.as_deref()),
-        Command::TimerFired { key } => a.timer_fired(&key),
+        Command::TimerFired { key, due } => a.timer_fired(&key, due),
         Command::Cancel { actor } => a.cancel(&actor),
         Command::Retry { actor } => a.retry(&actor),
         Command::DeliveryFailed {
@@ -420,8 +420,10 @@ impl<'a> Apply<'a, '_> {
                 self.audit(ev);
                 self.notice("Sending the messages that could not be delivered again.");
             }
-            Command::TimerFired { key } => {
-                self.state.timers.remove(&key);
+            Command::TimerFired { key, due } => {
+                if self.state.timers.get(&key) == Some(&due) {
+                    self.state.timers.remove(&key);
+                }
             }
             // The thread of a finished run stays as it ended.
             Command::StepNote { .. } | Command::AgentWantsTool { .. } => {}
@@ -1091,10 +1093,13 @@ impl<'a> Apply<'a, '_> {
         s.finished_at = Some(now);
     }
 
-    fn timer_fired(&mut self, key: &str) {
-        if self.state.timers.remove(key).is_none() {
-            return; // Already fired or cancelled: a timer acts once.
+    fn timer_fired(&mut self, key: &str, due: DateTime<Utc>) {
+        // Already fired, cancelled, or set again for later since this tick read it: a timer
+        // acts once, at its time.
+        if self.state.timers.get(key) != Some(&due) {
+            return;
         }
+        self.state.timers.remove(key);
         if key == timer::STALL {
             self.stalled(None);
         } else if let Some(step) = key.strip_prefix("deadline:") {

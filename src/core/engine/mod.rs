@@ -9,6 +9,8 @@ pub mod state;
 pub use machine::{Context, abandon, apply, start};
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 pub use state::*;
 
@@ -44,8 +46,10 @@ pub enum Command {
         text: String,
         shown: Option<String>,
     },
-    /// A persisted timer came due.
-    TimerFired { key: String },
+    /// A persisted timer came due: `due` is the instant it was set for, as the timer loop
+    /// read it. Only that timer fires: one re-armed since (or already fired) is left alone, so
+    /// a tick repeated after a crash or by a second loop fires nothing twice.
+    TimerFired { key: String, due: DateTime<Utc> },
     /// Someone asked to stop the run.
     Cancel { actor: Actor },
     /// Someone asked a stalled run to try again what it is stuck on (steps, and messages

@@ -43,18 +43,18 @@ needs = ["gate"]
 with = { endpoint = "pager", body = { x = "{{ input.text }}" } }
 "#;
 
-fn wf(text: &str) -> Workflow {
+pub(super) fn wf(text: &str) -> Workflow {
     let (wf, diags) = parse_workflow(Path::new("flow.toml"), text, &ToolCatalog::builtin());
     wf.unwrap_or_else(|| panic!("{diags:?}"))
 }
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc)
 }
 
-fn user(id: &str) -> Actor {
+pub(super) fn user(id: &str) -> Actor {
     Actor {
         platform: "console".into(),
         id: id.into(),
@@ -64,7 +64,7 @@ fn user(id: &str) -> Actor {
     }
 }
 
-fn fresh() -> RunState {
+pub(super) fn fresh() -> RunState {
     let mut inputs = Map::new();
     inputs.insert("text".into(), json!("hello"));
     RunState {
@@ -133,6 +133,14 @@ impl Harness {
             stall_after: Duration::hours(1),
         };
         apply(&mut self.state, cmd, &cx)
+    }
+    /// The timer loop firing `key` as it was set (or a key that is not set, as a repeat would).
+    fn fire(&mut self, key: &str) -> Transition {
+        let due = self.state.timers.get(key).copied().unwrap_or(self.now);
+        self.apply(Command::TimerFired {
+            key: key.into(),
+            due,
+        })
     }
     fn status(&self, step: &str) -> StepStatus {
         self.state.steps[step].status
@@ -339,14 +347,10 @@ fn the_expiry_timer_rejects_once_and_a_second_firing_does_nothing() {
     let mut h = Harness::new(FLOW);
     to_gate(&mut h);
     h.now = t0() + Duration::hours(1);
-    let t = h.apply(Command::TimerFired {
-        key: "expire:gate".into(),
-    });
+    let t = h.fire("expire:gate");
     assert!(audits(&t).contains(&"approval.expired"));
     assert_eq!(h.state.run.status, RunStatus::Rejected);
-    let t = h.apply(Command::TimerFired {
-        key: "expire:gate".into(),
-    });
+    let t = h.fire("expire:gate");
     assert!(t.effects.is_empty());
 }
 
@@ -365,9 +369,7 @@ fn a_failed_attempt_retries_after_its_backoff_then_fails_for_good() {
         Some(&(t0() + Duration::seconds(10)))
     );
     assert!(jobs(&t).is_empty());
-    let t = h.apply(Command::TimerFired {
-        key: "retry:a".into(),
-    });
+    let t = h.fire("retry:a");
     assert_eq!(jobs(&t), vec![("a".into(), 2)]);
     h.apply(Command::StepFinished {
         step: "b".into(),
@@ -696,9 +698,7 @@ fn the_ladder_reminds_then_escalates_then_expires_each_rung_once() {
     assert_eq!(h.state.timers["expire:gate"], t0() + Duration::hours(4));
 
     h.now = t0() + Duration::hours(1);
-    let t = h.apply(Command::TimerFired {
-        key: "remind:gate".into(),
-    });
+    let t = h.fire("remind:gate");
     assert_eq!(audits(&t), vec!["approval.reminded"]);
     assert_eq!(posts(&t), vec!["run:7:approval:gate:reminder".to_owned()]);
     let request = t
@@ -711,11 +711,7 @@ fn the_ladder_reminds_then_escalates_then_expires_each_rung_once() {
         .unwrap();
     assert!(request.contains("Reminded at 11:00 UTC"), "{request}");
     assert!(
-        h.apply(Command::TimerFired {
-            key: "remind:gate".into()
-        })
-        .effects
-        .is_empty(),
+        h.fire("remind:gate").effects.is_empty(),
         "a rung fires once"
     );
 
@@ -726,9 +722,7 @@ fn the_ladder_reminds_then_escalates_then_expires_each_rung_once() {
         Some("You are not an approver for this step.")
     );
     h.now = t0() + Duration::hours(2);
-    let t = h.apply(Command::TimerFired {
-        key: "escalate:gate".into(),
-    });
+    let t = h.fire("escalate:gate");
     assert_eq!(audits(&t), vec!["approval.escalated"]);
     let (to, message) = t
         .effects
@@ -762,9 +756,7 @@ fn an_approval_nobody_decides_expires_with_the_outcome_the_step_gives() {
     let mut h = Harness::new(&governed(""));
     to_gate(&mut h);
     h.now = t0() + Duration::hours(4);
-    h.apply(Command::TimerFired {
-        key: "expire:gate".into(),
-    });
+    h.fire("expire:gate");
     assert_eq!(h.state.run.status, RunStatus::Rejected);
     assert!(
         !h.state.timers.contains_key("remind:gate"),
@@ -774,9 +766,7 @@ fn an_approval_nobody_decides_expires_with_the_outcome_the_step_gives() {
     let mut h = Harness::new(&governed("on_timeout = \"approve\""));
     to_gate(&mut h);
     h.now = t0() + Duration::hours(4);
-    let t = h.apply(Command::TimerFired {
-        key: "expire:gate".into(),
-    });
+    let t = h.fire("expire:gate");
     assert_eq!(h.status("gate"), StepStatus::Succeeded);
     assert_eq!(jobs(&t), vec![("send".into(), 1)]);
 }
@@ -793,10 +783,7 @@ fn an_approval_whose_condition_does_not_hold_passes_at_once_and_says_why() {
     to_gate(&mut h);
     assert_eq!(h.status("gate"), StepStatus::Succeeded);
     assert!(!h.state.approvals.contains_key("gate"));
-    assert_eq!(
-        jobs(&h.apply(Command::TimerFired { key: "none".into() })),
-        vec![]
-    );
+    assert_eq!(jobs(&h.fire("none")), vec![]);
 
     let mut h = Harness::new(&cond("steps.a.output.status == 200"));
     to_gate(&mut h);
@@ -822,9 +809,7 @@ fn a_run_without_progress_is_flagged_once_with_retry_and_cancel_and_retry_starts
     assert_eq!(h.state.timers["stall"], t0() + Duration::minutes(70));
 
     h.now = t0() + Duration::minutes(70);
-    let t = h.apply(Command::TimerFired {
-        key: "stall".into(),
-    });
+    let t = h.fire("stall");
     assert_eq!(audits(&t), vec!["run.stalled"]);
     let alert = posted_under(&t, "run:7:stall:").expect("an alert in the thread");
     assert!(
@@ -1196,9 +1181,7 @@ fn a_step_past_its_deadline_with_no_result_flags_the_run_once() {
         "a result clears it"
     );
     h.now = t0() + Duration::minutes(5);
-    let t = h.apply(Command::TimerFired {
-        key: "deadline:a".into(),
-    });
+    let t = h.fire("deadline:a");
     assert_eq!(audits(&t), vec!["run.stalled"]);
     let alert = posted_under(&t, "run:7:stall:").unwrap();
     assert!(
@@ -1209,4 +1192,26 @@ fn a_step_past_its_deadline_with_no_result_flags_the_run_once() {
         alert.text
     );
     assert_eq!(alert.buttons.len(), 2);
+}
+
+#[test]
+fn a_timer_tick_repeated_after_the_timer_was_set_again_fires_nothing() {
+    // Found by the property tests: a second timer loop (or a tick repeated after a crash)
+    // that read `stall` before it fired would have fired it again, early, once re-armed.
+    let mut h = Harness::new(FLOW);
+    h.start();
+    let first = h.state.timers["stall"];
+    h.now = first;
+    let t = h.fire("stall");
+    assert_eq!(audits(&t), vec!["run.stalled"]);
+    let t = h.apply(Command::Retry { actor: user("ana") });
+    assert!(!t.effects.is_empty());
+    let again = h.state.timers["stall"];
+    assert!(again > first, "Retry sets the stall timer again");
+    let t = h.apply(Command::TimerFired {
+        key: "stall".into(),
+        due: first,
+    });
+    assert!(t.effects.is_empty(), "{:?}", t.effects);
+    assert_eq!(h.state.timers["stall"], again);
 }
