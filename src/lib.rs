@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod http_client;
 pub mod metrics;

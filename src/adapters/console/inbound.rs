@@ -104,23 +104,23 @@ async fn thread(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendMessage {
-    channel: String,
-    user: String,
-    text: String,
-    thread_id: Option<i64>,
+pub(crate) struct SendMessage {
+    pub(crate) channel: String,
+    pub(crate) user: String,
+    pub(crate) text: String,
+    pub(crate) thread_id: Option<i64>,
     /// Set by the page per submission so a resent request is recognised.
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Click {
-    user: String,
-    message_id: i64,
-    action: String,
-    reason: Option<String>,
-    client_id: Option<String>,
+pub(crate) struct Click {
+    pub(crate) user: String,
+    pub(crate) message_id: i64,
+    pub(crate) action: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 /// Longest text a click may carry: a reason, or an edited payload (the engine's own limit).
@@ -148,7 +148,25 @@ fn actor(state: &AppState, user: &str) -> Result<Actor, ApiError> {
     })
 }
 
-fn client_id(id: Option<&str>) -> Result<Option<&str>, ApiError> {
+/// What a person's console message is: a slash command (`/name rest`) or a plain message.
+pub(crate) fn message_kind(text: &str) -> EventKind {
+    match text.strip_prefix('/') {
+        Some(rest) => {
+            let (command, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            EventKind::Slash {
+                command: command.to_owned(),
+                text: args.trim().to_owned(),
+                options: None,
+            }
+        }
+        None => EventKind::Message {
+            text: text.to_owned(),
+            mentions_bot: text.contains(&format!("@{BOT_NAME}")),
+        },
+    }
+}
+
+pub(crate) fn client_id(id: Option<&str>) -> Result<Option<&str>, ApiError> {
     match id {
         Some(id)
             if id.is_empty()
@@ -215,20 +233,7 @@ async fn send_message(
             client,
         )
         .await?;
-    let kind = match text.strip_prefix('/') {
-        Some(rest) => {
-            let (command, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-            EventKind::Slash {
-                command: command.to_owned(),
-                text: args.trim().to_owned(),
-                options: None,
-            }
-        }
-        None => EventKind::Message {
-            text: text.to_owned(),
-            mentions_bot: text.contains(&format!("@{BOT_NAME}")),
-        },
-    };
+    let kind = message_kind(text);
     let event = InboundEvent {
         // A message sent again under its client id is the same stored message, so its id
         // names the event.

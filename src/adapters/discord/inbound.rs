@@ -158,10 +158,114 @@ fn actor(user: &User, roles: Vec<String>) -> Actor {
     }
 }
 
+/// A person's message as a core event, or `None` for what starts nothing (the bot's own
+/// messages, joins, pins and other system messages). `me` is the bot's user id.
+fn message_event(me: &str, m: MessageCreate) -> Option<InboundEvent> {
+    // The bot never reacts to itself, nor to what is not a person writing.
+    if m.author.id == me || !PERSON_MESSAGE_TYPES.contains(&m.kind) {
+        return None;
+    }
+    let mentions_bot = !me.is_empty()
+        && (m.mentions.iter().any(|u| u.id == me)
+            || m.content.contains(&format!("<@{me}>"))
+            || m.content.contains(&format!("<@!{me}>")));
+    // Roles decide who may start a workflow, so a message's author carries theirs.
+    let roles = m.member.map(|mm| mm.roles).unwrap_or_default();
+    let mut author = actor(&m.author, roles);
+    // Webhooks post as bots would.
+    author.is_bot |= m.webhook_id.is_some();
+    Some(InboundEvent {
+        // Message IDs are unique: a message replayed on resume starts nothing twice.
+        id: format!("discord:msg:{}", m.id),
+        actor: author,
+        conversation: ConversationRef {
+            platform: "discord".into(),
+            channel: m.channel_id,
+            thread: None,
+        },
+        kind: EventKind::Message {
+            text: m.content,
+            mentions_bot,
+        },
+    })
+}
+
+/// What a gateway dispatch means for Baton, read without side effects (so it can be fuzzed):
+/// a message's event, or the kind of event an interaction is (a command with its arguments,
+/// a click, a submitted modal; `None` for a button that asks for text first). `Err` is a
+/// payload Baton cannot read.
+pub fn read_dispatch(me: &str, kind: &str, d: &Value) -> Result<Option<EventKind>, String> {
+    match kind {
+        "MESSAGE_CREATE" => {
+            let m =
+                serde_json::from_value::<MessageCreate>(d.clone()).map_err(|e| e.to_string())?;
+            Ok(message_event(me, m).map(|e| e.kind))
+        }
+        "INTERACTION_CREATE" => {
+            let i = serde_json::from_value::<Interaction>(d.clone()).map_err(|e| e.to_string())?;
+            Ok(interaction_kind(&i))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The event an interaction is: a slash command with its arguments, a click (on a button
+/// Baton can read or not), a submitted reason. `None` for a button that asks for text first
+/// (a modal opens instead) and for interaction types Baton does not use.
+fn interaction_kind(i: &Interaction) -> Option<EventKind> {
+    match i.kind {
+        2 => {
+            let name = i.data["name"].as_str().unwrap_or_default().to_owned();
+            let (text, options) = command_arguments(&name, &i.data["options"]);
+            Some(EventKind::Slash {
+                command: name,
+                text,
+                options,
+            })
+        }
+        3 => {
+            let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
+            if custom_id
+                .strip_prefix(ASK_PREFIX)
+                .is_some_and(|a| a.parse::<ActionId>().is_ok())
+            {
+                return None;
+            }
+            // A button Baton cannot read (not its own, or of an older format) is answered too.
+            Some(match custom_id.parse::<ActionId>() {
+                Ok(action) => EventKind::Action {
+                    action,
+                    reason: None,
+                },
+                Err(_) => EventKind::UnreadableAction {
+                    action: custom_id.to_owned(),
+                },
+            })
+        }
+        5 => {
+            let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
+            let parsed = custom_id
+                .strip_prefix(REASON_MODAL)
+                .and_then(|a| a.parse::<ActionId>().ok());
+            Some(match parsed {
+                Some(action) => {
+                    let reason = find_input(&i.data["components"], REASON_INPUT)
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned);
+                    EventKind::Action { action, reason }
+                }
+                None => EventKind::UnreadableAction {
+                    action: custom_id.to_owned(),
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
 fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
-    if !PERSON_MESSAGE_TYPES.contains(&m.kind)
-        || m.guild_id.is_some() && !discord.serves_guild(m.guild_id.as_deref())
-    {
+    if m.guild_id.is_some() && !discord.serves_guild(m.guild_id.as_deref()) {
         return;
     }
     // Most messages start nothing: without a message trigger, they cost no lookups at all.
@@ -177,36 +281,12 @@ fn on_message(discord: &Arc<Discord>, engine: &Arc<Engine>, m: MessageCreate) {
         .identity()
         .map(|i| i.user_id.clone())
         .unwrap_or_default();
-    // The bot never reacts to itself.
-    if m.author.id == me {
+    let guild = m.guild_id.clone();
+    let Some(event) = message_event(&me, m) else {
         return;
-    }
-    let mentions_bot = !me.is_empty()
-        && (m.mentions.iter().any(|u| u.id == me)
-            || m.content.contains(&format!("<@{me}>"))
-            || m.content.contains(&format!("<@!{me}>")));
-    // Roles decide who may start a workflow, so a message's author carries theirs.
-    let roles = m.member.map(|mm| mm.roles).unwrap_or_default();
-    let mut author = actor(&m.author, roles);
-    // Webhooks post as bots would.
-    author.is_bot |= m.webhook_id.is_some();
-    let event = InboundEvent {
-        // Message IDs are unique: a message replayed on resume starts nothing twice.
-        id: format!("discord:msg:{}", m.id),
-        actor: author,
-        conversation: ConversationRef {
-            platform: "discord".into(),
-            channel: m.channel_id,
-            thread: None,
-        },
-        kind: EventKind::Message {
-            text: m.content,
-            mentions_bot,
-        },
     };
     // Discord names the guild of every guild message. A payload without one (Baton asks for no
     // direct messages) is placed by its channel before it counts.
-    let guild = m.guild_id;
     let guard = discord.inflight.enter();
     let (discord, engine) = (discord.clone(), engine.clone());
     tokio::spawn(async move {
@@ -295,14 +375,8 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
             let ack = CreateInteractionResponse::Defer(
                 CreateInteractionResponseMessage::new().ephemeral(true),
             );
-            let name = i.data["name"].as_str().unwrap_or_default().to_owned();
-            let (text, options) = command_arguments(&name, &i.data["options"]);
-            let ev = event(EventKind::Slash {
-                command: name,
-                text,
-                options,
-            });
-            respond_then(discord, engine, &i, ack, in_guild.then_some(ev), reply);
+            let ev = interaction_kind(&i).map(event).filter(|_| in_guild);
+            respond_then(discord, engine, &i, ack, ev, reply);
         }
         // A button.
         3 => {
@@ -335,49 +409,25 @@ fn on_interaction(discord: &Arc<Discord>, engine: &Arc<Engine>, i: Interaction) 
                 respond_then(discord, engine, &i, modal, None, reply);
                 return;
             }
-            // A button Baton cannot read (not its own, or of an older format) is answered too.
-            let ev = Some(match custom_id.parse::<ActionId>() {
-                Ok(action) => event(EventKind::Action {
-                    action,
-                    reason: None,
-                }),
-                Err(_) => event(EventKind::UnreadableAction {
-                    action: custom_id.to_owned(),
-                }),
-            });
+            let ev = interaction_kind(&i).map(event).filter(|_| in_guild);
             respond_then(
                 discord,
                 engine,
                 &i,
                 CreateInteractionResponse::Acknowledge,
-                ev.filter(|_| in_guild),
+                ev,
                 reply,
             );
         }
         // A submitted modal.
         5 => {
-            let custom_id = i.data["custom_id"].as_str().unwrap_or_default();
-            let parsed = custom_id
-                .strip_prefix(REASON_MODAL)
-                .and_then(|a| a.parse::<ActionId>().ok());
-            let ev = Some(match parsed {
-                Some(action) => {
-                    let reason = find_input(&i.data["components"], REASON_INPUT)
-                        .map(str::trim)
-                        .filter(|r| !r.is_empty())
-                        .map(str::to_owned);
-                    event(EventKind::Action { action, reason })
-                }
-                None => event(EventKind::UnreadableAction {
-                    action: custom_id.to_owned(),
-                }),
-            });
+            let ev = interaction_kind(&i).map(event).filter(|_| in_guild);
             respond_then(
                 discord,
                 engine,
                 &i,
                 CreateInteractionResponse::Acknowledge,
-                ev.filter(|_| in_guild),
+                ev,
                 reply,
             );
         }

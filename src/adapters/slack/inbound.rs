@@ -177,7 +177,7 @@ async fn events(
             axum::Json(serde_json::json!({"challenge": v.challenge})).into_response()
         }
         SlackPushEvent::EventCallback(cb) => {
-            if let Some(event) = message_event(&slack, &cb.event) {
+            if let Some(event) = message_event(&slack.bot_user(), &cb.event) {
                 handle_later(state.engine.clone(), slack, event, None);
             }
             StatusCode::OK.into_response()
@@ -192,11 +192,7 @@ async fn events(
 /// A channel message or a mention as a core event. Both event types carry the message's
 /// `channel` and `ts`, which form the event id: a message delivered as `message` and as
 /// `app_mention`, or redelivered by Slack, starts each workflow at most once.
-pub(super) fn message_event(slack: &Slack, body: &SlackEventCallbackBody) -> Option<InboundEvent> {
-    let me = slack
-        .identity()
-        .map(|i| i.user_id.clone())
-        .unwrap_or_default();
+pub fn message_event(me: &str, body: &SlackEventCallbackBody) -> Option<InboundEvent> {
     let (user, is_bot, channel, text, ts, thread) = match body {
         SlackEventCallbackBody::Message(m) => {
             // Edits, joins, deletions and the like are not new messages.
@@ -295,26 +291,44 @@ pub(super) fn command_event(
 /// Callback id of the modal asking for a reason.
 const REASON_MODAL: &str = "baton_reason";
 
-/// Handles an interaction payload (from HTTP or Socket Mode): button clicks become events (or
-/// open a modal when the button asks for a reason first), a submitted reason modal becomes the
-/// click it was asked for.
-pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: Value) {
+/// What an interaction payload asks Baton to do, read without side effects (so it can be
+/// fuzzed and tested on its own).
+#[derive(Debug)]
+pub enum Interaction {
+    /// A click or a submitted modal, as a core event, with where private answers go.
+    Event(InboundEvent, Option<String>),
+    /// A button that asks for text first: open a modal.
+    AskFirst {
+        action: ActionId,
+        trigger: String,
+        question: String,
+        metadata: String,
+    },
+    /// A payload Baton cannot read: recorded.
+    Unreadable(String),
+}
+
+/// Reads an interaction payload (from HTTP or Socket Mode): button clicks become events (or a
+/// modal to open when the button asks for a reason first), a submitted reason modal becomes
+/// the click it was asked for, and a click on a button Baton cannot read becomes the event
+/// that tells the person so.
+pub fn read_interaction(payload: &Value) -> Vec<Interaction> {
     if payload["type"] == "view_submission" {
-        if let Some((event, response_url)) = reason_submitted(&payload) {
-            handle_later(engine.clone(), slack.clone(), event, response_url);
-        }
-        return;
+        return reason_submitted(payload)
+            .map(|(event, url)| Interaction::Event(event, url))
+            .into_iter()
+            .collect();
     }
     let interaction = match serde_json::from_value::<SlackInteractionEvent>(payload.clone()) {
         Ok(i) => i,
-        Err(e) => return unreadable_interaction(engine, slack, &payload, &e.to_string()),
+        Err(e) => return unreadable_interaction(payload, &e.to_string()),
     };
     // Other interaction kinds (shortcuts, messages actions) are not used.
     let SlackInteractionEvent::BlockActions(ev) = interaction else {
-        return;
+        return vec![];
     };
     let Some(user) = ev.user.as_ref().map(|u| u.id.0.clone()) else {
-        return;
+        return vec![];
     };
     let channel = ev
         .channel
@@ -322,12 +336,13 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
         .map(|c| c.id.0.clone())
         .unwrap_or_default();
     let response_url = ev.response_url.as_ref().map(|u| u.0.to_string());
+    let mut out = Vec::new();
     for action in ev.actions.iter().flatten() {
         // The trigger id is unique per click: a click delivered twice is applied once.
         let id = format!("slack:action:{}:{}", ev.trigger_id.0, action.action_id.0);
         let Ok(parsed) = action.action_id.0.parse::<ActionId>() else {
             let event = unreadable_click(id, &user, &channel, &action.action_id.0);
-            handle_later(engine.clone(), slack.clone(), event, response_url.clone());
+            out.push(Interaction::Event(event, response_url.clone()));
             continue;
         };
         let question = action
@@ -337,24 +352,11 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
             .and_then(|v| v["ask"].as_str().map(str::to_owned));
         if let Some(question) = question {
             let metadata = json!({"action": action.action_id.0, "channel": channel, "response_url": response_url}).to_string();
-            let (slack, engine) = (slack.clone(), engine.clone());
-            let trigger = ev.trigger_id.0.clone();
-            tokio::spawn(async move {
-                // Edit starts from the payload as it stands (read now: a button's value is
-                // too small to carry it).
-                let view = match &parsed {
-                    ActionId::Edit { run, step, .. } => {
-                        let current = engine
-                            .approval_content(*run, step)
-                            .await
-                            .unwrap_or_default();
-                        text_modal(&trigger, &question, &metadata, TextModal::Edit(&current))
-                    }
-                    _ => text_modal(&trigger, &question, &metadata, TextModal::Reason),
-                };
-                if let Err(e) = slack.api.call("views.open", &view).await {
-                    tracing::warn!(error = %e, "could not open a modal");
-                }
+            out.push(Interaction::AskFirst {
+                action: parsed,
+                trigger: ev.trigger_id.0.clone(),
+                question,
+                metadata,
             });
             continue;
         }
@@ -371,7 +373,65 @@ pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, pay
                 reason: None,
             },
         };
-        handle_later(engine.clone(), slack.clone(), event, response_url.clone());
+        out.push(Interaction::Event(event, response_url.clone()));
+    }
+    out
+}
+
+/// Carries out what an interaction payload asks: events to the engine in the background,
+/// modals opened, unreadable payloads recorded.
+pub(super) fn dispatch_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: Value) {
+    let read = read_interaction(&payload);
+    carry_out(engine, slack, read, &payload.to_string());
+}
+
+/// Carries out interactions already read; `payload` is what the ledger keeps of one that
+/// cannot be read.
+pub(super) fn carry_out(
+    engine: &Arc<Engine>,
+    slack: &Arc<Slack>,
+    interactions: Vec<Interaction>,
+    payload: &str,
+) {
+    for what in interactions {
+        match what {
+            Interaction::Event(event, url) => {
+                handle_later(engine.clone(), slack.clone(), event, url)
+            }
+            Interaction::AskFirst {
+                action,
+                trigger,
+                question,
+                metadata,
+            } => {
+                let (slack, engine) = (slack.clone(), engine.clone());
+                tokio::spawn(async move {
+                    // Edit starts from the payload as it stands (read now: a button's value is
+                    // too small to carry it).
+                    let view = match &action {
+                        ActionId::Edit { run, step, .. } => {
+                            let current = engine
+                                .approval_content(*run, step)
+                                .await
+                                .unwrap_or_default();
+                            text_modal(&trigger, &question, &metadata, TextModal::Edit(&current))
+                        }
+                        _ => text_modal(&trigger, &question, &metadata, TextModal::Reason),
+                    };
+                    if let Err(e) = slack.api.call("views.open", &view).await {
+                        tracing::warn!(error = %e, "could not open a modal");
+                    }
+                });
+            }
+            Interaction::Unreadable(error) => {
+                let (engine, text) = (engine.clone(), payload.to_owned());
+                tokio::spawn(async move {
+                    engine
+                        .unreadable("slack", "interaction", &error, &text)
+                        .await;
+                });
+            }
+        }
     }
 }
 
@@ -393,7 +453,7 @@ fn unreadable_click(id: String, user: &str, channel: &str, action: &str) -> Inbo
 
 /// An interaction whose payload does not have the shape Baton reads. A button click still
 /// gets its answer (from the fields every click has); anything else is recorded.
-fn unreadable_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: &Value, error: &str) {
+fn unreadable_interaction(payload: &Value, error: &str) -> Vec<Interaction> {
     let user = payload["user"]["id"].as_str();
     if payload["type"] == "block_actions"
         && let Some(user) = user
@@ -401,20 +461,21 @@ fn unreadable_interaction(engine: &Arc<Engine>, slack: &Arc<Slack>, payload: &Va
         let channel = payload["channel"]["id"].as_str().unwrap_or_default();
         let trigger = payload["trigger_id"].as_str().unwrap_or_default();
         let response_url = payload["response_url"].as_str().map(str::to_owned);
-        for action in payload["actions"].as_array().into_iter().flatten() {
-            let action_id = action["action_id"].as_str().unwrap_or_default();
-            let id = format!("slack:action:{trigger}:{action_id}");
-            let event = unreadable_click(id, user, channel, action_id);
-            handle_later(engine.clone(), slack.clone(), event, response_url.clone());
-        }
-        return;
+        return payload["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|action| {
+                let action_id = action["action_id"].as_str().unwrap_or_default();
+                let id = format!("slack:action:{trigger}:{action_id}");
+                Interaction::Event(
+                    unreadable_click(id, user, channel, action_id),
+                    response_url.clone(),
+                )
+            })
+            .collect();
     }
-    let (engine, text, error) = (engine.clone(), payload.to_string(), error.to_owned());
-    tokio::spawn(async move {
-        engine
-            .unreadable("slack", "interaction", &error, &text)
-            .await;
-    });
+    vec![Interaction::Unreadable(error.to_owned())]
 }
 
 /// What a text modal asks for.

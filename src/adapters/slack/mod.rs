@@ -103,6 +103,13 @@ impl Slack {
         self.identity.get()
     }
 
+    /// The bot's own user id (empty before `healthcheck`), so it never reacts to itself.
+    pub fn bot_user(&self) -> String {
+        self.identity()
+            .map(|i| i.user_id.clone())
+            .unwrap_or_default()
+    }
+
     /// The user groups (`S…` ids) a user belongs to, from `usergroups.list`, cached for a
     /// minute. Workspaces without user groups (or without the `usergroups:read` scope) simply
     /// have none; a failed lookup keeps what was known and is tried again on the next click.

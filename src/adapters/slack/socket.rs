@@ -12,8 +12,11 @@
 //! that starts over with every `hello`.
 
 use super::Slack;
-use super::inbound::{command_event, dispatch_interaction, handle_later, message_event};
+use super::inbound::{
+    Interaction, carry_out, command_event, handle_later, message_event, read_interaction,
+};
 use crate::adapters::payload;
+use crate::core::event::InboundEvent;
 use crate::engine::Engine;
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
@@ -291,6 +294,92 @@ struct Envelope {
     num_connections: Option<u32>,
 }
 
+/// What one Socket Mode frame says, read without side effects (so it can be fuzzed).
+#[derive(Debug)]
+pub struct Frame {
+    /// The envelope id to acknowledge, when there is one (even in a frame that cannot be
+    /// read otherwise).
+    pub envelope_id: Option<String>,
+    pub what: FrameKind,
+}
+
+#[derive(Debug)]
+pub enum FrameKind {
+    Hello {
+        connections: u32,
+    },
+    /// Slack will close this connection (`refresh_requested`, `warning`, `link_disabled`).
+    Disconnect {
+        reason: String,
+    },
+    /// Core events to hand to the engine, with where private answers go.
+    Events(Vec<(InboundEvent, Option<String>)>),
+    Interactions(Vec<Interaction>),
+    /// A payload Baton cannot read: acknowledged and recorded.
+    Unreadable {
+        what: &'static str,
+        error: String,
+    },
+    /// Something Baton does not use (other event types, other envelope types).
+    Ignored,
+}
+
+/// Reads one frame. `me` is the bot's own user id, so its own messages start nothing.
+pub fn read_frame(me: &str, text: &str) -> Frame {
+    let envelope: Envelope = match payload::parse(text) {
+        Ok(e) => e,
+        Err(e) => {
+            return Frame {
+                envelope_id: payload::field_of_unreadable(text, "envelope_id"),
+                what: FrameKind::Unreadable {
+                    what: "Socket Mode envelope",
+                    error: e.to_string(),
+                },
+            };
+        }
+    };
+    let what = match envelope.kind.as_str() {
+        "hello" => FrameKind::Hello {
+            connections: envelope.num_connections.unwrap_or(1),
+        },
+        "disconnect" => FrameKind::Disconnect {
+            reason: envelope.reason.unwrap_or_default(),
+        },
+        // Slack sends many event types Baton does not model: those are ignored, not errors.
+        "events_api" => match serde_json::from_value::<SlackPushEventCallback>(envelope.payload) {
+            Ok(cb) => FrameKind::Events(
+                message_event(me, &cb.event)
+                    .map(|e| (e, None))
+                    .into_iter()
+                    .collect(),
+            ),
+            Err(_) => FrameKind::Ignored,
+        },
+        "slash_commands" => match serde_json::from_value::<SlackCommandEvent>(envelope.payload) {
+            Ok(p) => {
+                let event = command_event(
+                    &p.command.0,
+                    p.text.as_deref().unwrap_or(""),
+                    &p.user_id.0,
+                    &p.channel_id.0,
+                    &p.trigger_id.0,
+                );
+                FrameKind::Events(vec![(event, Some(p.response_url.0.to_string()))])
+            }
+            Err(e) => FrameKind::Unreadable {
+                what: "slash command",
+                error: e.to_string(),
+            },
+        },
+        "interactive" => FrameKind::Interactions(read_interaction(&envelope.payload)),
+        _ => FrameKind::Ignored,
+    };
+    Frame {
+        envelope_id: envelope.envelope_id,
+        what,
+    }
+}
+
 /// Handles one envelope: returns the acknowledgement to send, and what it asks of the
 /// connection. Every envelope with an id is acknowledged, even one Baton cannot read, so
 /// Slack does not deliver it again and again and the person sees no timeout.
@@ -300,32 +389,21 @@ async fn on_envelope(
     seen: &Mutex<RecentIds>,
     text: &str,
 ) -> (Option<String>, Option<Control>) {
-    let ack_of = |id: &str| serde_json::json!({ "envelope_id": id }).to_string();
-    let envelope: Envelope = match payload::parse(text) {
-        Ok(e) => e,
-        Err(e) => {
-            let id = payload::field_of_unreadable(text, "envelope_id");
-            engine
-                .unreadable("slack", "Socket Mode envelope", &e.to_string(), text)
-                .await;
-            return (id.as_deref().map(ack_of), None);
-        }
-    };
-    let ack = envelope.envelope_id.as_deref().map(ack_of);
-    let first_time = envelope
+    let frame = read_frame(&slack.bot_user(), text);
+    let ack = frame
+        .envelope_id
+        .as_deref()
+        .map(|id| serde_json::json!({ "envelope_id": id }).to_string());
+    let first_time = frame
         .envelope_id
         .as_deref()
         .is_none_or(|id| seen.lock().expect("envelope ids lock").first_time(id));
-    match envelope.kind.as_str() {
-        "hello" => {
-            tracing::info!(
-                connections = envelope.num_connections.unwrap_or(1),
-                "Slack Socket Mode connected"
-            );
+    match frame.what {
+        FrameKind::Hello { connections } => {
+            tracing::info!(connections, "Slack Socket Mode connected");
             (None, Some(Control::Hello))
         }
-        "disconnect" => {
-            let reason = envelope.reason.unwrap_or_default();
+        FrameKind::Disconnect { reason } => {
             if reason == "link_disabled" {
                 tracing::error!(
                     "Slack turned Socket Mode off for this app; switch it on under Socket Mode in the app's settings"
@@ -335,60 +413,24 @@ async fn on_envelope(
             }
             (None, Some(Control::Replace))
         }
+        FrameKind::Unreadable { what, error } => {
+            engine.unreadable("slack", what, &error, text).await;
+            (ack, None)
+        }
         _ if !first_time => (ack, None),
-        "events_api" => {
-            match serde_json::from_value::<SlackPushEventCallback>(envelope.payload) {
-                Ok(cb) => {
-                    if let Some(event) = message_event(slack, &cb.event) {
-                        handle_later(engine.clone(), slack.clone(), event, None);
-                    }
-                }
-                // Slack sends many event types Baton does not model; only say so.
-                Err(e) => tracing::debug!(error = %e, "an events_api payload Baton does not use"),
+        FrameKind::Events(events) => {
+            for (event, url) in events {
+                handle_later(engine.clone(), slack.clone(), event, url);
             }
             (ack, None)
         }
-        "slash_commands" => {
-            match serde_json::from_value::<SlackCommandEvent>(envelope.payload.clone()) {
-                Ok(p) => {
-                    let event = command_event(
-                        &p.command.0,
-                        p.text.as_deref().unwrap_or(""),
-                        &p.user_id.0,
-                        &p.channel_id.0,
-                        &p.trigger_id.0,
-                    );
-                    handle_later(
-                        engine.clone(),
-                        slack.clone(),
-                        event,
-                        Some(p.response_url.0.to_string()),
-                    );
-                }
-                Err(e) => {
-                    engine
-                        .unreadable(
-                            "slack",
-                            "slash command",
-                            &e.to_string(),
-                            &envelope.payload.to_string(),
-                        )
-                        .await;
-                }
-            }
+        FrameKind::Interactions(interactions) => {
+            carry_out(engine, slack, interactions, text);
             (ack, None)
         }
-        "interactive" => {
-            dispatch_interaction(engine, slack, envelope.payload);
-            (ack, None)
-        }
-        other => {
-            tracing::debug!(kind = other, "ignored a Socket Mode envelope");
-            (ack, None)
-        }
+        FrameKind::Ignored => (ack, None),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

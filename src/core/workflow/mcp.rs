@@ -91,32 +91,46 @@ pub fn load_mcp_servers(
     let mut diagnostics = Vec::new();
     for file in toml_files(dir) {
         let text = std::fs::read_to_string(&file)?;
-        let mut r = Report::new(&file, &text);
-        match toml::from_str::<RawServer>(&text) {
-            Err(e) => r.error(
-                e.span().map(|s| s.start).unwrap_or(0),
-                e.message().to_string(),
-            ),
-            Ok(raw) => {
-                if let Some(server) = build(&mut r, &file, raw, env) {
-                    if let Some(first) = servers.iter().find(|s| s.name == server.name) {
-                        r.error(
-                            0,
-                            format!(
-                                "MCP server `{}` is also defined in {}",
-                                server.name,
-                                first.file.display()
-                            ),
-                        );
-                    } else {
-                        servers.push(server);
-                    }
-                }
+        let (server, mut found) = parse_mcp_server(&file, &text, env);
+        if let Some(server) = server {
+            if let Some(first) = servers.iter().find(|s| s.name == server.name) {
+                let mut r = Report::new(&file, &text);
+                r.error(
+                    0,
+                    format!(
+                        "MCP server `{}` is also defined in {}",
+                        server.name,
+                        first.file.display()
+                    ),
+                );
+                found.extend(r.into_diagnostics());
+            } else {
+                servers.push(server);
             }
         }
-        diagnostics.extend(r.into_diagnostics());
+        diagnostics.extend(found);
     }
     Ok((servers, diagnostics))
+}
+
+/// One MCP server file's text as a server, with what is wrong with it (file and line).
+pub fn parse_mcp_server(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<McpServer>, Vec<Diagnostic>) {
+    let mut r = Report::new(file, text);
+    let server = match toml::from_str::<RawServer>(text) {
+        Err(e) => {
+            r.error(
+                e.span().map(|s| s.start).unwrap_or(0),
+                e.message().to_string(),
+            );
+            None
+        }
+        Ok(raw) => build(&mut r, file, raw, env),
+    };
+    (server, r.into_diagnostics())
 }
 
 fn build(

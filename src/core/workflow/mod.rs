@@ -8,7 +8,7 @@ mod parse;
 mod tests;
 
 pub use duration::{format_duration, parse_duration};
-pub use mcp::{McpServer, McpTransport, load_mcp_servers};
+pub use mcp::{McpServer, McpTransport, load_mcp_servers, parse_mcp_server};
 pub use parse::{check_models, condition_template, load_dir, parse_workflow};
 
 use chrono::Duration;
