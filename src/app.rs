@@ -99,9 +99,12 @@ pub async fn open_store(
         .secrets()
         .into_iter()
         .chain(more_secrets.iter().flat_map(|s| s.secrets.iter().cloned()));
+    let redactor = Redactor::new(secrets);
+    // Log lines leave out the same values, MCP files' included.
+    crate::telemetry::set_redactor(redactor.clone());
     store::open(
         settings.database_url.expose(),
-        Redactor::new(secrets),
+        redactor,
         settings.audit_key(),
     )
     .await

@@ -5,7 +5,7 @@
 use crate::config::LogFormat;
 use crate::core::audit::Redactor;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -20,21 +20,38 @@ pub fn init(format: LogFormat, filter: &str, redactor: Redactor) {
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactedStderr(Arc::new(redactor)));
+        .with_writer(RedactedStderr);
+    set_redactor(redactor);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
 
+/// What log lines are redacted with: the settings' secrets from the start, and everything
+/// the store redacts (values MCP files expand included) once it is open.
+static REDACTOR: RwLock<Option<Arc<Redactor>>> = RwLock::new(None);
+
+/// Log lines from now on are redacted with `redactor`.
+pub fn set_redactor(redactor: Redactor) {
+    if let Ok(mut r) = REDACTOR.write() {
+        *r = Some(Arc::new(redactor));
+    }
+}
+
 /// Makes a writer per log event that redacts the event's text before it reaches stderr.
-struct RedactedStderr(Arc<Redactor>);
+struct RedactedStderr;
 
 impl<'a> MakeWriter<'a> for RedactedStderr {
     type Writer = RedactedLine;
     fn make_writer(&'a self) -> RedactedLine {
+        let redactor = REDACTOR
+            .read()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_default();
         RedactedLine {
-            redactor: self.0.clone(),
+            redactor,
             buf: Vec::new(),
         }
     }
@@ -87,8 +104,10 @@ mod tests {
 
     #[test]
     fn a_secret_in_a_log_line_is_written_redacted() {
-        let make = RedactedStderr(Arc::new(Redactor::new(["sk-in-a-log-123".to_owned()])));
-        let mut line = make.make_writer();
+        let mut line = RedactedLine {
+            redactor: Arc::new(Redactor::new(["sk-in-a-log-123".to_owned()])),
+            buf: Vec::new(),
+        };
         write!(line, "GET https://x/?key=sk-in-a-log-123 failed").unwrap();
         assert_eq!(line.take(), "GET https://x/?key=[redacted] failed");
     }

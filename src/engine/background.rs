@@ -19,6 +19,8 @@ const GIVE_UP_AFTER_HOURS: i64 = 24;
 /// Longest pause between two tries of a message that keeps failing, unless the platform asks
 /// for a longer one.
 const MAX_BACKOFF_SECONDS: i64 = 300;
+/// Shortest wait before an entry a platform put off is tried again.
+const MIN_WAIT_MS: i64 = 100;
 /// Longest wait a platform may ask for before the next try.
 const MAX_RETRY_WAIT_SECONDS: i64 = 3600;
 
@@ -215,9 +217,14 @@ impl Engine {
                         self.metrics.rate_limited();
                         tracing::debug!(key = %entry.key, ?wait, "rate limited; waiting");
                     }
+                    // A platform that says "wait 0" a hundred times in a row is not asked a
+                    // hundred times in a tight loop.
                     let wait = Duration::from_std(wait)
                         .unwrap_or_else(|_| Duration::seconds(1))
-                        .min(Duration::seconds(MAX_RETRY_WAIT_SECONDS));
+                        .clamp(
+                            Duration::milliseconds(MIN_WAIT_MS),
+                            Duration::seconds(MAX_RETRY_WAIT_SECONDS),
+                        );
                     self.record(self.store.outbox_defer(entry.id, now + wait).await);
                 }
                 Err(DeliveryError::Transient {
