@@ -261,7 +261,10 @@ impl Engine {
                         self.alert(entry, why, false).await;
                     }
                 }
-                Err(DeliveryError::Permanent(message)) => self.give_up(entry, &message, now).await,
+                Err(DeliveryError::Permanent(message)) => {
+                    self.metrics.delivery_failed();
+                    self.give_up(entry, &message, now).await
+                }
             }
         }
         entries.len()
@@ -296,7 +299,6 @@ impl Engine {
     /// A message that will not go through: recorded (with everything that depends on it) and
     /// reported to its run.
     async fn give_up(self: &Arc<Self>, entry: &OutboxEntry, message: &str, now: DateTimeUtc) {
-        self.metrics.delivery_failed();
         tracing::error!(key = %entry.key, error = %message, "delivery failed for good");
         self.record(self.store.outbox_failed(entry.id, message, None, now).await);
         self.alert(entry, message.to_owned(), true).await;

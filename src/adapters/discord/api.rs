@@ -224,8 +224,11 @@ impl DiscordApi {
                     let mut message = j["message"].as_str().unwrap_or("no message").to_owned();
                     // "Invalid Form Body" says which field only in `errors`.
                     if let Some(errors) = j.get("errors") {
-                        let detail: String = errors.to_string().chars().take(500).collect();
-                        message = format!("{message}: {detail}");
+                        let mut found = Vec::new();
+                        field_errors(errors, "", &mut found);
+                        if !found.is_empty() {
+                            message = format!("{message}: {}", found.join("; "));
+                        }
                     }
                     (j["code"].as_i64().unwrap_or(0), message)
                 }
@@ -240,6 +243,33 @@ impl DiscordApi {
         }
         // 204 No Content and other empty successes.
         Ok(json.unwrap_or(Value::Null))
+    }
+}
+
+/// Discord's nested `errors` object as `field: what is wrong` lines (`embeds.0.description:
+/// Must be 4096 or fewer in length.`), at most a few, so a refusal reads as words.
+fn field_errors(v: &Value, path: &str, out: &mut Vec<String>) {
+    const MOST: usize = 5;
+    let Some(map) = v.as_object() else { return };
+    for (key, value) in map {
+        if out.len() >= MOST {
+            return;
+        }
+        if key == "_errors" {
+            for e in value.as_array().into_iter().flatten() {
+                if let Some(m) = e["message"].as_str() {
+                    let field = if path.is_empty() { "body" } else { path };
+                    out.push(format!("{field}: {m}"));
+                }
+            }
+            continue;
+        }
+        let inner = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        field_errors(value, &inner, out);
     }
 }
 
@@ -294,6 +324,21 @@ mod tests {
         assert_eq!(
             route(Method::PUT, "applications/1/guilds/2/commands"),
             "PUT applications/:id/guilds/2/commands"
+        );
+    }
+
+    #[test]
+    fn a_form_body_refusal_names_each_field_in_words() {
+        let errors = serde_json::json!({"content": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]},
+            "embeds": {"0": {"description": {"_errors": [{"code": "X", "message": "Must be 4096 or fewer in length."}]}}}});
+        let mut found = Vec::new();
+        field_errors(&errors, "", &mut found);
+        assert_eq!(
+            found,
+            [
+                "content: Must be 2000 or fewer in length.",
+                "embeds.0.description: Must be 4096 or fewer in length."
+            ]
         );
     }
 
