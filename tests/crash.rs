@@ -931,3 +931,39 @@ async fn a_discord_run_survives_kills_while_posting_and_nothing_reaches_discord_
     });
     assert!(run_done, "the ledger shows the run finished");
 }
+
+#[tokio::test]
+async fn runs_show_says_when_a_runs_conversation_did_not_reach_chat() {
+    use fake_discord::*;
+    let fake = FakeDiscord::start().await;
+    fake.s().forbidden_channels.insert(GENERAL.into());
+    let mut bot = Bot::new(&[("ship.toml", discord_ship())]);
+    bot.env = vec![
+        ("DISCORD_TOKEN", TOKEN.into()),
+        ("DISCORD_API_URL", fake.base.clone()),
+        ("DISCORD_GUILD_IDS", GUILD.into()),
+    ];
+    bot.start().await;
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash(
+            "810000000000000101",
+            "ship",
+            json!([{"name": "version", "type": 3, "value": "2.0"}]),
+            ANA,
+        ),
+    );
+    eventually("the requester told privately", || async {
+        let s = fake.s();
+        s.dms.values().any(|who| who == ANA)
+    })
+    .await;
+    eventually("runs show saying so", || async {
+        let (ok, out) = bot.cli(&["runs", "show", "1"]);
+        ok && out.contains("chat:     Its conversation did not reach chat")
+    })
+    .await;
+    let (_, out) = bot.cli(&["runs", "show", "1"]);
+    assert!(out.contains("Missing Access"), "{out}");
+    bot.kill();
+}
