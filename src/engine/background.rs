@@ -189,29 +189,58 @@ impl Engine {
                 return 0;
             }
         };
-        // A conversation whose entry did not go out holds back its later entries in this
-        // batch too, so a thread never goes out of order. Urgent entries (alerts) are outside
-        // that order.
-        let mut held: std::collections::HashSet<(String, String)> =
-            std::collections::HashSet::new();
-        for entry in &entries {
-            let conversation = (entry.platform.clone(), entry.channel.clone());
-            if !entry.urgent && held.contains(&conversation) {
+        let count = entries.len();
+        // Conversations go out side by side, so one that is slow or rate-limited holds no
+        // other; within one, in order. Urgent entries (alerts) are outside any order.
+        let mut lanes: Vec<Vec<OutboxEntry>> = Vec::new();
+        let mut lane_of: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for entry in entries {
+            if entry.urgent {
+                lanes.push(vec![entry]);
                 continue;
             }
+            let conversation = (entry.platform.clone(), entry.channel.clone());
+            match lane_of.get(&conversation) {
+                Some(&i) => lanes[i].push(entry),
+                None => {
+                    lane_of.insert(conversation, lanes.len());
+                    lanes.push(vec![entry]);
+                }
+            }
+        }
+        let recording =
+            futures_util::future::join_all(lanes.into_iter().map(|l| self.deliver_lane(l))).await;
+        // Every delivery is recorded before the outbox is read again, or it would go twice.
+        for handle in recording.into_iter().flatten() {
+            let _ = handle.await;
+        }
+        count
+    }
+
+    /// Delivers one conversation's ready entries in order, up to the first that does not go
+    /// out (which holds back the rest, so a thread never goes out of order). Deliveries are
+    /// recorded without waiting, so the next message goes out meanwhile and the records of
+    /// many conversations share a commit; returns the recording tasks.
+    async fn deliver_lane(self: &Arc<Self>, lane: Vec<OutboxEntry>) -> Vec<JoinHandle<()>> {
+        let mut recording = Vec::new();
+        for entry in lane {
             let result = match self.platforms.get(entry.platform.as_str()) {
-                Some(p) => p.deliver(entry).await,
+                Some(p) => p.deliver(&entry).await,
                 None => Err(DeliveryError::Permanent(format!(
                     "no `{}` platform is configured",
                     entry.platform
                 ))),
             };
             let now = self.clock.now();
-            if result.is_err() && !entry.urgent {
-                held.insert(conversation);
-            }
             match result {
-                Ok(reference) => self.delivered(entry, &reference, now).await,
+                Ok(reference) => {
+                    let engine = self.clone();
+                    recording.push(tokio::spawn(async move {
+                        engine.delivered(&entry, &reference, now).await
+                    }));
+                    continue;
+                }
                 Err(DeliveryError::NotYet(wait) | DeliveryError::RateLimited(wait)) => {
                     if matches!(result, Err(DeliveryError::RateLimited(_))) {
                         self.metrics.rate_limited();
@@ -237,8 +266,8 @@ impl Engine {
                         let message = format!(
                             "gave up after {GIVE_UP_AFTER_HOURS} hours of failed tries: {message}"
                         );
-                        self.give_up(entry, &message, now).await;
-                        continue;
+                        self.give_up(&entry, &message, now).await;
+                        break;
                     }
                     let backoff = retry_after
                         .and_then(|d| Duration::from_std(d).ok())
@@ -258,16 +287,17 @@ impl Engine {
                     if !entry.alerted && failing_for >= self.settings.delivery_alert_after {
                         let minutes = failing_for.num_minutes().max(1);
                         let why = format!("failing for {minutes} min, still trying: {message}");
-                        self.alert(entry, why, false).await;
+                        self.alert(&entry, why, false).await;
                     }
                 }
                 Err(DeliveryError::Permanent(message)) => {
                     self.metrics.delivery_failed();
-                    self.give_up(entry, &message, now).await
+                    self.give_up(&entry, &message, now).await
                 }
             }
+            break;
         }
-        entries.len()
+        recording
     }
 
     /// The platform has the message now: recording that must not be skipped, or the next

@@ -239,20 +239,25 @@ impl Engine {
             file: wf.file.display().to_string(),
             definition: wf.source.clone(),
         };
-        let catalog = self.catalog.clone();
+        let engine = self.clone();
         let created = self
             .store
-            .create_run(new, now, &mut |state, _def| {
-                let cx = machine::Context {
-                    workflow: &wf,
-                    tools: &catalog,
-                    now,
-                    base_url: &self.settings.base_url,
-                    local_url: &self.settings.local_url,
-                    stall_after: self.settings.stall_after,
-                };
-                machine::start(state, &cx)
-            })
+            .create_run(
+                new,
+                now,
+                Box::new(move |state, _def| {
+                    let s = &engine.settings;
+                    let cx = machine::Context {
+                        workflow: &wf,
+                        tools: &engine.catalog,
+                        now,
+                        base_url: &s.base_url,
+                        local_url: &s.local_url,
+                        stall_after: s.stall_after,
+                    };
+                    machine::start(state, &cx)
+                }),
+            )
             .await?;
         if !created.new {
             return Ok(StartOutcome::Duplicate(created.run));
@@ -282,23 +287,32 @@ impl Engine {
         cmd: Command,
     ) -> Result<Option<String>, EngineError> {
         let now = self.clock.now();
-        let catalog = self.catalog.clone();
-        let mut cmd = Some(cmd.redacted(self.store.redactor()));
+        let cmd = cmd.redacted(self.store.redactor());
+        let engine = self.clone();
         let transition = self
             .store
-            .apply(run, event_id, &mut |state, def| {
-                let Some(cmd) = cmd.take() else { return Transition::default() };
-                match self.definition(def) {
+            .apply(
+                run,
+                event_id,
+                Box::new(move |state, def| match engine.definition(def) {
                     Ok(wf) => {
-                        let cx = machine::Context { workflow: &wf, tools: &catalog, now, base_url: &self.settings.base_url, local_url: &self.settings.local_url, stall_after: self.settings.stall_after };
+                        let s = &engine.settings;
+                        let cx = machine::Context {
+                            workflow: &wf,
+                            tools: &engine.catalog,
+                            now,
+                            base_url: &s.base_url,
+                            local_url: &s.local_url,
+                            stall_after: s.stall_after,
+                        };
                         machine::apply(state, cmd, &cx)
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "a run's workflow does not parse; the run fails");
                         machine::abandon(state, &e, now)
                     }
-                }
-            })
+                }),
+            )
             .await?;
         let Some(transition) = transition else {
             return Ok(Some(format!("There is no run {run}.")));

@@ -2,6 +2,7 @@
 //! start-up. Only the files of each backend import the database crate.
 
 pub mod sqlite;
+mod writer;
 
 use crate::core::audit::{
     AuditEntry, AuditEvent, AuditKey, ChainVerifier, Checkpoint, Verification,
@@ -50,8 +51,9 @@ pub struct Definition {
     pub source: Arc<str>,
 }
 
-/// The pure transition function the engine hands to the store.
-pub type ApplyFn<'a> = dyn FnMut(&mut RunState, &Definition) -> Transition + Send + 'a;
+/// The pure transition function the engine hands to the store. It owns what it needs, since
+/// the store's writer runs it inside the transaction of a batch.
+pub type ApplyFn = Box<dyn FnOnce(&mut RunState, &Definition) -> Transition + Send>;
 
 /// What `create_run` did.
 #[derive(Debug, Clone)]
@@ -112,16 +114,17 @@ pub trait RunStore: Send + Sync {
         &self,
         new: NewRun,
         now: DateTime<Utc>,
-        start: &mut ApplyFn<'_>,
+        start: ApplyFn,
     ) -> StoreResult<Created>;
-    /// Loads a run, applies `f`, and writes the new state and every effect in one transaction.
+    /// Loads a run, applies `f`, and writes the new state and every effect in one transaction
+    /// (which may carry other callers' writes too; a failure of theirs does not undo this).
     /// `None` when the run does not exist. With `event_id`, the inbound event is recorded in
     /// the same transaction, and an event seen before changes nothing (an empty transition).
     async fn apply(
         &self,
         run: RunId,
         event_id: Option<&str>,
-        f: &mut ApplyFn<'_>,
+        f: ApplyFn,
     ) -> StoreResult<Option<Transition>>;
     async fn load_run(&self, run: RunId) -> StoreResult<Option<RunState>>;
     /// Runs flagged as stalled and not finished, longest stalled first.

@@ -1,9 +1,11 @@
 //! The SQLite backend: the default, a single file, nothing to install.
 //!
-//! SQLite allows one writer at a time. Every write transaction here takes `write` first and
-//! opens with `BEGIN IMMEDIATE`, so transactions in this process queue instead of failing, and a
-//! second process (the CLI cancelling a run) waits on the busy timeout.
+//! SQLite allows one writer at a time. Every write goes through the store's one writer
+//! (`super::writer`), which applies the writes waiting together in one `BEGIN IMMEDIATE`
+//! transaction (group commit); a second process (the CLI cancelling a run) waits on the busy
+//! timeout.
 
+use super::writer::{Session, Writer};
 use super::*;
 use crate::core::audit::{AuditKey, AuditKind, Checkpoint, GENESIS, Redactor, entry_hash};
 use crate::core::digest::{LISTED, StalledRun, WaitingApproval};
@@ -16,7 +18,6 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
-use tokio::sync::Mutex;
 
 /// The migrations, embedded in the binary so it runs anywhere.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -76,28 +77,42 @@ impl sqlx::migrate::MigrationSource<'static> for Embedded {
     }
 }
 
-/// Runs a block inside a write transaction, committing when it returns `Ok`.
+/// Runs a block as one write of the writer's next batch: kept when it returns `Ok`, rolled
+/// back alone when it returns an error. The block owns what it uses.
 macro_rules! write_tx {
-    ($self:ident, |$c:ident| $body:block) => {{
-        let _guard = $self.write.lock().await;
-        let mut tx = $self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let result: StoreResult<_> = async {
-            let $c: &mut SqliteConnection = &mut tx;
-            $body
-        }
-        .await;
-        if result.is_ok() {
-            tx.commit().await?;
-        }
-        result
-    }};
+    ($self:ident, |$c:ident, $rules:ident| $body:block) => {
+        $self
+            .writer
+            .run(move |$c: &mut SqliteConnection, $rules: &WriteRules| {
+                Box::pin(async move {
+                    let result: StoreResult<_> = async { $body }.await;
+                    result
+                })
+            })
+            .await
+    };
+}
+
+impl Session for SqliteConnection {
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'static str,
+    ) -> futures_util::future::BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query(sql).execute(&mut *self).await?;
+            Ok(())
+        })
+    }
 }
 
 /// The SQLite store.
 pub struct SqliteStore {
+    /// For reads; WAL lets them run beside the writer.
     pool: SqlitePool,
-    write: Mutex<()>,
-    rules: WriteRules,
+    writer: Writer<SqliteConnection, WriteRules>,
+    rules: Arc<WriteRules>,
 }
 
 /// What the store applies to everything it writes: secrets redacted, ledger entries signed.
@@ -187,13 +202,20 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("could not apply the SQLite migrations")?;
+        let rules = Arc::new(WriteRules {
+            redactor,
+            audit_key,
+        });
+        // The writer keeps a connection of its own, outside the readers' pool.
+        let conn = pool
+            .acquire()
+            .await
+            .context("could not open the SQLite database named by DATABASE_URL")?
+            .detach();
         Ok(Self {
             pool,
-            write: Mutex::new(()),
-            rules: WriteRules {
-                redactor,
-                audit_key,
-            },
+            writer: Writer::start(conn, rules.clone()),
+            rules,
         })
     }
 }
@@ -454,6 +476,7 @@ async fn persist_effects(
                     .await?;
             }
             Effect::AttemptEnded {
+                run,
                 step,
                 attempt,
                 outcome,
@@ -462,12 +485,11 @@ async fn persist_effects(
             } => {
                 let mut detail = detail.clone();
                 rules.redactor.redact(&mut detail);
-                let run = run_of(t).unwrap_or_default();
                 sqlx::query("UPDATE attempts SET status = ?, detail = ?, finished_at = ? WHERE run_id = ? AND step_id = ? AND attempt = ?")
                     .bind(outcome.as_str())
                     .bind(detail.to_string())
                     .bind(ms(*ended))
-                    .bind(run)
+                    .bind(run.0)
                     .bind(step)
                     .bind(*attempt as i64)
                     .execute(&mut *c)
@@ -535,14 +557,6 @@ async fn persist_effects(
         }
     }
     Ok(())
-}
-
-fn run_of(t: &Transition) -> Option<i64> {
-    t.effects.iter().find_map(|e| match e {
-        Effect::Audit(a) => a.run.map(|r| r.0),
-        Effect::Run(j) => Some(j.run.0),
-        _ => None,
-    })
 }
 
 async fn append_audit(
@@ -643,10 +657,9 @@ impl RunStore for SqliteStore {
         &self,
         new: NewRun,
         now: DateTime<Utc>,
-        start: &mut ApplyFn<'_>,
+        start: ApplyFn,
     ) -> StoreResult<Created> {
-        let rules = &self.rules;
-        write_tx!(self, |c| {
+        write_tx!(self, |c, rules| {
             if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?")
                 .bind(&new.event_id)
                 .fetch_optional(&mut *c)
@@ -701,16 +714,16 @@ impl RunStore for SqliteStore {
         &self,
         run: RunId,
         event_id: Option<&str>,
-        f: &mut ApplyFn<'_>,
+        f: ApplyFn,
     ) -> StoreResult<Option<Transition>> {
-        let rules = &self.rules;
-        write_tx!(self, |c| {
+        let event_id = event_id.map(str::to_owned);
+        write_tx!(self, |c, rules| {
             let Some((mut state, def)) = load_state(c, run).await? else {
                 return Ok(None);
             };
             let before = state.clone();
             let transition = f(&mut state, &def);
-            if let Some(id) = event_id {
+            if let Some(id) = &event_id {
                 // Recorded in the same transaction as the change it caused: a redelivered
                 // event finds it and changes nothing; a crash before commit forgets both.
                 let seen = sqlx::query("INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
@@ -942,25 +955,24 @@ impl OutboxStore for SqliteStore {
                 break;
             }
         }
-        if !orphaned.is_empty() {
-            let _guard = self.write.lock().await;
-            for id in orphaned {
-                sqlx::query("UPDATE outbox SET status = 'failed', last_error = 'depends on a message that could not be delivered' WHERE id = ? AND status = 'pending'")
+        if !orphaned.is_empty() || !superseded.is_empty() {
+            write_tx!(self, |c, _rules| {
+                for id in orphaned {
+                    sqlx::query("UPDATE outbox SET status = 'failed', last_error = 'depends on a message that could not be delivered' WHERE id = ? AND status = 'pending'")
+                        .bind(id)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                for id in superseded {
+                    sqlx::query(
+                        "UPDATE outbox SET status = 'superseded' WHERE id = ? AND status = 'pending'",
+                    )
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *c)
                     .await?;
-            }
-        }
-        if !superseded.is_empty() {
-            let _guard = self.write.lock().await;
-            for id in superseded {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'superseded' WHERE id = ? AND status = 'pending'",
-                )
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-            }
+                }
+                Ok(())
+            })?;
         }
         Ok(out)
     }
@@ -971,9 +983,8 @@ impl OutboxStore for SqliteStore {
         platform_ref: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let rules = &self.rules;
         let platform_ref = platform_ref.to_owned();
-        write_tx!(self, |c| {
+        write_tx!(self, |c, rules| {
             let row = sqlx::query(
                     "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
                      WHERE id = ? RETURNING run_id, key, op, platform, channel, body",
@@ -999,13 +1010,16 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn outbox_defer(&self, id: i64, until: DateTime<Utc>) -> StoreResult<()> {
-        let _guard = self.write.lock().await;
-        sqlx::query("UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'pending'")
+        write_tx!(self, |c, _rules| {
+            sqlx::query(
+                "UPDATE outbox SET next_attempt_at = ? WHERE id = ? AND status = 'pending'",
+            )
             .bind(ms(until))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *c)
             .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn outbox_failed(
@@ -1015,9 +1029,8 @@ impl OutboxStore for SqliteStore {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let rules = &self.rules;
         let error = error.to_owned();
-        write_tx!(self, |c| {
+        write_tx!(self, |c, rules| {
             match retry_at {
                 Some(next) => {
                     sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, failing_since = COALESCE(failing_since, ?) WHERE id = ?")
@@ -1061,12 +1074,13 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn outbox_alerted(&self, id: i64) -> StoreResult<()> {
-        let _guard = self.write.lock().await;
-        sqlx::query("UPDATE outbox SET alerted = 1 WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        write_tx!(self, |c, _rules| {
+            sqlx::query("UPDATE outbox SET alerted = 1 WHERE id = ?")
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
     }
 
     async fn message_ref(&self, key: &MessageKey) -> StoreResult<Option<String>> {
@@ -1120,8 +1134,7 @@ impl OutboxStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
-        let rules = &self.rules;
-        write_tx!(self, |c| {
+        write_tx!(self, |c, rules| {
             for ev in &events {
                 append_audit(c, rules, ev).await?;
             }
@@ -1276,14 +1289,16 @@ impl ScheduleStore for SqliteStore {
         key: &str,
         slot: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let _guard = self.write.lock().await;
-        sqlx::query("INSERT INTO schedule_cursors (workflow, key, last_slot) VALUES (?, ?, ?) ON CONFLICT (workflow, key) DO UPDATE SET last_slot = MAX(last_slot, excluded.last_slot)")
-            .bind(workflow)
-            .bind(key)
-            .bind(ms(slot))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (workflow, key) = (workflow.to_owned(), key.to_owned());
+        write_tx!(self, |c, _rules| {
+            sqlx::query("INSERT INTO schedule_cursors (workflow, key, last_slot) VALUES (?, ?, ?) ON CONFLICT (workflow, key) DO UPDATE SET last_slot = MAX(last_slot, excluded.last_slot)")
+                .bind(&workflow)
+                .bind(&key)
+                .bind(ms(slot))
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
     }
 }
 
@@ -1305,52 +1320,52 @@ impl ConsoleStore for SqliteStore {
             outbox_id,
             client_id,
         } = post;
-        let id: i64 = {
-            let _guard = self.write.lock().await;
-            let earlier = match (outbox_id, client_id) {
+        let body = self.rules.message(message)?;
+        let (channel, author) = (channel.to_owned(), author.to_owned());
+        let client_id = client_id.map(str::to_owned);
+        // Looked up and written in one write, so a message sent twice at once is stored once.
+        let (id, new): (i64, bool) = write_tx!(self, |c, _rules| {
+            let earlier = match (outbox_id, &client_id) {
                 (Some(o), _) => {
                     sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?")
                         .bind(o)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *c)
                         .await?
                 }
-                (None, Some(c)) => {
+                (None, Some(client)) => {
                     sqlx::query(
                         "SELECT id FROM console_messages WHERE author = ? AND client_id = ?",
                     )
-                    .bind(author)
-                    .bind(c)
-                    .fetch_optional(&self.pool)
+                    .bind(&author)
+                    .bind(client)
+                    .fetch_optional(&mut *c)
                     .await?
                 }
                 (None, None) => None,
             };
             if let Some(r) = earlier {
-                let m = self
-                    .console_get(r.get("id"))
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
-                return Ok((m, false));
+                return Ok((r.get("id"), false));
             }
-            sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
-                .bind(channel)
+            let id: i64 = sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+                .bind(&channel)
                 .bind(thread_id)
-                .bind(author)
+                .bind(&author)
                 .bind(is_bot as i64)
-                .bind(self.rules.message(message)?)
+                .bind(&body)
                 .bind(outbox_id)
-                .bind(client_id)
+                .bind(&client_id)
                 .bind(ms(now))
                 .bind(ms(now))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *c)
                 .await?
-                .get("id")
-        };
+                .get("id");
+            Ok((id, true))
+        })?;
         let m = self
             .console_get(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
-        Ok((m, true))
+        Ok((m, new))
     }
 
     async fn console_edit(
@@ -1359,15 +1374,16 @@ impl ConsoleStore for SqliteStore {
         message: &OutMessage,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<ConsoleMessage>> {
-        {
-            let _guard = self.write.lock().await;
+        let body = self.rules.message(message)?;
+        write_tx!(self, |c, _rules| {
             sqlx::query("UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?")
-                .bind(self.rules.message(message)?)
+                .bind(&body)
                 .bind(ms(now))
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *c)
                 .await?;
-        }
+            Ok(())
+        })?;
         self.console_get(id).await
     }
 
@@ -1457,12 +1473,13 @@ impl AgentStore for SqliteStore {
         when: DateTime<Utc>,
     ) -> StoreResult<()> {
         let text = self.rules.json(message);
-        write_tx!(self, |c| {
+        let step = step.to_owned();
+        write_tx!(self, |c, _rules| {
             sqlx::query(
                 "INSERT INTO agent_turns (run_id, step_id, seq, message, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(run.0)
-            .bind(step)
+            .bind(&step)
             .bind(i64::from(seq))
             .bind(&text)
             .bind(ms(when))
@@ -1473,10 +1490,11 @@ impl AgentStore for SqliteStore {
     }
 
     async fn agent_turns_clear(&self, run: RunId, step: &str) -> StoreResult<()> {
-        write_tx!(self, |c| {
+        let step = step.to_owned();
+        write_tx!(self, |c, _rules| {
             sqlx::query("DELETE FROM agent_turns WHERE run_id = ? AND step_id = ?")
                 .bind(run.0)
-                .bind(step)
+                .bind(&step)
                 .execute(&mut *c)
                 .await?;
             Ok(())
@@ -1519,7 +1537,8 @@ impl AgentStore for SqliteStore {
 
     async fn memory_write(&self, e: &MemoryEntry) -> StoreResult<()> {
         let value = self.rules.json(&e.value);
-        write_tx!(self, |c| {
+        let e = e.clone();
+        write_tx!(self, |c, _rules| {
             sqlx::query(
                 "INSERT INTO memory (namespace, key, value, run_id, step_id, agent, written_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, run_id = excluded.run_id, step_id = excluded.step_id, agent = excluded.agent, written_at = excluded.written_at",

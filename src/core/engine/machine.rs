@@ -286,6 +286,7 @@ impl<'a> Apply<'a, '_> {
         let s = self.state.steps.get_mut(id).expect("step rows exist");
         s.status = StepStatus::Waiting;
         self.out.effects.push(Effect::AttemptEnded {
+            run: self.state.run.id,
             step: id.into(),
             attempt,
             outcome: AttemptOutcome::Paused,
@@ -435,6 +436,7 @@ impl<'a> Apply<'a, '_> {
                 );
                 self.audit(ev);
                 self.out.effects.push(Effect::AttemptEnded {
+                    run: self.state.run.id,
                     step,
                     attempt,
                     outcome: AttemptOutcome::Lost,
@@ -839,6 +841,7 @@ impl<'a> Apply<'a, '_> {
         match result {
             Ok(output) => {
                 self.out.effects.push(Effect::AttemptEnded {
+                    run: self.state.run.id,
                     step: id.into(),
                     attempt,
                     outcome: AttemptOutcome::Succeeded,
@@ -860,6 +863,7 @@ impl<'a> Apply<'a, '_> {
             }
             Err(error) => {
                 self.out.effects.push(Effect::AttemptEnded {
+                    run: self.state.run.id,
                     step: id.into(),
                     attempt,
                     outcome: AttemptOutcome::Failed,
@@ -925,6 +929,7 @@ impl<'a> Apply<'a, '_> {
         );
         self.audit(ev);
         self.out.effects.push(Effect::AttemptEnded {
+            run: self.state.run.id,
             step: id.into(),
             attempt,
             outcome: AttemptOutcome::Lost,
@@ -1691,6 +1696,7 @@ impl<'a> Apply<'a, '_> {
             let s = self.state.steps.get_mut(id).expect("listed above");
             if s.status == StepStatus::Running {
                 self.out.effects.push(Effect::AttemptEnded {
+                    run: self.state.run.id,
                     step: id.clone(),
                     attempt: s.attempt,
                     outcome: AttemptOutcome::Lost,
@@ -1738,6 +1744,7 @@ impl<'a> Apply<'a, '_> {
             }
             if s.status == StepStatus::Running {
                 self.out.effects.push(Effect::AttemptEnded {
+                    run: self.state.run.id,
                     step: id.clone(),
                     attempt: s.attempt,
                     outcome: AttemptOutcome::Cancelled,

@@ -189,6 +189,7 @@ pub enum Effect {
     Run(Job),
     /// Record how an attempt ended.
     AttemptEnded {
+        run: RunId,
         step: StepId,
         attempt: u32,
         outcome: AttemptOutcome,

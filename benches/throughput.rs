@@ -1,0 +1,467 @@
+//! The whole message path under load, measured from outside as a team would meet it: the
+//! release `baton` binary on its defaults (a SQLite file, the local console), driven through
+//! the console API over HTTP by this process, which watches the console's live stream for the
+//! bot's replies.
+//!
+//! `cargo bench --bench throughput`. Prints figures; asserts nothing about speed. Settings:
+//!
+//! | variable | default | what |
+//! | --- | --- | --- |
+//! | `BENCH_MESSAGES` | 2000 | messages of the mixed load (half `ping`, half `please deploy`) |
+//! | `BENCH_CONCURRENCY` | 32 | requests in flight at once in the mixed load and parking |
+//! | `BENCH_RATE` | 500 | messages per second offered in the latency phase |
+//! | `BENCH_LATENCY_MESSAGES` | 1000 | messages sent in the latency phase |
+//! | `BENCH_CHAINS` | 10 | runs of the 20-step chain, one after another |
+//! | `BENCH_PARKED` | 5000 | runs parked on an approval |
+//! | `BENCH_DATABASE_URL` | a fresh SQLite file | the database the app uses |
+//!
+//! The load generator shares the machine with the app; the CPU figures are the app's own
+//! (user + system time of its process), not the machine's.
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PING: &str = r#"
+name = "ping"
+description = "Answers ping"
+[[trigger]]
+kind = "message"
+channels = ["general"]
+pattern = '^ping (?P<n>\d+)$'
+[[step]]
+id = "pong"
+kind = "notify"
+text = "pong {{ input.n }}."
+"#;
+
+const DEPLOY: &str = r#"
+name = "deploy"
+description = "Deploys a service"
+[[trigger]]
+kind = "message"
+channels = ["general"]
+pattern = '(?i)^please deploy (?P<service>\S+) to (?P<env>\S+)$'
+[[step]]
+id = "say"
+kind = "notify"
+text = "Deploying {{ input.service }} to {{ input.env }}."
+"#;
+
+const PARKED: &str = r#"
+name = "parked"
+description = "Waits for a decision"
+[[trigger]]
+kind = "slash"
+command = "park"
+args = [{ name = "n", type = "string", required = true }]
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["ben"]
+timeout = "7d"
+"#;
+
+const CHAIN_STEPS: usize = 20;
+const SUCCEEDED: &str = "baton_runs{status=\"succeeded\"}";
+
+fn chain() -> String {
+    let mut wf = String::from(
+        "name = \"chain\"\ndescription = \"Twenty steps\"\n[[trigger]]\nkind = \"slash\"\ncommand = \"chain\"\nargs = [{ name = \"n\", type = \"string\", required = true }]\n",
+    );
+    for i in 1..=CHAIN_STEPS {
+        wf.push_str(&format!("[[step]]\nid = \"s{i}\"\nkind = \"notify\"\n"));
+        if i > 1 {
+            wf.push_str(&format!("needs = [\"s{}\"]\n", i - 1));
+        }
+        if i == CHAIN_STEPS {
+            wf.push_str("text = \"chain {{ input.n }} done.\"\n");
+        } else {
+            wf.push_str(&format!("text = \"step {i}\"\n"));
+        }
+    }
+    wf
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The app under test, a child process of this one.
+struct App {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    ticks_per_second: f64,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    async fn start() -> App {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let commands = dir.path().join("commands");
+        std::fs::create_dir_all(&commands).unwrap();
+        for (name, text) in [
+            ("ping.toml", PING.to_owned()),
+            ("deploy.toml", DEPLOY.to_owned()),
+            ("parked.toml", PARKED.to_owned()),
+            ("chain.toml", chain()),
+        ] {
+            std::fs::write(commands.join(name), text).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = std::env::var("BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("baton.db").display()));
+        let log = std::fs::File::create(dir.path().join("baton.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", url)
+            .env("BATON_COMMANDS_DIR", &commands)
+            .env("BATON_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the baton binary starts");
+        let app = App {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: baton::http_client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
+            ticks_per_second: clock_ticks(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = app
+                .http
+                .get(format!("{}/readyz", app.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return app;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the app did not get ready in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// User + system CPU time the app has used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the app's /proc entry");
+        // The command name (field 2) may hold spaces; the fields after it do not.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        Duration::from_secs_f64(ticks / self.ticks_per_second)
+    }
+
+    /// A line of the app's `/proc/PID/status`, in MiB (`VmRSS`, `VmHWM`).
+    fn memory(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
+    async fn say(&self, user: &str, text: &str) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/api/messages", self.base))
+            .json(&json!({"channel": "general", "user": user, "text": text}))
+            .send()
+            .await
+            .expect("the console API answers");
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "`{text}` was refused: {body}");
+        body
+    }
+
+    /// Figures from `/metrics`, by their full series names.
+    async fn metrics<const N: usize>(&self, series: [&str; N]) -> [f64; N] {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        series.map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        })
+    }
+
+    /// Waits until `done` of the series `counted` and nothing is left to deliver. Polled
+    /// every 100 ms: `/metrics` counts rows, and asking faster would load the app measured.
+    async fn settled(&self, counted: &str, done: usize) {
+        loop {
+            let [n, depth] = self.metrics([counted, "baton_outbox_depth"]).await;
+            if n as usize >= done && depth == 0.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// When each marked reply of the bot first appeared on the console's live stream: `pong N.`
+/// and `chain N done.` by their N.
+#[derive(Default)]
+struct Seen {
+    pongs: Mutex<HashMap<u64, Instant>>,
+    chains: Mutex<HashMap<u64, Instant>>,
+    resyncs: AtomicUsize,
+}
+
+fn number_after(text: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let start = text.find(prefix)? + prefix.len();
+    let rest = &text[start..];
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    rest[digits..].starts_with(suffix).then_some(())?;
+    rest[..digits].parse().ok()
+}
+
+async fn watch(app_base: String, seen: Arc<Seen>) {
+    let http = baton::http_client::client();
+    let mut r = http
+        .get(format!("{app_base}/api/stream"))
+        .send()
+        .await
+        .expect("the live stream opens");
+    let mut buf = String::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        let now = Instant::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if event.contains("event: resync") {
+                seen.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if m["is_bot"] != true {
+                continue;
+            }
+            let text = m["message"]["text"].as_str().unwrap_or_default();
+            if let Some(n) = number_after(text, "pong ", ".") {
+                seen.pongs.lock().unwrap().entry(n).or_insert(now);
+            }
+            if let Some(n) = number_after(text, "chain ", " done.") {
+                seen.chains.lock().unwrap().entry(n).or_insert(now);
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Sends `texts` with `concurrency` requests in flight; returns when every one was answered.
+async fn closed_loop(app: &Arc<App>, texts: Arc<Vec<String>>, concurrency: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (app, texts, next) = (app.clone(), texts.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(text) = texts.get(i) else { break };
+                    let user = if text.starts_with("/park") {
+                        "ana"
+                    } else {
+                        "cy"
+                    };
+                    app.say(user, text).await;
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let messages = setting("BENCH_MESSAGES", 2000);
+    let concurrency = setting("BENCH_CONCURRENCY", 32).max(1);
+    let rate = setting("BENCH_RATE", 500).max(1);
+    let latency_messages = setting("BENCH_LATENCY_MESSAGES", 1000);
+    let chains = setting("BENCH_CHAINS", 10);
+    let parked = setting("BENCH_PARKED", 5000);
+
+    let app = Arc::new(App::start().await);
+    let seen = Arc::new(Seen::default());
+    tokio::spawn(watch(app.base.clone(), seen.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_idle = app.memory("VmRSS");
+    println!(
+        "throughput bench: {} cores, app idle at {rss_idle:.1} MiB RSS",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. The mixed load, closed loop: as fast as the app answers.
+    let mut texts = Vec::with_capacity(messages);
+    for i in 0..messages {
+        texts.push(if i % 2 == 0 {
+            format!("ping {i}")
+        } else {
+            format!("please deploy svc{i} to prod")
+        });
+    }
+    let cpu0 = app.cpu();
+    let t0 = Instant::now();
+    closed_loop(&app, Arc::new(texts), concurrency).await;
+    let accepted = t0.elapsed();
+    app.settled(SUCCEEDED, messages).await;
+    let wall = t0.elapsed();
+    let cpu = app.cpu() - cpu0;
+    println!(
+        "mixed load: {messages} messages, {concurrency} in flight: {:.0} runs finished/s ({:.2} s; all accepted after {:.2} s), {:.2} ms CPU per run",
+        messages as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64(),
+        accepted.as_secs_f64(),
+        ms(cpu) / messages as f64,
+    );
+    let runs_so_far = messages;
+
+    // 2. Message to reply at a fixed offered rate (open loop: sends do not wait for answers).
+    let base = 1_000_000u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut sent: Vec<(u64, Instant)> = Vec::with_capacity(latency_messages);
+    let mut requests = Vec::with_capacity(latency_messages);
+    for k in 0..latency_messages as u64 {
+        tokio::time::sleep_until(start + interval * k as u32).await;
+        let n = base + k;
+        sent.push((n, Instant::now()));
+        let app = app.clone();
+        requests.push(tokio::spawn(async move {
+            app.say("cy", &format!("ping {n}")).await;
+        }));
+    }
+    let offered_for = start.elapsed();
+    for r in requests {
+        r.await.unwrap();
+    }
+    app.settled(SUCCEEDED, runs_so_far + latency_messages).await;
+    let runs_so_far = runs_so_far + latency_messages;
+    let mut latencies: Vec<Duration> = {
+        let pongs = seen.pongs.lock().unwrap();
+        sent.iter()
+            .filter_map(|(n, at)| pongs.get(n).map(|got| got.saturating_duration_since(*at)))
+            .collect()
+    };
+    latencies.sort();
+    println!(
+        "message to reply at {rate}/s offered ({latency_messages} messages over {:.2} s): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} replies seen, {} stream resyncs)",
+        offered_for.as_secs_f64(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        latencies.len(),
+        seen.resyncs.load(Ordering::Relaxed),
+    );
+
+    // 3. The 20-step chain, one run at a time: what each step costs on its own.
+    let mut per_step = Vec::with_capacity(chains);
+    for n in 0..chains as u64 {
+        let t = Instant::now();
+        app.say("ana", &format!("/chain {n}")).await;
+        loop {
+            if let Some(done) = seen.chains.lock().unwrap().get(&n) {
+                per_step.push(done.saturating_duration_since(t) / CHAIN_STEPS as u32);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    per_step.sort();
+    app.settled(SUCCEEDED, runs_so_far + chains).await;
+    println!(
+        "chain of {CHAIN_STEPS} notify steps, {chains} runs one after another: {:.2} ms per step (median; best {:.2} ms)",
+        ms(percentile(&per_step, 0.5)),
+        ms(per_step.first().copied().unwrap_or_default()),
+    );
+    let rss_peak_before_parking = app.memory("VmHWM");
+
+    // 4. Runs parked on an approval: how fast they are created, what they cost held.
+    let texts: Vec<String> = (0..parked).map(|i| format!("/park {i}")).collect();
+    let cpu0 = app.cpu();
+    let t = Instant::now();
+    closed_loop(&app, Arc::new(texts), concurrency).await;
+    let created = t.elapsed();
+    let cpu = app.cpu() - cpu0;
+    app.settled("baton_approvals_pending", parked).await;
+    let parked_at = t.elapsed();
+    println!(
+        "parked runs: {parked} created at {:.0} runs/s ({:.2} ms CPU each; their messages delivered after {:.2} s), RSS {:.1} MiB with them parked",
+        parked as f64 / created.as_secs_f64(),
+        ms(cpu) / parked as f64,
+        parked_at.as_secs_f64(),
+        app.memory("VmRSS"),
+    );
+    println!(
+        "peak RSS: {rss_peak_before_parking:.1} MiB through the mixed load, latency and chain phases; {:.1} MiB in all",
+        app.memory("VmHWM"),
+    );
+    // A task still holding the app would keep it alive past the end of the bench.
+    let _ = Command::new("kill")
+        .arg(app.child.id().to_string())
+        .status();
+}

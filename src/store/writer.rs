@@ -1,0 +1,362 @@
+//! Group commit: one writer task owns the write connection and applies the writes that arrive
+//! together in one transaction.
+//!
+//! Each write is a closure over the connection. The writer takes the first that arrives and
+//! every other already waiting (up to [`MAX_BATCH`]), opens one transaction, runs each write
+//! inside its own savepoint, and commits once. A write that fails (or panics) is rolled back to
+//! its savepoint alone, so its neighbours in the batch are kept. Every caller hears its own
+//! result only after the commit, so nothing is acted on before it is durable. A batch is as
+//! large as the queue that built up while the previous one committed: under light load a write
+//! waits for no one; under heavy load one commit (one fsync) carries many.
+//!
+//! The writer knows nothing of the schema; a backend supplies the connection and the three
+//! statements of its transaction dialect.
+
+use super::{StoreError, StoreResult};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes one transaction carries.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// A connection the writer can open transactions and savepoints on.
+pub(crate) trait Session: Send + 'static {
+    /// Opens a transaction that holds the write lock from the start.
+    const BEGIN: &'static str;
+    fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>>;
+}
+
+/// Tells a caller its result, given the batch's commit error if the commit failed.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// What ran in a batch and waits for the commit to hear its result.
+struct Ran {
+    kept: bool,
+    reply: Reply,
+}
+
+/// One write, its result sent to its caller once the batch is settled.
+trait Job<C, X>: Send {
+    fn run<'a>(self: Box<Self>, c: &'a mut C, x: &'a X) -> BoxFuture<'a, Ran>;
+    /// The batch failed before this write ran.
+    fn fail(self: Box<Self>, e: &StoreError);
+}
+
+struct JobOf<F, T> {
+    work: F,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<C, X, F, T> Job<C, X> for JobOf<F, T>
+where
+    C: Send + 'static,
+    X: Send + Sync + 'static,
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut C, &'a X) -> BoxFuture<'a, StoreResult<T>> + Send + 'static,
+{
+    fn run<'a>(self: Box<Self>, c: &'a mut C, x: &'a X) -> BoxFuture<'a, Ran> {
+        let JobOf { work, reply } = *self;
+        Box::pin(async move {
+            match AssertUnwindSafe(work(c, x)).catch_unwind().await {
+                Ok(Ok(value)) => Ran {
+                    kept: true,
+                    reply: Box::new(move |commit| {
+                        let _ = reply.send(match commit {
+                            None => Ok(value),
+                            Some(e) => Err(again(e)),
+                        });
+                    }),
+                },
+                Ok(Err(e)) => Ran {
+                    kept: false,
+                    reply: Box::new(move |_| {
+                        let _ = reply.send(Err(e));
+                    }),
+                },
+                Err(_) => {
+                    tracing::error!("a store write panicked; it was rolled back alone");
+                    Ran {
+                        kept: false,
+                        reply: Box::new(move |_| {
+                            let _ = reply.send(Err(StoreError::Database(
+                                "a write failed unexpectedly and was rolled back".into(),
+                            )));
+                        }),
+                    }
+                }
+            }
+        })
+    }
+
+    fn fail(self: Box<Self>, e: &StoreError) {
+        let _ = self.reply.send(Err(again(e)));
+    }
+}
+
+/// The same failure for another caller of the batch.
+fn again(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Database(m) => StoreError::Database(m.clone()),
+    }
+}
+
+/// The handle writes are sent through; the task behind it stops when the last handle goes.
+pub(crate) struct Writer<C, X> {
+    queue: mpsc::UnboundedSender<Box<dyn Job<C, X>>>,
+}
+
+impl<C: Session, X: Send + Sync + 'static> Writer<C, X> {
+    /// Starts the writer task on `conn`; `context` is handed to every write.
+    pub(crate) fn start(conn: C, context: Arc<X>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(conn, context, rx));
+        Self { queue }
+    }
+
+    /// Runs `work` in the next batch; its result once that batch has committed.
+    pub(crate) async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut C, &'a X) -> BoxFuture<'a, StoreResult<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Box::new(JobOf { work, reply }))
+            .map_err(|_| StoreError::Database("the store's writer has stopped".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Database("the store's writer stopped before the write was settled".into())
+        })?
+    }
+}
+
+async fn write_loop<C: Session, X: Send + Sync + 'static>(
+    mut conn: C,
+    context: Arc<X>,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn Job<C, X>>>,
+) {
+    let mut batch: Vec<Box<dyn Job<C, X>>> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let alone = batch.len() == 1;
+        settle(&mut conn, &*context, batch.drain(..), alone).await;
+    }
+}
+
+/// One transaction for a batch: each job in its savepoint (a job alone needs none: the
+/// transaction is its savepoint), one commit, then every reply.
+async fn settle<C: Session, X>(
+    conn: &mut C,
+    context: &X,
+    jobs: impl Iterator<Item = Box<dyn Job<C, X>>>,
+    alone: bool,
+) {
+    let mut jobs = jobs;
+    if let Err(e) = conn.execute(C::BEGIN).await {
+        jobs.for_each(|j| j.fail(&e));
+        return;
+    }
+    let mut ran: Vec<Ran> = Vec::new();
+    let mut broken = None;
+    for job in jobs.by_ref() {
+        if !alone && let Err(e) = conn.execute("SAVEPOINT write").await {
+            job.fail(&e);
+            broken = Some(e);
+            break;
+        }
+        let r = job.run(conn, context).await;
+        let undo = match (r.kept, alone) {
+            (true, true) => Ok(()),
+            (true, false) => conn.execute("RELEASE write").await,
+            (false, true) => conn.execute("ROLLBACK").await.map(|_| ()),
+            (false, false) => match conn.execute("ROLLBACK TO write").await {
+                Ok(()) => conn.execute("RELEASE write").await,
+                Err(e) => Err(e),
+            },
+        };
+        let kept = r.kept;
+        ran.push(r);
+        if let Err(e) = undo {
+            broken = Some(e);
+            break;
+        }
+        if alone && !kept {
+            // Rolled back already; nothing to commit.
+            ran.into_iter().for_each(|r| (r.reply)(None));
+            return;
+        }
+    }
+    let outcome = match broken {
+        Some(e) => Err(e),
+        None => conn.execute("COMMIT").await,
+    };
+    match outcome {
+        Ok(()) => ran.into_iter().for_each(|r| (r.reply)(None)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a batch of writes could not be committed; none of it was kept");
+            let _ = conn.execute("ROLLBACK").await;
+            ran.into_iter().for_each(|r| (r.reply)(Some(&e)));
+            jobs.for_each(|j| j.fail(&e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, Row, SqliteConnection};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A SQLite connection that counts the transactions it opens.
+    struct Counting {
+        conn: SqliteConnection,
+        begins: Arc<AtomicUsize>,
+    }
+
+    impl Session for Counting {
+        const BEGIN: &'static str = "BEGIN IMMEDIATE";
+        fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
+            if sql == Self::BEGIN {
+                self.begins.fetch_add(1, Ordering::SeqCst);
+            }
+            Box::pin(async move {
+                sqlx::query(sql)
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                Ok(())
+            })
+        }
+    }
+
+    async fn writer(url: &str) -> (Writer<Counting, ()>, Arc<AtomicUsize>) {
+        let mut conn = SqliteConnection::connect(url).await.unwrap();
+        sqlx::query("CREATE TABLE t (v TEXT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let begins = Arc::new(AtomicUsize::new(0));
+        let w = Writer::start(
+            Counting {
+                conn,
+                begins: begins.clone(),
+            },
+            Arc::new(()),
+        );
+        (w, begins)
+    }
+
+    async fn insert(w: &Writer<Counting, ()>, v: &str, fail: bool) -> StoreResult<String> {
+        let v = v.to_owned();
+        w.run(move |c: &mut Counting, _: &()| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t (v) VALUES (?)")
+                    .bind(&v)
+                    .execute(&mut c.conn)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                if fail {
+                    return Err(StoreError::Corrupt(format!("{v} refused")));
+                }
+                Ok(v)
+            })
+        })
+        .await
+    }
+
+    async fn values(w: &Writer<Counting, ()>) -> Vec<String> {
+        w.run(|c: &mut Counting, _: &()| {
+            Box::pin(async move {
+                let rows = sqlx::query("SELECT v FROM t ORDER BY rowid")
+                    .fetch_all(&mut c.conn)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                Ok(rows.iter().map(|r| r.get::<String, _>("v")).collect())
+            })
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_waiting_together_share_one_transaction_and_each_caller_gets_its_own_result() {
+        let (w, begins) = writer("sqlite::memory:").await;
+        let names: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+        let results =
+            futures_util::future::join_all(names.iter().map(|n| insert(&w, n, false))).await;
+        let got: Vec<String> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, names);
+        assert_eq!(
+            begins.load(Ordering::SeqCst),
+            1,
+            "one transaction for the batch"
+        );
+        assert_eq!(values(&w).await, names);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_rolled_back_alone_and_its_neighbours_are_kept() {
+        let (w, begins) = writer("sqlite::memory:").await;
+        let (a, b, c) = tokio::join!(
+            insert(&w, "a", false),
+            insert(&w, "b", true),
+            insert(&w, "c", false)
+        );
+        assert_eq!(a.unwrap(), "a");
+        assert_eq!(
+            b.unwrap_err().to_string(),
+            "stored data is not what this version expects: b refused"
+        );
+        assert_eq!(c.unwrap(), "c");
+        assert_eq!(begins.load(Ordering::SeqCst), 1);
+        assert_eq!(values(&w).await, ["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_with_no_neighbours_leaves_nothing_behind() {
+        let (w, _) = writer("sqlite::memory:").await;
+        assert!(insert(&w, "lonely", true).await.is_err());
+        assert_eq!(insert(&w, "next", false).await.unwrap(), "next");
+        assert_eq!(values(&w).await, ["next"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_is_rolled_back_alone_and_the_writer_goes_on() {
+        let (w, _) = writer("sqlite::memory:").await;
+        let boom = w.run(|c: &mut Counting, _: &()| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t (v) VALUES ('boom')")
+                    .execute(&mut c.conn)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                if c.begins.load(Ordering::SeqCst) > 0 {
+                    panic!("a bug in a write");
+                }
+                Ok(())
+            })
+        });
+        let (a, boom, c) = tokio::join!(insert(&w, "a", false), boom, insert(&w, "c", false));
+        assert!(boom.is_err());
+        assert_eq!((a.unwrap(), c.unwrap()), ("a".into(), "c".into()));
+        assert_eq!(values(&w).await, ["a", "c"]);
+        assert_eq!(insert(&w, "after", false).await.unwrap(), "after");
+    }
+
+    #[tokio::test]
+    async fn a_caller_hears_of_its_write_only_once_it_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let (w, _) = writer(&url).await;
+        insert(&w, "kept", false).await.unwrap();
+        // Another connection sees it at once: it was committed before the answer came.
+        let mut other = SqliteConnection::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM t WHERE v = 'kept'")
+            .fetch_one(&mut other)
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(n, 1);
+    }
+}
