@@ -18,10 +18,12 @@ use serde_json::Map;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// A platform that fails the first `transient` deliveries and refuses channel `gone` for good.
+/// A platform that fails the first `transient` deliveries, refuses channel `gone` for good,
+/// and answers for channel `slow` only when `gate` lets it.
 struct Flaky {
     transient: Mutex<u32>,
     delivered: Mutex<Vec<(String, Option<String>)>>,
+    gate: tokio::sync::Semaphore,
 }
 
 #[async_trait]
@@ -32,6 +34,9 @@ impl Platform for Flaky {
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
         if entry.channel == "gone" {
             return Err(DeliveryError::Permanent("channel_not_found".into()));
+        }
+        if entry.channel == "slow" {
+            self.gate.acquire().await.unwrap().forget();
         }
         {
             let mut left = self.transient.lock().unwrap();
@@ -91,6 +96,7 @@ async fn engine(
     let flaky = Arc::new(Flaky {
         transient: Mutex::new(transient),
         delivered: Mutex::new(vec![]),
+        gate: tokio::sync::Semaphore::new(0),
     });
     let settings = EngineSettings {
         workers: 1,
@@ -209,4 +215,50 @@ async fn a_permanent_failure_is_recorded_and_fails_what_depends_on_it() {
     let metrics = store.metrics().await.unwrap();
     assert_eq!(metrics.outbox_pending, 0);
     assert!(metrics.outbox_failed >= 4);
+}
+
+#[tokio::test]
+async fn a_slow_channel_holds_back_no_other_and_each_keeps_its_own_order() {
+    let (engine, flaky, _clock, _store, _dir) = engine(0).await;
+    // The slow channel's run is older, so its root comes first in the outbox.
+    start(&engine, "slow").await;
+    start(&engine, "ops").await;
+    let pass = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.deliver_ready().await }
+    });
+    let ops_root_out = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !flaky
+            .delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k == "run:2:root")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        ops_root_out.is_ok(),
+        "#ops waited for #slow: {:?}",
+        flaky.delivered.lock().unwrap()
+    );
+    assert!(!pass.is_finished(), "the pass waits for #slow's delivery");
+    flaky.gate.add_permits(100);
+    pass.await.unwrap();
+    while engine.deliver_ready().await > 0 {}
+    let delivered = flaky.delivered.lock().unwrap().clone();
+    for run in [1, 2] {
+        let keys: Vec<String> = delivered
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k.starts_with(&format!("run:{run}:")))
+            .collect();
+        let expected: Vec<String> = ["root", "post:a", "post:b", "root", "summary"]
+            .iter()
+            .map(|k| format!("run:{run}:{k}"))
+            .collect();
+        assert_eq!(keys, expected, "run {run} in its own order");
+    }
 }
