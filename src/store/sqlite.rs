@@ -5,7 +5,7 @@
 //! transaction (group commit); a second process (the CLI cancelling a run) waits on the busy
 //! timeout.
 
-use super::writer::{Session, Writer};
+use super::writer::{Memory, Session, Writer};
 use super::*;
 use crate::core::audit::{AuditKey, AuditKind, Checkpoint, GENESIS, Redactor, entry_hash};
 use crate::core::digest::{LISTED, StalledRun, WaitingApproval};
@@ -105,6 +105,22 @@ impl Session for SqliteConnection {
             Ok(())
         })
     }
+
+    fn version<'a>(&'a mut self) -> futures_util::future::BoxFuture<'a, StoreResult<Option<i64>>> {
+        // Changes exactly when another connection (the CLI, say) has committed.
+        Box::pin(async move {
+            let r = sqlx::query("PRAGMA data_version")
+                .fetch_one(&mut *self)
+                .await?;
+            Ok(Some(r.get::<i64, _>(0)))
+        })
+    }
+}
+
+impl Memory for WriteRules {
+    fn forget(&self) {
+        *self.head.lock().expect("ledger head lock") = None;
+    }
 }
 
 /// The SQLite store.
@@ -119,6 +135,9 @@ pub struct SqliteStore {
 struct WriteRules {
     redactor: Redactor,
     audit_key: Option<AuditKey>,
+    /// The ledger's newest entry as the writer last wrote it, so appending does not read it
+    /// back; forgotten by the writer whenever it may be wrong.
+    head: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl WriteRules {
@@ -205,6 +224,7 @@ impl SqliteStore {
         let rules = Arc::new(WriteRules {
             redactor,
             audit_key,
+            head: std::sync::Mutex::new(None),
         });
         // The writer keeps a connection of its own, outside the readers' pool.
         let conn = pool
@@ -564,12 +584,18 @@ async fn append_audit(
     rules: &WriteRules,
     ev: &AuditEvent,
 ) -> StoreResult<()> {
-    let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *c)
-        .await?;
-    let (prev_seq, prev_hash) = match last {
-        Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
-        None => (0, GENESIS.to_owned()),
+    let remembered = rules.head.lock().expect("ledger head lock").take();
+    let (prev_seq, prev_hash) = match remembered {
+        Some(head) => head,
+        None => {
+            let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *c)
+                .await?;
+            match last {
+                Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
+                None => (0, GENESIS.to_owned()),
+            }
+        }
     };
     let mut data = ev.data.clone();
     rules.redactor.redact(&mut data);
@@ -603,6 +629,7 @@ async fn append_audit(
         .bind(&mac)
         .execute(&mut *c)
         .await?;
+    *rules.head.lock().expect("ledger head lock") = Some((seq, hash));
     Ok(())
 }
 
@@ -1607,5 +1634,65 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::audit::{AuditKind, Verification};
+
+    fn event(n: u32) -> AuditEvent {
+        AuditEvent::new(
+            Utc::now(),
+            AuditKind::ScheduleFired,
+            None,
+            serde_json::json!({"n": n}),
+        )
+    }
+
+    #[tokio::test]
+    async fn two_processes_appending_to_one_ledger_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        // The server and the CLI: two stores, each with its own writer, on one file.
+        let server = SqliteStore::open(&url, Redactor::default(), None)
+            .await
+            .unwrap();
+        let cli = SqliteStore::open(&url, Redactor::default(), None)
+            .await
+            .unwrap();
+        for n in 0..10 {
+            let store = if n % 3 == 0 { &cli } else { &server };
+            store
+                .audit_append(vec![event(n), event(n + 100)])
+                .await
+                .unwrap();
+        }
+        match verify_ledger(&server, None, vec![]).await.unwrap() {
+            Verification::Intact { entries, .. } => assert_eq!(entries, 20),
+            broken => panic!("the chain forked: {broken:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ledger_append_that_is_rolled_back_is_not_chained_onto() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        let store = SqliteStore::open(&url, Redactor::default(), None)
+            .await
+            .unwrap();
+        store.audit_append(vec![event(1)]).await.unwrap();
+        // A write that appends and then fails is undone, the entry with it.
+        let failed = write_tx!(store, |c, rules| {
+            append_audit(c, rules, &event(2)).await?;
+            Err::<(), _>(StoreError::Corrupt("refused".into()))
+        });
+        assert!(failed.is_err());
+        store.audit_append(vec![event(3)]).await.unwrap();
+        match verify_ledger(&store, None, vec![]).await.unwrap() {
+            Verification::Intact { entries, .. } => assert_eq!(entries, 2),
+            broken => panic!("the chain is broken: {broken:?}"),
+        }
     }
 }

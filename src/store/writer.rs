@@ -9,8 +9,10 @@
 //! large as the queue that built up while the previous one committed: under light load a write
 //! waits for no one; under heavy load one commit (one fsync) carries many.
 //!
-//! The writer knows nothing of the schema; a backend supplies the connection and the three
-//! statements of its transaction dialect.
+//! The writer knows nothing of the schema; a backend supplies the connection and its `BEGIN`.
+//! What a backend remembers between writes (the ledger's newest entry) lives in the writer's
+//! context and is forgotten whenever it may be wrong: after a write was rolled back, and when
+//! another process has committed since the last batch.
 
 use super::{StoreError, StoreResult};
 use futures_util::FutureExt as _;
@@ -27,7 +29,19 @@ pub(crate) trait Session: Send + 'static {
     /// Opens a transaction that holds the write lock from the start.
     const BEGIN: &'static str;
     fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>>;
+    /// Inside a transaction: a number that changes whenever another connection has committed,
+    /// or `None` when the backend cannot tell (then nothing is remembered across batches).
+    fn version<'a>(&'a mut self) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
+
+/// What a backend's writes remember between them, and forget on the writer's word.
+pub(crate) trait Memory: Send + Sync + 'static {
+    fn forget(&self) {}
+}
+
+impl Memory for () {}
 
 /// Tells a caller its result, given the batch's commit error if the commit failed.
 type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -53,7 +67,7 @@ struct JobOf<F, T> {
 impl<C, X, F, T> Job<C, X> for JobOf<F, T>
 where
     C: Send + 'static,
-    X: Send + Sync + 'static,
+    X: Memory,
     T: Send + 'static,
     F: for<'a> FnOnce(&'a mut C, &'a X) -> BoxFuture<'a, StoreResult<T>> + Send + 'static,
 {
@@ -109,7 +123,7 @@ pub(crate) struct Writer<C, X> {
     queue: mpsc::UnboundedSender<Box<dyn Job<C, X>>>,
 }
 
-impl<C: Session, X: Send + Sync + 'static> Writer<C, X> {
+impl<C: Session, X: Memory> Writer<C, X> {
     /// Starts the writer task on `conn`; `context` is handed to every write.
     pub(crate) fn start(conn: C, context: Arc<X>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
@@ -133,30 +147,45 @@ impl<C: Session, X: Send + Sync + 'static> Writer<C, X> {
     }
 }
 
-async fn write_loop<C: Session, X: Send + Sync + 'static>(
+async fn write_loop<C: Session, X: Memory>(
     mut conn: C,
     context: Arc<X>,
     mut rx: mpsc::UnboundedReceiver<Box<dyn Job<C, X>>>,
 ) {
     let mut batch: Vec<Box<dyn Job<C, X>>> = Vec::with_capacity(MAX_BATCH);
+    let mut version = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let alone = batch.len() == 1;
-        settle(&mut conn, &*context, batch.drain(..), alone).await;
+        version = settle(&mut conn, &*context, batch.drain(..), alone, version).await;
     }
 }
 
 /// One transaction for a batch: each job in its savepoint (a job alone needs none: the
 /// transaction is its savepoint), one commit, then every reply.
-async fn settle<C: Session, X>(
+/// Returns the database's version as this batch left it, when it committed.
+async fn settle<C: Session, X: Memory>(
     conn: &mut C,
     context: &X,
     jobs: impl Iterator<Item = Box<dyn Job<C, X>>>,
     alone: bool,
-) {
+    seen: Option<i64>,
+) -> Option<i64> {
     let mut jobs = jobs;
     if let Err(e) = conn.execute(C::BEGIN).await {
+        context.forget();
         jobs.for_each(|j| j.fail(&e));
-        return;
+        return None;
+    }
+    // Holding the write lock now: nobody else commits until this batch is done.
+    let version = match conn.version().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the database's version");
+            None
+        }
+    };
+    if version.is_none() || version != seen {
+        context.forget();
     }
     let mut ran: Vec<Ran> = Vec::new();
     let mut broken = None;
@@ -182,10 +211,13 @@ async fn settle<C: Session, X>(
             broken = Some(e);
             break;
         }
+        if !kept {
+            context.forget();
+        }
         if alone && !kept {
             // Rolled back already; nothing to commit.
             ran.into_iter().for_each(|r| (r.reply)(None));
-            return;
+            return version;
         }
     }
     let outcome = match broken {
@@ -193,12 +225,17 @@ async fn settle<C: Session, X>(
         None => conn.execute("COMMIT").await,
     };
     match outcome {
-        Ok(()) => ran.into_iter().for_each(|r| (r.reply)(None)),
+        Ok(()) => {
+            ran.into_iter().for_each(|r| (r.reply)(None));
+            version
+        }
         Err(e) => {
+            context.forget();
             tracing::warn!(error = %e, "a batch of writes could not be committed; none of it was kept");
             let _ = conn.execute("ROLLBACK").await;
             ran.into_iter().for_each(|r| (r.reply)(Some(&e)));
             jobs.for_each(|j| j.fail(&e));
+            None
         }
     }
 }
