@@ -174,6 +174,22 @@ impl Engine {
         &self.store
     }
 
+    /// What the state machine reads besides a run's rows, for a run of `workflow` at `now`.
+    fn context<'a>(
+        &'a self,
+        workflow: &'a Workflow,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> machine::Context<'a> {
+        machine::Context {
+            workflow,
+            tools: &self.catalog,
+            now,
+            base_url: &self.settings.base_url,
+            local_url: &self.settings.local_url,
+            stall_after: self.settings.stall_after,
+        }
+    }
+
     /// The workflow a run was started with, parsed from its stored text.
     fn definition(&self, def: &Definition) -> Result<Arc<Workflow>, String> {
         let key = hash_of(&def.source);
@@ -245,18 +261,7 @@ impl Engine {
             .create_run(
                 new,
                 now,
-                Box::new(move |state, _def| {
-                    let s = &engine.settings;
-                    let cx = machine::Context {
-                        workflow: &wf,
-                        tools: &engine.catalog,
-                        now,
-                        base_url: &s.base_url,
-                        local_url: &s.local_url,
-                        stall_after: s.stall_after,
-                    };
-                    machine::start(state, &cx)
-                }),
+                Box::new(move |state, _def| machine::start(state, &engine.context(&wf, now))),
             )
             .await?;
         if !created.new {
@@ -295,18 +300,7 @@ impl Engine {
                 run,
                 event_id,
                 Box::new(move |state, def| match engine.definition(def) {
-                    Ok(wf) => {
-                        let s = &engine.settings;
-                        let cx = machine::Context {
-                            workflow: &wf,
-                            tools: &engine.catalog,
-                            now,
-                            base_url: &s.base_url,
-                            local_url: &s.local_url,
-                            stall_after: s.stall_after,
-                        };
-                        machine::apply(state, cmd, &cx)
-                    }
+                    Ok(wf) => machine::apply(state, cmd, &engine.context(&wf, now)),
                     Err(e) => {
                         tracing::error!(error = %e, "a run's workflow does not parse; the run fails");
                         machine::abandon(state, &e, now)
