@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use baton::adapters::{DeliveryError, Platform};
-use baton::core::audit::Redactor;
 use baton::core::clock::{Clock, SystemClock};
 use baton::core::event::{Actor, ConversationRef};
 use baton::core::tools::ToolCatalog;
@@ -61,9 +60,7 @@ impl Platform for Sink {
 }
 
 async fn engine(url: &str) -> Arc<Engine> {
-    let store = baton::store::open(url, Redactor::default(), None)
-        .await
-        .unwrap();
+    let store = baton::store::open(url, Default::default()).await.unwrap();
     let (wf, _) = parse_workflow(Path::new("parked.toml"), WF, &ToolCatalog::builtin());
     let settings = EngineSettings {
         workers: 8,

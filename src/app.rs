@@ -104,8 +104,11 @@ pub async fn open_store(
     crate::telemetry::set_redactor(redactor.clone());
     store::open(
         settings.database_url.expose(),
-        redactor,
-        settings.audit_key(),
+        store::Options {
+            redactor,
+            audit_key: settings.audit_key(),
+            durability: settings.durability,
+        },
     )
     .await
 }

@@ -67,6 +67,9 @@ impl fmt::Debug for Vars {
 pub struct Settings {
     /// `DATABASE_URL`: where runs and the ledger live.
     pub database_url: Secret,
+    /// `BATON_DURABILITY`: whether a commit must survive a power cut (`full`) or only Baton
+    /// being killed (`relaxed`).
+    pub durability: crate::store::Durability,
     /// `BATON_HTTP_ADDR`: console, health, metrics and webhooks.
     pub http_addr: SocketAddr,
     /// `BATON_PUBLIC_URL`: how people reach the console, for links in chat. Unset, it is the
@@ -511,9 +514,15 @@ impl Settings {
                 problem: "must start with sqlite: (or postgres: in a later version)".into(),
             });
         }
+        let durability = parse(
+            "BATON_DURABILITY",
+            var("BATON_DURABILITY").as_deref().unwrap_or("full"),
+            str::parse,
+        )?;
         let to_std = |d: Duration| d.to_std().unwrap_or_default();
         Ok(Self {
             database_url: Secret::new(database_url),
+            durability,
             http_addr,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             commands_dir: PathBuf::from(

@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use baton::adapters::{DeliveryError, Platform};
-use baton::core::audit::Redactor;
 use baton::core::clock::{Clock, ManualClock};
 use baton::core::event::{Actor, ConversationRef};
 use baton::core::tools::ToolCatalog;
@@ -84,9 +83,7 @@ async fn engine(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("b.db").display());
-    let store = baton::store::open(&url, Redactor::default(), None)
-        .await
-        .unwrap();
+    let store = baton::store::open(&url, Default::default()).await.unwrap();
     let (wf, diags) = parse_workflow(Path::new("note.toml"), WF, &ToolCatalog::builtin());
     let workflows = Arc::new(WorkflowSet::new(
         [wf.unwrap_or_else(|| panic!("{diags:?}"))],

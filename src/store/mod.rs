@@ -2,6 +2,7 @@
 //! start-up. Only the files of each backend import the database crate.
 
 pub mod sqlite;
+mod tx;
 mod writer;
 
 use crate::core::audit::{
@@ -16,15 +17,46 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// Errors from the store. Callers add context; nothing here is shown to chat users verbatim.
-#[derive(Debug, thiserror::Error)]
+/// The kind says what a caller can do about it; the database's own error stays attached as
+/// the source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// Another write got there first (a unique key taken, a serialization failure): the same
+    /// write may succeed when tried again.
+    #[error("the database refused a conflicting write: {0}")]
+    Conflict(#[source] Cause),
+    /// The database could not be reached, or the connection was lost: try again later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] Cause),
+    /// Any other database failure: a bug, or a database in trouble.
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] Cause),
     #[error("stored data is not what this version expects: {0}")]
     Corrupt(String),
+    /// The store's writer has stopped (the process is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// The database's own error behind a [`StoreError`], shared by the callers of one batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+impl StoreError {
+    /// A database failure of no particular kind, from a message of the store's own.
+    pub fn database(message: impl Into<String>) -> Self {
+        StoreError::Database(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            message.into(),
+        )))
+    }
+
+    /// Whether trying the same thing again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -424,15 +456,43 @@ pub async fn verify_ledger(
     Ok(v.finish())
 }
 
-/// Opens the store named by `url` and brings its schema up to date. Ledger entries are
-/// redacted by `redactor` and signed with `audit_key` when there is one.
-pub async fn open(
-    url: &str,
-    redactor: crate::core::audit::Redactor,
-    audit_key: Option<AuditKey>,
-) -> anyhow::Result<Arc<dyn Store>> {
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A committed write survives a power cut or an operating-system crash: every commit
+    /// reaches the disk before anyone hears of it.
+    #[default]
+    Full,
+    /// A committed write survives Baton being killed, but the last moments of commits may be
+    /// lost in a power cut (SQLite: `synchronous=NORMAL` in WAL mode).
+    Relaxed,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "relaxed" => Ok(Durability::Relaxed),
+            _ => Err("is neither full nor relaxed".into()),
+        }
+    }
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Takes secrets out of everything written.
+    pub redactor: crate::core::audit::Redactor,
+    /// Signs ledger entries, when there is one.
+    pub audit_key: Option<AuditKey>,
+    pub durability: Durability,
+}
+
+/// Opens the store named by `url` and brings its schema up to date.
+pub async fn open(url: &str, options: Options) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::open(url, redactor, audit_key).await?;
+        let store = sqlite::SqliteStore::open(url, options).await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         anyhow::bail!(

@@ -5,18 +5,18 @@
 //! transaction (group commit); a second process (the CLI cancelling a run) waits on the busy
 //! timeout.
 
-use super::writer::{Memory, Session, Writer};
+use super::tx::{self, Head, Pending, Rows, Rules, Settled, Tx, at, ms};
+use super::writer::{Session, Writer};
 use super::*;
-use crate::core::audit::{AuditKey, AuditKind, Checkpoint, GENESIS, Redactor, entry_hash};
+use crate::core::audit::{Checkpoint, Redactor};
 use crate::core::digest::{LISTED, StalledRun, WaitingApproval};
-use crate::core::engine::{Approval, Effect, Run, StepState};
-use crate::core::message::Outgoing;
+use crate::core::engine::{Approval, Run, StepState};
 use anyhow::Context as _;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// The migrations, embedded in the binary so it runs anywhere.
@@ -83,7 +83,7 @@ macro_rules! write_tx {
     ($self:ident, |$c:ident, $rules:ident| $body:block) => {
         $self
             .writer
-            .run(move |$c: &mut SqliteConnection, $rules: &WriteRules| {
+            .run(move |$c: &mut SqliteConnection, $rules: &Rules| {
                 Box::pin(async move {
                     let result: StoreResult<_> = async { $body }.await;
                     result
@@ -117,60 +117,49 @@ impl Session for SqliteConnection {
     }
 }
 
-impl Memory for WriteRules {
-    fn forget(&self) {
-        *self.head.lock().expect("ledger head lock") = None;
-    }
-}
-
 /// The SQLite store.
 pub struct SqliteStore {
     /// For reads; WAL lets them run beside the writer.
     pool: SqlitePool,
-    writer: Writer<SqliteConnection, WriteRules>,
-    rules: Arc<WriteRules>,
-}
-
-/// What the store applies to everything it writes: secrets redacted, ledger entries signed.
-struct WriteRules {
-    redactor: Redactor,
-    audit_key: Option<AuditKey>,
-    /// The ledger's newest entry as the writer last wrote it, so appending does not read it
-    /// back; forgotten by the writer whenever it may be wrong.
-    head: std::sync::Mutex<Option<(i64, String)>>,
-}
-
-impl WriteRules {
-    /// A chat message as stored: JSON with every secret and control character taken out, so
-    /// what the outbox delivers and the console shows is clean.
-    fn message(&self, m: &OutMessage) -> StoreResult<String> {
-        let mut m = m.clone();
-        m.strip_controls();
-        if !self.redactor.is_empty() {
-            self.redactor.redact_message(&mut m);
-        }
-        Ok(serde_json::to_string(&m)?)
-    }
-
-    /// A JSON value a run goes on with, as stored: the secret values taken out.
-    fn json(&self, v: &Value) -> String {
-        if self.redactor.is_empty() {
-            return v.to_string();
-        }
-        let mut v = v.clone();
-        self.redactor.redact_values(&mut v);
-        v.to_string()
-    }
-
-    /// Text as stored, secrets taken out.
-    fn text(&self, t: &str) -> String {
-        self.redactor.redact_text(t)
-    }
+    writer: Writer<SqliteConnection, Rules>,
+    rules: Arc<Rules>,
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        classify(e)
+    }
+}
+
+/// Sorts a database error by what a caller can do about it, keeping the error itself.
+fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    use sqlx::error::ErrorKind;
+    let conflict = match &e {
+        E::Database(db) => {
+            // SQLite: SQLITE_BUSY and SQLITE_LOCKED (the busy timeout ran out) mean someone
+            // else holds the database; PostgreSQL: serialization failure, deadlock.
+            let code = db.code();
+            let busy = matches!(code.as_deref(), Some("5" | "6" | "517" | "262"));
+            let lost = matches!(code.as_deref(), Some(c) if c.starts_with("08") || c == "57P01");
+            if lost || busy {
+                return StoreError::Unavailable(Arc::new(e));
+            }
+            matches!(db.kind(), ErrorKind::UniqueViolation)
+                || matches!(code.as_deref(), Some("40001" | "40P01"))
+        }
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            return StoreError::Unavailable(Arc::new(e));
+        }
+        E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) | E::TypeNotFound { .. } => {
+            return StoreError::Corrupt(e.to_string());
+        }
+        _ => false,
+    };
+    if conflict {
+        StoreError::Conflict(Arc::new(e))
+    } else {
+        StoreError::Database(Arc::new(e))
     }
 }
 
@@ -178,14 +167,6 @@ impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
         StoreError::Corrupt(e.to_string())
     }
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 fn opt_at(ms: Option<i64>) -> Option<DateTime<Utc>> {
@@ -198,21 +179,24 @@ fn parse<T: FromStr<Err = String>>(s: &str) -> StoreResult<T> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the migrations.
-    pub async fn open(
-        url: &str,
-        redactor: Redactor,
-        audit_key: Option<AuditKey>,
-    ) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
+    pub async fn open(url: &str, options: Options) -> anyhow::Result<Self> {
+        // In WAL mode, NORMAL syncs only at checkpoints: a commit survives the process being
+        // killed but not a power cut. FULL syncs the log at every commit, which group commit
+        // makes cheap: one sync carries a whole batch.
+        let synchronous = match options.durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Relaxed => SqliteSynchronous::Normal,
+        };
+        let connect = SqliteConnectOptions::from_str(url)
             .with_context(|| "DATABASE_URL is not a valid sqlite: URL".to_string())?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(connect)
             .await
             .context("could not open the SQLite database named by DATABASE_URL")?;
         sqlx::migrate::Migrator::new(Embedded)
@@ -221,11 +205,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("could not apply the SQLite migrations")?;
-        let rules = Arc::new(WriteRules {
-            redactor,
-            audit_key,
-            head: std::sync::Mutex::new(None),
-        });
+        let rules = Arc::new(Rules::new(options.redactor, options.audit_key));
         // The writer keeps a connection of its own, outside the readers' pool.
         let conn = pool
             .acquire()
@@ -360,277 +340,226 @@ fn approval_from_row(a: &SqliteRow) -> StoreResult<Approval> {
     })
 }
 
-async fn save_state(
-    c: &mut SqliteConnection,
-    rules: &WriteRules,
-    before: &RunState,
-    after: &RunState,
-) -> StoreResult<()> {
-    let r = &after.run;
-    sqlx::query(
-        "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ?, conversation_lost = ?, alerts = ? WHERE id = ?",
-    )
-    .bind(r.status.as_str())
-    .bind(r.error.as_deref().map(|e| rules.text(e)))
-    .bind(ms(r.updated_at))
-    .bind(r.finished_at.map(ms))
-    .bind(r.stalled_at.map(ms))
-    .bind(&r.conversation_lost)
-    .bind(serde_json::to_string(&r.alerts)?)
-    .bind(r.id.0)
-    .execute(&mut *c)
-    .await?;
-    for (id, s) in &after.steps {
-        if before.steps.get(id) == Some(s) {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
-               retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
-               started_at = excluded.started_at, finished_at = excluded.finished_at",
+impl Tx for SqliteConnection {
+    async fn insert_run(&mut self, r: &tx::NewRunRow) -> StoreResult<Option<RunId>> {
+        let row = sqlx::query(
+            "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
+               actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
+             VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (event_id) DO NOTHING RETURNING id",
         )
-        .bind(r.id.0)
-        .bind(id)
-        .bind(s.status.as_str())
-        .bind(s.attempt as i64)
-        .bind(s.retries_used as i64)
-        .bind(s.output.as_ref().map(|o| rules.json(o)))
-        .bind(s.error.as_deref().map(|e| rules.text(e)))
-        .bind(s.started_at.map(ms))
-        .bind(s.finished_at.map(ms))
-        .execute(&mut *c)
+        .bind(&r.workflow)
+        .bind(&r.event_id)
+        .bind(&r.platform)
+        .bind(&r.channel)
+        .bind(&r.thread)
+        .bind(&r.actor_platform)
+        .bind(&r.actor_id)
+        .bind(&r.actor_display)
+        .bind(r.actor_is_bot)
+        .bind(&r.inputs)
+        .bind(r.late)
+        .bind(&r.title)
+        .bind(&r.file)
+        .bind(&*r.definition)
+        .bind(r.created_at)
+        .bind(r.created_at)
+        .fetch_optional(&mut *self)
         .await?;
+        Ok(row.map(|r| RunId(r.get("id"))))
     }
-    for (id, a) in &after.approvals {
-        if before.approvals.get(id) == Some(a) {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason, payload,
-               quorum, votes, reminded_at, escalated_at, content, editors, round)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
-               summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
-               decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
-               payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
-               reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
-               content = excluded.content, editors = excluded.editors, round = excluded.round",
+
+    async fn run_for_event(&mut self, event_id: &str) -> StoreResult<Option<RunId>> {
+        let row = sqlx::query("SELECT id FROM runs WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&mut *self)
+            .await?;
+        Ok(row.map(|r| RunId(r.get("id"))))
+    }
+
+    async fn load_run(&mut self, run: RunId) -> StoreResult<Option<(RunState, Definition)>> {
+        load_state(self, run).await
+    }
+
+    async fn first_sighting(&mut self, event_id: &str, at: i64) -> StoreResult<bool> {
+        let seen = sqlx::query(
+            "INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
         )
-        .bind(r.id.0)
-        .bind(id)
-        .bind(a.status.as_str())
-        .bind(serde_json::to_string(&a.approvers)?)
-        .bind(rules.text(&a.summary))
-        .bind(ms(a.requested_at))
-        .bind(ms(a.expires_at))
-        .bind(a.decided_by.as_ref().map(serde_json::to_string).transpose()?)
-        .bind(a.decided_at.map(ms))
-        .bind(a.reason.as_deref().map(|t| rules.text(t)))
-        .bind(a.payload.as_ref().map(|p| rules.json(p)))
-        .bind(i64::from(a.quorum))
-        .bind(serde_json::to_string(&a.votes)?)
-        .bind(a.reminded_at.map(ms))
-        .bind(a.escalated_at.map(ms))
-        .bind(a.content.as_deref().map(|t| rules.text(t)))
-        .bind(serde_json::to_string(&a.editors)?)
-        .bind(i64::from(a.round))
-        .execute(&mut *c)
+        .bind(event_id)
+        .bind(at)
+        .execute(&mut *self)
         .await?;
+        Ok(seen.rows_affected() == 1)
     }
-    for key in before
-        .timers
-        .keys()
-        .filter(|k| !after.timers.contains_key(*k))
-    {
-        sqlx::query("DELETE FROM timers WHERE run_id = ? AND key = ?")
-            .bind(r.id.0)
-            .bind(key)
-            .execute(&mut *c)
+
+    async fn ledger_head(&mut self) -> StoreResult<Option<Head>> {
+        let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *self)
             .await?;
+        Ok(last.map(|r| Head {
+            seq: r.get("seq"),
+            hash: r.get("hash"),
+        }))
     }
-    for (key, due) in &after.timers {
-        if before.timers.get(key) == Some(due) {
-            continue;
+
+    async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
+        // Each table in one statement: the rows go in as one JSON array, which `json_each`
+        // turns back into rows, so a change costs a statement per table, not per row, and
+        // every statement's text (and prepared form) is the same whatever the row count.
+        if let Some(r) = &rows.run {
+            sqlx::query(
+                "UPDATE runs SET status = ?, error = ?, updated_at = ?, finished_at = ?, stalled_at = ?, conversation_lost = ?, alerts = ? WHERE id = ?",
+            )
+            .bind(r.status)
+            .bind(&r.error)
+            .bind(r.updated_at)
+            .bind(r.finished_at)
+            .bind(r.stalled_at)
+            .bind(&r.conversation_lost)
+            .bind(&r.alerts)
+            .bind(r.id)
+            .execute(&mut *self)
+            .await?;
         }
-        sqlx::query("INSERT INTO timers (run_id, key, due_at) VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at")
-            .bind(r.id.0)
-            .bind(key)
-            .bind(ms(*due))
-            .execute(&mut *c)
+        if !rows.steps.is_empty() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
+                 SELECT value->>'run', value->>'step', value->>'status', value->>'attempt', value->>'retries_used',
+                        value->>'output', value->>'error', value->>'started_at', value->>'finished_at'
+                 FROM json_each(?) WHERE true
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+                   retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
+                   started_at = excluded.started_at, finished_at = excluded.finished_at",
+            )
+            .bind(serde_json::to_string(&rows.steps)?)
+            .execute(&mut *self)
             .await?;
+        }
+        if !rows.approvals.is_empty() {
+            sqlx::query(
+                "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by, decided_at,
+                   reason, payload, quorum, votes, reminded_at, escalated_at, content, editors, round)
+                 SELECT value->>'run', value->>'step', value->>'status', value->>'approvers', value->>'summary',
+                        value->>'requested_at', value->>'expires_at', value->>'decided_by', value->>'decided_at',
+                        value->>'reason', value->>'payload', value->>'quorum', value->>'votes', value->>'reminded_at',
+                        value->>'escalated_at', value->>'content', value->>'editors', value->>'round'
+                 FROM json_each(?) WHERE true
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
+                   summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
+                   decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
+                   payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
+                   reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
+                   content = excluded.content, editors = excluded.editors, round = excluded.round",
+            )
+            .bind(serde_json::to_string(&rows.approvals)?)
+            .execute(&mut *self)
+            .await?;
+        }
+        if !rows.timers.is_empty() {
+            let timers = serde_json::to_string(&rows.timers)?;
+            if rows.timers.iter().any(|t| t.due_at.is_none()) {
+                sqlx::query(
+                    "DELETE FROM timers WHERE (run_id, key) IN
+                       (SELECT value->>'run', value->>'key' FROM json_each(?) WHERE value->>'due_at' IS NULL)",
+                )
+                .bind(&timers)
+                .execute(&mut *self)
+                .await?;
+            }
+            if rows.timers.iter().any(|t| t.due_at.is_some()) {
+                sqlx::query(
+                    "INSERT INTO timers (run_id, key, due_at)
+                     SELECT value->>'run', value->>'key', value->>'due_at' FROM json_each(?) WHERE value->>'due_at' IS NOT NULL
+                     ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(&timers)
+                .execute(&mut *self)
+                .await?;
+            }
+        }
+        if !rows.attempts.is_empty() {
+            let attempts = serde_json::to_string(&rows.attempts)?;
+            if rows.attempts.iter().any(|a| a.input.is_some()) {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
+                     SELECT value->>'run', value->>'step', value->>'attempt', COALESCE(value->>'status', 'running'),
+                            value->>'input', value->>'started_at', value->>'detail', value->>'finished_at'
+                     FROM json_each(?) WHERE value->>'input' IS NOT NULL",
+                )
+                .bind(&attempts)
+                .execute(&mut *self)
+                .await?;
+            }
+            if rows.attempts.iter().any(|a| a.input.is_none()) {
+                sqlx::query(
+                    "UPDATE attempts SET status = j.value->>'status', detail = j.value->>'detail', finished_at = j.value->>'finished_at'
+                     FROM json_each(?) AS j
+                     WHERE j.value->>'input' IS NULL AND attempts.run_id = j.value->>'run'
+                       AND attempts.step_id = j.value->>'step' AND attempts.attempt = j.value->>'attempt'",
+                )
+                .bind(&attempts)
+                .execute(&mut *self)
+                .await?;
+            }
+        }
+        if !rows.outbox.is_empty() {
+            // An edit without a target goes where its post went; one whose post does not
+            // exist is dropped. Rows go in in the order given, so ids keep it.
+            sqlx::query(
+                "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at,
+                   urgent, private_to)
+                 SELECT j.value->>'run', j.value->>'key', j.value->>'op',
+                        CASE WHEN j.value->>'target' IS NULL THEN p.platform ELSE j.value->>'$.target.platform' END,
+                        CASE WHEN j.value->>'target' IS NULL THEN p.channel ELSE j.value->>'$.target.channel' END,
+                        j.value->>'thread_key', j.value->>'body', 'pending', j.value->>'at', j.value->>'at',
+                        CASE WHEN j.value->>'target' IS NULL THEN p.urgent ELSE j.value->>'$.target.urgent' END,
+                        CASE WHEN j.value->>'target' IS NULL THEN p.private_to ELSE j.value->>'$.target.private_to' END
+                 FROM json_each(?) AS j
+                 LEFT JOIN outbox AS p ON j.value->>'target' IS NULL AND p.key = j.value->>'key' AND p.op = 'post'
+                 WHERE j.value->>'target' IS NOT NULL OR p.id IS NOT NULL
+                 ORDER BY j.key
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(serde_json::to_string(&rows.outbox)?)
+            .execute(&mut *self)
+            .await?;
+        }
+        for (run, now) in &rows.redeliver {
+            sqlx::query(
+                "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, failing_since = NULL, next_attempt_at = ?
+                 WHERE run_id = ? AND (status = 'failed' OR (status = 'pending' AND attempts > 0))",
+            )
+            .bind(now)
+            .bind(run)
+            .execute(&mut *self)
+            .await?;
+        }
+        if !rows.audit.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac)
+                 SELECT value->>'seq', value->>'at', value->>'kind', value->>'run_id', value->>'step_id', value->>'actor',
+                        value->>'data', value->>'prev_hash', value->>'hash', value->>'mac'
+                 FROM json_each(?) ORDER BY key",
+            )
+            .bind(serde_json::to_string(&rows.audit)?)
+            .execute(&mut *self)
+            .await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-async fn persist_effects(
-    c: &mut SqliteConnection,
-    rules: &WriteRules,
-    t: &Transition,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    for e in &t.effects {
-        match e {
-            Effect::Run(job) => {
-                let input = match &job.work {
-                    crate::core::engine::Work::Tool { tool, args, .. } => {
-                        serde_json::json!({"tool": tool, "args": args})
-                    }
-                    crate::core::engine::Work::Digest { period, .. } => {
-                        serde_json::json!({"digest_seconds": period.num_seconds()})
-                    }
-                    crate::core::engine::Work::Agent { agent, prompt, .. } => {
-                        serde_json::json!({"agent": agent.name, "model": agent.model, "prompt": prompt})
-                    }
-                };
-                let mut input = input;
-                rules.redactor.redact(&mut input);
-                sqlx::query("INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at) VALUES (?, ?, ?, 'running', ?, ?)")
-                    .bind(job.run.0)
-                    .bind(&job.step)
-                    .bind(job.attempt as i64)
-                    .bind(input.to_string())
-                    .bind(ms(now))
-                    .execute(&mut *c)
-                    .await?;
-            }
-            Effect::AttemptEnded {
-                run,
-                step,
-                attempt,
-                outcome,
-                detail,
-                at: ended,
-            } => {
-                let mut detail = detail.clone();
-                rules.redactor.redact(&mut detail);
-                sqlx::query("UPDATE attempts SET status = ?, detail = ?, finished_at = ? WHERE run_id = ? AND step_id = ? AND attempt = ?")
-                    .bind(outcome.as_str())
-                    .bind(detail.to_string())
-                    .bind(ms(*ended))
-                    .bind(run.0)
-                    .bind(step)
-                    .bind(*attempt as i64)
-                    .execute(&mut *c)
-                    .await?;
-            }
-            Effect::Send(Outgoing::Post {
-                run,
-                key,
-                to,
-                message,
-                urgent,
-            }) => {
-                sqlx::query(
-                    "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at, created_at, urgent, private_to)
-                     VALUES (?, ?, 'post', ?, ?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(run.map(|r| r.0))
-                .bind(&key.0)
-                .bind(&to.platform)
-                .bind(&to.channel)
-                .bind(to.thread.as_ref().map(|k| k.0.clone()))
-                .bind(rules.message(message)?)
-                .bind(ms(now))
-                .bind(ms(now))
-                .bind(*urgent as i64)
-                .bind(&to.private_to)
-                .execute(&mut *c)
-                .await?;
-            }
-            Effect::Send(Outgoing::Edit { run, key, message }) => {
-                // The edit goes where the post went, in the same lane.
-                let target = sqlx::query(
-                    "SELECT platform, channel, urgent, private_to FROM outbox WHERE key = ? AND op = 'post'",
-                )
-                .bind(&key.0)
-                .fetch_optional(&mut *c)
-                .await?;
-                let Some(target) = target else { continue };
-                sqlx::query(
-                    "INSERT INTO outbox (run_id, key, op, platform, channel, body, status, next_attempt_at, created_at, urgent, private_to)
-                     VALUES (?, ?, 'edit', ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                )
-                .bind(run.map(|r| r.0))
-                .bind(&key.0)
-                .bind(target.get::<String, _>("platform"))
-                .bind(target.get::<String, _>("channel"))
-                .bind(rules.message(message)?)
-                .bind(ms(now))
-                .bind(ms(now))
-                .bind(target.get::<i64, _>("urgent"))
-                .bind(target.get::<Option<String>, _>("private_to"))
-                .execute(&mut *c)
-                .await?;
-            }
-            Effect::Audit(ev) => append_audit(c, rules, ev).await?,
-            // Failed posts and edits (and those that failed with them) go back in line, in
-            // their order, as if new.
-            Effect::Redeliver(run) => {
-                sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, failing_since = NULL, next_attempt_at = ? WHERE run_id = ? AND (status = 'failed' OR (status = 'pending' AND attempts > 0))")
-                    .bind(ms(now))
-                    .bind(run.0)
-                    .execute(&mut *c)
-                    .await?;
-            }
-        }
+/// An outbox row whose delivery was just settled (`RETURNING run_id, key, op, platform,
+/// channel`, and `body` when asked for).
+fn settled(r: &SqliteRow) -> Settled {
+    Settled {
+        run: r.get::<Option<i64>, _>("run_id").map(RunId),
+        key: r.get("key"),
+        op: r.get("op"),
+        platform: r.get("platform"),
+        channel: r.get("channel"),
+        body: r.try_get("body").unwrap_or_default(),
     }
-    Ok(())
-}
-
-async fn append_audit(
-    c: &mut SqliteConnection,
-    rules: &WriteRules,
-    ev: &AuditEvent,
-) -> StoreResult<()> {
-    let remembered = rules.head.lock().expect("ledger head lock").take();
-    let (prev_seq, prev_hash) = match remembered {
-        Some(head) => head,
-        None => {
-            let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *c)
-                .await?;
-            match last {
-                Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
-                None => (0, GENESIS.to_owned()),
-            }
-        }
-    };
-    let mut data = ev.data.clone();
-    rules.redactor.redact(&mut data);
-    let data = data.to_string();
-    let seq = prev_seq + 1;
-    // Stored at millisecond precision, so hash what is stored.
-    let when = at(ms(ev.at));
-    let kind = ev.kind.as_str();
-    let run = ev.run.map(|r| r.0);
-    let hash = entry_hash(
-        &prev_hash,
-        seq,
-        when,
-        kind,
-        run,
-        ev.step.as_deref(),
-        ev.actor.as_deref(),
-        &data,
-    );
-    let mac = rules.audit_key.as_ref().map(|k| k.entry_mac(&hash));
-    sqlx::query("INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(seq)
-        .bind(ms(when))
-        .bind(kind)
-        .bind(run)
-        .bind(&ev.step)
-        .bind(&ev.actor)
-        .bind(&data)
-        .bind(&prev_hash)
-        .bind(&hash)
-        .bind(&mac)
-        .execute(&mut *c)
-        .await?;
-    *rules.head.lock().expect("ledger head lock") = Some((seq, hash));
-    Ok(())
 }
 
 fn audit_from_row(r: &SqliteRow) -> AuditEntry {
@@ -687,53 +616,7 @@ impl RunStore for SqliteStore {
         start: ApplyFn,
     ) -> StoreResult<Created> {
         write_tx!(self, |c, rules| {
-            if let Some(r) = sqlx::query("SELECT id FROM runs WHERE event_id = ?")
-                .bind(&new.event_id)
-                .fetch_optional(&mut *c)
-                .await?
-            {
-                return Ok(Created {
-                    run: RunId(r.get("id")),
-                    new: false,
-                    transition: Transition::default(),
-                });
-            }
-            let id: i64 = sqlx::query(
-                    "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
-                       actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
-                     VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                )
-                .bind(&new.workflow)
-                .bind(&new.event_id)
-                .bind(&new.conversation.platform)
-                .bind(&new.conversation.channel)
-                .bind(&new.conversation.thread)
-                .bind(&new.requested_by.platform)
-                .bind(&new.requested_by.id)
-                .bind(&new.requested_by.display)
-                .bind(new.requested_by.is_bot as i64)
-                .bind(rules.json(&Value::Object(new.inputs.clone())))
-                .bind(new.late as i64)
-                .bind(rules.text(&new.title))
-                .bind(&new.file)
-                .bind(&*new.definition)
-                .bind(ms(now))
-                .bind(ms(now))
-                .fetch_one(&mut *c)
-                .await?
-                .get("id");
-            let (mut state, def) = load_state(c, RunId(id))
-                .await?
-                .ok_or_else(|| StoreError::Corrupt("run vanished".into()))?;
-            let before = state.clone();
-            let transition = start(&mut state, &def);
-            save_state(c, rules, &before, &state).await?;
-            persist_effects(c, rules, &transition, now).await?;
-            Ok(Created {
-                run: RunId(id),
-                new: true,
-                transition,
-            })
+            tx::create_run(c, rules, new, now, start).await
         })
     }
 
@@ -745,26 +628,7 @@ impl RunStore for SqliteStore {
     ) -> StoreResult<Option<Transition>> {
         let event_id = event_id.map(str::to_owned);
         write_tx!(self, |c, rules| {
-            let Some((mut state, def)) = load_state(c, run).await? else {
-                return Ok(None);
-            };
-            let before = state.clone();
-            let transition = f(&mut state, &def);
-            if let Some(id) = &event_id {
-                // Recorded in the same transaction as the change it caused: a redelivered
-                // event finds it and changes nothing; a crash before commit forgets both.
-                let seen = sqlx::query("INSERT INTO inbound_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                    .bind(id)
-                    .bind(ms(state.run.updated_at))
-                    .execute(&mut *c)
-                    .await?;
-                if seen.rows_affected() == 0 {
-                    return Ok(Some(Transition::default()));
-                }
-            }
-            save_state(c, rules, &before, &state).await?;
-            persist_effects(c, rules, &transition, state.run.updated_at).await?;
-            Ok(Some(transition))
+            tx::apply(c, rules, run, event_id.as_deref(), f).await
         })
     }
 
@@ -909,79 +773,42 @@ impl OutboxStore for SqliteStore {
         .bind((limit as i64) * 4)
         .fetch_all(&self.pool)
         .await?;
-        let mut blocked: HashSet<(String, String)> = HashSet::new();
-        let mut latest_edit: BTreeMap<String, i64> = BTreeMap::new();
-        for r in &rows {
-            if r.get::<&str, _>("op") == "edit" {
-                latest_edit.insert(r.get("key"), r.get("id"));
-            }
-        }
-        let mut superseded = Vec::new();
-        let mut orphaned = Vec::new();
-        let mut out = Vec::new();
-        for r in &rows {
-            let id: i64 = r.get("id");
-            let op = if r.get::<&str, _>("op") == "edit" {
-                OutboxOp::Edit
-            } else {
-                OutboxOp::Post
-            };
-            let key: String = r.get("key");
-            if op == OutboxOp::Edit && latest_edit.get(&key) != Some(&id) {
-                superseded.push(id);
-                continue;
-            }
-            let conversation = (
-                r.get::<String, _>("platform"),
-                r.get::<String, _>("channel"),
-            );
-            let urgent = r.get::<i64, _>("urgent") != 0;
-            if blocked.contains(&conversation) && !urgent {
-                continue;
-            }
-            let thread_key: Option<String> = r.get("thread_key");
-            let thread_ref: Option<String> = r.get("thread_ref");
-            let target_ref: Option<String> = r.get("target_ref");
-            // A reply to a root, or an edit of a post, that could never be delivered can never
-            // be delivered either; it must not wait (and hold its conversation) forever.
-            let failed_dependency = r.get::<Option<&str>, _>("thread_status") == Some("failed")
-                || (op == OutboxOp::Edit
-                    && r.get::<Option<&str>, _>("target_status") == Some("failed"));
-            if failed_dependency {
-                orphaned.push(id);
-                continue;
-            }
-            let waiting = r.get::<i64, _>("next_attempt_at") > ms(now)
-                || (thread_key.is_some() && thread_ref.is_none())
-                || (op == OutboxOp::Edit && target_ref.is_none());
-            if waiting {
-                // Later messages of this conversation wait too, so a thread keeps its order.
-                // An urgent post is outside that order: it neither waits for nor holds it.
-                if !urgent {
-                    blocked.insert(conversation);
-                }
-                continue;
-            }
-            out.push(OutboxEntry {
-                id,
-                run: r.get::<Option<i64>, _>("run_id").map(RunId),
-                key: MessageKey(key),
-                op,
-                platform: conversation.0,
-                channel: conversation.1,
-                thread_ref,
-                target_ref,
-                message: serde_json::from_str(r.get::<&str, _>("body"))?,
-                attempts: r.get::<i64, _>("attempts") as u32,
-                failing_since: opt_at(r.get("failing_since")),
-                alerted: r.get::<i64, _>("alerted") != 0,
-                urgent,
-                private_to: r.get("private_to"),
-            });
-            if out.len() >= limit as usize {
-                break;
-            }
-        }
+        let pending = rows
+            .iter()
+            .map(|r| {
+                Ok(Pending {
+                    entry: OutboxEntry {
+                        id: r.get("id"),
+                        run: r.get::<Option<i64>, _>("run_id").map(RunId),
+                        key: MessageKey(r.get("key")),
+                        op: if r.get::<&str, _>("op") == "edit" {
+                            OutboxOp::Edit
+                        } else {
+                            OutboxOp::Post
+                        },
+                        platform: r.get("platform"),
+                        channel: r.get("channel"),
+                        thread_ref: r.get("thread_ref"),
+                        target_ref: r.get("target_ref"),
+                        message: serde_json::from_str(r.get::<&str, _>("body"))?,
+                        attempts: r.get::<i64, _>("attempts") as u32,
+                        failing_since: opt_at(r.get("failing_since")),
+                        alerted: r.get::<i64, _>("alerted") != 0,
+                        urgent: r.get::<i64, _>("urgent") != 0,
+                        private_to: r.get("private_to"),
+                    },
+                    thread_key: r.get("thread_key"),
+                    next_attempt_at: r.get("next_attempt_at"),
+                    thread_status: r.get("thread_status"),
+                    target_status: r.get("target_status"),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let tx::Ready {
+            entries,
+            superseded,
+            orphaned,
+        } = tx::ready(pending, now, limit);
         if !orphaned.is_empty() || !superseded.is_empty() {
             write_tx!(self, |c, _rules| {
                 for id in orphaned {
@@ -1001,7 +828,7 @@ impl OutboxStore for SqliteStore {
                 Ok(())
             })?;
         }
-        Ok(out)
+        Ok(entries)
     }
 
     async fn outbox_delivered(
@@ -1022,15 +849,8 @@ impl OutboxStore for SqliteStore {
                 .fetch_optional(&mut *c)
                 .await?;
             if let Some(r) = row {
-                let body: OutMessage = serde_json::from_str(r.get::<&str, _>("body"))?;
-                let ev = AuditEvent::new(
-                    now,
-                    AuditKind::PostDelivered,
-                    r.get::<Option<i64>, _>("run_id").map(RunId),
-                    serde_json::json!({"key": r.get::<String, _>("key"), "op": r.get::<String, _>("op"), "platform": r.get::<String, _>("platform"),
-                            "channel": r.get::<String, _>("channel"), "ref": platform_ref, "text": body.text}),
-                );
-                append_audit(c, rules, &ev).await?;
+                let ev = tx::delivered_event(now, &settled(&r), &platform_ref)?;
+                rules.append(c, &[ev]).await?;
             }
             Ok(())
         })
@@ -1087,13 +907,8 @@ impl OutboxStore for SqliteStore {
                                 .execute(&mut *c)
                                 .await?;
                     }
-                    let ev = AuditEvent::new(
-                        now,
-                        AuditKind::PostFailed,
-                        r.get::<Option<i64>, _>("run_id").map(RunId),
-                        serde_json::json!({"key": key, "op": op, "platform": r.get::<String, _>("platform"), "channel": r.get::<String, _>("channel"), "error": error}),
-                    );
-                    append_audit(c, rules, &ev).await?;
+                    let ev = tx::failed_event(now, &settled(&r), &error);
+                    rules.append(c, &[ev]).await?;
                 }
             }
             Ok(())
@@ -1161,12 +976,7 @@ impl OutboxStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_append(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
-        write_tx!(self, |c, rules| {
-            for ev in &events {
-                append_audit(c, rules, ev).await?;
-            }
-            Ok(())
-        })
+        write_tx!(self, |c, rules| { rules.append(c, &events).await })
     }
 
     async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEntry>> {
@@ -1277,7 +1087,7 @@ impl AuditStore for SqliteStore {
                 Checkpoint::of(
                     r.get("seq"),
                     r.get::<&str, _>("hash"),
-                    self.rules.audit_key.as_ref(),
+                    self.rules.audit_key(),
                 )
                 .to_string()
             });
@@ -1599,7 +1409,7 @@ fn memory_from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<MemoryEntry> {
 #[async_trait]
 impl Store for SqliteStore {
     fn redactor(&self) -> &Redactor {
-        &self.rules.redactor
+        self.rules.redactor()
     }
 
     async fn metrics(&self) -> StoreResult<StoreMetrics> {
@@ -1656,12 +1466,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("l.db").display());
         // The server and the CLI: two stores, each with its own writer, on one file.
-        let server = SqliteStore::open(&url, Redactor::default(), None)
-            .await
-            .unwrap();
-        let cli = SqliteStore::open(&url, Redactor::default(), None)
-            .await
-            .unwrap();
+        let server = SqliteStore::open(&url, Options::default()).await.unwrap();
+        let cli = SqliteStore::open(&url, Options::default()).await.unwrap();
         for n in 0..10 {
             let store = if n % 3 == 0 { &cli } else { &server };
             store
@@ -1679,13 +1485,11 @@ mod tests {
     async fn a_ledger_append_that_is_rolled_back_is_not_chained_onto() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("l.db").display());
-        let store = SqliteStore::open(&url, Redactor::default(), None)
-            .await
-            .unwrap();
+        let store = SqliteStore::open(&url, Options::default()).await.unwrap();
         store.audit_append(vec![event(1)]).await.unwrap();
         // A write that appends and then fails is undone, the entry with it.
         let failed = write_tx!(store, |c, rules| {
-            append_audit(c, rules, &event(2)).await?;
+            rules.append(c, &[event(2)]).await?;
             Err::<(), _>(StoreError::Corrupt("refused".into()))
         });
         assert!(failed.is_err());

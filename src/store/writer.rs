@@ -80,7 +80,7 @@ where
                     reply: Box::new(move |commit| {
                         let _ = reply.send(match commit {
                             None => Ok(value),
-                            Some(e) => Err(again(e)),
+                            Some(e) => Err(e.clone()),
                         });
                     }),
                 },
@@ -95,8 +95,8 @@ where
                     Ran {
                         kept: false,
                         reply: Box::new(move |_| {
-                            let _ = reply.send(Err(StoreError::Database(
-                                "a write failed unexpectedly and was rolled back".into(),
+                            let _ = reply.send(Err(StoreError::database(
+                                "a write failed unexpectedly and was rolled back",
                             )));
                         }),
                     }
@@ -106,15 +106,7 @@ where
     }
 
     fn fail(self: Box<Self>, e: &StoreError) {
-        let _ = self.reply.send(Err(again(e)));
-    }
-}
-
-/// The same failure for another caller of the batch.
-fn again(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Database(m) => StoreError::Database(m.clone()),
+        let _ = self.reply.send(Err(e.clone()));
     }
 }
 
@@ -140,10 +132,10 @@ impl<C: Session, X: Memory> Writer<C, X> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Box::new(JobOf { work, reply }))
-            .map_err(|_| StoreError::Database("the store's writer has stopped".into()))?;
-        answer.await.map_err(|_| {
-            StoreError::Database("the store's writer stopped before the write was settled".into())
-        })?
+            .map_err(|_| StoreError::Closed)?;
+        // The writer settles every write it took before it stops; a dropped reply means the
+        // process is going down mid-batch, and the batch was not committed.
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -262,7 +254,7 @@ mod tests {
                 sqlx::query(sql)
                     .execute(&mut self.conn)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::database(e.to_string()))?;
                 Ok(())
             })
         }
@@ -293,7 +285,7 @@ mod tests {
                     .bind(&v)
                     .execute(&mut c.conn)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::database(e.to_string()))?;
                 if fail {
                     return Err(StoreError::Corrupt(format!("{v} refused")));
                 }
@@ -309,7 +301,7 @@ mod tests {
                 let rows = sqlx::query("SELECT v FROM t ORDER BY rowid")
                     .fetch_all(&mut c.conn)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::database(e.to_string()))?;
                 Ok(rows.iter().map(|r| r.get::<String, _>("v")).collect())
             })
         })
@@ -367,7 +359,7 @@ mod tests {
                 sqlx::query("INSERT INTO t (v) VALUES ('boom')")
                     .execute(&mut c.conn)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::database(e.to_string()))?;
                 if c.begins.load(Ordering::SeqCst) > 0 {
                     panic!("a bug in a write");
                 }

@@ -1,0 +1,931 @@
+//! The store contract: one set of stories every backend tells the same way, told through the
+//! store traits only. Each story runs against every backend (`contract!` at the bottom).
+
+use baton::core::audit::{AuditEvent, AuditKind, Redactor, Verification};
+use baton::core::engine::{
+    Approval, ApprovalStatus, AttemptOutcome, Effect, Job, RunState, RunStatus, StepState,
+    StepStatus, Transition, Work,
+};
+use baton::core::event::{Actor, ConversationRef};
+use baton::core::ids::{MessageKey, RunId};
+use baton::core::message::{Destination, OutMessage, Outgoing};
+use baton::store::{
+    ApplyFn, ConsolePost, Definition, MemoryEntry, NewRun, OutboxOp, Store, verify_ledger,
+};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+/// A store on a backend of its own, gone when dropped.
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = dyn Store;
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+async fn sqlite(redactor: Redactor) -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+    let store = baton::store::open(
+        &url,
+        baton::store::Options {
+            redactor,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Backend { store, _dir: dir }
+}
+
+fn t0() -> DateTime<Utc> {
+    // Not on a millisecond: the store keeps milliseconds, and must say so consistently.
+    Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap() + Duration::nanoseconds(1_234_567)
+}
+
+fn ben() -> Actor {
+    Actor {
+        platform: "console".into(),
+        id: "ben".into(),
+        display: "Ben".into(),
+        is_bot: false,
+        groups: vec![],
+    }
+}
+
+fn new_run(event: &str) -> NewRun {
+    NewRun {
+        workflow: "deploy".into(),
+        event_id: event.into(),
+        conversation: ConversationRef {
+            platform: "console".into(),
+            channel: "general".into(),
+            thread: None,
+        },
+        requested_by: ben(),
+        inputs: json!({"service": "api"}).as_object().unwrap().clone(),
+        late: false,
+        title: "deploy api".into(),
+        file: "commands/deploy.toml".into(),
+        definition: Arc::from("name = \"deploy\""),
+    }
+}
+
+fn nothing() -> ApplyFn {
+    Box::new(|_, _| Transition::default())
+}
+
+fn post(run: RunId, key: &str, channel: &str, thread: Option<&str>, text: &str) -> Effect {
+    Effect::Send(Outgoing::Post {
+        run: Some(run),
+        key: MessageKey(key.into()),
+        to: Destination {
+            platform: "console".into(),
+            channel: channel.into(),
+            thread: thread.map(|k| MessageKey(k.into())),
+            private_to: None,
+        },
+        message: OutMessage {
+            text: text.into(),
+            ..Default::default()
+        },
+        urgent: false,
+    })
+}
+
+fn edit(run: RunId, key: &str, text: &str) -> Effect {
+    Effect::Send(Outgoing::Edit {
+        run: Some(run),
+        key: MessageKey(key.into()),
+        message: OutMessage {
+            text: text.into(),
+            ..Default::default()
+        },
+    })
+}
+
+fn audit(run: Option<RunId>, n: u32) -> AuditEvent {
+    AuditEvent::new(t0(), AuditKind::ScheduleFired, run, json!({"n": n}))
+}
+
+/// Applies `effects` to a run, moving it on to `now`.
+async fn emit(store: &dyn Store, run: RunId, now: DateTime<Utc>, effects: Vec<Effect>) {
+    store
+        .apply(
+            run,
+            None,
+            Box::new(move |s, _| {
+                s.run.updated_at = now;
+                Transition {
+                    effects,
+                    notice: None,
+                }
+            }),
+        )
+        .await
+        .unwrap()
+        .expect("the run exists");
+}
+
+async fn a_run_is_created_once_per_event_id(store: Backend) {
+    let first = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap();
+    assert!(first.new);
+    let started = Arc::new(Mutex::new(false));
+    let seen = started.clone();
+    let again = store
+        .create_run(
+            new_run("ev-1"),
+            t0(),
+            Box::new(move |_, _| {
+                *seen.lock().unwrap() = true;
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.run, first.run);
+    assert!(!again.new, "a second start of the same event is not new");
+    assert!(
+        !*started.lock().unwrap(),
+        "nothing is applied the second time"
+    );
+    let other = store
+        .create_run(new_run("ev-2"), t0(), nothing())
+        .await
+        .unwrap();
+    assert_ne!(other.run, first.run);
+    assert_eq!(store.list_runs(None, 10).await.unwrap().len(), 2);
+}
+
+async fn a_new_run_starts_from_exactly_the_state_that_is_read_back(store: Backend) {
+    let seen: Arc<Mutex<Option<(RunState, Definition)>>> = Arc::default();
+    let keep = seen.clone();
+    let created = store
+        .create_run(
+            new_run("ev-1"),
+            t0(),
+            Box::new(move |s, d| {
+                *keep.lock().unwrap() = Some((s.clone(), d.clone()));
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let (started_from, def) = seen.lock().unwrap().take().unwrap();
+    let read_back = store.load_run(created.run).await.unwrap().unwrap();
+    assert_eq!(started_from, read_back);
+    assert_eq!(read_back.run.status, RunStatus::Running);
+    assert_eq!(
+        read_back.run.created_at,
+        t0() - Duration::nanoseconds(234_567),
+        "kept to the millisecond"
+    );
+    assert_eq!(def.file, "commands/deploy.toml");
+    assert_eq!(&*def.source, "name = \"deploy\"");
+}
+
+async fn what_an_apply_changes_is_what_is_read_back(store: Backend) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    let later = t0() + Duration::seconds(5);
+    let after: Arc<Mutex<Option<RunState>>> = Arc::default();
+    let keep = after.clone();
+    store
+        .apply(
+            run,
+            None,
+            Box::new(move |s, _| {
+                s.run.updated_at = later;
+                s.run.status = RunStatus::WaitingApproval;
+                s.steps.insert(
+                    "build".into(),
+                    StepState {
+                        status: StepStatus::Succeeded,
+                        attempt: 1,
+                        output: Some(json!({"image": "api:7"})),
+                        started_at: Some(later),
+                        finished_at: Some(later),
+                        ..Default::default()
+                    },
+                );
+                s.steps.insert("ship".into(), StepState::default());
+                s.timers.insert("expire:ship".into(), later);
+                *keep.lock().unwrap() = Some(s.clone());
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let read = store.load_run(run).await.unwrap().unwrap();
+    let wrote = after.lock().unwrap().take().unwrap();
+    assert_eq!(read.run.status, RunStatus::WaitingApproval);
+    assert_eq!(read.steps.len(), 2);
+    assert_eq!(
+        read.steps["build"].output,
+        Some(json!({"image": "api:7"})),
+        "outputs come back as written"
+    );
+    assert_eq!(read.steps["ship"].status, StepStatus::Pending);
+    assert_eq!(read.timers.len(), 1);
+    assert_eq!(
+        read.run.updated_at.timestamp_millis(),
+        wrote.run.updated_at.timestamp_millis()
+    );
+    // A timer that is gone from the state is gone from the store.
+    store
+        .apply(
+            run,
+            None,
+            Box::new(|s, _| {
+                s.timers.clear();
+                s.steps.get_mut("ship").unwrap().status = StepStatus::Skipped;
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let read = store.load_run(run).await.unwrap().unwrap();
+    assert!(read.timers.is_empty());
+    assert_eq!(read.steps["ship"].status, StepStatus::Skipped);
+    assert!(
+        store
+            .apply(RunId(999), None, nothing())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn an_event_applied_twice_changes_the_run_once(store: Backend) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    let bump = || -> ApplyFn {
+        Box::new(|s, _| {
+            s.steps.entry("count".into()).or_default().attempt += 1;
+            Transition {
+                effects: vec![Effect::Audit(audit(Some(s.run.id), 1))],
+                notice: None,
+            }
+        })
+    };
+    let first = store.apply(run, Some("click-1"), bump()).await.unwrap();
+    assert_eq!(first.unwrap().effects.len(), 1);
+    let second = store.apply(run, Some("click-1"), bump()).await.unwrap();
+    assert_eq!(
+        second.unwrap(),
+        Transition::default(),
+        "seen before: nothing"
+    );
+    store.apply(run, Some("click-2"), bump()).await.unwrap();
+    let read = store.load_run(run).await.unwrap().unwrap();
+    assert_eq!(read.steps["count"].attempt, 2);
+    assert_eq!(store.audit_recent(Some(run), 10).await.unwrap().len(), 2);
+}
+
+async fn concurrent_applies_to_one_run_all_count(store: Backend) {
+    let store = Arc::new(store);
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    let writes = (0..50).map(|_| {
+        let store = store.clone();
+        async move {
+            store
+                .apply(
+                    run,
+                    None,
+                    Box::new(|s, _| {
+                        s.steps.entry("count".into()).or_default().attempt += 1;
+                        Transition::default()
+                    }),
+                )
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(writes).await;
+    let read = store.load_run(run).await.unwrap().unwrap();
+    assert_eq!(read.steps["count"].attempt, 50, "no write lost another's");
+}
+
+fn pending_approval(now: DateTime<Utc>) -> Approval {
+    Approval {
+        status: ApprovalStatus::Pending,
+        approvers: vec!["ops".into()],
+        summary: "ship api:7 to prod".into(),
+        requested_at: now,
+        expires_at: now + Duration::hours(1),
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        payload: Some(json!({"call_id": "c1"})),
+        quorum: 2,
+        votes: vec![],
+        reminded_at: None,
+        escalated_at: None,
+        content: Some("api:7".into()),
+        editors: vec![ben()],
+        round: 1,
+    }
+}
+
+async fn parked_approvals_are_listed_oldest_first_until_decided(store: Backend) {
+    let mut runs = vec![];
+    for i in 0..3 {
+        let now = t0() + Duration::minutes(i);
+        let created = store
+            .create_run(
+                new_run(&format!("ev-{i}")),
+                now,
+                Box::new(move |s, _| {
+                    s.run.status = RunStatus::WaitingApproval;
+                    s.approvals.insert("ship".into(), pending_approval(now));
+                    Transition::default()
+                }),
+            )
+            .await
+            .unwrap();
+        runs.push(created.run);
+    }
+    let (listed, total) = store.pending_approvals(2).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(
+        listed.iter().map(|a| a.run).collect::<Vec<_>>(),
+        runs[..2].to_vec()
+    );
+    assert_eq!(listed[0].summary, "ship api:7 to prod");
+    let read = store.load_run(runs[0]).await.unwrap().unwrap();
+    let a = &read.approvals["ship"];
+    assert_eq!((a.quorum, a.round, a.editors.len()), (2, 1, 1));
+    assert_eq!(a.payload, Some(json!({"call_id": "c1"})));
+    store
+        .apply(
+            runs[0],
+            None,
+            Box::new(|s, _| {
+                let a = s.approvals.get_mut("ship").unwrap();
+                a.status = ApprovalStatus::Approved;
+                a.decided_by = Some(ben());
+                a.decided_at = Some(s.run.updated_at);
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let (listed, total) = store.pending_approvals(10).await.unwrap();
+    assert_eq!(total, 2);
+    assert!(listed.iter().all(|a| a.run != runs[0]));
+    let read = store.load_run(runs[0]).await.unwrap().unwrap();
+    assert_eq!(read.approvals["ship"].decided_by, Some(ben()));
+}
+
+async fn timers_come_due_in_order_at_their_instant(store: Backend) {
+    let run = store
+        .create_run(
+            new_run("ev-1"),
+            t0(),
+            Box::new(|s, _| {
+                s.timers
+                    .insert("remind:ship".into(), t0() + Duration::minutes(10));
+                s.timers
+                    .insert("expire:ship".into(), t0() + Duration::hours(1));
+                Transition::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .run;
+    assert!(store.due_timers(t0(), 10).await.unwrap().is_empty());
+    let due = store
+        .due_timers(t0() + Duration::minutes(10), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].0, due[0].1.as_str()), (run, "remind:ship"));
+    // The instant reported is the one stored, which is what the state holds when read.
+    let read = store.load_run(run).await.unwrap().unwrap();
+    assert_eq!(read.timers["remind:ship"], due[0].2);
+    let due = store
+        .due_timers(t0() + Duration::days(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 2);
+}
+
+async fn attempts_are_recorded_from_start_to_end(store: Backend) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    let job = |attempt| {
+        Effect::Run(Job {
+            run,
+            step: "build".into(),
+            attempt,
+            timeout: Duration::seconds(30),
+            work: Work::Tool {
+                tool: "http".into(),
+                args: json!({"url": "https://example.test", "token": "hunter22"}),
+                declared: vec![],
+            },
+        })
+    };
+    emit(&*store.store, run, t0(), vec![job(1)]).await;
+    assert_eq!(
+        store.unfinished_attempts().await.unwrap(),
+        vec![(run, "build".into(), 1)]
+    );
+    let ended = |attempt, outcome| Effect::AttemptEnded {
+        run,
+        step: "build".into(),
+        attempt,
+        outcome,
+        detail: json!({"error": "timed out"}),
+        at: t0() + Duration::seconds(30),
+    };
+    // One change may end an attempt and start the next.
+    emit(
+        &*store.store,
+        run,
+        t0() + Duration::seconds(30),
+        vec![ended(1, AttemptOutcome::Failed), job(2)],
+    )
+    .await;
+    emit(
+        &*store.store,
+        run,
+        t0() + Duration::seconds(31),
+        vec![job(3), ended(3, AttemptOutcome::Cancelled)],
+    )
+    .await;
+    let attempts = store.attempts(run).await.unwrap();
+    let got: Vec<(u32, &str)> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.status.as_str()))
+        .collect();
+    assert_eq!(got, vec![(1, "failed"), (2, "running"), (3, "cancelled")]);
+    assert_eq!(attempts[0].detail, json!({"error": "timed out"}));
+    assert_eq!(
+        attempts[0].input["args"]["token"], "[redacted]",
+        "a field named for a secret is not kept"
+    );
+    assert_eq!(
+        store.unfinished_attempts().await.unwrap(),
+        vec![(run, "build".into(), 2)]
+    );
+}
+
+async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_edit(
+    store: Backend,
+) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![
+            post(run, "root", "general", None, "deploy api"),
+            post(run, "reply", "general", Some("root"), "build done"),
+            edit(run, "root", "deploy api: running"),
+            edit(run, "root", "deploy api: done"),
+            post(run, "other", "ops", None, "heads up"),
+            edit(
+                run,
+                "nowhere",
+                "an edit of a post that does not exist is dropped",
+            ),
+        ],
+    )
+    .await;
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let keys: Vec<(&str, OutboxOp)> = ready.iter().map(|e| (e.key.0.as_str(), e.op)).collect();
+    // The reply and the edits wait for the root; #ops is not held up by #general.
+    assert_eq!(
+        keys,
+        vec![("root", OutboxOp::Post), ("other", OutboxOp::Post)]
+    );
+    store
+        .outbox_delivered(ready[0].id, "ts-1", t0())
+        .await
+        .unwrap();
+    store
+        .outbox_delivered(ready[1].id, "ts-2", t0())
+        .await
+        .unwrap();
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    /// Key, op, thread reference, target reference, text.
+    type Shown<'a> = (&'a str, OutboxOp, Option<&'a str>, Option<&'a str>, &'a str);
+    let got: Vec<Shown> = ready
+        .iter()
+        .map(|e| {
+            (
+                e.key.0.as_str(),
+                e.op,
+                e.thread_ref.as_deref(),
+                e.target_ref.as_deref(),
+                e.message.text.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("reply", OutboxOp::Post, Some("ts-1"), None, "build done"),
+            (
+                "root",
+                OutboxOp::Edit,
+                None,
+                Some("ts-1"),
+                "deploy api: done"
+            ),
+        ],
+        "the earlier edit is superseded by the later one"
+    );
+    assert_eq!(
+        store.message_ref(&MessageKey("root".into())).await.unwrap(),
+        Some("ts-1".into())
+    );
+    let rows = store.outbox_of_run(run).await.unwrap();
+    let statuses: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r.key.as_str(), r.op.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("root", "post", "delivered"),
+            ("reply", "post", "pending"),
+            ("root", "edit", "superseded"),
+            ("root", "edit", "pending"),
+            ("other", "post", "delivered"),
+        ]
+    );
+    // An edit in a later change goes where its post went.
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![edit(run, "other", "heads up (edited)")],
+    )
+    .await;
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let other = ready.iter().find(|e| e.key.0 == "other").unwrap();
+    assert_eq!((other.channel.as_str(), other.op), ("ops", OutboxOp::Edit));
+}
+
+async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings_it_back(
+    store: Backend,
+) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![
+            post(run, "root", "general", None, "deploy api"),
+            post(run, "reply", "general", Some("root"), "build done"),
+            edit(run, "root", "deploy api: done"),
+        ],
+    )
+    .await;
+    let root = store.outbox_ready(t0(), 10).await.unwrap().remove(0);
+    // A transient failure waits, and holds the conversation.
+    let later = t0() + Duration::seconds(30);
+    store
+        .outbox_failed(root.id, "HTTP 503", Some(later), t0())
+        .await
+        .unwrap();
+    assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
+    let again = store.outbox_ready(later, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].attempts, again[0].failing_since),
+        (1, Some(t0() - Duration::nanoseconds(234_567)))
+    );
+    store
+        .outbox_failed(root.id, "channel_not_found", None, later)
+        .await
+        .unwrap();
+    assert!(store.outbox_ready(later, 10).await.unwrap().is_empty());
+    let failed = store.failed_deliveries(10).await.unwrap();
+    assert_eq!(
+        failed.len(),
+        3,
+        "the reply and the edit fail with their root"
+    );
+    assert!(
+        store
+            .audit_recent(Some(run), 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "post.failed"),
+        "giving up is in the ledger"
+    );
+    emit(&*store.store, run, later, vec![Effect::Redeliver(run)]).await;
+    let back = store.outbox_ready(later, 10).await.unwrap();
+    assert_eq!(back.len(), 1, "the root first, the rest behind it");
+    assert_eq!((back[0].key.0.as_str(), back[0].attempts), ("root", 0));
+    assert!(store.failed_deliveries(10).await.unwrap().is_empty());
+}
+
+async fn the_ledger_is_one_chain_that_verifies_and_holds_no_secret(store: Backend) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    store
+        .audit_append(vec![audit(None, 1), audit(None, 2)])
+        .await
+        .unwrap();
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![
+            Effect::Audit(AuditEvent::new(
+                t0(),
+                AuditKind::RunStarted,
+                Some(run),
+                json!({"said": "the key is s3cr3t-value-9", "api_key": "sk-abc123"}),
+            )),
+            Effect::Audit(audit(Some(run), 3)),
+        ],
+    )
+    .await;
+    let page = store.audit_page(0, 100).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    for pair in page.windows(2) {
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "each entry chains onto the one before"
+        );
+    }
+    assert!(
+        !page[2].data.contains("s3cr3t-value-9"),
+        "a configured secret is not kept"
+    );
+    assert!(
+        !page[2].data.contains("sk-abc123"),
+        "a field named for a secret is not kept"
+    );
+    match verify_ledger(&*store.store, None, vec![]).await.unwrap() {
+        Verification::Intact { entries, .. } => assert_eq!(entries, 4),
+        broken => panic!("{broken:?}"),
+    }
+    let recent = store.audit_recent(Some(run), 10).await.unwrap();
+    assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 3]);
+}
+
+async fn schedule_cursors_remember_the_last_slot(store: Backend) {
+    assert_eq!(
+        store.schedule_cursor("digest", "0 9 * * *").await.unwrap(),
+        None
+    );
+    store
+        .set_schedule_cursor("digest", "0 9 * * *", t0())
+        .await
+        .unwrap();
+    store
+        .set_schedule_cursor("digest", "0 9 * * *", t0() + Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .schedule_cursor("digest", "0 9 * * *")
+            .await
+            .unwrap()
+            .map(|t| t.timestamp_millis()),
+        Some((t0() + Duration::days(1)).timestamp_millis())
+    );
+    assert_eq!(
+        store.schedule_cursor("digest", "other").await.unwrap(),
+        None
+    );
+}
+
+async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Backend) {
+    let hello = OutMessage {
+        text: "hello".into(),
+        ..Default::default()
+    };
+    let p = |outbox_id, client_id, thread_id| ConsolePost {
+        channel: "general",
+        thread_id,
+        author: "ben",
+        is_bot: false,
+        message: &hello,
+        outbox_id,
+        client_id,
+    };
+    let (root, new) = store
+        .console_post(p(None, Some("c-1"), None), t0())
+        .await
+        .unwrap();
+    assert!(new);
+    let (same, new) = store
+        .console_post(p(None, Some("c-1"), None), t0())
+        .await
+        .unwrap();
+    assert!(!new, "the author's same message is posted once");
+    assert_eq!(same.id, root.id);
+    let (bot, _) = store
+        .console_post(p(Some(7), None, Some(root.id)), t0())
+        .await
+        .unwrap();
+    let (bot_again, new) = store
+        .console_post(p(Some(7), None, Some(root.id)), t0())
+        .await
+        .unwrap();
+    assert!(!new, "an outbox entry delivered twice is one message");
+    assert_eq!(bot.id, bot_again.id);
+    let edited = OutMessage {
+        text: "hello, edited".into(),
+        ..Default::default()
+    };
+    store.console_edit(root.id, &edited, t0()).await.unwrap();
+    let channel = store.console_channel("general", 10).await.unwrap();
+    assert_eq!(channel.len(), 1, "replies stay in their thread");
+    assert_eq!(
+        (channel[0].message.text.as_str(), channel[0].replies),
+        ("hello, edited", 1)
+    );
+    let thread = store.console_thread(root.id).await.unwrap();
+    assert_eq!(
+        thread.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![root.id, bot.id]
+    );
+    assert_eq!(
+        store
+            .console_member_of("ben", &["general".into(), "ops".into()])
+            .await
+            .unwrap(),
+        vec!["general".to_owned()]
+    );
+    assert_eq!(
+        store.console_channel_names().await.unwrap(),
+        vec!["general".to_owned()]
+    );
+}
+
+async fn agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn(store: Backend) {
+    let run = store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run;
+    for (seq, text) in [(0, "first"), (1, "second"), (1, "second, after a crash")] {
+        store
+            .agent_turn_append(
+                run,
+                "triage",
+                seq,
+                &json!({"role": "assistant", "content": text}),
+                t0(),
+            )
+            .await
+            .unwrap();
+    }
+    let turns = store.agent_turns(run, "triage").await.unwrap();
+    let texts: Vec<&str> = turns
+        .iter()
+        .map(|t| t["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["first", "second"]);
+    store.agent_turns_clear(run, "triage").await.unwrap();
+    assert!(store.agent_turns(run, "triage").await.unwrap().is_empty());
+    let entry = |value: Value| MemoryEntry {
+        namespace: "leads".into(),
+        key: "acme".into(),
+        value,
+        run: Some(run),
+        step: Some("triage".into()),
+        agent: Some("scout".into()),
+        written_at: t0(),
+    };
+    store
+        .memory_write(&entry(json!({"stage": "new"})))
+        .await
+        .unwrap();
+    store
+        .memory_write(&entry(json!({"stage": "qualified"})))
+        .await
+        .unwrap();
+    let read = store.memory_read("leads", "acme").await.unwrap().unwrap();
+    assert_eq!(
+        read.value,
+        json!({"stage": "qualified"}),
+        "the last write wins"
+    );
+    assert_eq!(read.agent.as_deref(), Some("scout"));
+    assert_eq!(store.memory_list(Some("leads"), 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .memory_read("leads", "nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn secrets_are_taken_out_of_everything_stored(store: Backend) {
+    let mut new = new_run("ev-1");
+    new.title = "deploy with s3cr3t-value-9".into();
+    new.inputs.insert("note".into(), json!("s3cr3t-value-9"));
+    let run = store
+        .create_run(
+            new,
+            t0(),
+            Box::new(|s, _| {
+                s.steps.insert(
+                    "fetch".into(),
+                    StepState {
+                        output: Some(json!({"body": "got s3cr3t-value-9"})),
+                        error: Some("s3cr3t-value-9 refused".into()),
+                        ..Default::default()
+                    },
+                );
+                Transition {
+                    effects: vec![post(s.run.id, "root", "general", None, "s3cr3t-value-9")],
+                    notice: None,
+                }
+            }),
+        )
+        .await
+        .unwrap()
+        .run;
+    let read = store.load_run(run).await.unwrap().unwrap();
+    let shown = serde_json::to_string(&(
+        &read.run.title,
+        &read.run.inputs,
+        &read.steps["fetch"].output,
+        &read.steps["fetch"].error,
+    ))
+    .unwrap();
+    assert!(!shown.contains("s3cr3t-value-9"), "{shown}");
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    assert!(!ready[0].message.text.contains("s3cr3t-value-9"));
+}
+
+macro_rules! contract {
+    ($backend:ident: $($story:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    let redactor = baton::core::audit::Redactor::new(["s3cr3t-value-9".to_owned()]);
+                    super::$story(super::$backend(redactor).await).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(sqlite:
+    a_run_is_created_once_per_event_id,
+    a_new_run_starts_from_exactly_the_state_that_is_read_back,
+    what_an_apply_changes_is_what_is_read_back,
+    an_event_applied_twice_changes_the_run_once,
+    concurrent_applies_to_one_run_all_count,
+    parked_approvals_are_listed_oldest_first_until_decided,
+    timers_come_due_in_order_at_their_instant,
+    attempts_are_recorded_from_start_to_end,
+    the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_edit,
+    a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings_it_back,
+    the_ledger_is_one_chain_that_verifies_and_holds_no_secret,
+    schedule_cursors_remember_the_last_slot,
+    console_history_keeps_threads_and_posts_an_outbox_entry_once,
+    agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
+    secrets_are_taken_out_of_everything_stored,
+);
