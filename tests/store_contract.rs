@@ -774,7 +774,22 @@ async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Bac
         text: "hello, edited".into(),
         ..Default::default()
     };
-    store.console_edit(root.id, &edited, t0()).await.unwrap();
+    let after_edit = store
+        .console_edit(root.id, &edited, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after_edit.message.text.as_str(), after_edit.replies),
+        ("hello, edited", 1)
+    );
+    assert!(
+        store
+            .console_edit(9999, &edited, t0())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let channel = store.console_channel("general", 10).await.unwrap();
     assert_eq!(channel.len(), 1, "replies stay in their thread");
     assert_eq!(

@@ -94,25 +94,26 @@ macro_rules! write_tx {
 }
 
 impl Session for SqliteConnection {
-    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    fn begin(&mut self) -> futures_util::future::BoxFuture<'_, StoreResult<Option<i64>>> {
+        // `data_version` changes exactly when another connection (the CLI, say) has
+        // committed; read in the same round trip as the BEGIN that takes the write lock.
+        Box::pin(async move {
+            let r = sqlx::Executor::fetch_one(
+                &mut *self,
+                sqlx::raw_sql("BEGIN IMMEDIATE; PRAGMA data_version"),
+            )
+            .await?;
+            Ok(Some(r.get::<i64, _>(0)))
+        })
+    }
 
     fn execute<'a>(
         &'a mut self,
         sql: &'static str,
     ) -> futures_util::future::BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            sqlx::query(sql).execute(&mut *self).await?;
+            sqlx::Executor::execute(&mut *self, sqlx::raw_sql(sql)).await?;
             Ok(())
-        })
-    }
-
-    fn version<'a>(&'a mut self) -> futures_util::future::BoxFuture<'a, StoreResult<Option<i64>>> {
-        // Changes exactly when another connection (the CLI, say) has committed.
-        Box::pin(async move {
-            let r = sqlx::query("PRAGMA data_version")
-                .fetch_one(&mut *self)
-                .await?;
-            Ok(Some(r.get::<i64, _>(0)))
         })
     }
 }
@@ -1160,49 +1161,58 @@ impl ConsoleStore for SqliteStore {
         let body = self.rules.message(message)?;
         let (channel, author) = (channel.to_owned(), author.to_owned());
         let client_id = client_id.map(str::to_owned);
-        // Looked up and written in one write, so a message sent twice at once is stored once.
+        let stored: OutMessage = serde_json::from_str(&body)?;
+        // Written, or found to be there already, in one write: a message sent twice at once
+        // is stored once. A new message is not read back: it is what was just written.
         let (id, new): (i64, bool) = write_tx!(self, |c, _rules| {
-            let earlier = match (outbox_id, &client_id) {
-                (Some(o), _) => {
-                    sqlx::query("SELECT id FROM console_messages WHERE outbox_id = ?")
-                        .bind(o)
-                        .fetch_optional(&mut *c)
-                        .await?
-                }
-                (None, Some(client)) => {
-                    sqlx::query(
-                        "SELECT id FROM console_messages WHERE author = ? AND client_id = ?",
-                    )
-                    .bind(&author)
-                    .bind(client)
-                    .fetch_optional(&mut *c)
-                    .await?
-                }
-                (None, None) => None,
-            };
-            if let Some(r) = earlier {
-                return Ok((r.get("id"), false));
+            let inserted = sqlx::query(
+                "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(&channel)
+            .bind(thread_id)
+            .bind(&author)
+            .bind(is_bot)
+            .bind(&body)
+            .bind(outbox_id)
+            .bind(&client_id)
+            .bind(ms(now))
+            .bind(ms(now))
+            .fetch_optional(&mut *c)
+            .await?;
+            if let Some(r) = inserted {
+                return Ok((r.get("id"), true));
             }
-            let id: i64 = sqlx::query("INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
-                .bind(&channel)
-                .bind(thread_id)
-                .bind(&author)
-                .bind(is_bot as i64)
-                .bind(&body)
-                .bind(outbox_id)
-                .bind(&client_id)
-                .bind(ms(now))
-                .bind(ms(now))
-                .fetch_one(&mut *c)
-                .await?
-                .get("id");
-            Ok((id, true))
-        })?;
-        let m = self
-            .console_get(id)
+            let earlier = sqlx::query(
+                "SELECT id FROM console_messages WHERE outbox_id = ? OR (author = ? AND client_id = ?)",
+            )
+            .bind(outbox_id)
+            .bind(&author)
+            .bind(&client_id)
+            .fetch_optional(&mut *c)
             .await?
-            .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
-        Ok((m, new))
+            .ok_or_else(|| StoreError::Corrupt("a console message was refused as a duplicate of none".into()))?;
+            Ok((earlier.get("id"), false))
+        })?;
+        if !new {
+            let m = self
+                .console_get(id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
+            return Ok((m, false));
+        }
+        let m = ConsoleMessage {
+            id,
+            channel: post.channel.to_owned(),
+            thread_id,
+            author: post.author.to_owned(),
+            is_bot,
+            message: stored,
+            created_at: at(ms(now)),
+            updated_at: at(ms(now)),
+            replies: 0,
+        };
+        Ok((m, true))
     }
 
     async fn console_edit(
@@ -1213,15 +1223,17 @@ impl ConsoleStore for SqliteStore {
     ) -> StoreResult<Option<ConsoleMessage>> {
         let body = self.rules.message(message)?;
         write_tx!(self, |c, _rules| {
-            sqlx::query("UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?")
-                .bind(&body)
-                .bind(ms(now))
-                .bind(id)
-                .execute(&mut *c)
-                .await?;
-            Ok(())
-        })?;
-        self.console_get(id).await
+            let row = sqlx::query(
+                "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
+                 RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies",
+            )
+            .bind(&body)
+            .bind(ms(now))
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await?;
+            row.as_ref().map(console_from_row).transpose()
+        })
     }
 
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>> {

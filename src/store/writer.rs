@@ -26,14 +26,13 @@ pub(crate) const MAX_BATCH: usize = 256;
 
 /// A connection the writer can open transactions and savepoints on.
 pub(crate) trait Session: Send + 'static {
-    /// Opens a transaction that holds the write lock from the start.
-    const BEGIN: &'static str;
+    /// Opens a transaction that holds the write lock from the start, and says the database's
+    /// version inside it: a number that changes whenever another connection has committed, or
+    /// `None` when the backend cannot tell (then nothing is remembered across batches).
+    fn begin(&mut self) -> BoxFuture<'_, StoreResult<Option<i64>>>;
+    /// Runs statements without arguments or results (savepoints, commit, rollback), several
+    /// separated by `;` in one round trip.
     fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>>;
-    /// Inside a transaction: a number that changes whenever another connection has committed,
-    /// or `None` when the backend cannot tell (then nothing is remembered across batches).
-    fn version<'a>(&'a mut self) -> BoxFuture<'a, StoreResult<Option<i64>>> {
-        Box::pin(async { Ok(None) })
-    }
 }
 
 /// What a backend's writes remember between them, and forget on the writer's word.
@@ -153,7 +152,8 @@ async fn write_loop<C: Session, X: Memory>(
 }
 
 /// One transaction for a batch: each job in its savepoint (a job alone needs none: the
-/// transaction is its savepoint), one commit, then every reply.
+/// transaction is its savepoint), one commit, then every reply. Closing one savepoint and
+/// opening the next is one round trip, and so is closing the last with the commit.
 /// Returns the database's version as this batch left it, when it committed.
 async fn settle<C: Session, X: Memory>(
     conn: &mut C,
@@ -162,18 +162,16 @@ async fn settle<C: Session, X: Memory>(
     alone: bool,
     seen: Option<i64>,
 ) -> Option<i64> {
-    let mut jobs = jobs;
-    if let Err(e) = conn.execute(C::BEGIN).await {
-        context.forget();
-        jobs.for_each(|j| j.fail(&e));
-        return None;
-    }
-    // Holding the write lock now: nobody else commits until this batch is done.
-    let version = match conn.version().await {
+    let mut jobs = jobs.peekable();
+    // Holding the write lock once this returns: nobody else commits until the batch is done.
+    let version = match conn.begin().await {
         Ok(v) => v,
         Err(e) => {
-            tracing::warn!(error = %e, "could not read the database's version");
-            None
+            context.forget();
+            // In case the transaction opened and what followed failed.
+            let _ = conn.execute("ROLLBACK").await;
+            jobs.for_each(|j| j.fail(&e));
+            return None;
         }
     };
     if version.is_none() || version != seen {
@@ -181,55 +179,43 @@ async fn settle<C: Session, X: Memory>(
     }
     let mut ran: Vec<Ran> = Vec::new();
     let mut broken = None;
-    for job in jobs.by_ref() {
-        if !alone && let Err(e) = conn.execute("SAVEPOINT write").await {
-            job.fail(&e);
-            broken = Some(e);
-            break;
-        }
+    if !alone && let Err(e) = conn.execute("SAVEPOINT write").await {
+        broken = Some(e);
+    }
+    while broken.is_none() {
+        let Some(job) = jobs.next() else { break };
         let r = job.run(conn, context).await;
-        let undo = match (r.kept, alone) {
-            (true, true) => Ok(()),
-            (true, false) => conn.execute("RELEASE write").await,
-            (false, true) => conn.execute("ROLLBACK").await.map(|_| ()),
-            (false, false) => match conn.execute("ROLLBACK TO write").await {
-                Ok(()) => conn.execute("RELEASE write").await,
-                Err(e) => Err(e),
-            },
-        };
         let kept = r.kept;
         ran.push(r);
-        if let Err(e) = undo {
-            broken = Some(e);
-            break;
-        }
         if !kept {
             context.forget();
         }
-        if alone && !kept {
-            // Rolled back already; nothing to commit.
-            ran.into_iter().for_each(|r| (r.reply)(None));
-            return version;
+        let last = jobs.peek().is_none();
+        let close = match (alone, kept, last) {
+            (true, true, _) => "COMMIT",
+            (true, false, _) => "ROLLBACK",
+            (false, true, true) => "RELEASE write; COMMIT",
+            (false, false, true) => "ROLLBACK TO write; RELEASE write; COMMIT",
+            (false, true, false) => "RELEASE write; SAVEPOINT write",
+            (false, false, false) => "ROLLBACK TO write; RELEASE write; SAVEPOINT write",
+        };
+        match conn.execute(close).await {
+            Ok(()) if last => {
+                // Committed (or, for a job alone that failed, rolled back: nothing to keep).
+                ran.into_iter().for_each(|r| (r.reply)(None));
+                return version;
+            }
+            Ok(()) => {}
+            Err(e) => broken = Some(e),
         }
     }
-    let outcome = match broken {
-        Some(e) => Err(e),
-        None => conn.execute("COMMIT").await,
-    };
-    match outcome {
-        Ok(()) => {
-            ran.into_iter().for_each(|r| (r.reply)(None));
-            version
-        }
-        Err(e) => {
-            context.forget();
-            tracing::warn!(error = %e, "a batch of writes could not be committed; none of it was kept");
-            let _ = conn.execute("ROLLBACK").await;
-            ran.into_iter().for_each(|r| (r.reply)(Some(&e)));
-            jobs.for_each(|j| j.fail(&e));
-            None
-        }
-    }
+    let e = broken.unwrap_or_else(|| StoreError::database("a batch ended without a commit"));
+    context.forget();
+    tracing::warn!(error = %e, "a batch of writes could not be committed; none of it was kept");
+    let _ = conn.execute("ROLLBACK").await;
+    ran.into_iter().for_each(|r| (r.reply)(Some(&e)));
+    jobs.for_each(|j| j.fail(&e));
+    None
 }
 
 #[cfg(test)]
@@ -245,14 +231,16 @@ mod tests {
     }
 
     impl Session for Counting {
-        const BEGIN: &'static str = "BEGIN IMMEDIATE";
-        fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
-            if sql == Self::BEGIN {
-                self.begins.fetch_add(1, Ordering::SeqCst);
-            }
+        fn begin(&mut self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+            self.begins.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
-                sqlx::query(sql)
-                    .execute(&mut self.conn)
+                self.execute("BEGIN IMMEDIATE").await?;
+                Ok(None)
+            })
+        }
+        fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(sql))
                     .await
                     .map_err(|e| StoreError::database(e.to_string()))?;
                 Ok(())
