@@ -707,6 +707,19 @@ mod tests {
     }
 
     #[test]
+    fn durability_is_full_unless_relaxed_on_purpose() {
+        use crate::store::Durability;
+        assert_eq!(settings(&[]).unwrap().durability, Durability::Full);
+        let relaxed = settings(&[("BATON_DURABILITY", "relaxed")]).unwrap();
+        assert_eq!(relaxed.durability, Durability::Relaxed);
+        let err = settings(&[("BATON_DURABILITY", "fast")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "BATON_DURABILITY: `fast` is neither full nor relaxed"
+        );
+    }
+
+    #[test]
     fn a_bad_setting_names_itself() {
         for (k, v) in [
             ("BATON_HTTP_ADDR", "nowhere"),
@@ -715,6 +728,7 @@ mod tests {
             ("BATON_WEBHOOKS", "pager"),
             ("DATABASE_URL", "mysql://x"),
             ("BATON_POLL_INTERVAL", "soon"),
+            ("BATON_DURABILITY", "sometimes"),
         ] {
             let err = settings(&[(k, v)]).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
