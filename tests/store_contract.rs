@@ -77,6 +77,15 @@ fn new_run(event: &str) -> NewRun {
     }
 }
 
+/// A run started for event `ev-1` with nothing applied.
+async fn a_run(store: &Backend) -> RunId {
+    store
+        .create_run(new_run("ev-1"), t0(), nothing())
+        .await
+        .unwrap()
+        .run
+}
+
 fn nothing() -> ApplyFn {
     Box::new(|_, _| Transition::default())
 }
@@ -194,11 +203,7 @@ async fn a_new_run_starts_from_exactly_the_state_that_is_read_back(store: Backen
 }
 
 async fn what_an_apply_changes_is_what_is_read_back(store: Backend) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     let later = t0() + Duration::seconds(5);
     let after: Arc<Mutex<Option<RunState>>> = Arc::default();
     let keep = after.clone();
@@ -270,11 +275,7 @@ async fn what_an_apply_changes_is_what_is_read_back(store: Backend) {
 }
 
 async fn an_event_applied_twice_changes_the_run_once(store: Backend) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     let bump = || -> ApplyFn {
         Box::new(|s, _| {
             s.steps.entry("count".into()).or_default().attempt += 1;
@@ -300,11 +301,7 @@ async fn an_event_applied_twice_changes_the_run_once(store: Backend) {
 
 async fn concurrent_applies_to_one_run_all_count(store: Backend) {
     let store = Arc::new(store);
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     let writes = (0..50).map(|_| {
         let store = store.clone();
         async move {
@@ -431,11 +428,7 @@ async fn timers_come_due_in_order_at_their_instant(store: Backend) {
 }
 
 async fn attempts_are_recorded_from_start_to_end(store: Backend) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     let job = |attempt| {
         Effect::Run(Job {
             run,
@@ -497,11 +490,7 @@ async fn attempts_are_recorded_from_start_to_end(store: Backend) {
 async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_edit(
     store: Backend,
 ) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     emit(
         &*store.store,
         run,
@@ -599,11 +588,7 @@ async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_e
 async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings_it_back(
     store: Backend,
 ) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     emit(
         &*store.store,
         run,
@@ -657,11 +642,7 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
 }
 
 async fn the_ledger_is_one_chain_that_verifies_and_holds_no_secret(store: Backend) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     store
         .audit_append(vec![audit(None, 1), audit(None, 2)])
         .await
@@ -815,11 +796,7 @@ async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Bac
 }
 
 async fn agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn(store: Backend) {
-    let run = store
-        .create_run(new_run("ev-1"), t0(), nothing())
-        .await
-        .unwrap()
-        .run;
+    let run = a_run(&store).await;
     for (seq, text) in [(0, "first"), (1, "second"), (1, "second, after a crash")] {
         store
             .agent_turn_append(
