@@ -232,6 +232,7 @@ pub async fn run(
         }
         None => None,
     };
+    let store_to_close = store.clone();
     let engine = Engine::new(
         store,
         workflows.clone(),
@@ -334,6 +335,7 @@ pub async fn run(
     }
     background.shutdown().await;
     mcp.shutdown().await;
+    store_to_close.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -192,6 +192,43 @@ async fn a_rate_limited_delivery_waits_for_retry_after_and_keeps_thread_order() 
 }
 
 #[tokio::test]
+async fn a_root_and_everything_in_its_thread_go_out_in_one_pass() {
+    let (engine, flaky, _clock, store, _dir) = engine(0).await;
+    start(&engine, "ops").await;
+    // The replies and the root's edit wait for the root's reference, which this same pass
+    // gets before it reaches them: no pass per level of the thread.
+    assert_eq!(engine.deliver_ready().await, 5);
+    let delivered = flaky.delivered.lock().unwrap().clone();
+    let keys: Vec<&str> = delivered.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "run:1:root",
+            "run:1:post:a",
+            "run:1:post:b",
+            "run:1:root",
+            "run:1:summary"
+        ]
+    );
+    assert!(
+        [&delivered[1], &delivered[2], &delivered[4]]
+            .iter()
+            .all(|(_, thread)| thread.as_deref() == Some("ref-1")),
+        "replies go to the root's thread: {delivered:?}"
+    );
+    assert_eq!(engine.deliver_ready().await, 0, "nothing is left");
+    let rows = store
+        .outbox_of_run(baton::core::ids::RunId(1))
+        .await
+        .unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "delivered" || r.status == "superseded"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_permanent_failure_is_recorded_and_fails_what_depends_on_it() {
     let (engine, flaky, _clock, store, _dir) = engine(0).await;
     let run = start(&engine, "gone").await;

@@ -10,7 +10,8 @@ use baton::core::event::{Actor, ConversationRef};
 use baton::core::ids::{MessageKey, RunId};
 use baton::core::message::{Destination, OutMessage, Outgoing};
 use baton::store::{
-    ApplyFn, ConsolePost, Definition, MemoryEntry, NewRun, OutboxOp, Store, verify_ledger,
+    ApplyFn, ConsolePost, Definition, MemoryEntry, NewRun, OutboxEntry, OutboxOp, Store,
+    verify_ledger,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -118,6 +119,9 @@ fn edit(run: RunId, key: &str, text: &str) -> Effect {
         },
     })
 }
+
+/// An outbox entry as a story looks at it: key, op, thread reference, target reference, text.
+type Shown = (String, OutboxOp, Option<String>, Option<String>, String);
 
 fn audit(run: Option<RunId>, n: u32) -> AuditEvent {
     AuditEvent::new(t0(), AuditKind::ScheduleFired, run, json!({"n": n}))
@@ -510,48 +514,62 @@ async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_e
     )
     .await;
     let ready = store.outbox_ready(t0(), 10).await.unwrap();
-    let keys: Vec<(&str, OutboxOp)> = ready.iter().map(|e| (e.key.0.as_str(), e.op)).collect();
-    // The reply and the edits wait for the root; #ops is not held up by #general.
+    let shown = |ready: &[OutboxEntry]| -> Vec<Shown> {
+        ready
+            .iter()
+            .map(|e| {
+                (
+                    e.key.0.clone(),
+                    e.op,
+                    e.thread_ref.clone(),
+                    e.target_ref.clone(),
+                    e.message.text.clone(),
+                )
+            })
+            .collect()
+    };
+    // The root goes first; the reply and the latest edit come right behind it in the same
+    // conversation, without the root's reference (its deliverer has it by then); the earlier
+    // edit is superseded, the edit of no post dropped; #ops is not held up by #general.
+    let s = |t: &str| t.to_owned();
     assert_eq!(
-        keys,
-        vec![("root", OutboxOp::Post), ("other", OutboxOp::Post)]
+        shown(&ready),
+        vec![
+            (s("root"), OutboxOp::Post, None, None, s("deploy api")),
+            (s("reply"), OutboxOp::Post, None, None, s("build done")),
+            (s("root"), OutboxOp::Edit, None, None, s("deploy api: done")),
+            (s("other"), OutboxOp::Post, None, None, s("heads up")),
+        ]
     );
+    assert_eq!(ready[1].thread_key, Some(MessageKey("root".into())));
     store
         .outbox_delivered(ready[0].id, "ts-1", t0())
         .await
         .unwrap();
     store
-        .outbox_delivered(ready[1].id, "ts-2", t0())
+        .outbox_delivered(ready[3].id, "ts-2", t0())
         .await
         .unwrap();
     let ready = store.outbox_ready(t0(), 10).await.unwrap();
-    /// Key, op, thread reference, target reference, text.
-    type Shown<'a> = (&'a str, OutboxOp, Option<&'a str>, Option<&'a str>, &'a str);
-    let got: Vec<Shown> = ready
-        .iter()
-        .map(|e| {
-            (
-                e.key.0.as_str(),
-                e.op,
-                e.thread_ref.as_deref(),
-                e.target_ref.as_deref(),
-                e.message.text.as_str(),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        shown(&ready),
         vec![
-            ("reply", OutboxOp::Post, Some("ts-1"), None, "build done"),
             (
-                "root",
+                s("reply"),
+                OutboxOp::Post,
+                Some(s("ts-1")),
+                None,
+                s("build done")
+            ),
+            (
+                s("root"),
                 OutboxOp::Edit,
                 None,
-                Some("ts-1"),
-                "deploy api: done"
+                Some(s("ts-1")),
+                s("deploy api: done")
             ),
         ],
-        "the earlier edit is superseded by the later one"
+        "once the root is out, what follows it carries its reference"
     );
     assert_eq!(
         store.message_ref(&MessageKey("root".into())).await.unwrap(),
@@ -609,7 +627,16 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
         .unwrap();
     assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
     let again = store.outbox_ready(later, 10).await.unwrap();
-    assert_eq!(again.len(), 1);
+    let keys: Vec<(&str, OutboxOp)> = again.iter().map(|e| (e.key.0.as_str(), e.op)).collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("root", OutboxOp::Post),
+            ("reply", OutboxOp::Post),
+            ("root", OutboxOp::Edit)
+        ],
+        "due again, the root first and what depends on it behind it"
+    );
     assert_eq!(
         (again[0].attempts, again[0].failing_since),
         (1, Some(t0() - Duration::nanoseconds(234_567)))
@@ -636,8 +663,15 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
     );
     emit(&*store.store, run, later, vec![Effect::Redeliver(run)]).await;
     let back = store.outbox_ready(later, 10).await.unwrap();
-    assert_eq!(back.len(), 1, "the root first, the rest behind it");
-    assert_eq!((back[0].key.0.as_str(), back[0].attempts), ("root", 0));
+    let keys: Vec<(&str, u32)> = back
+        .iter()
+        .map(|e| (e.key.0.as_str(), e.attempts))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![("root", 0), ("reply", 0), ("root", 0)],
+        "the root first, the rest behind it, as if new"
+    );
     assert!(store.failed_deliveries(10).await.unwrap().is_empty());
 }
 

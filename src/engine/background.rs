@@ -6,7 +6,7 @@ use crate::core::audit::{AuditEvent, AuditKind};
 use crate::core::engine::Command;
 use crate::core::event::{Actor, ConversationRef};
 use crate::core::workflow::Trigger;
-use crate::store::OutboxEntry;
+use crate::store::{OutboxEntry, OutboxOp};
 use chrono::Duration;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -189,7 +189,6 @@ impl Engine {
                 return 0;
             }
         };
-        let count = entries.len();
         // Conversations go out side by side, so one that is slow or rate-limited holds no
         // other; within one, in order. Urgent entries (alerts) are outside any order.
         let mut lanes: Vec<Vec<OutboxEntry>> = Vec::new();
@@ -209,22 +208,46 @@ impl Engine {
                 }
             }
         }
-        let recording =
+        let lanes =
             futures_util::future::join_all(lanes.into_iter().map(|l| self.deliver_lane(l))).await;
+        let mut tried = 0;
         // Every delivery is recorded before the outbox is read again, or it would go twice.
-        for handle in recording.into_iter().flatten() {
-            let _ = handle.await;
+        for (n, recording) in lanes {
+            tried += n;
+            for handle in recording {
+                let _ = handle.await;
+            }
         }
-        count
+        tried
     }
 
     /// Delivers one conversation's ready entries in order, up to the first that does not go
     /// out (which holds back the rest, so a thread never goes out of order). Deliveries are
     /// recorded without waiting, so the next message goes out meanwhile and the records of
-    /// many conversations share a commit; returns the recording tasks.
-    async fn deliver_lane(self: &Arc<Self>, lane: Vec<OutboxEntry>) -> Vec<JoinHandle<()>> {
+    /// many conversations share a commit; returns how many were tried, and the recording
+    /// tasks.
+    async fn deliver_lane(
+        self: &Arc<Self>,
+        lane: Vec<OutboxEntry>,
+    ) -> (usize, Vec<JoinHandle<()>>) {
         let mut recording = Vec::new();
-        for entry in lane {
+        let mut tried = 0;
+        // References of the posts this lane delivered, for the replies and edits behind them.
+        let mut posted: std::collections::HashMap<String, String> = Default::default();
+        for mut entry in lane {
+            if let (Some(root), None) = (&entry.thread_key, &entry.thread_ref) {
+                entry.thread_ref = posted.get(&root.0).cloned();
+            }
+            if entry.op == OutboxOp::Edit && entry.target_ref.is_none() {
+                entry.target_ref = posted.get(&entry.key.0).cloned();
+            }
+            let unresolved = (entry.thread_key.is_some() && entry.thread_ref.is_none())
+                || (entry.op == OutboxOp::Edit && entry.target_ref.is_none());
+            if unresolved {
+                // What it depends on did not go out in this pass; the next pass has it.
+                break;
+            }
+            tried += 1;
             let result = match self.platforms.get(entry.platform.as_str()) {
                 Some(p) => p.deliver(&entry).await,
                 None => Err(DeliveryError::Permanent(format!(
@@ -235,6 +258,9 @@ impl Engine {
             let now = self.clock.now();
             match result {
                 Ok(reference) => {
+                    if entry.op == OutboxOp::Post {
+                        posted.insert(entry.key.0.clone(), reference.clone());
+                    }
                     let engine = self.clone();
                     recording.push(tokio::spawn(async move {
                         engine.delivered(&entry, &reference, now).await
@@ -297,7 +323,7 @@ impl Engine {
             }
             break;
         }
-        recording
+        (tried, recording)
     }
 
     /// The platform has the message now: recording that must not be skipped, or the next

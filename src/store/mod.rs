@@ -196,7 +196,10 @@ pub struct OutboxEntry {
     pub op: OutboxOp,
     pub platform: String,
     pub channel: String,
-    /// For a post in a thread: the platform reference of the thread's root message.
+    /// For a post in a thread: the key of the thread's root message.
+    pub thread_key: Option<MessageKey>,
+    /// For a post in a thread: the platform reference of the thread's root message. `None`
+    /// while the root goes out ahead of it in the same pass (see `outbox_ready`).
     pub thread_ref: Option<String>,
     /// For an edit: the platform reference of the message to change.
     pub target_ref: Option<String>,
@@ -216,8 +219,10 @@ pub struct OutboxEntry {
 /// Every outgoing post and edit, persisted before delivery.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Entries due for delivery, in order, at most one blocked entry per conversation so a
-    /// thread never goes out of order.
+    /// Entries due for delivery, in order; a conversation's entries stop at the first that
+    /// cannot go yet, so a thread never goes out of order. A reply whose root (or an edit
+    /// whose post) is ahead of it in the same conversation's entries is included without its
+    /// reference: whoever delivers them in order has it by then.
     async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
     /// Records the platform's reference: delivery is confirmed.
     async fn outbox_delivered(
@@ -435,6 +440,9 @@ pub trait Store:
     fn redactor(&self) -> &crate::core::audit::Redactor;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+    /// Settles the writes already sent, refuses later ones and closes the database, so a
+    /// stopped Baton leaves it tidy (SQLite: its log checkpointed into the file).
+    async fn close(&self);
 }
 
 /// Walks the whole ledger in pages: every link, hash and (with `key`) signature, then the

@@ -107,6 +107,14 @@ impl Session for SqliteConnection {
         })
     }
 
+    fn close(self) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = sqlx::Connection::close(self).await {
+                tracing::warn!(error = %e, "the database's write connection did not close cleanly");
+            }
+        })
+    }
+
     fn execute<'a>(
         &'a mut self,
         sql: &'static str,
@@ -789,6 +797,7 @@ impl OutboxStore for SqliteStore {
                         },
                         platform: r.get("platform"),
                         channel: r.get("channel"),
+                        thread_key: r.get::<Option<String>, _>("thread_key").map(MessageKey),
                         thread_ref: r.get("thread_ref"),
                         target_ref: r.get("target_ref"),
                         message: serde_json::from_str(r.get::<&str, _>("body"))?,
@@ -798,7 +807,6 @@ impl OutboxStore for SqliteStore {
                         urgent: r.get::<i64, _>("urgent") != 0,
                         private_to: r.get("private_to"),
                     },
-                    thread_key: r.get("thread_key"),
                     next_attempt_at: r.get("next_attempt_at"),
                     thread_status: r.get("thread_status"),
                     target_status: r.get("target_status"),
@@ -1456,6 +1464,11 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
     }
 }
 

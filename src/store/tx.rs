@@ -20,7 +20,7 @@ use crate::core::message::{OutMessage, Outgoing};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -690,7 +690,6 @@ fn effects(rules: &Rules, rows: &mut Rows, t: &Transition, now: DateTime<Utc>) -
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub entry: OutboxEntry,
-    pub thread_key: Option<String>,
     pub next_attempt_at: i64,
     pub thread_status: Option<String>,
     pub target_status: Option<String>,
@@ -709,7 +708,9 @@ pub(crate) struct Ready {
 /// The outbox's order: entries in id order, at most `limit`. A conversation's entries wait
 /// behind its first one that cannot go yet (not due, or its root or target not posted yet),
 /// so a thread never goes out of order; an urgent entry neither waits for nor holds its
-/// conversation. Only the latest edit of a post is sent.
+/// conversation. Only the latest edit of a post is sent. A root or post that is ready goes out
+/// ahead of the replies and edits that depend on it in the same conversation, so those are
+/// ready too: one pass delivers a whole thread instead of one pass per message it waits for.
 pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Ready {
     let mut latest_edit: BTreeMap<&str, i64> = BTreeMap::new();
     for p in &pending {
@@ -723,6 +724,9 @@ pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Re
         .collect();
     let mut out = Ready::default();
     let mut blocked: HashSet<(String, String)> = HashSet::new();
+    // Posts going out in this pass, in order within their conversation: their references
+    // are known to whoever delivers that conversation by the time it reaches what follows.
+    let mut ahead: HashMap<String, (String, String)> = HashMap::new();
     for p in pending {
         let e = &p.entry;
         if e.op == OutboxOp::Edit && latest_edit.get(&e.key.0) != Some(&e.id) {
@@ -741,9 +745,15 @@ pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Re
             out.orphaned.push(e.id);
             continue;
         }
-        let waiting = p.next_attempt_at > ms(now)
-            || (p.thread_key.is_some() && e.thread_ref.is_none())
-            || (e.op == OutboxOp::Edit && e.target_ref.is_none());
+        // Urgent entries go out on their own, so nothing is ahead of them.
+        let ahead_of_it = |key: &str| !e.urgent && ahead.get(key) == Some(&conversation);
+        let root_missing = match (&e.thread_key, &e.thread_ref) {
+            (Some(root), None) => !ahead_of_it(&root.0),
+            _ => false,
+        };
+        let target_missing =
+            e.op == OutboxOp::Edit && e.target_ref.is_none() && !ahead_of_it(&e.key.0);
+        let waiting = p.next_attempt_at > ms(now) || root_missing || target_missing;
         if waiting {
             // Later messages of this conversation wait too, so a thread keeps its order.
             // An urgent post is outside that order: it neither waits for nor holds it.
@@ -751,6 +761,9 @@ pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Re
                 blocked.insert(conversation);
             }
             continue;
+        }
+        if e.op == OutboxOp::Post && !e.urgent {
+            ahead.insert(e.key.0.clone(), conversation);
         }
         out.entries.push(p.entry);
         if out.entries.len() >= limit as usize {

@@ -33,6 +33,8 @@ pub(crate) trait Session: Send + 'static {
     /// Runs statements without arguments or results (savepoints, commit, rollback), several
     /// separated by `;` in one round trip.
     fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>>;
+    /// Closes the connection cleanly (SQLite checkpoints its log then).
+    fn close(self) -> BoxFuture<'static, ()>;
 }
 
 /// What a backend's writes remember between them, and forget on the writer's word.
@@ -109,17 +111,29 @@ where
     }
 }
 
-/// The handle writes are sent through; the task behind it stops when the last handle goes.
+/// The handle writes are sent through; the task behind it stops when the last handle goes,
+/// or when it is closed.
 pub(crate) struct Writer<C, X> {
     queue: mpsc::UnboundedSender<Box<dyn Job<C, X>>>,
+    close: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl<C: Session, X: Memory> Writer<C, X> {
     /// Starts the writer task on `conn`; `context` is handed to every write.
     pub(crate) fn start(conn: C, context: Arc<X>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(conn, context, rx));
-        Self { queue }
+        let (close, close_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(conn, context, rx, close_rx));
+        Self { queue, close }
+    }
+
+    /// Settles every write already sent, refuses later ones (`StoreError::Closed`) and closes
+    /// the connection; returns once it is closed.
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.close.send(done).is_ok() {
+            let _ = closed.await;
+        }
     }
 
     /// Runs `work` in the next batch; its result once that batch has committed.
@@ -142,12 +156,32 @@ async fn write_loop<C: Session, X: Memory>(
     mut conn: C,
     context: Arc<X>,
     mut rx: mpsc::UnboundedReceiver<Box<dyn Job<C, X>>>,
+    mut close: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
 ) {
     let mut batch: Vec<Box<dyn Job<C, X>>> = Vec::with_capacity(MAX_BATCH);
     let mut version = None;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let alone = batch.len() == 1;
-        version = settle(&mut conn, &*context, batch.drain(..), alone, version).await;
+    let mut done = None;
+    loop {
+        tokio::select! {
+            // Writes first: a close waits for those already sent.
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                let alone = batch.len() == 1;
+                version = settle(&mut conn, &*context, batch.drain(..), alone, version).await;
+            }
+            Some(reply) = close.recv(), if done.is_none() => {
+                // No new writes from here; the loop settles those queued, then ends.
+                rx.close();
+                done = Some(reply);
+            }
+        }
+    }
+    conn.close().await;
+    if let Some(reply) = done {
+        let _ = reply.send(());
     }
 }
 
@@ -236,6 +270,11 @@ mod tests {
             Box::pin(async move {
                 self.execute("BEGIN IMMEDIATE").await?;
                 Ok(None)
+            })
+        }
+        fn close(self) -> BoxFuture<'static, ()> {
+            Box::pin(async move {
+                let _ = sqlx::Connection::close(self.conn).await;
             })
         }
         fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
@@ -359,6 +398,18 @@ mod tests {
         assert_eq!((a.unwrap(), c.unwrap()), ("a".into(), "c".into()));
         assert_eq!(values(&w).await, ["a", "c"]);
         assert_eq!(insert(&w, "after", false).await.unwrap(), "after");
+    }
+
+    #[tokio::test]
+    async fn closing_settles_the_writes_already_sent_and_refuses_later_ones() {
+        let (w, _) = writer("sqlite::memory:").await;
+        // Sent before the close: settled, and the close waits for them.
+        let (a, b, ()) = tokio::join!(insert(&w, "a", false), insert(&w, "b", false), w.close());
+        assert_eq!((a.unwrap(), b.unwrap()), ("a".into(), "b".into()));
+        let after = insert(&w, "after", false).await;
+        assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
+        // Closing again is harmless.
+        w.close().await;
     }
 
     #[tokio::test]
