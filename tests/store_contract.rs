@@ -790,7 +790,7 @@ async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Bac
         ..Default::default()
     };
     let after_edit = store
-        .console_edit(root.id, &edited, t0())
+        .console_edit(root.id, &edited, None, t0())
         .await
         .unwrap()
         .unwrap();
@@ -800,7 +800,7 @@ async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Bac
     );
     assert!(
         store
-            .console_edit(9999, &edited, t0())
+            .console_edit(9999, &edited, None, t0())
             .await
             .unwrap()
             .is_none()
@@ -827,6 +827,62 @@ async fn console_history_keeps_threads_and_posts_an_outbox_entry_once(store: Bac
         store.console_channel_names().await.unwrap(),
         vec!["general".to_owned()]
     );
+}
+
+async fn posting_an_outbox_entry_in_the_console_records_its_delivery_once(store: Backend) {
+    let run = a_run(&store).await;
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![
+            post(run, "root", "general", None, "deploy api"),
+            edit(run, "root", "deploy api: done"),
+        ],
+    )
+    .await;
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let (root, edit) = (&ready[0], &ready[1]);
+    let deliver = |id| ConsolePost {
+        channel: "general",
+        thread_id: None,
+        author: "baton",
+        is_bot: true,
+        message: &root.message,
+        outbox_id: Some(id),
+        client_id: None,
+    };
+    let (m, _) = store.console_post(deliver(root.id), t0()).await.unwrap();
+    // Delivered twice (a crash before the engine heard of it): one message, one record.
+    let (again, new) = store.console_post(deliver(root.id), t0()).await.unwrap();
+    assert_eq!((again.id, new), (m.id, false));
+    store
+        .console_edit(m.id, &edit.message, Some(edit.id), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = store.outbox_of_run(run).await.unwrap();
+    let got: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.op.as_str(), r.status.as_str(), r.platform_ref.as_deref()))
+        .collect();
+    let id = m.id.to_string();
+    assert_eq!(
+        got,
+        vec![
+            ("post", "delivered", Some(id.as_str())),
+            ("edit", "delivered", Some(id.as_str()))
+        ]
+    );
+    let delivered = store
+        .audit_recent(Some(run), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "post.delivered")
+        .count();
+    assert_eq!(delivered, 2, "each delivery is in the ledger once");
+    assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
 }
 
 async fn agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn(store: Backend) {
@@ -952,6 +1008,7 @@ contract!(sqlite:
     the_ledger_is_one_chain_that_verifies_and_holds_no_secret,
     schedule_cursors_remember_the_last_slot,
     console_history_keeps_threads_and_posts_an_outbox_entry_once,
+    posting_an_outbox_entry_in_the_console_records_its_delivery_once,
     agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
     secrets_are_taken_out_of_everything_stored,
 );

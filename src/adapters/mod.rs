@@ -70,6 +70,11 @@ pub trait Platform: Send + Sync {
     fn name(&self) -> &'static str;
     /// Posts or edits one message and returns the platform's reference for it.
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError>;
+    /// Whether `deliver` records the entry as delivered itself, in the same write as the
+    /// delivery (the console, whose messages live in Baton's own database).
+    fn records_deliveries(&self) -> bool {
+        false
+    }
     /// Checks credentials and reachability at start-up.
     async fn healthcheck(&self) -> anyhow::Result<()>;
 }

@@ -330,12 +330,19 @@ impl Engine {
     /// pass would post it again. A message the run was told about is reported as through.
     async fn delivered(self: &Arc<Self>, entry: &OutboxEntry, reference: &str, now: DateTimeUtc) {
         self.metrics.delivered();
-        for wait in [0u64, 100, 500, 2000] {
-            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            match self.store.outbox_delivered(entry.id, reference, now).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
+        // The console records its deliveries itself, in the write that delivers them.
+        let recorded = self
+            .platforms
+            .get(entry.platform.as_str())
+            .is_some_and(|p| p.records_deliveries());
+        if !recorded {
+            for wait in [0u64, 100, 500, 2000] {
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                match self.store.outbox_delivered(entry.id, reference, now).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
+                    }
                 }
             }
         }

@@ -346,16 +346,20 @@ pub struct ConsolePost<'a> {
 pub trait ConsoleStore: Send + Sync {
     /// Posts a message; says whether it is new. With `outbox_id` (or `client_id`), posting
     /// the same outbox entry (or the author's same message) again returns the message already
-    /// posted for it, and `false`.
+    /// posted for it, and `false`. With `outbox_id`, the post delivers that outbox entry, and
+    /// it is recorded as delivered (with its ledger entry) in the same write.
     async fn console_post(
         &self,
         post: ConsolePost<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<(ConsoleMessage, bool)>;
+    /// Replaces a message's content. With `outbox_id`, the edit delivers that outbox entry,
+    /// and it is recorded as delivered in the same write.
     async fn console_edit(
         &self,
         id: i64,
         message: &OutMessage,
+        outbox_id: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<ConsoleMessage>>;
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>>;

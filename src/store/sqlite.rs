@@ -411,6 +411,24 @@ impl Tx for SqliteConnection {
         }))
     }
 
+    async fn mark_delivered(
+        &mut self,
+        id: i64,
+        platform_ref: &str,
+        at: i64,
+    ) -> StoreResult<Option<Settled>> {
+        let row = sqlx::query(
+            "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
+             WHERE id = ? AND status <> 'delivered' RETURNING run_id, key, op, platform, channel, body",
+        )
+        .bind(platform_ref)
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&mut *self)
+        .await?;
+        Ok(row.as_ref().map(settled))
+    }
+
     async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
         // Each table in one statement: the rows go in as one JSON array, which `json_each`
         // turns back into rows, so a change costs a statement per table, not per row, and
@@ -848,20 +866,7 @@ impl OutboxStore for SqliteStore {
     ) -> StoreResult<()> {
         let platform_ref = platform_ref.to_owned();
         write_tx!(self, |c, rules| {
-            let row = sqlx::query(
-                    "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
-                     WHERE id = ? RETURNING run_id, key, op, platform, channel, body",
-                )
-                .bind(&platform_ref)
-                .bind(ms(now))
-                .bind(id)
-                .fetch_optional(&mut *c)
-                .await?;
-            if let Some(r) = row {
-                let ev = tx::delivered_event(now, &settled(&r), &platform_ref)?;
-                rules.append(c, &[ev]).await?;
-            }
-            Ok(())
+            tx::delivered(c, rules, id, &platform_ref, now).await
         })
     }
 
@@ -1172,7 +1177,7 @@ impl ConsoleStore for SqliteStore {
         let stored: OutMessage = serde_json::from_str(&body)?;
         // Written, or found to be there already, in one write: a message sent twice at once
         // is stored once. A new message is not read back: it is what was just written.
-        let (id, new): (i64, bool) = write_tx!(self, |c, _rules| {
+        let (id, new): (i64, bool) = write_tx!(self, |c, rules| {
             let inserted = sqlx::query(
                 "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
@@ -1189,7 +1194,13 @@ impl ConsoleStore for SqliteStore {
             .fetch_optional(&mut *c)
             .await?;
             if let Some(r) = inserted {
-                return Ok((r.get("id"), true));
+                let id: i64 = r.get("id");
+                // Posting an outbox entry is delivering it: recorded in the same write, so no
+                // crash can separate the two.
+                if let Some(entry) = outbox_id {
+                    tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+                }
+                return Ok((id, true));
             }
             let earlier = sqlx::query(
                 "SELECT id FROM console_messages WHERE outbox_id = ? OR (author = ? AND client_id = ?)",
@@ -1227,10 +1238,11 @@ impl ConsoleStore for SqliteStore {
         &self,
         id: i64,
         message: &OutMessage,
+        outbox_id: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<ConsoleMessage>> {
         let body = self.rules.message(message)?;
-        write_tx!(self, |c, _rules| {
+        write_tx!(self, |c, rules| {
             let row = sqlx::query(
                 "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
                  RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies",
@@ -1240,6 +1252,11 @@ impl ConsoleStore for SqliteStore {
             .bind(id)
             .fetch_optional(&mut *c)
             .await?;
+            if row.is_some()
+                && let Some(entry) = outbox_id
+            {
+                tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+            }
             row.as_ref().map(console_from_row).transpose()
         })
     }

@@ -198,6 +198,14 @@ pub(crate) trait Tx: Send {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// The ledger's newest entry, `None` while it is empty.
     fn ledger_head(&mut self) -> impl Future<Output = StoreResult<Option<Head>>> + Send;
+    /// Marks an outbox entry delivered with the platform's reference; `None` when there is
+    /// no such entry or it was marked already (so it is told of once).
+    fn mark_delivered(
+        &mut self,
+        id: i64,
+        platform_ref: &str,
+        at: i64,
+    ) -> impl Future<Output = StoreResult<Option<Settled>>> + Send;
     /// Writes `rows`, a table at a time, in the order the tables are listed in [`Rows`].
     fn write(&mut self, rows: &Rows) -> impl Future<Output = StoreResult<()>> + Send;
 }
@@ -773,8 +781,23 @@ pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Re
     out
 }
 
+/// Records that an outbox entry reached its platform, with its ledger entry, once.
+pub(crate) async fn delivered<T: Tx>(
+    tx: &mut T,
+    rules: &Rules,
+    id: i64,
+    platform_ref: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if let Some(settled) = tx.mark_delivered(id, platform_ref, ms(now)).await? {
+        let ev = delivered_event(now, &settled, platform_ref)?;
+        rules.append(tx, &[ev]).await?;
+    }
+    Ok(())
+}
+
 /// The ledger entry for an outbox entry that was delivered.
-pub(crate) fn delivered_event(
+fn delivered_event(
     now: DateTime<Utc>,
     settled: &Settled,
     platform_ref: &str,

@@ -110,6 +110,10 @@ impl Platform for Console {
         "console"
     }
 
+    fn records_deliveries(&self) -> bool {
+        true
+    }
+
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
         let transient = |e: crate::store::StoreError| DeliveryError::Transient {
             message: e.to_string(),
@@ -157,7 +161,7 @@ impl Platform for Console {
                 })?;
                 match self
                     .store
-                    .console_edit(id, &entry.message, self.clock.now())
+                    .console_edit(id, &entry.message, Some(entry.id), self.clock.now())
                     .await
                     .map_err(transient)?
                 {
