@@ -10,8 +10,8 @@ use baton::core::event::{Actor, ConversationRef};
 use baton::core::ids::{MessageKey, RunId};
 use baton::core::message::{Destination, OutMessage, Outgoing};
 use baton::store::{
-    ApplyFn, ConsolePost, Definition, MemoryEntry, NewRun, OutboxEntry, OutboxOp, Store,
-    verify_ledger,
+    ApplyFn, ConsoleDelivery, ConsolePost, ConsoleRef, Definition, MemoryEntry, NewRun,
+    OutboxEntry, OutboxOp, Store, verify_ledger,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value, json};
@@ -885,6 +885,85 @@ async fn posting_an_outbox_entry_in_the_console_records_its_delivery_once(store:
     assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
 }
 
+async fn a_console_batch_delivers_a_thread_in_one_write_once(store: Backend) {
+    let run = a_run(&store).await;
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![
+            post(run, "root", "general", None, "deploy api"),
+            post(run, "reply", "general", Some("root"), "build done"),
+            edit(run, "root", "deploy api: done"),
+        ],
+    )
+    .await;
+    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let delivery = |i: usize, about: Option<ConsoleRef>| ConsoleDelivery {
+        outbox_id: ready[i].id,
+        author: "baton",
+        key: ready[i].key.clone(),
+        op: ready[i].op,
+        channel: "general".into(),
+        about,
+        message: ready[i].message.clone(),
+    };
+    let root = || Some(ConsoleRef::Post(MessageKey("root".into())));
+    let batch = vec![delivery(0, None), delivery(1, root()), delivery(2, root())];
+    let out = store.console_deliver(batch.clone(), t0()).await.unwrap();
+    let messages: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(messages.len(), 3);
+    let (first, reply, edited) = (&messages[0], &messages[1], &messages[2]);
+    assert_eq!(
+        reply.thread_id,
+        Some(first.id),
+        "the reply is in the root's thread"
+    );
+    assert_eq!(
+        (edited.id, edited.message.text.as_str()),
+        (first.id, "deploy api: done")
+    );
+    assert_eq!(edited.replies, 1);
+    let rows = store.outbox_of_run(run).await.unwrap();
+    assert!(rows.iter().all(|r| r.status == "delivered"), "{rows:?}");
+    let ledger = || async {
+        store
+            .audit_recent(Some(run), 20)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "post.delivered")
+            .count()
+    };
+    assert_eq!(ledger().await, 3);
+    // The same batch again (a crash before the engine heard of it): nothing new.
+    let again = store.console_deliver(batch, t0()).await.unwrap();
+    let ids: Vec<i64> = again.into_iter().map(|r| r.unwrap().id).collect();
+    assert_eq!(ids, vec![first.id, reply.id, first.id]);
+    assert_eq!(ledger().await, 3, "each delivery is in the ledger once");
+    assert_eq!(store.console_thread(first.id).await.unwrap().len(), 2);
+    // A reply about a post that is not out stops the batch without a result; an edit of a
+    // message that is gone ends it with the reason.
+    let orphan = vec![delivery(
+        1,
+        Some(ConsoleRef::Post(MessageKey("nowhere".into()))),
+    )];
+    assert!(
+        store
+            .console_deliver(orphan, t0())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gone = vec![delivery(2, Some(ConsoleRef::Id(9999)))];
+    let out = store.console_deliver(gone, t0()).await.unwrap();
+    let reasons: Vec<&str> = out
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().as_str())
+        .collect();
+    assert_eq!(reasons, vec!["message 9999 no longer exists"]);
+}
+
 async fn agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn(store: Backend) {
     let run = a_run(&store).await;
     for (seq, text) in [(0, "first"), (1, "second"), (1, "second, after a crash")] {
@@ -1009,6 +1088,7 @@ contract!(sqlite:
     schedule_cursors_remember_the_last_slot,
     console_history_keeps_threads_and_posts_an_outbox_entry_once,
     posting_an_outbox_entry_in_the_console_records_its_delivery_once,
+    a_console_batch_delivers_a_thread_in_one_write_once,
     agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
     secrets_are_taken_out_of_everything_stored,
 );

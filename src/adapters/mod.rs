@@ -70,6 +70,16 @@ pub trait Platform: Send + Sync {
     fn name(&self) -> &'static str;
     /// Posts or edits one message and returns the platform's reference for it.
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError>;
+    /// Delivers a conversation's entries in order at once, stopping at the first that does
+    /// not go out: the result of each entry tried, in order. An entry may be a reply to (or an
+    /// edit of) a post earlier in `entries`, without that post's reference: the platform
+    /// resolves it. `None` (the default): the platform delivers one entry at a time.
+    async fn deliver_all(
+        &self,
+        _entries: &[OutboxEntry],
+    ) -> Option<Vec<Result<String, DeliveryError>>> {
+        None
+    }
     /// Whether `deliver` records the entry as delivered itself, in the same write as the
     /// delivery (the console, whose messages live in Baton's own database).
     fn records_deliveries(&self) -> bool {

@@ -222,16 +222,33 @@ impl Engine {
     }
 
     /// Delivers one conversation's ready entries in order, up to the first that does not go
-    /// out (which holds back the rest, so a thread never goes out of order). Deliveries are
-    /// recorded without waiting, so the next message goes out meanwhile and the records of
-    /// many conversations share a commit; returns how many were tried, and the recording
-    /// tasks.
+    /// out (which holds back the rest, so a thread never goes out of order). A platform that
+    /// delivers a batch at once (the console: one write for the lot) gets the whole lane;
+    /// others get one entry at a time, each reply or edit with the reference of the post it
+    /// depends on when that went out earlier in the lane. Deliveries are recorded without
+    /// waiting, so the next message goes out meanwhile and the records of many conversations
+    /// share a commit; returns how many were tried, and the recording tasks.
     async fn deliver_lane(
         self: &Arc<Self>,
         lane: Vec<OutboxEntry>,
     ) -> (usize, Vec<JoinHandle<()>>) {
         let mut recording = Vec::new();
         let mut tried = 0;
+        let platform = lane
+            .first()
+            .and_then(|e| self.platforms.get(e.platform.as_str()))
+            .cloned();
+        if let Some(p) = &platform
+            && let Some(results) = p.deliver_all(&lane).await
+        {
+            for (entry, result) in lane.into_iter().zip(results) {
+                tried += 1;
+                if !self.settle_delivery(entry, result, &mut recording).await {
+                    break;
+                }
+            }
+            return (tried, recording);
+        }
         // References of the posts this lane delivered, for the replies and edits behind them.
         let mut posted: std::collections::HashMap<String, String> = Default::default();
         for mut entry in lane {
@@ -248,82 +265,94 @@ impl Engine {
                 break;
             }
             tried += 1;
-            let result = match self.platforms.get(entry.platform.as_str()) {
+            let result = match &platform {
                 Some(p) => p.deliver(&entry).await,
                 None => Err(DeliveryError::Permanent(format!(
                     "no `{}` platform is configured",
                     entry.platform
                 ))),
             };
-            let now = self.clock.now();
-            match result {
-                Ok(reference) => {
-                    if entry.op == OutboxOp::Post {
-                        posted.insert(entry.key.0.clone(), reference.clone());
-                    }
-                    let engine = self.clone();
-                    recording.push(tokio::spawn(async move {
-                        engine.delivered(&entry, &reference, now).await
-                    }));
-                    continue;
-                }
-                Err(DeliveryError::NotYet(wait) | DeliveryError::RateLimited(wait)) => {
-                    if matches!(result, Err(DeliveryError::RateLimited(_))) {
-                        self.metrics.rate_limited();
-                        tracing::debug!(key = %entry.key, ?wait, "rate limited; waiting");
-                    }
-                    // A platform that says "wait 0" a hundred times in a row is not asked a
-                    // hundred times in a tight loop.
-                    let wait = Duration::from_std(wait)
-                        .unwrap_or_else(|_| Duration::seconds(1))
-                        .clamp(
-                            Duration::milliseconds(MIN_WAIT_MS),
-                            Duration::seconds(MAX_RETRY_WAIT_SECONDS),
-                        );
-                    self.record(self.store.outbox_defer(entry.id, now + wait).await);
-                }
-                Err(DeliveryError::Transient {
-                    message,
-                    retry_after,
-                }) => {
-                    self.metrics.delivery_failed();
-                    let failing_for = now - entry.failing_since.unwrap_or(now);
-                    if failing_for >= Duration::hours(GIVE_UP_AFTER_HOURS) {
-                        let message = format!(
-                            "gave up after {GIVE_UP_AFTER_HOURS} hours of failed tries: {message}"
-                        );
-                        self.give_up(&entry, &message, now).await;
-                        break;
-                    }
-                    let backoff = retry_after
-                        .and_then(|d| Duration::from_std(d).ok())
-                        .map(|d| d.min(Duration::seconds(MAX_RETRY_WAIT_SECONDS)))
-                        .unwrap_or_else(|| {
-                            Duration::seconds(1i64 << entry.attempts.min(9))
-                                .min(Duration::seconds(MAX_BACKOFF_SECONDS))
-                        });
-                    tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
-                    self.record(
-                        self.store
-                            .outbox_failed(entry.id, &message, Some(now + backoff), now)
-                            .await,
-                    );
-                    // Failing for long: a person hears of it long before Baton gives up, and
-                    // Retry tries at once.
-                    if !entry.alerted && failing_for >= self.settings.delivery_alert_after {
-                        let minutes = failing_for.num_minutes().max(1);
-                        let why = format!("failing for {minutes} min, still trying: {message}");
-                        self.alert(&entry, why, false).await;
-                    }
-                }
-                Err(DeliveryError::Permanent(message)) => {
-                    self.metrics.delivery_failed();
-                    self.give_up(&entry, &message, now).await
-                }
+            if let (Ok(reference), OutboxOp::Post) = (&result, entry.op) {
+                posted.insert(entry.key.0.clone(), reference.clone());
             }
-            break;
+            if !self.settle_delivery(entry, result, &mut recording).await {
+                break;
+            }
         }
         (tried, recording)
+    }
+
+    /// Acts on how one delivery went; says whether the lane goes on to the next entry.
+    async fn settle_delivery(
+        self: &Arc<Self>,
+        entry: OutboxEntry,
+        result: Result<String, DeliveryError>,
+        recording: &mut Vec<JoinHandle<()>>,
+    ) -> bool {
+        let now = self.clock.now();
+        match result {
+            Ok(reference) => {
+                let engine = self.clone();
+                recording.push(tokio::spawn(async move {
+                    engine.delivered(&entry, &reference, now).await
+                }));
+                return true;
+            }
+            Err(DeliveryError::NotYet(wait) | DeliveryError::RateLimited(wait)) => {
+                if matches!(result, Err(DeliveryError::RateLimited(_))) {
+                    self.metrics.rate_limited();
+                    tracing::debug!(key = %entry.key, ?wait, "rate limited; waiting");
+                }
+                // A platform that says "wait 0" a hundred times in a row is not asked a
+                // hundred times in a tight loop.
+                let wait = Duration::from_std(wait)
+                    .unwrap_or_else(|_| Duration::seconds(1))
+                    .clamp(
+                        Duration::milliseconds(MIN_WAIT_MS),
+                        Duration::seconds(MAX_RETRY_WAIT_SECONDS),
+                    );
+                self.record(self.store.outbox_defer(entry.id, now + wait).await);
+            }
+            Err(DeliveryError::Transient {
+                message,
+                retry_after,
+            }) => {
+                self.metrics.delivery_failed();
+                let failing_for = now - entry.failing_since.unwrap_or(now);
+                if failing_for >= Duration::hours(GIVE_UP_AFTER_HOURS) {
+                    let message = format!(
+                        "gave up after {GIVE_UP_AFTER_HOURS} hours of failed tries: {message}"
+                    );
+                    self.give_up(&entry, &message, now).await;
+                    return false;
+                }
+                let backoff = retry_after
+                    .and_then(|d| Duration::from_std(d).ok())
+                    .map(|d| d.min(Duration::seconds(MAX_RETRY_WAIT_SECONDS)))
+                    .unwrap_or_else(|| {
+                        Duration::seconds(1i64 << entry.attempts.min(9))
+                            .min(Duration::seconds(MAX_BACKOFF_SECONDS))
+                    });
+                tracing::warn!(key = %entry.key, error = %message, "delivery failed; retrying later");
+                self.record(
+                    self.store
+                        .outbox_failed(entry.id, &message, Some(now + backoff), now)
+                        .await,
+                );
+                // Failing for long: a person hears of it long before Baton gives up, and
+                // Retry tries at once.
+                if !entry.alerted && failing_for >= self.settings.delivery_alert_after {
+                    let minutes = failing_for.num_minutes().max(1);
+                    let why = format!("failing for {minutes} min, still trying: {message}");
+                    self.alert(&entry, why, false).await;
+                }
+            }
+            Err(DeliveryError::Permanent(message)) => {
+                self.metrics.delivery_failed();
+                self.give_up(&entry, &message, now).await
+            }
+        }
+        false
     }
 
     /// The platform has the message now: recording that must not be skipped, or the next

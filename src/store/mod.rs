@@ -341,9 +341,42 @@ pub struct ConsolePost<'a> {
     pub client_id: Option<&'a str>,
 }
 
+/// An outbox entry the console delivers: a post, or an edit of an earlier message.
+#[derive(Debug, Clone)]
+pub struct ConsoleDelivery {
+    pub outbox_id: i64,
+    /// Who posts it (the bot).
+    pub author: &'static str,
+    pub key: MessageKey,
+    pub op: OutboxOp,
+    /// Where a post goes (a channel, or `@name` for a private post).
+    pub channel: String,
+    /// A post's thread, or an edit's message.
+    pub about: Option<ConsoleRef>,
+    pub message: OutMessage,
+}
+
+/// A console message, by id or as the post of an outbox entry delivered earlier in the same
+/// batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleRef {
+    Id(i64),
+    Post(MessageKey),
+}
+
 /// The console platform's own chat history.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
+    /// Delivers outbox entries in order in one write: each post stored (once per outbox
+    /// entry) or edit applied, and each recorded as delivered with its ledger entry. Stops at
+    /// the first that cannot be delivered: one whose message does not exist ends the list
+    /// with its reason; one about a post that is neither stored nor earlier in the batch ends
+    /// it without a result (it is not due yet). The rest are not tried.
+    async fn console_deliver(
+        &self,
+        batch: Vec<ConsoleDelivery>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Result<ConsoleMessage, String>>>;
     /// Posts a message; says whether it is new. With `outbox_id` (or `client_id`), posting
     /// the same outbox entry (or the author's same message) again returns the message already
     /// posted for it, and `false`. With `outbox_id`, the post delivers that outbox entry, and

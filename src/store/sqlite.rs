@@ -1157,6 +1157,87 @@ const CONSOLE_SELECT: &str = "SELECT m.*, (SELECT COUNT(*) FROM console_messages
 
 #[async_trait]
 impl ConsoleStore for SqliteStore {
+    async fn console_deliver(
+        &self,
+        batch: Vec<ConsoleDelivery>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Result<ConsoleMessage, String>>> {
+        let bodies = batch
+            .iter()
+            .map(|d| self.rules.message(&d.message))
+            .collect::<StoreResult<Vec<_>>>()?;
+        write_tx!(self, |c, rules| {
+            let mut out = Vec::with_capacity(batch.len());
+            // Ids of the posts this batch stored, for the replies and edits behind them.
+            let mut posted: BTreeMap<String, i64> = BTreeMap::new();
+            for (d, body) in batch.into_iter().zip(bodies) {
+                let about = match &d.about {
+                    None => None,
+                    Some(ConsoleRef::Id(id)) => Some(*id),
+                    Some(ConsoleRef::Post(key)) => match posted.get(&key.0) {
+                        Some(id) => Some(*id),
+                        // Not in this batch: it stops here, and the next pass has it.
+                        None => break,
+                    },
+                };
+                let row = match d.op {
+                    OutboxOp::Post => {
+                        let inserted = sqlx::query(
+                            "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at)
+                             VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                             RETURNING *, 0 AS replies",
+                        )
+                        .bind(&d.channel)
+                        .bind(about)
+                        .bind(d.author)
+                        .bind(&body)
+                        .bind(d.outbox_id)
+                        .bind(ms(now))
+                        .bind(ms(now))
+                        .fetch_optional(&mut *c)
+                        .await?;
+                        match inserted {
+                            Some(r) => Some(r),
+                            // Delivered before (a crash before the engine heard of it): the
+                            // message already posted for it.
+                            None => {
+                                sqlx::query(&format!("{CONSOLE_SELECT} WHERE m.outbox_id = ?"))
+                                    .bind(d.outbox_id)
+                                    .fetch_optional(&mut *c)
+                                    .await?
+                            }
+                        }
+                    }
+                    OutboxOp::Edit => {
+                        sqlx::query(
+                            "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
+                             RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies",
+                        )
+                        .bind(&body)
+                        .bind(ms(now))
+                        .bind(about)
+                        .fetch_optional(&mut *c)
+                        .await?
+                    }
+                };
+                let Some(row) = row else {
+                    out.push(Err(match about {
+                        Some(id) => format!("message {id} no longer exists"),
+                        None => "there is no message to edit".to_owned(),
+                    }));
+                    break;
+                };
+                let m = console_from_row(&row)?;
+                tx::delivered(c, rules, d.outbox_id, &m.id.to_string(), now).await?;
+                if d.op == OutboxOp::Post {
+                    posted.insert(d.key.0, m.id);
+                }
+                out.push(Ok(m));
+            }
+            Ok(out)
+        })
+    }
+
     async fn console_post(
         &self,
         post: ConsolePost<'_>,

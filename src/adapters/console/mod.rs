@@ -10,7 +10,9 @@ pub mod pages;
 use super::{DeliveryError, Platform};
 use crate::core::clock::Clock;
 use crate::core::message::OutMessage;
-use crate::store::{ConsoleMessage, ConsolePost, OutboxEntry, OutboxOp, Store};
+use crate::store::{
+    ConsoleDelivery, ConsoleMessage, ConsolePost, ConsoleRef, OutboxEntry, OutboxOp, Store,
+};
 use async_trait::async_trait;
 use serde::Serialize;
 use std::sync::Arc;
@@ -104,6 +106,53 @@ impl Console {
     }
 }
 
+/// What the console stores to deliver an outbox entry, or why it cannot.
+fn delivery(entry: &OutboxEntry) -> Result<ConsoleDelivery, DeliveryError> {
+    let id = |r: &str, what: &str| {
+        r.parse::<i64>()
+            .map(ConsoleRef::Id)
+            .map_err(|_| DeliveryError::Permanent(format!("bad {what} reference `{r}`")))
+    };
+    let (channel, about) = match entry.op {
+        OutboxOp::Post => {
+            // A private post goes to the person's own channel, `@name`.
+            let channel = match &entry.private_to {
+                Some(user) => format!("@{user}"),
+                None if valid_channel(&entry.channel) => entry.channel.clone(),
+                None => {
+                    return Err(DeliveryError::Permanent(format!(
+                        "channel `{}` does not exist",
+                        entry.channel
+                    )));
+                }
+            };
+            let thread = match (&entry.thread_ref, &entry.thread_key) {
+                (Some(r), _) => Some(id(r, "thread")?),
+                // The root is ahead of it in the same batch.
+                (None, Some(root)) => Some(ConsoleRef::Post(root.clone())),
+                (None, None) => None,
+            };
+            (channel, thread)
+        }
+        OutboxOp::Edit => {
+            let target = match &entry.target_ref {
+                Some(r) => id(r, "message")?,
+                None => ConsoleRef::Post(entry.key.clone()),
+            };
+            (entry.channel.clone(), Some(target))
+        }
+    };
+    Ok(ConsoleDelivery {
+        outbox_id: entry.id,
+        author: BOT_NAME,
+        key: entry.key.clone(),
+        op: entry.op,
+        channel,
+        about,
+        message: entry.message.clone(),
+    })
+}
+
 #[async_trait]
 impl Platform for Console {
     fn name(&self) -> &'static str {
@@ -115,66 +164,59 @@ impl Platform for Console {
     }
 
     async fn deliver(&self, entry: &OutboxEntry) -> Result<String, DeliveryError> {
-        let transient = |e: crate::store::StoreError| DeliveryError::Transient {
-            message: e.to_string(),
-            retry_after: None,
-        };
-        match entry.op {
-            OutboxOp::Post => {
-                // A private post goes to the person's own channel, `@name`.
-                let direct = entry.private_to.as_ref().map(|user| format!("@{user}"));
-                let channel = direct.as_deref().unwrap_or(&entry.channel);
-                if direct.is_none() && !valid_channel(channel) {
-                    return Err(DeliveryError::Permanent(format!(
-                        "channel `{channel}` does not exist"
-                    )));
-                }
-                let thread = match &entry.thread_ref {
-                    Some(r) => Some(r.parse::<i64>().map_err(|_| {
-                        DeliveryError::Permanent(format!("bad thread reference `{r}`"))
-                    })?),
-                    None => None,
-                };
-                let (m, _) = self
-                    .store
-                    .console_post(
-                        ConsolePost {
-                            channel,
-                            thread_id: thread,
-                            author: BOT_NAME,
-                            is_bot: true,
-                            message: &entry.message,
-                            outbox_id: Some(entry.id),
-                            client_id: None,
-                        },
-                        self.clock.now(),
-                    )
-                    .await
-                    .map_err(transient)?;
-                self.announce(&m).await;
-                Ok(m.id.to_string())
-            }
-            OutboxOp::Edit => {
-                let target = entry.target_ref.as_deref().unwrap_or_default();
-                let id: i64 = target.parse().map_err(|_| {
-                    DeliveryError::Permanent(format!("bad message reference `{target}`"))
-                })?;
-                match self
-                    .store
-                    .console_edit(id, &entry.message, Some(entry.id), self.clock.now())
-                    .await
-                    .map_err(transient)?
-                {
-                    Some(m) => {
-                        self.announce(&m).await;
-                        Ok(m.id.to_string())
-                    }
-                    None => Err(DeliveryError::Permanent(format!(
-                        "message {id} no longer exists"
-                    ))),
+        let mut results = self.deliver_all(std::slice::from_ref(entry)).await;
+        match results.as_mut().and_then(|r| r.pop()) {
+            Some(result) => result,
+            // Its thread's root, or the message it edits, is not out yet.
+            None => Err(DeliveryError::NotYet(std::time::Duration::ZERO)),
+        }
+    }
+
+    async fn deliver_all(
+        &self,
+        entries: &[OutboxEntry],
+    ) -> Option<Vec<Result<String, DeliveryError>>> {
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut refused = None;
+        for entry in entries {
+            match delivery(entry) {
+                Ok(d) => batch.push(d),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
                 }
             }
         }
+        let mut out = Vec::with_capacity(entries.len());
+        if !batch.is_empty() {
+            let tried = batch.len();
+            match self.store.console_deliver(batch, self.clock.now()).await {
+                Ok(results) => {
+                    let stopped = results.len() < tried || results.iter().any(|r| r.is_err());
+                    for result in results {
+                        out.push(match result {
+                            Ok(m) => {
+                                self.announce(&m).await;
+                                Ok(m.id.to_string())
+                            }
+                            Err(reason) => Err(DeliveryError::Permanent(reason)),
+                        });
+                    }
+                    if stopped {
+                        return Some(out);
+                    }
+                }
+                Err(e) => {
+                    out.push(Err(DeliveryError::Transient {
+                        message: e.to_string(),
+                        retry_after: None,
+                    }));
+                    return Some(out);
+                }
+            }
+        }
+        out.extend(refused.map(Err));
+        Some(out)
     }
 
     async fn healthcheck(&self) -> anyhow::Result<()> {
