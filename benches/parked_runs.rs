@@ -119,6 +119,7 @@ async fn main() {
             },
             event_id: format!("bench-{i}"),
             late: false,
+            received: None,
         };
         e.start_run(req).await.unwrap();
     }

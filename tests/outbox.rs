@@ -138,6 +138,7 @@ async fn start(engine: &Arc<Engine>, channel: &str) -> i64 {
         },
         event_id: format!("e-{channel}"),
         late: false,
+        received: None,
     };
     match engine.start_run(req).await.unwrap() {
         StartOutcome::Started(r) => r.0,

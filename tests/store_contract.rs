@@ -75,6 +75,7 @@ fn new_run(event: &str) -> NewRun {
         title: "deploy api".into(),
         file: "commands/deploy.toml".into(),
         definition: Arc::from("name = \"deploy\""),
+        received: None,
     }
 }
 
@@ -146,9 +147,33 @@ async fn emit(store: &dyn Store, run: RunId, now: DateTime<Utc>, effects: Vec<Ef
         .expect("the run exists");
 }
 
-async fn a_run_is_created_once_per_event_id(store: Backend) {
+fn received(event: &str) -> NewRun {
+    NewRun {
+        received: Some(AuditEvent::new(
+            t0(),
+            AuditKind::TriggerReceived,
+            None,
+            json!({"event_id": event}),
+        )),
+        ..new_run(event)
+    }
+}
+
+async fn a_run_is_created_once_per_event_id_and_each_receipt_is_in_the_ledger(store: Backend) {
     let first = store
-        .create_run(new_run("ev-1"), t0(), nothing())
+        .create_run(
+            received("ev-1"),
+            t0(),
+            Box::new(|s, _| Transition {
+                effects: vec![Effect::Audit(AuditEvent::new(
+                    t0(),
+                    AuditKind::RunStarted,
+                    Some(s.run.id),
+                    json!({}),
+                ))],
+                notice: None,
+            }),
+        )
         .await
         .unwrap();
     assert!(first.new);
@@ -156,7 +181,7 @@ async fn a_run_is_created_once_per_event_id(store: Backend) {
     let seen = started.clone();
     let again = store
         .create_run(
-            new_run("ev-1"),
+            received("ev-1"),
             t0(),
             Box::new(move |_, _| {
                 *seen.lock().unwrap() = true;
@@ -170,6 +195,18 @@ async fn a_run_is_created_once_per_event_id(store: Backend) {
     assert!(
         !*started.lock().unwrap(),
         "nothing is applied the second time"
+    );
+    let kinds: Vec<String> = store
+        .audit_page(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["trigger.received", "run.started", "trigger.received"],
+        "the receipt goes first, in the run's transaction, and again for the repeat"
     );
     let other = store
         .create_run(new_run("ev-2"), t0(), nothing())
@@ -1074,7 +1111,7 @@ macro_rules! contract {
 }
 
 contract!(sqlite:
-    a_run_is_created_once_per_event_id,
+    a_run_is_created_once_per_event_id_and_each_receipt_is_in_the_ledger,
     a_new_run_starts_from_exactly_the_state_that_is_read_back,
     what_an_apply_changes_is_what_is_read_back,
     an_event_applied_twice_changes_the_run_once,

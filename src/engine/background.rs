@@ -142,6 +142,7 @@ impl Engine {
                     // if this tick is repeated after a crash.
                     event_id: format!("schedule:{}:{}:{}", wf.name, s.key, slot.timestamp()),
                     late,
+                    received: None,
                 };
                 let outcome = self.start_run(req).await?;
                 if let StartOutcome::Started(run) = outcome {

@@ -67,8 +67,8 @@ impl Engine {
                     .actor(&ev.actor);
                 match trigger::match_slash(&self.workflows, &command, &text, options.as_ref()) {
                     SlashMatch::Start { workflow, inputs } => {
-                        self.store.audit_append(vec![received]).await?;
-                        self.start_for(&ev, workflow, inputs, ev.id.clone()).await
+                        self.start_for(&ev, workflow, inputs, ev.id.clone(), received)
+                            .await
                     }
                     SlashMatch::Baton(BatonCommand::Cancel(run)) => {
                         self.store.audit_append(vec![received]).await?;
@@ -105,10 +105,9 @@ impl Engine {
                 for (workflow, inputs) in trigger::match_message(&self.workflows, facts) {
                     let received = AuditEvent::new(self.clock.now(), AuditKind::TriggerReceived, None, json!({"kind": "message", "workflow": workflow.name, "text": text, "channel": ev.conversation.channel, "event_id": ev.id}))
                         .actor(&ev.actor);
-                    self.store.audit_append(vec![received]).await?;
                     // One message may start several workflows; each gets its own event id.
                     let id = format!("{}:{}", ev.id, workflow.name);
-                    let r = self.start_for(&ev, workflow, inputs, id).await?;
+                    let r = self.start_for(&ev, workflow, inputs, id, received).await?;
                     out.notices.extend(r.notices);
                     out.started.extend(r.started);
                 }
@@ -187,6 +186,7 @@ impl Engine {
         workflow: Arc<Workflow>,
         inputs: Map<String, Value>,
         event_id: String,
+        received: AuditEvent,
     ) -> Result<Response, EngineError> {
         let req = StartRequest {
             workflow,
@@ -195,6 +195,7 @@ impl Engine {
             conversation: ev.conversation.clone(),
             event_id,
             late: false,
+            received: Some(received),
         };
         Ok(match self.start_run(req).await? {
             StartOutcome::Started(run) => Response {

@@ -79,6 +79,9 @@ pub struct StartRequest {
     pub conversation: ConversationRef,
     pub event_id: String,
     pub late: bool,
+    /// The ledger entry of the trigger that asked for the run, written in the same
+    /// transaction as the run (or as its refusal).
+    pub received: Option<AuditEvent>,
 }
 
 /// The driver.
@@ -229,7 +232,8 @@ impl Engine {
         if !wf.may_start(&req.actor, &req.conversation.channel) {
             let ev = AuditEvent::new(now, AuditKind::TriggerRefused, None, json!({"workflow": wf.name, "channel": req.conversation.channel, "event_id": req.event_id}))
                 .actor(&req.actor);
-            self.store.audit_append(vec![ev]).await?;
+            let events = req.received.take().into_iter().chain([ev]).collect();
+            self.store.audit_append(events).await?;
             let how = wf
                 .slash()
                 .map(|s| format!("/{}", s.command))
@@ -254,6 +258,7 @@ impl Engine {
             title,
             file: wf.file.display().to_string(),
             definition: wf.source.clone(),
+            received: req.received.take(),
         };
         let engine = self.clone();
         let created = self

@@ -74,6 +74,9 @@ pub struct NewRun {
     /// The workflow file's path and text, kept with the run.
     pub file: String,
     pub definition: Arc<str>,
+    /// The trigger's ledger entry, written first in the same transaction, also when the run
+    /// exists already (the event was received again).
+    pub received: Option<AuditEvent>,
 }
 
 /// The workflow text a run was started with.

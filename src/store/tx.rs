@@ -382,7 +382,9 @@ pub(crate) async fn create_run<T: Tx>(
         definition: new.definition.clone(),
         created_at: ms(now),
     };
+    let received: Vec<AuditEvent> = new.received.iter().cloned().collect();
     let Some(id) = tx.insert_run(&row).await? else {
+        rules.append(tx, &received).await?;
         let run = tx
             .run_for_event(&new.event_id)
             .await?
@@ -397,7 +399,7 @@ pub(crate) async fn create_run<T: Tx>(
     let (mut state, def) = stored_new_run(id, row, new.requested_by);
     let before = state.clone();
     let transition = start(&mut state, &def);
-    write_change(tx, rules, &before, &state, &transition, now).await?;
+    write_change(tx, rules, &before, &state, &transition, now, received).await?;
     Ok(Created {
         run: id,
         new: true,
@@ -468,11 +470,12 @@ pub(crate) async fn apply<T: Tx>(
         return Ok(Some(Transition::default()));
     }
     let now = state.run.updated_at;
-    write_change(tx, rules, &before, &state, &transition, now).await?;
+    write_change(tx, rules, &before, &state, &transition, now, Vec::new()).await?;
     Ok(Some(transition))
 }
 
-/// Writes what changed between `before` and `after` and what `t`'s effects ask for.
+/// Writes what changed between `before` and `after` and what `t`'s effects ask for, with
+/// the ledger entries `first` ahead of the transition's.
 async fn write_change<T: Tx>(
     tx: &mut T,
     rules: &Rules,
@@ -480,17 +483,15 @@ async fn write_change<T: Tx>(
     after: &RunState,
     t: &Transition,
     now: DateTime<Utc>,
+    first: Vec<AuditEvent>,
 ) -> StoreResult<()> {
     let mut rows = diff(rules, before, after)?;
     effects(rules, &mut rows, t, now)?;
-    let events: Vec<AuditEvent> = t
-        .effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Audit(ev) => Some(ev.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut events = first;
+    events.extend(t.effects.iter().filter_map(|e| match e {
+        Effect::Audit(ev) => Some(ev.clone()),
+        _ => None,
+    }));
     rows.audit = rules.chain(tx, &events).await?;
     tx.write(&rows).await
 }
