@@ -401,6 +401,17 @@ async fn main() {
     }
     app.settled(SUCCEEDED, runs_so_far + latency_messages).await;
     let runs_so_far = runs_so_far + latency_messages;
+    // The outbox is empty once the last replies are committed; the console tells the stream
+    // of them just after, so wait (a little) for the stream to show every one.
+    let seen_all = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < seen_all {
+        let pongs = seen.pongs.lock().unwrap();
+        if sent.iter().all(|(n, _)| pongs.contains_key(n)) {
+            break;
+        }
+        drop(pongs);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut latencies: Vec<Duration> = {
         let pongs = seen.pongs.lock().unwrap();
         sent.iter()
