@@ -405,11 +405,13 @@ async fn main() {
     // of them just after, so wait (a little) for the stream to show every one.
     let seen_all = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < seen_all {
-        let pongs = seen.pongs.lock().unwrap();
-        if sent.iter().all(|(n, _)| pongs.contains_key(n)) {
+        let all_seen = {
+            let pongs = seen.pongs.lock().unwrap();
+            sent.iter().all(|(n, _)| pongs.contains_key(n))
+        };
+        if all_seen {
             break;
         }
-        drop(pongs);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut latencies: Vec<Duration> = {
