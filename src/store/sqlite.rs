@@ -1153,6 +1153,11 @@ impl ScheduleStore for SqliteStore {
     }
 }
 
+/// Changes a console message's body (`body`, `updated_at`, `id`) and returns it as
+/// [`CONSOLE_SELECT`] would.
+const CONSOLE_EDIT: &str = "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
+     RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies";
+
 const CONSOLE_SELECT: &str = "SELECT m.*, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = m.id) AS replies FROM console_messages m";
 
 #[async_trait]
@@ -1209,15 +1214,12 @@ impl ConsoleStore for SqliteStore {
                         }
                     }
                     OutboxOp::Edit => {
-                        sqlx::query(
-                            "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
-                             RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies",
-                        )
-                        .bind(&body)
-                        .bind(ms(now))
-                        .bind(about)
-                        .fetch_optional(&mut *c)
-                        .await?
+                        sqlx::query(CONSOLE_EDIT)
+                            .bind(&body)
+                            .bind(ms(now))
+                            .bind(about)
+                            .fetch_optional(&mut *c)
+                            .await?
                     }
                 };
                 let Some(row) = row else {
@@ -1324,15 +1326,12 @@ impl ConsoleStore for SqliteStore {
     ) -> StoreResult<Option<ConsoleMessage>> {
         let body = self.rules.message(message)?;
         write_tx!(self, |c, rules| {
-            let row = sqlx::query(
-                "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
-                 RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies",
-            )
-            .bind(&body)
-            .bind(ms(now))
-            .bind(id)
-            .fetch_optional(&mut *c)
-            .await?;
+            let row = sqlx::query(CONSOLE_EDIT)
+                .bind(&body)
+                .bind(ms(now))
+                .bind(id)
+                .fetch_optional(&mut *c)
+                .await?;
             if row.is_some()
                 && let Some(entry) = outbox_id
             {
