@@ -666,6 +666,7 @@ fn the_core_imports_no_platform_http_server_or_database_crate() {
     let mut stack = vec![core];
     let forbidden = [
         "sqlx",
+        "rusqlite",
         "axum",
         "hyper",
         "reqwest",

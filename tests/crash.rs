@@ -530,48 +530,27 @@ fn audit_verify_finds_the_first_tampered_entry() {
     assert!(ok);
     assert!(std::fs::read_to_string(&export).unwrap().lines().count() > 5);
     // Someone with database access rewrites history (the append-only trigger must go first).
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let url = format!("sqlite://{}", bot.dir.path().join("baton.db").display());
-        let mut c = url
-            .parse::<sqlx::sqlite::SqliteConnectOptions>()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let refused = sqlx::query("UPDATE audit SET data = '{}' WHERE seq = 3")
-            .execute(&mut c)
-            .await;
-        assert!(refused.is_err(), "the ledger refuses updates");
-        sqlx::query("DROP TRIGGER audit_no_update")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE audit SET data = '{\"forged\":true}' WHERE seq = 3")
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
+    let c = rusqlite::Connection::open(bot.dir.path().join("baton.db")).unwrap();
+    let refused = c.execute("UPDATE audit SET data = '{}' WHERE seq = 3", []);
+    assert!(refused.is_err(), "the ledger refuses updates");
+    c.execute_batch("DROP TRIGGER audit_no_update").unwrap();
+    c.execute(
+        "UPDATE audit SET data = '{\"forged\":true}' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(c);
     let (ok, out) = bot.cli(&["audit", "verify"]);
     assert!(!ok);
     assert!(out.contains("broken at entry 3"), "{out}");
 }
 
 /// Runs SQL on a stopped bot's database as someone with the file would.
-fn tamper(bot: &Bot, rt: &tokio::runtime::Runtime, statements: &[&str]) {
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let url = format!("sqlite://{}", bot.dir.path().join("baton.db").display());
-        let mut c = url
-            .parse::<sqlx::sqlite::SqliteConnectOptions>()
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        for sql in statements {
-            sqlx::query(sql).execute(&mut c).await.unwrap();
-        }
-    });
+fn tamper(bot: &Bot, statements: &[&str]) {
+    let c = rusqlite::Connection::open(bot.dir.path().join("baton.db")).unwrap();
+    for sql in statements {
+        c.execute_batch(sql).unwrap();
+    }
 }
 
 /// The `head:` line of `baton audit verify`.
@@ -615,7 +594,6 @@ fn deleting_the_newest_ledger_entries_is_caught_by_a_checkpoint_seen_before() {
     // The two newest entries go; what is left is a valid chain on its own.
     tamper(
         &bot,
-        &rt,
         &[
             "DROP TRIGGER audit_no_delete",
             &format!("DELETE FROM audit WHERE seq > {}", seq - 2),
@@ -676,7 +654,6 @@ fn with_an_audit_key_a_tail_written_without_it_does_not_verify() {
         baton::core::audit::entry_hash(prev, seq, at, "run.cancelled", None, None, None, "{}");
     tamper(
         &bot,
-        &rt,
         &[&format!(
             "INSERT INTO audit (seq, at, kind, data, prev_hash, hash) VALUES ({seq}, {}, 'run.cancelled', '{{}}', '{prev}', '{hash}')",
             at.timestamp_millis()

@@ -119,12 +119,17 @@ pub(crate) struct Writer<C, X> {
 }
 
 impl<C: Session, X: Memory> Writer<C, X> {
-    /// Starts the writer task on `conn`; `context` is handed to every write.
-    pub(crate) fn start(conn: C, context: Arc<X>) -> Self {
+    /// Starts the writer on a thread of its own, for a connection whose statements block
+    /// (SQLite called directly): a batch runs start to end on that thread, so its statements
+    /// cost function calls, not hand-offs between threads, and nothing else waits behind it.
+    pub(crate) fn start_on_thread(conn: C, context: Arc<X>, name: &str) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
         let (close, close_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(conn, context, rx, close_rx));
-        Self { queue, close }
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || runtime.block_on(write_loop(conn, context, rx, close_rx)))?;
+        Ok(Self { queue, close })
     }
 
     /// Settles every write already sent, refuses later ones (`StoreError::Closed`) and closes
@@ -255,64 +260,59 @@ async fn settle<C: Session, X: Memory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::{Connection, Row, SqliteConnection};
+    use rusqlite::Connection;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A SQLite connection that counts the transactions it opens.
     struct Counting {
-        conn: SqliteConnection,
+        conn: Connection,
         begins: Arc<AtomicUsize>,
+    }
+
+    fn failed(e: rusqlite::Error) -> StoreError {
+        StoreError::database(e.to_string())
     }
 
     impl Session for Counting {
         fn begin(&mut self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
             self.begins.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                self.execute("BEGIN IMMEDIATE").await?;
-                Ok(None)
-            })
+            let r = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(failed);
+            Box::pin(std::future::ready(r.map(|()| None)))
         }
         fn close(self) -> BoxFuture<'static, ()> {
-            Box::pin(async move {
-                let _ = sqlx::Connection::close(self.conn).await;
-            })
+            let _ = self.conn.close();
+            Box::pin(std::future::ready(()))
         }
         fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
-            Box::pin(async move {
-                sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(sql))
-                    .await
-                    .map_err(|e| StoreError::database(e.to_string()))?;
-                Ok(())
-            })
+            Box::pin(std::future::ready(
+                self.conn.execute_batch(sql).map_err(failed),
+            ))
         }
     }
 
-    async fn writer(url: &str) -> (Writer<Counting, ()>, Arc<AtomicUsize>) {
-        let mut conn = SqliteConnection::connect(url).await.unwrap();
-        sqlx::query("CREATE TABLE t (v TEXT NOT NULL)")
-            .execute(&mut conn)
-            .await
+    fn writer_on(conn: Connection) -> (Writer<Counting, ()>, Arc<AtomicUsize>) {
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (v TEXT NOT NULL)")
             .unwrap();
         let begins = Arc::new(AtomicUsize::new(0));
-        let w = Writer::start(
-            Counting {
-                conn,
-                begins: begins.clone(),
-            },
-            Arc::new(()),
-        );
+        let counting = Counting {
+            conn,
+            begins: begins.clone(),
+        };
+        let w = Writer::start_on_thread(counting, Arc::new(()), "test-writer").unwrap();
         (w, begins)
+    }
+
+    fn writer() -> (Writer<Counting, ()>, Arc<AtomicUsize>) {
+        writer_on(Connection::open_in_memory().unwrap())
     }
 
     async fn insert(w: &Writer<Counting, ()>, v: &str, fail: bool) -> StoreResult<String> {
         let v = v.to_owned();
         w.run(move |c: &mut Counting, _: &()| {
             Box::pin(async move {
-                sqlx::query("INSERT INTO t (v) VALUES (?)")
-                    .bind(&v)
-                    .execute(&mut c.conn)
-                    .await
-                    .map_err(|e| StoreError::database(e.to_string()))?;
+                c.conn
+                    .execute("INSERT INTO t (v) VALUES (?)", [&v])
+                    .map_err(failed)?;
                 if fail {
                     return Err(StoreError::Corrupt(format!("{v} refused")));
                 }
@@ -325,11 +325,12 @@ mod tests {
     async fn values(w: &Writer<Counting, ()>) -> Vec<String> {
         w.run(|c: &mut Counting, _: &()| {
             Box::pin(async move {
-                let rows = sqlx::query("SELECT v FROM t ORDER BY rowid")
-                    .fetch_all(&mut c.conn)
-                    .await
-                    .map_err(|e| StoreError::database(e.to_string()))?;
-                Ok(rows.iter().map(|r| r.get::<String, _>("v")).collect())
+                let mut stmt = c
+                    .conn
+                    .prepare("SELECT v FROM t ORDER BY rowid")
+                    .map_err(failed)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(failed)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(failed)
             })
         })
         .await
@@ -338,23 +339,43 @@ mod tests {
 
     #[tokio::test]
     async fn writes_waiting_together_share_one_transaction_and_each_caller_gets_its_own_result() {
-        let (w, begins) = writer("sqlite::memory:").await;
+        let (w, begins) = writer();
+        // A write that holds the writer until told, so the next twenty queue behind it.
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let first = w.run(move |_: &mut Counting, _: &()| {
+            Box::pin(async move {
+                let _ = started.send(());
+                let _ = hold.recv();
+                Ok(())
+            })
+        });
         let names: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
-        let results =
-            futures_util::future::join_all(names.iter().map(|n| insert(&w, n, false))).await;
+        let rest = async {
+            running.await.unwrap();
+            let queued = futures_util::future::join_all(names.iter().map(|n| insert(&w, n, false)));
+            let let_go = async {
+                // Long enough for the twenty to be queued.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                release.send(()).unwrap();
+            };
+            tokio::join!(queued, let_go).0
+        };
+        let (first, results) = tokio::join!(first, rest);
+        first.unwrap();
         let got: Vec<String> = results.into_iter().map(Result::unwrap).collect();
         assert_eq!(got, names);
         assert_eq!(
             begins.load(Ordering::SeqCst),
-            1,
-            "one transaction for the batch"
+            2,
+            "one transaction for the first write, one for the twenty queued behind it"
         );
         assert_eq!(values(&w).await, names);
     }
 
     #[tokio::test]
     async fn a_failing_write_is_rolled_back_alone_and_its_neighbours_are_kept() {
-        let (w, begins) = writer("sqlite::memory:").await;
+        let (w, _) = writer();
         let (a, b, c) = tokio::join!(
             insert(&w, "a", false),
             insert(&w, "b", true),
@@ -366,13 +387,12 @@ mod tests {
             "stored data is not what this version expects: b refused"
         );
         assert_eq!(c.unwrap(), "c");
-        assert_eq!(begins.load(Ordering::SeqCst), 1);
         assert_eq!(values(&w).await, ["a", "c"]);
     }
 
     #[tokio::test]
     async fn a_failing_write_with_no_neighbours_leaves_nothing_behind() {
-        let (w, _) = writer("sqlite::memory:").await;
+        let (w, _) = writer();
         assert!(insert(&w, "lonely", true).await.is_err());
         assert_eq!(insert(&w, "next", false).await.unwrap(), "next");
         assert_eq!(values(&w).await, ["next"]);
@@ -380,13 +400,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_panics_is_rolled_back_alone_and_the_writer_goes_on() {
-        let (w, _) = writer("sqlite::memory:").await;
+        let (w, _) = writer();
         let boom = w.run(|c: &mut Counting, _: &()| {
             Box::pin(async move {
-                sqlx::query("INSERT INTO t (v) VALUES ('boom')")
-                    .execute(&mut c.conn)
-                    .await
-                    .map_err(|e| StoreError::database(e.to_string()))?;
+                c.conn
+                    .execute("INSERT INTO t (v) VALUES ('boom')", [])
+                    .map_err(failed)?;
                 if c.begins.load(Ordering::SeqCst) > 0 {
                     panic!("a bug in a write");
                 }
@@ -402,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_settles_the_writes_already_sent_and_refuses_later_ones() {
-        let (w, _) = writer("sqlite::memory:").await;
+        let (w, _) = writer();
         // Sent before the close: settled, and the close waits for them.
         let (a, b, ()) = tokio::join!(insert(&w, "a", false), insert(&w, "b", false), w.close());
         assert_eq!((a.unwrap(), b.unwrap()), ("a".into(), "b".into()));
@@ -415,16 +434,14 @@ mod tests {
     #[tokio::test]
     async fn a_caller_hears_of_its_write_only_once_it_is_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
-        let (w, _) = writer(&url).await;
+        let path = dir.path().join("w.db");
+        let (w, _) = writer_on(Connection::open(&path).unwrap());
         insert(&w, "kept", false).await.unwrap();
         // Another connection sees it at once: it was committed before the answer came.
-        let mut other = SqliteConnection::connect(&url).await.unwrap();
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM t WHERE v = 'kept'")
-            .fetch_one(&mut other)
-            .await
-            .unwrap()
-            .get("n");
+        let other = Connection::open(&path).unwrap();
+        let n: i64 = other
+            .query_row("SELECT COUNT(*) FROM t WHERE v = 'kept'", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
     }
 }

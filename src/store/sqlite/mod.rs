@@ -1,0 +1,462 @@
+//! The SQLite backend: the default, a single file, nothing to install.
+//!
+//! SQLite allows one writer at a time. Every write goes through the store's one writer
+//! (`super::writer`), which runs on a thread of its own and calls SQLite directly: the writes
+//! waiting together are applied in one `BEGIN IMMEDIATE` transaction (group commit), each
+//! statement a function call rather than a hand-off to another thread. Reads run on
+//! connections of their own beside it (WAL), on the caller's thread: a read in WAL mode never
+//! waits for the writer, and the queries are indexed. A second process (the CLI cancelling a
+//! run) waits on the busy timeout.
+//!
+//! The files: `migrate.rs` (the embedded schema), `write.rs` (the transaction layer's
+//! primitives, [`super::tx::Tx`]), then one file per store trait.
+
+mod agents;
+mod audit;
+mod console;
+mod migrate;
+mod outbox;
+mod runs;
+mod write;
+
+use super::tx::Rules;
+use super::writer::{Session, Writer};
+use super::*;
+use crate::core::audit::Redactor;
+use anyhow::Context as _;
+use futures_util::future::BoxFuture;
+use rusqlite::types::{FromSql, FromSqlError};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How long a statement waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Distinct statements a connection keeps prepared.
+const PREPARED: usize = 96;
+/// Read connections kept open between reads.
+const IDLE_READERS: usize = 8;
+
+/// The writer's connection: the one that writes, on the writer's thread.
+pub(crate) struct Conn(Connection);
+
+impl std::ops::Deref for Conn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+/// Runs a block as one write of the writer's next batch: kept when it returns `Ok`, rolled
+/// back alone when it returns an error. The block owns what it uses.
+macro_rules! write_tx {
+    ($self:expr, |$c:ident, $rules:ident| $body:block) => {
+        $self
+            .writer
+            .run(
+                move |$c: &mut $crate::store::sqlite::Conn, $rules: &$crate::store::tx::Rules| {
+                    Box::pin(async move {
+                        let result: $crate::store::StoreResult<_> = async move { $body }.await;
+                        result
+                    })
+                },
+            )
+            .await
+    };
+}
+pub(crate) use write_tx;
+
+impl Session for Conn {
+    fn begin(&mut self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
+        // `data_version` changes exactly when another connection (the CLI, say) has
+        // committed since this one last looked.
+        let version = self
+            .execute_batch("BEGIN IMMEDIATE")
+            .and_then(|()| self.query_row("PRAGMA data_version", [], |r| r.get(0)));
+        Box::pin(std::future::ready(
+            version.map(Some).map_err(StoreError::from),
+        ))
+    }
+
+    fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(std::future::ready(
+            self.execute_batch(sql).map_err(StoreError::from),
+        ))
+    }
+
+    fn close(self) -> BoxFuture<'static, ()> {
+        if let Err((_, e)) = self.0.close() {
+            tracing::warn!(error = %e, "the database's write connection did not close cleanly");
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    readers: Readers,
+    writer: Writer<Conn, Rules>,
+    rules: Arc<Rules>,
+}
+
+/// Connections for reads, opened when needed and kept for the next read.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+}
+
+impl Readers {
+    /// Runs `f` on a read connection, on this thread.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let idle = self.idle.lock().expect("readers lock").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => connect(&self.path, Durability::Full, true)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().expect("readers lock");
+        if idle.len() < IDLE_READERS && !self.closed.load(Ordering::Acquire) {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Closes the idle connections; reads after this are refused.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.idle.lock().expect("readers lock").clear();
+    }
+}
+
+/// Opens a connection to `path` with Baton's settings.
+fn connect(path: &Path, durability: Durability, read_only: bool) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(path, flags)?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    c.set_prepared_statement_cache_capacity(PREPARED);
+    // In WAL mode, NORMAL syncs only at checkpoints: a commit survives the process being
+    // killed but not a power cut. FULL syncs the log at every commit, which group commit
+    // makes cheap: one sync carries a whole batch.
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    c.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+    ))?;
+    if read_only {
+        c.execute_batch("PRAGMA query_only = ON")?;
+    }
+    Ok(c)
+}
+
+/// The file a `sqlite:` URL names: `sqlite://baton.db`, `sqlite:baton.db` or
+/// `sqlite:///var/lib/baton/baton.db`, with any `?options` after it ignored.
+fn file_of(url: &str) -> anyhow::Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .with_context(|| format!("DATABASE_URL `{url}` is not a sqlite: URL"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        anyhow::bail!(
+            "DATABASE_URL must name a database file (sqlite://baton.db): a database in memory would lose every run at exit"
+        );
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    pub async fn open(url: &str, options: Options) -> anyhow::Result<Self> {
+        let path = file_of(url)?;
+        let conn = connect(&path, options.durability, false).with_context(|| {
+            format!(
+                "could not open the SQLite database {} named by DATABASE_URL",
+                path.display()
+            )
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .context("could not switch the SQLite database to WAL mode")?;
+        migrate::run(&conn).context("could not apply the SQLite migrations")?;
+        let rules = Arc::new(Rules::new(options.redactor, options.audit_key));
+        let writer = Writer::start_on_thread(Conn(conn), rules.clone(), "baton-sqlite-writer")
+            .context("could not start the database writer")?;
+        Ok(Self {
+            readers: Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            },
+            writer,
+            rules,
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        self.readers.read(f)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        classify(e)
+    }
+}
+
+impl From<FromSqlError> for StoreError {
+    fn from(e: FromSqlError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Sorts a database error by what a caller can do about it, keeping the error itself.
+fn classify(e: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    // SQLite's extended codes for a unique or primary key taken.
+    const UNIQUE: i32 = 2067;
+    const PRIMARY_KEY: i32 = 1555;
+    match &e {
+        E::SqliteFailure(f, _) => match f.code {
+            // Someone else holds the database past the busy timeout, or the file cannot be
+            // reached: later may work.
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull => StoreError::Unavailable(Arc::new(e)),
+            ErrorCode::ConstraintViolation if matches!(f.extended_code, UNIQUE | PRIMARY_KEY) => {
+                StoreError::Conflict(Arc::new(e))
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Database(Arc::new(e)),
+        },
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::InvalidColumnName(_)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Database(Arc::new(e)),
+    }
+}
+
+// Reading columns. Times are milliseconds since the epoch, JSON columns are text.
+
+fn get<T: FromSql>(r: &Row<'_>, col: &str) -> StoreResult<T> {
+    Ok(r.get(col)?)
+}
+
+fn time(r: &Row<'_>, col: &str) -> StoreResult<DateTime<Utc>> {
+    Ok(tx::at(r.get(col)?))
+}
+
+fn time_opt(r: &Row<'_>, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    Ok(r.get::<_, Option<i64>>(col)?.map(tx::at))
+}
+
+fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> StoreResult<T> {
+    Ok(serde_json::from_str(r.get_ref(col)?.as_str()?)?)
+}
+
+fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: &str) -> StoreResult<Option<T>> {
+    match r.get_ref(col)?.as_str_or_null()? {
+        Some(s) => Ok(Some(serde_json::from_str(s)?)),
+        None => Ok(None),
+    }
+}
+
+fn parsed<T: FromStr<Err = String>>(r: &Row<'_>, col: &str) -> StoreResult<T> {
+    r.get_ref(col)?
+        .as_str()?
+        .parse()
+        .map_err(StoreError::Corrupt)
+}
+
+/// Every row a prepared statement yields for `params`, each read by `f`.
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut f: impl FnMut(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// The first row a prepared statement yields, read by `f`; `None` when there is none.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(r) => Ok(Some(f(r)?)),
+        None => Ok(None),
+    }
+}
+
+/// A single number (a count, a sum) from a prepared statement.
+fn number(c: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<i64> {
+    Ok(c.prepare_cached(sql)?.query_row(params, |r| r.get(0))?)
+}
+
+/// Runs a prepared statement that returns no rows; how many rows it changed.
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+    Ok(c.prepare_cached(sql)?.execute(params)?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn redactor(&self) -> &Redactor {
+        self.rules.redactor()
+    }
+
+    async fn metrics(&self) -> StoreResult<StoreMetrics> {
+        self.read(|c| {
+            let count = |sql: &str| number(c, sql, []);
+            Ok(StoreMetrics {
+                runs_by_status: all(
+                    c,
+                    "SELECT status, COUNT(*) AS n FROM runs GROUP BY status",
+                    [],
+                    |r| Ok((get(r, "status")?, get(r, "n")?)),
+                )?,
+                approvals_pending: count(
+                    "SELECT COUNT(*) FROM approvals WHERE status = 'pending'",
+                )?,
+                outbox_pending: count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")?,
+                outbox_failed: count("SELECT COUNT(*) FROM outbox WHERE status = 'failed'")?,
+                outbox_alerted: count(
+                    "SELECT COUNT(*) FROM outbox WHERE alerted = 1 AND status IN ('pending', 'failed')",
+                )?,
+                runs_unreachable: count(
+                    "SELECT COUNT(*) FROM runs WHERE conversation_lost IS NOT NULL",
+                )?,
+                // The ledger is numbered from 1 without gaps: its last number is its length.
+                audit_entries: count("SELECT COALESCE(MAX(seq), 0) FROM audit")?,
+            })
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| number(c, "SELECT 1", []).map(drop))
+    }
+
+    async fn close(&self) {
+        // The writer's connection closes last, so SQLite checkpoints its log into the file.
+        self.readers.close();
+        self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::audit::{AuditEvent, AuditKind, Verification};
+
+    fn event(n: u32) -> AuditEvent {
+        AuditEvent::new(
+            Utc::now(),
+            AuditKind::ScheduleFired,
+            None,
+            serde_json::json!({"n": n}),
+        )
+    }
+
+    #[tokio::test]
+    async fn two_processes_appending_to_one_ledger_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        // The server and the CLI: two stores, each with its own writer, on one file.
+        let server = SqliteStore::open(&url, Options::default()).await.unwrap();
+        let cli = SqliteStore::open(&url, Options::default()).await.unwrap();
+        for n in 0..10 {
+            let store = if n % 3 == 0 { &cli } else { &server };
+            store
+                .audit_append(vec![event(n), event(n + 100)])
+                .await
+                .unwrap();
+        }
+        match verify_ledger(&server, None, vec![]).await.unwrap() {
+            Verification::Intact { entries, .. } => assert_eq!(entries, 20),
+            broken => panic!("the chain forked: {broken:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ledger_append_that_is_rolled_back_is_not_chained_onto() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        let store = SqliteStore::open(&url, Options::default()).await.unwrap();
+        store.audit_append(vec![event(1)]).await.unwrap();
+        // A write that appends and then fails is undone, the entry with it.
+        let failed = write_tx!(store, |c, rules| {
+            rules.append(c, &[event(2)]).await?;
+            Err::<(), _>(StoreError::Corrupt("refused".into()))
+        });
+        assert!(failed.is_err());
+        store.audit_append(vec![event(3)]).await.unwrap();
+        match verify_ledger(&store, None, vec![]).await.unwrap() {
+            Verification::Intact { entries, .. } => assert_eq!(entries, 2),
+            broken => panic!("the chain is broken: {broken:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_in_memory_or_without_a_name_is_refused_with_a_reason() {
+        for url in ["sqlite::memory:", "sqlite://", "sqlite:"] {
+            let e = SqliteStore::open(url, Options::default())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{url} was accepted"));
+            assert!(
+                e.to_string().contains("must name a database file"),
+                "{url}: {e:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_taken_key_is_a_conflict_and_a_busy_database_is_unavailable() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY); INSERT INTO t VALUES ('a');")
+            .unwrap();
+        let taken = c.execute("INSERT INTO t VALUES ('a')", []).unwrap_err();
+        assert!(matches!(classify(taken), StoreError::Conflict(_)));
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let e = classify(busy);
+        assert!(matches!(e, StoreError::Unavailable(_)) && e.is_transient());
+        let bug = c.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err();
+        // The database's own error stays attached as the cause.
+        match classify(bug) {
+            StoreError::Database(cause) => assert!(cause.to_string().contains("nowhere")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
