@@ -67,6 +67,36 @@ timeout = "7d"
 
 const CHAIN_STEPS: usize = 20;
 const SUCCEEDED: &str = "baton_runs{status=\"succeeded\"}";
+/// The store writer's counters, in the order [`Writer`] reads them.
+const WRITER: [&str; 4] = [
+    "baton_store_batches_total",
+    "baton_store_writes_total",
+    "baton_store_busy_seconds_total",
+    "baton_store_commit_seconds_total",
+];
+
+/// What the store's writer did over a phase.
+struct Writer([f64; 4]);
+
+impl Writer {
+    async fn read(app: &App) -> Writer {
+        Writer(app.metrics(WRITER).await)
+    }
+
+    /// One line on the writer since `before`, over `wall`.
+    fn since(&self, before: &Writer, wall: Duration) -> String {
+        let d: Vec<f64> = self.0.iter().zip(before.0).map(|(a, b)| a - b).collect();
+        let batches = d[0].max(1.0);
+        format!(
+            "store writer: {:.0} transactions, {:.1} writes each, busy {:.0}% of the time, {:.2} ms per transaction ({:.2} ms of it committing)",
+            d[0],
+            d[1] / batches,
+            100.0 * d[2] / wall.as_secs_f64(),
+            1000.0 * d[2] / batches,
+            1000.0 * d[3] / batches,
+        )
+    }
+}
 
 fn chain() -> String {
     let mut wf = String::from(
@@ -365,12 +395,14 @@ async fn main() {
         });
     }
     let cpu0 = app.cpu();
+    let writer0 = Writer::read(&app).await;
     let t0 = Instant::now();
     closed_loop(&app, Arc::new(texts), concurrency).await;
     let accepted = t0.elapsed();
     app.settled(SUCCEEDED, messages).await;
     let wall = t0.elapsed();
     let cpu = app.cpu() - cpu0;
+    let writer = Writer::read(&app).await.since(&writer0, wall);
     println!(
         "mixed load: {messages} messages, {concurrency} in flight: {:.0} runs finished/s ({:.2} s; all accepted after {:.2} s), {:.2} ms CPU per run",
         messages as f64 / wall.as_secs_f64(),
@@ -378,6 +410,7 @@ async fn main() {
         accepted.as_secs_f64(),
         ms(cpu) / messages as f64,
     );
+    println!("  {writer}");
     let runs_so_far = messages;
 
     // 2. Message to reply at a fixed offered rate (open loop: sends do not wait for answers).
@@ -456,12 +489,14 @@ async fn main() {
     // 4. Runs parked on an approval: how fast they are created, what they cost held.
     let texts: Vec<String> = (0..parked).map(|i| format!("/park {i}")).collect();
     let cpu0 = app.cpu();
+    let writer0 = Writer::read(&app).await;
     let t = Instant::now();
     closed_loop(&app, Arc::new(texts), concurrency).await;
     let created = t.elapsed();
     let cpu = app.cpu() - cpu0;
     app.settled("baton_approvals_pending", parked).await;
     let parked_at = t.elapsed();
+    let writer = Writer::read(&app).await.since(&writer0, parked_at);
     println!(
         "parked runs: {parked} created at {:.0} runs/s ({:.2} ms CPU each; their messages delivered after {:.2} s), RSS {:.1} MiB with them parked",
         parked as f64 / created.as_secs_f64(),
@@ -469,6 +504,7 @@ async fn main() {
         parked_at.as_secs_f64(),
         app.memory("VmRSS"),
     );
+    println!("  {writer}");
     println!(
         "peak RSS: {rss_peak_before_parking:.1} MiB through the mixed load, latency and chain phases; {:.1} MiB in all",
         app.memory("VmHWM"),

@@ -17,6 +17,10 @@ pub const DELIVERIES: &str = "baton_deliveries_total";
 pub const DELIVERY_FAILURES: &str = "baton_delivery_failures_total";
 pub const RATE_LIMITED: &str = "baton_rate_limited_total";
 pub const AUDIT_ENTRIES: &str = "baton_audit_entries";
+pub const STORE_BATCHES: &str = "baton_store_batches_total";
+pub const STORE_WRITES: &str = "baton_store_writes_total";
+pub const STORE_BUSY: &str = "baton_store_busy_seconds_total";
+pub const STORE_COMMIT: &str = "baton_store_commit_seconds_total";
 
 /// Counters kept in memory since start-up.
 #[derive(Debug, Default)]

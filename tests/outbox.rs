@@ -121,6 +121,10 @@ async fn engine(
 }
 
 async fn start(engine: &Arc<Engine>, channel: &str) -> i64 {
+    start_as(engine, channel, &format!("e-{channel}")).await
+}
+
+async fn start_as(engine: &Arc<Engine>, channel: &str, event: &str) -> i64 {
     let req = StartRequest {
         workflow: engine.workflows().get("note").unwrap().clone(),
         inputs: Map::new(),
@@ -136,7 +140,7 @@ async fn start(engine: &Arc<Engine>, channel: &str) -> i64 {
             channel: channel.into(),
             thread: None,
         },
-        event_id: format!("e-{channel}"),
+        event_id: event.to_owned(),
         late: false,
         received: None,
     };
@@ -296,4 +300,58 @@ async fn a_slow_channel_holds_back_no_other_and_each_keeps_its_own_order() {
             .collect();
         assert_eq!(keys, expected, "run {run} in its own order");
     }
+}
+
+/// The keys delivered so far for `run`.
+fn delivered_of(flaky: &Flaky, run: i64) -> Vec<String> {
+    flaky
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.starts_with(&format!("run:{run}:")))
+        .collect()
+}
+
+#[tokio::test]
+async fn while_one_conversation_waits_on_a_slow_platform_later_runs_elsewhere_are_delivered_in_full()
+ {
+    let (engine, flaky, _clock, _store, _dir) = engine(0).await;
+    let background = engine.start_background().await.unwrap();
+    let slow = start(&engine, "slow").await;
+    let everything = |run: i64| -> Vec<String> {
+        ["root", "post:a", "post:b", "root", "summary"]
+            .iter()
+            .map(|k| format!("run:{run}:{k}"))
+            .collect()
+    };
+    // Three runs in #ops, one after another, each while #slow's first message hangs.
+    for n in 0..3 {
+        let ops = start_as(&engine, "ops", &format!("ops-{n}")).await;
+        let whole = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while delivered_of(&flaky, ops) != everything(ops) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            whole.is_ok(),
+            "run {ops} in #ops waited for #slow: {:?}",
+            flaky.delivered.lock().unwrap()
+        );
+    }
+    assert!(
+        delivered_of(&flaky, slow).is_empty(),
+        "#slow is still stuck"
+    );
+    flaky.gate.add_permits(100);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while delivered_of(&flaky, slow) != everything(slow) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("#slow's run goes out in its own order once the platform answers");
+    background.shutdown().await;
 }

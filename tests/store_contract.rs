@@ -10,11 +10,12 @@ use baton::core::event::{Actor, ConversationRef};
 use baton::core::ids::{MessageKey, RunId};
 use baton::core::message::{Destination, OutMessage, Outgoing};
 use baton::store::{
-    ApplyFn, ConsoleDelivery, ConsolePost, ConsoleRef, Definition, MemoryEntry, NewRun,
+    ApplyFn, ConsoleDelivery, ConsolePost, ConsoleRef, Definition, Lane, MemoryEntry, NewRun,
     OutboxEntry, OutboxOp, Store, verify_ledger,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 /// A store on a backend of its own, gone when dropped.
@@ -86,6 +87,11 @@ async fn a_run(store: &Backend) -> RunId {
         .await
         .unwrap()
         .run
+}
+
+/// No lane is busy.
+fn none() -> HashSet<Lane> {
+    HashSet::new()
 }
 
 fn nothing() -> ApplyFn {
@@ -550,7 +556,7 @@ async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_e
         ],
     )
     .await;
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     let shown = |ready: &[OutboxEntry]| -> Vec<Shown> {
         ready
             .iter()
@@ -587,7 +593,7 @@ async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_e
         .outbox_delivered(ready[3].id, "ts-2", t0())
         .await
         .unwrap();
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     assert_eq!(
         shown(&ready),
         vec![
@@ -635,7 +641,7 @@ async fn the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_e
         vec![edit(run, "other", "heads up (edited)")],
     )
     .await;
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     let other = ready.iter().find(|e| e.key.0 == "other").unwrap();
     assert_eq!((other.channel.as_str(), other.op), ("ops", OutboxOp::Edit));
 }
@@ -655,15 +661,25 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
         ],
     )
     .await;
-    let root = store.outbox_ready(t0(), 10).await.unwrap().remove(0);
+    let root = store
+        .outbox_ready(t0(), 10, &none())
+        .await
+        .unwrap()
+        .remove(0);
     // A transient failure waits, and holds the conversation.
     let later = t0() + Duration::seconds(30);
     store
         .outbox_failed(root.id, "HTTP 503", Some(later), t0())
         .await
         .unwrap();
-    assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
-    let again = store.outbox_ready(later, 10).await.unwrap();
+    assert!(
+        store
+            .outbox_ready(t0(), 10, &none())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.outbox_ready(later, 10, &none()).await.unwrap();
     let keys: Vec<(&str, OutboxOp)> = again.iter().map(|e| (e.key.0.as_str(), e.op)).collect();
     assert_eq!(
         keys,
@@ -682,7 +698,13 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
         .outbox_failed(root.id, "channel_not_found", None, later)
         .await
         .unwrap();
-    assert!(store.outbox_ready(later, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .outbox_ready(later, 10, &none())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let failed = store.failed_deliveries(10).await.unwrap();
     assert_eq!(
         failed.len(),
@@ -699,7 +721,7 @@ async fn a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings
         "giving up is in the ledger"
     );
     emit(&*store.store, run, later, vec![Effect::Redeliver(run)]).await;
-    let back = store.outbox_ready(later, 10).await.unwrap();
+    let back = store.outbox_ready(later, 10, &none()).await.unwrap();
     let keys: Vec<(&str, u32)> = back
         .iter()
         .map(|e| (e.key.0.as_str(), e.attempts))
@@ -878,7 +900,7 @@ async fn posting_an_outbox_entry_in_the_console_records_its_delivery_once(store:
         ],
     )
     .await;
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     let (root, edit) = (&ready[0], &ready[1]);
     let deliver = |id| ConsolePost {
         channel: "general",
@@ -919,7 +941,13 @@ async fn posting_an_outbox_entry_in_the_console_records_its_delivery_once(store:
         .filter(|e| e.kind == "post.delivered")
         .count();
     assert_eq!(delivered, 2, "each delivery is in the ledger once");
-    assert!(store.outbox_ready(t0(), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .outbox_ready(t0(), 10, &none())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_console_batch_delivers_a_thread_in_one_write_once(store: Backend) {
@@ -935,7 +963,7 @@ async fn a_console_batch_delivers_a_thread_in_one_write_once(store: Backend) {
         ],
     )
     .await;
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     let delivery = |i: usize, about: Option<ConsoleRef>| ConsoleDelivery {
         outbox_id: ready[i].id,
         author: "baton",
@@ -1092,8 +1120,53 @@ async fn secrets_are_taken_out_of_everything_stored(store: Backend) {
     ))
     .unwrap();
     assert!(!shown.contains("s3cr3t-value-9"), "{shown}");
-    let ready = store.outbox_ready(t0(), 10).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     assert!(!ready[0].message.text.contains("s3cr3t-value-9"));
+}
+
+async fn a_conversation_that_waits_hides_no_other_and_a_busy_lane_is_passed_by(store: Backend) {
+    let run = a_run(&store).await;
+    // A hundred posts in #storm, older than #calm's one: a read of the oldest waiting
+    // entries alone would never reach #calm.
+    let storm: Vec<Effect> = (0..100)
+        .map(|i| post(run, &format!("storm-{i}"), "storm", None, "wave"))
+        .collect();
+    emit(&*store.store, run, t0(), storm).await;
+    emit(
+        &*store.store,
+        run,
+        t0(),
+        vec![post(run, "calm", "calm", None, "all quiet")],
+    )
+    .await;
+    let head = store.outbox_ready(t0(), 10, &none()).await.unwrap();
+    let keys =
+        |ready: &[OutboxEntry]| -> Vec<String> { ready.iter().map(|e| e.key.0.clone()).collect() };
+    assert_eq!(
+        head.len(),
+        11,
+        "ten of #storm's, #calm's one: {:?}",
+        keys(&head)
+    );
+    assert_eq!(head[0].key.0, "storm-0");
+    assert_eq!(head.last().unwrap().key.0, "calm");
+    // #storm is rate-limited: its head waits, and #calm still goes.
+    let later = t0() + Duration::seconds(30);
+    store.outbox_defer(head[0].id, later).await.unwrap();
+    let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
+    assert_eq!(keys(&ready), ["calm"]);
+    // A lane with a delivery under way is passed by.
+    let busy: HashSet<Lane> = [ready[0].lane()].into_iter().collect();
+    assert!(
+        store
+            .outbox_ready(t0(), 10, &busy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ready = store.outbox_ready(later, 10, &busy).await.unwrap();
+    assert_eq!(keys(&ready)[..3], ["storm-0", "storm-1", "storm-2"]);
+    assert!(ready.iter().all(|e| e.channel == "storm"));
 }
 
 macro_rules! contract {
@@ -1120,6 +1193,7 @@ contract!(sqlite:
     timers_come_due_in_order_at_their_instant,
     attempts_are_recorded_from_start_to_end,
     the_outbox_keeps_each_conversation_in_order_and_sends_only_the_latest_edit,
+    a_conversation_that_waits_hides_no_other_and_a_busy_lane_is_passed_by,
     a_post_given_up_on_takes_what_depends_on_it_along_and_redelivery_brings_it_back,
     the_ledger_is_one_chain_that_verifies_and_holds_no_secret,
     schedule_cursors_remember_the_last_slot,

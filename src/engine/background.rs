@@ -6,12 +6,12 @@ use crate::core::audit::{AuditEvent, AuditKind};
 use crate::core::engine::Command;
 use crate::core::event::{Actor, ConversationRef};
 use crate::core::workflow::Trigger;
-use crate::store::{OutboxEntry, OutboxOp};
+use crate::store::{Lane, OutboxEntry, OutboxOp};
 use chrono::Duration;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// How long a message may keep failing (network trouble, 5xx: never rate limits) before it is
 /// given up and reported as failed for good.
@@ -23,6 +23,9 @@ const MAX_BACKOFF_SECONDS: i64 = 300;
 const MIN_WAIT_MS: i64 = 100;
 /// Longest wait a platform may ask for before the next try.
 const MAX_RETRY_WAIT_SECONDS: i64 = 3600;
+/// Most entries of one lane handed to its delivery at once (the console writes them all in
+/// one transaction; chat platforms take them one after another).
+const LANE_BATCH: u32 = 100;
 
 /// A slot handled within this long of its time is on time; later, it is marked late.
 const LATE_AFTER_SECONDS: i64 = 60;
@@ -163,63 +166,92 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts a delivery in every lane that has something ready and no delivery under way,
+    /// without waiting for any: a conversation that is slow (a platform taking its time to
+    /// answer) or waiting (rate-limited) holds up no other. A lane that finishes makes the
+    /// loop look again, as does new work.
     async fn outbox_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut lanes = JoinSet::new();
         loop {
-            let delivered = self.deliver_ready().await;
+            let started = self.dispatch(&mut lanes).await;
             if *shutdown.borrow() {
                 break;
             }
-            if delivered == 0 {
-                self.pause(&mut shutdown, true).await;
+            if started == 0 {
+                tokio::select! {
+                    Some(_) = lanes.join_next(), if !lanes.is_empty() => {}
+                    () = self.pause(&mut shutdown, true) => {}
+                }
             }
+            while lanes.try_join_next().is_some() {}
         }
+        // Deliveries under way finish and are recorded before the outbox is read again.
+        while lanes.join_next().await.is_some() {}
     }
 
-    /// Delivers what is ready now; returns how many entries were tried.
+    /// Delivers what is ready now, every lane side by side, and waits for all of them;
+    /// returns how many entries were tried. (The running loop does not wait: see
+    /// `outbox_loop`.)
     ///
     /// A rate limit or the platform's pacing puts an entry off without counting a failed try.
     /// Other transient trouble is tried again with backoff, and the run is told once it has
     /// lasted past `delivery_alert_after`; a permanent refusal is reported at once. When a
     /// message the run was told about goes through after all, the run hears that too.
     pub async fn deliver_ready(self: &Arc<Self>) -> usize {
-        let now = self.clock.now();
-        let entries = match self.store.outbox_ready(now, 50).await {
+        let mut lanes = JoinSet::new();
+        self.dispatch(&mut lanes).await;
+        let mut tried = 0;
+        while let Some(n) = lanes.join_next().await {
+            tried += n.unwrap_or(0);
+        }
+        tried
+    }
+
+    /// Reads what is ready in lanes with no delivery under way and starts one task per lane;
+    /// returns how many it started. A lane is under way until its deliveries are recorded,
+    /// so nothing is read (and sent) twice.
+    async fn dispatch(self: &Arc<Self>, lanes: &mut JoinSet<usize>) -> usize {
+        let busy = self.in_flight.lock().expect("lanes lock").clone();
+        let entries = match self
+            .store
+            .outbox_ready(self.clock.now(), LANE_BATCH, &busy)
+            .await
+        {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the outbox");
                 return 0;
             }
         };
-        // Conversations go out side by side, so one that is slow or rate-limited holds no
-        // other; within one, in order. Urgent entries (alerts) are outside any order.
-        let mut lanes: Vec<Vec<OutboxEntry>> = Vec::new();
-        let mut lane_of: std::collections::HashMap<(String, String), usize> =
-            std::collections::HashMap::new();
+        let mut ready: Vec<(Lane, Vec<OutboxEntry>)> = Vec::new();
         for entry in entries {
-            if entry.urgent {
-                lanes.push(vec![entry]);
-                continue;
+            let lane = entry.lane();
+            match ready.iter_mut().find(|(l, _)| *l == lane) {
+                Some((_, queue)) => queue.push(entry),
+                None => ready.push((lane, vec![entry])),
             }
-            let conversation = (entry.platform.clone(), entry.channel.clone());
-            match lane_of.get(&conversation) {
-                Some(&i) => lanes[i].push(entry),
-                None => {
-                    lane_of.insert(conversation, lanes.len());
-                    lanes.push(vec![entry]);
+        }
+        let started = ready.len();
+        for (lane, queue) in ready {
+            // Taken before the task starts, so the next read already passes it by.
+            self.in_flight
+                .lock()
+                .expect("lanes lock")
+                .insert(lane.clone());
+            let engine = self.clone();
+            lanes.spawn(async move {
+                let _free = Underway {
+                    engine: &engine,
+                    lane,
+                };
+                let (tried, recording) = engine.deliver_lane(queue).await;
+                for handle in recording {
+                    let _ = handle.await;
                 }
-            }
+                tried
+            });
         }
-        let lanes =
-            futures_util::future::join_all(lanes.into_iter().map(|l| self.deliver_lane(l))).await;
-        let mut tried = 0;
-        // Every delivery is recorded before the outbox is read again, or it would go twice.
-        for (n, recording) in lanes {
-            tried += n;
-            for handle in recording {
-                let _ = handle.await;
-            }
-        }
-        tried
+        started
     }
 
     /// Delivers one conversation's ready entries in order, up to the first that does not go
@@ -416,6 +448,21 @@ impl Engine {
 }
 
 type DateTimeUtc = chrono::DateTime<chrono::Utc>;
+
+/// A lane with a delivery under way, free again when this is dropped (the delivery ended,
+/// or its task was cancelled or panicked).
+struct Underway<'a> {
+    engine: &'a Engine,
+    lane: Lane,
+}
+
+impl Drop for Underway<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.engine.in_flight.lock() {
+            busy.remove(&self.lane);
+        }
+    }
+}
 
 impl Engine {
     fn record(&self, result: Result<(), crate::store::StoreError>) {

@@ -98,6 +98,8 @@ pub struct Engine {
     jobs: mpsc::UnboundedSender<Job>,
     job_rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
     pub(crate) outbox_wake: Notify,
+    /// Lanes with a delivery under way (see `background::outbox_loop`).
+    in_flight: Mutex<std::collections::HashSet<crate::store::Lane>>,
     /// Parsed workflow definitions by the hash of their text, so each run's own definition is
     /// parsed once, not on every command.
     definitions: Mutex<HashMap<[u8; 32], Arc<Workflow>>>,
@@ -134,6 +136,7 @@ impl Engine {
             jobs,
             job_rx: Mutex::new(Some(job_rx)),
             outbox_wake: Notify::new(),
+            in_flight: Mutex::default(),
             definitions: Mutex::new(definitions),
         })
     }

@@ -193,6 +193,34 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, error::
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
         );
     }
+    let w = &m.writer;
+    for (name, help, value) in [
+        (
+            metrics::STORE_BATCHES,
+            "Transactions the store's writer committed (each carries the writes that arrived together).",
+            w.batches as f64,
+        ),
+        (
+            metrics::STORE_WRITES,
+            "Writes the store's writer applied.",
+            w.writes as f64,
+        ),
+        (
+            metrics::STORE_BUSY,
+            "Time the store's writer spent running batches, commits included.",
+            w.busy_seconds,
+        ),
+        (
+            metrics::STORE_COMMIT,
+            "Time the store's writer spent committing (and syncing to disk).",
+            w.commit_seconds,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
     state.metrics.render(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -219,14 +220,42 @@ pub struct OutboxEntry {
     pub private_to: Option<String>,
 }
 
+/// What an outbox entry waits in line behind: its conversation, whose entries go out one
+/// after another, or, for an urgent entry, nothing but itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Conversation { platform: String, channel: String },
+    Urgent(i64),
+}
+
+impl OutboxEntry {
+    pub fn lane(&self) -> Lane {
+        if self.urgent {
+            Lane::Urgent(self.id)
+        } else {
+            Lane::Conversation {
+                platform: self.platform.clone(),
+                channel: self.channel.clone(),
+            }
+        }
+    }
+}
+
 /// Every outgoing post and edit, persisted before delivery.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Entries due for delivery, in order; a conversation's entries stop at the first that
-    /// cannot go yet, so a thread never goes out of order. A reply whose root (or an edit
-    /// whose post) is ahead of it in the same conversation's entries is included without its
-    /// reference: whoever delivers them in order has it by then.
-    async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
+    /// Entries due for delivery, oldest first: at most `per_lane` of each lane, none of the
+    /// lanes in `busy` (a delivery is under way there). A conversation's entries stop at the
+    /// first that cannot go yet, so a thread never goes out of order; a conversation that
+    /// waits (rate-limited, its head not due) costs the others nothing, however deep its
+    /// queue. A reply whose root (or an edit whose post) is ahead of it in the same lane is
+    /// included without its reference: whoever delivers them in order has it by then.
+    async fn outbox_ready(
+        &self,
+        now: DateTime<Utc>,
+        per_lane: u32,
+        busy: &HashSet<Lane>,
+    ) -> StoreResult<Vec<OutboxEntry>>;
     /// Records the platform's reference: delivery is confirmed.
     async fn outbox_delivered(
         &self,
@@ -467,6 +496,17 @@ pub struct StoreMetrics {
     /// Runs whose root message is not in chat.
     pub runs_unreachable: i64,
     pub audit_entries: i64,
+    pub writer: WriterMetrics,
+}
+
+/// What the store's writer has done since start-up: how many transactions (batches) it
+/// committed, how many writes they carried, and where its time went.
+#[derive(Debug, Clone, Default)]
+pub struct WriterMetrics {
+    pub batches: u64,
+    pub writes: u64,
+    pub busy_seconds: f64,
+    pub commit_seconds: f64,
 }
 
 /// Everything, for the app to hold as one `Arc<dyn Store>`.

@@ -714,13 +714,14 @@ pub(crate) struct Ready {
     pub orphaned: Vec<i64>,
 }
 
-/// The outbox's order: entries in id order, at most `limit`. A conversation's entries wait
-/// behind its first one that cannot go yet (not due, or its root or target not posted yet),
-/// so a thread never goes out of order; an urgent entry neither waits for nor holds its
+/// The outbox's order, over each lane's waiting entries in id order: a conversation's entries
+/// wait behind its first one that cannot go yet (not due, or its root or target not posted
+/// yet), so a thread never goes out of order; an urgent entry neither waits for nor holds its
 /// conversation. Only the latest edit of a post is sent. A root or post that is ready goes out
 /// ahead of the replies and edits that depend on it in the same conversation, so those are
 /// ready too: one pass delivers a whole thread instead of one pass per message it waits for.
-pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Ready {
+/// What is ready comes out oldest first.
+pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>) -> Ready {
     let mut latest_edit: BTreeMap<&str, i64> = BTreeMap::new();
     for p in &pending {
         if p.entry.op == OutboxOp::Edit {
@@ -775,10 +776,8 @@ pub(crate) fn ready(pending: Vec<Pending>, now: DateTime<Utc>, limit: u32) -> Re
             ahead.insert(e.key.0.clone(), conversation);
         }
         out.entries.push(p.entry);
-        if out.entries.len() >= limit as usize {
-            break;
-        }
     }
+    out.entries.sort_by_key(|e| e.id);
     out
 }
 

@@ -19,6 +19,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes one transaction carries.
@@ -111,11 +113,35 @@ where
     }
 }
 
+/// What the writer has done since it started, for `/metrics` and the throughput bench.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    batches: AtomicU64,
+    writes: AtomicU64,
+    /// Time spent running batches, commits included.
+    busy_ns: AtomicU64,
+    /// Time spent committing (and syncing to disk).
+    commit_ns: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> super::WriterMetrics {
+        let seconds = |ns: &AtomicU64| ns.load(Ordering::Relaxed) as f64 / 1e9;
+        super::WriterMetrics {
+            batches: self.batches.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            busy_seconds: seconds(&self.busy_ns),
+            commit_seconds: seconds(&self.commit_ns),
+        }
+    }
+}
+
 /// The handle writes are sent through; the task behind it stops when the last handle goes,
 /// or when it is closed.
 pub(crate) struct Writer<C, X> {
     queue: mpsc::UnboundedSender<Box<dyn Job<C, X>>>,
     close: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    stats: Arc<Stats>,
 }
 
 impl<C: Session, X: Memory> Writer<C, X> {
@@ -126,10 +152,20 @@ impl<C: Session, X: Memory> Writer<C, X> {
         let (queue, rx) = mpsc::unbounded_channel();
         let (close, close_rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let stats = Arc::new(Stats::default());
+        let counted = stats.clone();
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || runtime.block_on(write_loop(conn, context, rx, close_rx)))?;
-        Ok(Self { queue, close })
+            .spawn(move || runtime.block_on(write_loop(conn, context, counted, rx, close_rx)))?;
+        Ok(Self {
+            queue,
+            close,
+            stats,
+        })
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Settles every write already sent, refuses later ones (`StoreError::Closed`) and closes
@@ -160,6 +196,7 @@ impl<C: Session, X: Memory> Writer<C, X> {
 async fn write_loop<C: Session, X: Memory>(
     mut conn: C,
     context: Arc<X>,
+    stats: Arc<Stats>,
     mut rx: mpsc::UnboundedReceiver<Box<dyn Job<C, X>>>,
     mut close: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
 ) {
@@ -175,7 +212,11 @@ async fn write_loop<C: Session, X: Memory>(
                     break;
                 }
                 let alone = batch.len() == 1;
-                version = settle(&mut conn, &*context, batch.drain(..), alone, version).await;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.writes.fetch_add(n as u64, Ordering::Relaxed);
+                let started = Instant::now();
+                version = settle(&mut conn, &*context, &stats, batch.drain(..), alone, version).await;
+                stats.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
             Some(reply) = close.recv(), if done.is_none() => {
                 // No new writes from here; the loop settles those queued, then ends.
@@ -197,6 +238,7 @@ async fn write_loop<C: Session, X: Memory>(
 async fn settle<C: Session, X: Memory>(
     conn: &mut C,
     context: &X,
+    stats: &Stats,
     jobs: impl Iterator<Item = Box<dyn Job<C, X>>>,
     alone: bool,
     seen: Option<i64>,
@@ -238,7 +280,14 @@ async fn settle<C: Session, X: Memory>(
             (false, true, false) => "RELEASE write; SAVEPOINT write",
             (false, false, false) => "ROLLBACK TO write; RELEASE write; SAVEPOINT write",
         };
-        match conn.execute(close).await {
+        let closing = Instant::now();
+        let closed = conn.execute(close).await;
+        if last {
+            stats
+                .commit_ns
+                .fetch_add(closing.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        match closed {
             Ok(()) if last => {
                 // Committed (or, for a job alone that failed, rolled back: nothing to keep).
                 ran.into_iter().for_each(|r| (r.reply)(None));

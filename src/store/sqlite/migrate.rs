@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reliability",
         include_str!("../../../migrations/sqlite/0004_reliability.sql"),
     ),
+    (
+        5,
+        "store v2",
+        include_str!("../../../migrations/sqlite/0005_store_v2.sql"),
+    ),
 ];
 
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

@@ -149,7 +149,7 @@ fn connect(path: &Path, durability: Durability, read_only: bool) -> StoreResult<
         Durability::Relaxed => "NORMAL",
     };
     c.execute_batch(&format!(
-        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous};"
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 20000;"
     ))?;
     if read_only {
         c.execute_batch("PRAGMA query_only = ON")?;
@@ -357,6 +357,7 @@ impl Store for SqliteStore {
                 )?,
                 // The ledger is numbered from 1 without gaps: its last number is its length.
                 audit_entries: count("SELECT COALESCE(MAX(seq), 0) FROM audit")?,
+                writer: self.writer.stats().snapshot(),
             })
         })
     }

@@ -2,58 +2,152 @@
 
 use super::super::tx::{self, Pending};
 use super::write::settled;
-use super::{SqliteStore, all, exec, get, json, one, time_opt, write_tx};
+use super::{SqliteStore, all, exec, get, one, write_tx};
 use crate::store::*;
-use rusqlite::params;
+use rusqlite::{Connection, Row, params};
+use std::collections::HashSet;
+
+/// The columns of a waiting entry with the state of the post it depends on, and a `WHERE`
+/// clause, as one static text (so its prepared form is reused). `pending_from_row` reads
+/// them by position: this is a hot path, and names would be looked up for every column of
+/// every row.
+macro_rules! concat_pending {
+    ($where:literal) => {
+        concat!(
+            "SELECT o.id, o.run_id, o.key, o.op, o.platform, o.channel, o.thread_key, o.body,
+        o.attempts, o.failing_since, o.alerted, o.urgent, o.private_to, o.next_attempt_at,
+        (SELECT p.platform_ref FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post'),
+        (SELECT p.platform_ref FROM outbox p WHERE p.key = o.key AND p.op = 'post'),
+        (SELECT p.status FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post'),
+        (SELECT p.status FROM outbox p WHERE p.key = o.key AND p.op = 'post')
+     FROM outbox o ",
+            $where
+        )
+    };
+}
+
+fn pending_from_row(r: &Row<'_>) -> StoreResult<Pending> {
+    Ok(Pending {
+        entry: OutboxEntry {
+            id: r.get(0)?,
+            run: r.get::<_, Option<i64>>(1)?.map(RunId),
+            key: MessageKey(r.get(2)?),
+            op: if r.get_ref(3)?.as_str()? == "edit" {
+                OutboxOp::Edit
+            } else {
+                OutboxOp::Post
+            },
+            platform: r.get(4)?,
+            channel: r.get(5)?,
+            thread_key: r.get::<_, Option<String>>(6)?.map(MessageKey),
+            message: serde_json::from_str(r.get_ref(7)?.as_str()?)?,
+            attempts: r.get::<_, i64>(8)? as u32,
+            failing_since: r.get::<_, Option<i64>>(9)?.map(tx::at),
+            alerted: r.get(10)?,
+            urgent: r.get(11)?,
+            private_to: r.get(12)?,
+            thread_ref: r.get(14)?,
+            target_ref: r.get(15)?,
+        },
+        next_attempt_at: r.get(13)?,
+        thread_status: r.get(16)?,
+        target_status: r.get(17)?,
+    })
+}
+
+/// A lane's oldest waiting entries, up to the first that is not due (behind it the lane
+/// waits anyway).
+fn lane_head(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    now: i64,
+    out: &mut Vec<Pending>,
+) -> StoreResult<()> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        let p = pending_from_row(r)?;
+        let due = p.next_attempt_at <= now;
+        out.push(p);
+        if !due {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every lane's oldest waiting entries, `per_lane` each, skipping the lanes in `busy`. The
+/// conversations with waiting entries are found one index seek at a time, so a deep queue
+/// in one is never read to reach another.
+fn pending(
+    c: &Connection,
+    now: i64,
+    per_lane: u32,
+    busy: &HashSet<Lane>,
+) -> StoreResult<Vec<Pending>> {
+    let limit = i64::from(per_lane);
+    let mut out = Vec::new();
+    let (mut platform, mut channel) = (String::new(), String::new());
+    loop {
+        let next = one(
+            c,
+            "SELECT platform, channel FROM outbox WHERE status = 'pending' AND urgent = 0
+               AND (platform, channel) > (?, ?)
+             ORDER BY platform, channel LIMIT 1",
+            [&platform, &channel],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let Some((p, ch)) = next else { break };
+        (platform, channel) = (p, ch);
+        let lane = Lane::Conversation {
+            platform: platform.clone(),
+            channel: channel.clone(),
+        };
+        if busy.contains(&lane) {
+            continue;
+        }
+        lane_head(
+            c,
+            concat_pending!(
+                "WHERE o.status = 'pending' AND o.urgent = 0 AND o.platform = ? AND o.channel = ? ORDER BY o.id LIMIT ?"
+            ),
+            params![platform, channel, limit],
+            now,
+            &mut out,
+        )?;
+    }
+    // Urgent entries are lanes of their own.
+    let mut urgent = Vec::new();
+    lane_head(
+        c,
+        concat_pending!("WHERE o.status = 'pending' AND o.urgent = 1 ORDER BY o.id LIMIT ?"),
+        [limit],
+        i64::MAX,
+        &mut urgent,
+    )?;
+    out.extend(
+        urgent
+            .into_iter()
+            .filter(|p| !busy.contains(&Lane::Urgent(p.entry.id))),
+    );
+    Ok(out)
+}
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn outbox_ready(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
-        let pending = self.read(|c| {
-            all(
-                c,
-                "SELECT o.*,
-                        (SELECT p.platform_ref FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post') AS thread_ref,
-                        (SELECT p.platform_ref FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_ref,
-                        (SELECT p.status FROM outbox p WHERE p.key = o.thread_key AND p.op = 'post') AS thread_status,
-                        (SELECT p.status FROM outbox p WHERE p.key = o.key AND p.op = 'post') AS target_status
-                 FROM outbox o WHERE o.status = 'pending' ORDER BY o.id LIMIT ?",
-                [i64::from(limit) * 4],
-                |r| {
-                    Ok(Pending {
-                        entry: OutboxEntry {
-                            id: get(r, "id")?,
-                            run: get::<Option<i64>>(r, "run_id")?.map(RunId),
-                            key: MessageKey(get(r, "key")?),
-                            op: if r.get_ref("op")?.as_str()? == "edit" {
-                                OutboxOp::Edit
-                            } else {
-                                OutboxOp::Post
-                            },
-                            platform: get(r, "platform")?,
-                            channel: get(r, "channel")?,
-                            thread_key: get::<Option<String>>(r, "thread_key")?.map(MessageKey),
-                            thread_ref: get(r, "thread_ref")?,
-                            target_ref: get(r, "target_ref")?,
-                            message: json(r, "body")?,
-                            attempts: get::<i64>(r, "attempts")? as u32,
-                            failing_since: time_opt(r, "failing_since")?,
-                            alerted: get(r, "alerted")?,
-                            urgent: get(r, "urgent")?,
-                            private_to: get(r, "private_to")?,
-                        },
-                        next_attempt_at: get(r, "next_attempt_at")?,
-                        thread_status: get(r, "thread_status")?,
-                        target_status: get(r, "target_status")?,
-                    })
-                },
-            )
-        })?;
+    async fn outbox_ready(
+        &self,
+        now: DateTime<Utc>,
+        per_lane: u32,
+        busy: &HashSet<Lane>,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        let pending = self.read(|c| pending(c, tx::ms(now), per_lane, busy))?;
         let tx::Ready {
             entries,
             superseded,
             orphaned,
-        } = tx::ready(pending, now, limit);
+        } = tx::ready(pending, now);
         if !orphaned.is_empty() || !superseded.is_empty() {
             write_tx!(self, |c, _rules| {
                 for id in orphaned {
