@@ -75,12 +75,15 @@ const WRITER: [&str; 4] = [
     "baton_store_commit_seconds_total",
 ];
 
-/// What the store's writer did over a phase.
-struct Writer([f64; 4]);
+/// The name of the store writer's thread (as `/proc` shortens it).
+const WRITER_THREAD: &str = "baton-sqlite-writer";
+
+/// What the store's writer did over a phase: its counters and its thread's CPU time.
+struct Writer([f64; 4], Duration);
 
 impl Writer {
     async fn read(app: &App) -> Writer {
-        Writer(app.metrics(WRITER).await)
+        Writer(app.metrics(WRITER).await, app.thread_cpu(WRITER_THREAD))
     }
 
     /// One line on the writer since `before`, over `wall`.
@@ -88,10 +91,11 @@ impl Writer {
         let d: Vec<f64> = self.0.iter().zip(before.0).map(|(a, b)| a - b).collect();
         let batches = d[0].max(1.0);
         format!(
-            "store writer: {:.0} transactions, {:.1} writes each, busy {:.0}% of the time, {:.2} ms per transaction ({:.2} ms of it committing)",
+            "store writer: {:.0} transactions, {:.1} writes each, busy {:.0}% of the time (on the CPU {:.0}%), {:.2} ms per transaction ({:.2} ms of it committing)",
             d[0],
             d[1] / batches,
             100.0 * d[2] / wall.as_secs_f64(),
+            100.0 * (self.1 - before.1).as_secs_f64() / wall.as_secs_f64(),
             1000.0 * d[2] / batches,
             1000.0 * d[3] / batches,
         )
@@ -195,13 +199,38 @@ impl App {
 
     /// User + system CPU time the app has used so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("the app's /proc entry");
-        // The command name (field 2) may hold spaces; the fields after it do not.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        Duration::from_secs_f64(ticks / self.ticks_per_second)
+        cpu_of(
+            &format!("/proc/{}/stat", self.child.id()),
+            self.ticks_per_second,
+        )
+    }
+
+    /// The size of the app's SQLite log (which only grows until its first checkpoint, so on
+    /// a fresh database it is what the app has written); `None` on another database.
+    fn wal_bytes(&self) -> Option<u64> {
+        if std::env::var("BENCH_DATABASE_URL").is_ok() {
+            return None;
+        }
+        std::fs::metadata(self._dir.path().join("baton.db-wal"))
+            .ok()
+            .map(|m| m.len())
+    }
+
+    /// CPU time the app's thread called `name` (the store's writer) has used so far.
+    fn thread_cpu(&self, name: &str) -> Duration {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let Ok(dir) = std::fs::read_dir(&tasks) else {
+            return Duration::ZERO;
+        };
+        for task in dir.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            // The kernel keeps the first 15 bytes of a thread's name.
+            if comm.trim() == &name[..name.len().min(15)] {
+                let stat = task.path().join("stat");
+                return cpu_of(&stat.to_string_lossy(), self.ticks_per_second);
+            }
+        }
+        Duration::ZERO
     }
 
     /// A line of the app's `/proc/PID/status`, in MiB (`VmRSS`, `VmHWM`).
@@ -265,6 +294,23 @@ impl Drop for App {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU time from a `/proc/.../stat` file.
+fn cpu_of(path: &str, ticks_per_second: f64) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let Some(close) = stat.rfind(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Duration::from_secs_f64((field(11) + field(12)) / ticks_per_second)
 }
 
 fn clock_ticks() -> f64 {
@@ -395,6 +441,7 @@ async fn main() {
         });
     }
     let cpu0 = app.cpu();
+    let own0 = cpu_of("/proc/self/stat", app.ticks_per_second);
     let writer0 = Writer::read(&app).await;
     let t0 = Instant::now();
     closed_loop(&app, Arc::new(texts), concurrency).await;
@@ -402,6 +449,7 @@ async fn main() {
     app.settled(SUCCEEDED, messages).await;
     let wall = t0.elapsed();
     let cpu = app.cpu() - cpu0;
+    let own = cpu_of("/proc/self/stat", app.ticks_per_second) - own0;
     let writer = Writer::read(&app).await.since(&writer0, wall);
     println!(
         "mixed load: {messages} messages, {concurrency} in flight: {:.0} runs finished/s ({:.2} s; all accepted after {:.2} s), {:.2} ms CPU per run",
@@ -411,6 +459,16 @@ async fn main() {
         ms(cpu) / messages as f64,
     );
     println!("  {writer}");
+    println!(
+        "  the load generator itself: {:.2} ms CPU per message",
+        ms(own) / messages as f64
+    );
+    if let Some(wal) = app.wal_bytes() {
+        println!(
+            "  SQLite log written: {:.1} KiB per run",
+            wal as f64 / 1024.0 / messages as f64
+        );
+    }
     let runs_so_far = messages;
 
     // 2. Message to reply at a fixed offered rate (open loop: sends do not wait for answers).

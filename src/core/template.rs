@@ -20,13 +20,19 @@ fn env() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(32);
+        // A template is named by its own text, so each one is parsed once and kept: every
+        // run renders the same few texts from its workflow. Nothing is read from anywhere.
+        env.set_loader(|source| Ok(Some(source.to_owned())));
         env
     })
 }
 
 /// Renders `source` against `ctx`.
 pub fn render(source: &str, ctx: &Value) -> Result<String, String> {
-    let out = env().render_str(source, ctx).map_err(|e| describe(&e))?;
+    let out = env()
+        .get_template(source)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| describe(&e))?;
     if out.len() > MAX_OUTPUT {
         return Err(format!("template output is longer than {MAX_OUTPUT} bytes"));
     }

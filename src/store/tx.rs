@@ -76,12 +76,18 @@ impl Rules {
     /// A chat message as stored: JSON with every secret and control character taken out, so
     /// what the outbox delivers and the console shows is clean.
     pub(crate) fn message(&self, m: &OutMessage) -> StoreResult<String> {
+        Ok(self.clean(m)?.1)
+    }
+
+    /// A chat message as stored, and its JSON (see [`Rules::message`]).
+    pub(crate) fn clean(&self, m: &OutMessage) -> StoreResult<(OutMessage, String)> {
         let mut m = m.clone();
         m.strip_controls();
         if !self.redactor.is_empty() {
             self.redactor.redact_message(&mut m);
         }
-        serde_json::to_string(&m).map_err(corrupt)
+        let body = serde_json::to_string(&m).map_err(corrupt)?;
+        Ok((m, body))
     }
 
     /// A JSON value a run goes on with, as stored: the secret values taken out.
@@ -789,27 +795,35 @@ pub(crate) async fn delivered<T: Tx>(
     platform_ref: &str,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    if let Some(settled) = tx.mark_delivered(id, platform_ref, ms(now)).await? {
-        let ev = delivered_event(now, &settled, platform_ref)?;
+    if let Some(ev) = mark_delivered(tx, id, platform_ref, now).await? {
         rules.append(tx, &[ev]).await?;
     }
     Ok(())
 }
 
-/// The ledger entry for an outbox entry that was delivered.
-fn delivered_event(
-    now: DateTime<Utc>,
-    settled: &Settled,
+/// Marks an outbox entry delivered; the ledger entry that says so, for the caller to append
+/// (with others of the same write), or `None` when it was marked before.
+pub(crate) async fn mark_delivered<T: Tx>(
+    tx: &mut T,
+    id: i64,
     platform_ref: &str,
-) -> StoreResult<AuditEvent> {
-    let body: OutMessage = serde_json::from_str(&settled.body).map_err(corrupt)?;
-    Ok(AuditEvent::new(
+    now: DateTime<Utc>,
+) -> StoreResult<Option<AuditEvent>> {
+    match tx.mark_delivered(id, platform_ref, ms(now)).await? {
+        Some(settled) => Ok(Some(delivered_event(now, &settled, platform_ref))),
+        None => Ok(None),
+    }
+}
+
+/// The ledger entry for an outbox entry that was delivered.
+fn delivered_event(now: DateTime<Utc>, settled: &Settled, platform_ref: &str) -> AuditEvent {
+    AuditEvent::new(
         now,
         AuditKind::PostDelivered,
         settled.run,
         serde_json::json!({"key": settled.key, "op": settled.op, "platform": settled.platform,
-            "channel": settled.channel, "ref": platform_ref, "text": body.text}),
-    ))
+            "channel": settled.channel, "ref": platform_ref, "text": settled.text}),
+    )
 }
 
 /// The ledger entry for an outbox entry given up on.
@@ -831,5 +845,6 @@ pub(crate) struct Settled {
     pub op: String,
     pub platform: String,
     pub channel: String,
-    pub body: String,
+    /// The message's text, when the backend was asked for it (a delivery's ledger entry).
+    pub text: String,
 }

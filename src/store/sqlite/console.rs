@@ -1,9 +1,9 @@
 //! The console's chat history on SQLite.
 
 use super::super::tx;
-use super::{SqliteStore, all, get, json, one, time, write_tx};
+use super::{SqliteStore, all, exec, get, insert, json, one, time, write_tx};
 use crate::store::*;
-use rusqlite::{Row, params};
+use rusqlite::{Connection, Row, params};
 use std::collections::BTreeMap;
 
 /// A console message with its reply count, as every read of one returns it.
@@ -17,10 +17,32 @@ macro_rules! console_select {
     };
 }
 
-/// Changes a console message's body (`body`, `updated_at`, `id`) and returns it as
-/// `console_select!` would.
-const CONSOLE_EDIT: &str = "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?
-     RETURNING *, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = console_messages.id) AS replies";
+/// Replaces a console message's content; the message as it now is, `None` when there is no
+/// such message. What was written is in hand, so only the rest is read back.
+fn edit(
+    c: &Connection,
+    id: i64,
+    message: OutMessage,
+    body: &str,
+    at: i64,
+) -> StoreResult<Option<ConsoleMessage>> {
+    let changed = exec(
+        c,
+        "UPDATE console_messages SET body = ?, updated_at = ? WHERE id = ?",
+        params![body, at, id],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    one(
+        c,
+        "SELECT id, channel, thread_id, author, is_bot, created_at, updated_at,
+           (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = m.id) AS replies
+         FROM console_messages m WHERE m.id = ?",
+        [id],
+        |r| edited_from_row(r, message),
+    )
+}
 
 fn console_from_row(r: &Row<'_>) -> StoreResult<ConsoleMessage> {
     Ok(ConsoleMessage {
@@ -36,6 +58,21 @@ fn console_from_row(r: &Row<'_>) -> StoreResult<ConsoleMessage> {
     })
 }
 
+/// An edited message from its row (all but the body) and the new content.
+fn edited_from_row(r: &Row<'_>, message: OutMessage) -> StoreResult<ConsoleMessage> {
+    Ok(ConsoleMessage {
+        id: get(r, "id")?,
+        channel: get(r, "channel")?,
+        thread_id: get(r, "thread_id")?,
+        author: get(r, "author")?,
+        is_bot: get(r, "is_bot")?,
+        message,
+        created_at: time(r, "created_at")?,
+        updated_at: time(r, "updated_at")?,
+        replies: get(r, "replies")?,
+    })
+}
+
 #[async_trait]
 impl ConsoleStore for SqliteStore {
     async fn console_deliver(
@@ -43,15 +80,16 @@ impl ConsoleStore for SqliteStore {
         batch: Vec<ConsoleDelivery>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Result<ConsoleMessage, String>>> {
-        let bodies = batch
+        let cleaned = batch
             .iter()
-            .map(|d| self.rules.message(&d.message))
+            .map(|d| self.rules.clean(&d.message))
             .collect::<StoreResult<Vec<_>>>()?;
         write_tx!(self, |c, rules| {
             let mut out = Vec::with_capacity(batch.len());
+            let mut ledger = Vec::with_capacity(batch.len());
             // Ids of the posts this batch stored, for the replies and edits behind them.
             let mut posted: BTreeMap<String, i64> = BTreeMap::new();
-            for (d, body) in batch.into_iter().zip(bodies) {
+            for (d, (message, body)) in batch.into_iter().zip(cleaned) {
                 let about = match &d.about {
                     None => None,
                     Some(ConsoleRef::Id(id)) => Some(*id),
@@ -62,18 +100,27 @@ impl ConsoleStore for SqliteStore {
                     },
                 };
                 let stamp = tx::ms(now);
+                // What was written is in hand: only what the database adds is read back.
                 let row = match d.op {
                     OutboxOp::Post => {
-                        let inserted = one(
+                        let inserted = insert(
                             c,
                             "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at)
-                             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING
-                             RETURNING *, 0 AS replies",
+                             VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING",
                             params![d.channel, about, d.author, body, d.outbox_id, stamp],
-                            console_from_row,
                         )?;
                         match inserted {
-                            Some(m) => Some(m),
+                            Some(id) => Some(ConsoleMessage {
+                                id,
+                                channel: d.channel,
+                                thread_id: about,
+                                author: d.author.to_owned(),
+                                is_bot: true,
+                                message,
+                                created_at: tx::at(stamp),
+                                updated_at: tx::at(stamp),
+                                replies: 0,
+                            }),
                             // Delivered before (a crash before the engine heard of it): the
                             // message already posted for it.
                             None => one(
@@ -84,12 +131,10 @@ impl ConsoleStore for SqliteStore {
                             )?,
                         }
                     }
-                    OutboxOp::Edit => one(
-                        c,
-                        CONSOLE_EDIT,
-                        params![body, stamp, about],
-                        console_from_row,
-                    )?,
+                    OutboxOp::Edit => match about {
+                        Some(id) => edit(c, id, message, &body, stamp)?,
+                        None => None,
+                    },
                 };
                 let Some(m) = row else {
                     out.push(Err(match about {
@@ -98,12 +143,13 @@ impl ConsoleStore for SqliteStore {
                     }));
                     break;
                 };
-                tx::delivered(c, rules, d.outbox_id, &m.id.to_string(), now).await?;
+                ledger.extend(tx::mark_delivered(c, d.outbox_id, &m.id.to_string(), now).await?);
                 if d.op == OutboxOp::Post {
                     posted.insert(d.key.0, m.id);
                 }
                 out.push(Ok(m));
             }
+            rules.append(c, &ledger).await?;
             Ok(out)
         })
     }
@@ -122,19 +168,17 @@ impl ConsoleStore for SqliteStore {
             outbox_id,
             client_id,
         } = post;
-        let body = self.rules.message(message)?;
+        let (stored, body) = self.rules.clean(message)?;
         let (channel, author) = (channel.to_owned(), author.to_owned());
         let client_id = client_id.map(str::to_owned);
-        let stored: OutMessage = serde_json::from_str(&body)?;
         // Written, or found to be there already, in one write: a message sent twice at once
         // is stored once. A new message is not read back: it is what was just written.
         let (id, new): (i64, bool) = write_tx!(self, |c, rules| {
-            let inserted = one(
+            let inserted = insert(
                 c,
                 "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING RETURNING id",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING",
                 params![channel, thread_id, author, is_bot, body, outbox_id, client_id, tx::ms(now)],
-                |r| get::<i64>(r, "id"),
             )?;
             if let Some(id) = inserted {
                 // Posting an outbox entry is delivering it: recorded in the same write, so no
@@ -183,14 +227,9 @@ impl ConsoleStore for SqliteStore {
         outbox_id: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<ConsoleMessage>> {
-        let body = self.rules.message(message)?;
+        let (message, body) = self.rules.clean(message)?;
         write_tx!(self, |c, rules| {
-            let m = one(
-                c,
-                CONSOLE_EDIT,
-                params![body, tx::ms(now), id],
-                console_from_row,
-            )?;
+            let m = edit(c, id, message, &body, tx::ms(now))?;
             if m.is_some()
                 && let Some(entry) = outbox_id
             {

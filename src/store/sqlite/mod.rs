@@ -323,6 +323,13 @@ fn number(c: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResu
     Ok(c.prepare_cached(sql)?.query_row(params, |r| r.get(0))?)
 }
 
+/// Runs a prepared `INSERT`; the new row's id, or `None` when it inserted nothing (`ON
+/// CONFLICT DO NOTHING`). Cheaper than `RETURNING`, which SQLite collects in a table of its own.
+fn insert(c: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<Option<i64>> {
+    let n = c.prepare_cached(sql)?.execute(params)?;
+    Ok((n == 1).then(|| c.last_insert_rowid()))
+}
+
 /// Runs a prepared statement that returns no rows; how many rows it changed.
 fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
     Ok(c.prepare_cached(sql)?.execute(params)?)

@@ -116,8 +116,8 @@ pub(super) fn approval_from_row(a: &Row<'_>) -> StoreResult<Approval> {
     })
 }
 
-/// An outbox row whose delivery was just settled (`RETURNING run_id, key, op, platform,
-/// channel`, and `body` when asked for).
+/// An outbox row whose delivery was just settled (`run_id, key, op, platform, channel`, and
+/// `text` when asked for).
 pub(super) fn settled(r: &Row<'_>) -> StoreResult<Settled> {
     Ok(Settled {
         run: get::<Option<i64>>(r, "run_id")?.map(RunId),
@@ -125,18 +125,18 @@ pub(super) fn settled(r: &Row<'_>) -> StoreResult<Settled> {
         op: get(r, "op")?,
         platform: get(r, "platform")?,
         channel: get(r, "channel")?,
-        body: r.get("body").unwrap_or_default(),
+        text: r.get("text").unwrap_or_default(),
     })
 }
 
 impl Tx for Conn {
     async fn insert_run(&mut self, r: &tx::NewRunRow) -> StoreResult<Option<RunId>> {
-        one(
+        let id = super::insert(
             self,
             "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
                actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
              VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)
-             ON CONFLICT (event_id) DO NOTHING RETURNING id",
+             ON CONFLICT (event_id) DO NOTHING",
             params![
                 r.workflow,
                 r.event_id,
@@ -154,8 +154,8 @@ impl Tx for Conn {
                 &*r.definition,
                 r.created_at,
             ],
-            |row| Ok(RunId(get(row, "id")?)),
-        )
+        )?;
+        Ok(id.map(RunId))
     }
 
     async fn run_for_event(&mut self, event_id: &str) -> StoreResult<Option<RunId>> {
@@ -200,11 +200,19 @@ impl Tx for Conn {
         platform_ref: &str,
         at: i64,
     ) -> StoreResult<Option<Settled>> {
-        one(
+        let changed = super::exec(
             self,
             "UPDATE outbox SET status = 'delivered', platform_ref = ?, delivered_at = ?, attempts = attempts + 1
-             WHERE id = ? AND status <> 'delivered' RETURNING run_id, key, op, platform, channel, body",
+             WHERE id = ? AND status <> 'delivered'",
             params![platform_ref, at, id],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        one(
+            self,
+            "SELECT run_id, key, op, platform, channel, body ->> '$.text' AS text FROM outbox WHERE id = ?",
+            [id],
             settled,
         )
     }
