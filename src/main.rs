@@ -7,6 +7,12 @@ use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// jemalloc serves every allocation, SQLite's too (its `malloc` is jemalloc's): under load,
+/// glibc's allocator spent a tenth of the store writer's time consolidating and splitting
+/// chunks. See ARCHITECTURE.md, "jemalloc".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A missing .env is fine; a malformed one is reported.

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Distinct statements a connection keeps prepared.
 const PREPARED: usize = 96;
+/// Pages the writer keeps cached, in KiB.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
 /// Read connections kept open between reads.
 const IDLE_READERS: usize = 8;
 
@@ -148,11 +150,17 @@ fn connect(path: &Path, durability: Durability, read_only: bool) -> StoreResult<
         Durability::Full => "FULL",
         Durability::Relaxed => "NORMAL",
     };
+    // Savepoints and statements keep their undo pages in memory, not in temporary files.
     c.execute_batch(&format!(
-        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; PRAGMA wal_autocheckpoint = 20000;"
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY;"
     ))?;
     if read_only {
         c.execute_batch("PRAGMA query_only = ON")?;
+    } else {
+        // The writer keeps the pages it touches (the ends of tables and indexes) between
+        // batches; a reader's cache is emptied whenever the writer commits, so a large one
+        // would only cost memory.
+        c.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))?;
     }
     Ok(c)
 }
