@@ -1,8 +1,9 @@
 //! How much 100k runs parked on an approval cost: creating them, the process's memory and
 //! tasks afterwards, start-up with them in the database, and the timer poll over them.
 //!
-//! `cargo bench --bench parked_runs` (set `PARKED_RUNS` to change the count). Prints figures;
-//! asserts nothing about speed.
+//! `cargo bench --bench parked_runs` (`PARKED_RUNS` sets the count, 100,000 by default;
+//! `PARKED_CONCURRENCY` how many start requests are in flight at once, 32 by default). Prints
+//! figures; asserts nothing about speed.
 
 use async_trait::async_trait;
 use baton::adapters::{DeliveryError, Platform};
@@ -20,6 +21,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// The allocator the `baton` binary uses, so the engine here costs what it costs there.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const WF: &str = r#"
 name = "parked"
@@ -100,28 +105,48 @@ async fn main() {
     let e = engine(&url).await;
     let background = e.start_background().await.unwrap();
     let wf = e.workflows().get("parked").unwrap().clone();
+    let concurrency: usize = std::env::var("PARKED_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    for i in 0..n {
-        let req = StartRequest {
-            workflow: wf.clone(),
-            inputs: Map::new(),
-            actor: Actor {
-                platform: "console".into(),
-                id: "ana".into(),
-                display: "ana".into(),
-                is_bot: false,
-                groups: vec![],
-            },
-            conversation: ConversationRef {
-                platform: "console".into(),
-                channel: "general".into(),
-                thread: None,
-            },
-            event_id: format!("bench-{i}"),
-            late: false,
-            received: None,
-        };
-        e.start_run(req).await.unwrap();
+    // Requests arrive side by side, as they do from a channel full of people.
+    let starters: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (e, wf, next) = (e.clone(), wf.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        break;
+                    }
+                    let req = StartRequest {
+                        workflow: wf.clone(),
+                        inputs: Map::new(),
+                        actor: Actor {
+                            platform: "console".into(),
+                            id: "ana".into(),
+                            display: "ana".into(),
+                            is_bot: false,
+                            groups: vec![],
+                        },
+                        conversation: ConversationRef {
+                            platform: "console".into(),
+                            channel: "general".into(),
+                            thread: None,
+                        },
+                        event_id: format!("bench-{i}"),
+                        late: false,
+                        received: None,
+                    };
+                    e.start_run(req).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in starters {
+        s.await.unwrap();
     }
     let took = started.elapsed();
     // Let the outbox deliver every root message and approval request.
@@ -157,7 +182,7 @@ async fn main() {
 
     println!("parked runs:                 {n}");
     println!(
-        "time to park them:           {:.1} s ({:.0} runs/s)",
+        "time to park them:           {:.1} s ({:.0} runs/s, {concurrency} requests in flight)",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );

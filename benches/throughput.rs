@@ -205,17 +205,6 @@ impl App {
         )
     }
 
-    /// The size of the app's SQLite log (which only grows until its first checkpoint, so on
-    /// a fresh database it is what the app has written); `None` on another database.
-    fn wal_bytes(&self) -> Option<u64> {
-        if std::env::var("BENCH_DATABASE_URL").is_ok() {
-            return None;
-        }
-        std::fs::metadata(self._dir.path().join("baton.db-wal"))
-            .ok()
-            .map(|m| m.len())
-    }
-
     /// CPU time the app's thread called `name` (the store's writer) has used so far.
     fn thread_cpu(&self, name: &str) -> Duration {
         let tasks = format!("/proc/{}/task", self.child.id());
@@ -463,12 +452,6 @@ async fn main() {
         "  the load generator itself: {:.2} ms CPU per message",
         ms(own) / messages as f64
     );
-    if let Some(wal) = app.wal_bytes() {
-        println!(
-            "  SQLite log written: {:.1} KiB per run",
-            wal as f64 / 1024.0 / messages as f64
-        );
-    }
     let runs_so_far = messages;
 
     // 2. Message to reply at a fixed offered rate (open loop: sends do not wait for answers).

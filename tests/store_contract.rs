@@ -1126,44 +1126,54 @@ async fn secrets_are_taken_out_of_everything_stored(store: Backend) {
 
 async fn a_conversation_that_waits_hides_no_other_and_a_busy_lane_is_passed_by(store: Backend) {
     let run = a_run(&store).await;
-    // A hundred posts in #storm, older than #calm's one: a read of the oldest waiting
-    // entries alone would never reach #calm.
+    // A hundred posts in #storm, older than the rest: a read of the oldest waiting entries
+    // alone would never reach the others.
     let storm: Vec<Effect> = (0..100)
         .map(|i| post(run, &format!("storm-{i}"), "storm", None, "wave"))
         .collect();
     emit(&*store.store, run, t0(), storm).await;
-    emit(
-        &*store.store,
-        run,
-        t0(),
-        vec![post(run, "calm", "calm", None, "all quiet")],
-    )
-    .await;
-    let head = store.outbox_ready(t0(), 10, &none()).await.unwrap();
+    // Conversations after #storm, on this platform and on others before and after it.
+    let on = |platform: &str, channel: &str| {
+        let mut effect = post(run, &format!("{platform}-{channel}"), channel, None, "hi");
+        if let Effect::Send(Outgoing::Post { to, .. }) = &mut effect {
+            to.platform = platform.into();
+        }
+        effect
+    };
+    let others = vec![
+        on("console", "calm"),
+        on("slack", "a"),
+        on("discord", "z"),
+        on("slack", "b"),
+    ];
+    emit(&*store.store, run, t0(), others).await;
     let keys =
         |ready: &[OutboxEntry]| -> Vec<String> { ready.iter().map(|e| e.key.0.clone()).collect() };
+    let head = store.outbox_ready(t0(), 10, &none()).await.unwrap();
     assert_eq!(
         head.len(),
-        11,
-        "ten of #storm's, #calm's one: {:?}",
+        14,
+        "ten of #storm's, one of each other: {:?}",
         keys(&head)
     );
     assert_eq!(head[0].key.0, "storm-0");
-    assert_eq!(head.last().unwrap().key.0, "calm");
-    // #storm is rate-limited: its head waits, and #calm still goes.
+    assert_eq!(
+        keys(&head)[10..],
+        ["console-calm", "slack-a", "discord-z", "slack-b"],
+        "oldest first"
+    );
+    // #storm is rate-limited: its head waits, and the others still go.
     let later = t0() + Duration::seconds(30);
     store.outbox_defer(head[0].id, later).await.unwrap();
     let ready = store.outbox_ready(t0(), 10, &none()).await.unwrap();
-    assert_eq!(keys(&ready), ["calm"]);
-    // A lane with a delivery under way is passed by.
-    let busy: HashSet<Lane> = [ready[0].lane()].into_iter().collect();
-    assert!(
-        store
-            .outbox_ready(t0(), 10, &busy)
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        keys(&ready),
+        ["console-calm", "slack-a", "discord-z", "slack-b"]
     );
+    // Lanes with a delivery under way are passed by.
+    let busy: HashSet<Lane> = ready.iter().map(|e| e.lane()).collect();
+    let passed = store.outbox_ready(t0(), 10, &busy).await.unwrap();
+    assert!(passed.is_empty(), "{:?}", keys(&passed));
     let ready = store.outbox_ready(later, 10, &busy).await.unwrap();
     assert_eq!(keys(&ready)[..3], ["storm-0", "storm-1", "storm-2"]);
     assert!(ready.iter().all(|e| e.channel == "storm"));

@@ -8,6 +8,8 @@
 DROP INDEX outbox_pending;
 CREATE INDEX outbox_lanes ON outbox (urgent, platform, channel, id) WHERE status = 'pending';
 CREATE INDEX outbox_failed ON outbox (id) WHERE status = 'failed';
+-- Entries a delivery alert was raised about and that have not gone through since: few.
+CREATE INDEX outbox_alerted ON outbox (id) WHERE alerted = 1 AND status IN ('pending', 'failed');
 -- A run's page and Retry read a run's outbox entries.
 CREATE INDEX outbox_by_run ON outbox (run_id);
 

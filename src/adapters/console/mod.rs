@@ -95,13 +95,28 @@ impl Console {
 
     /// Broadcasts a message and, for a reply, its thread root (whose reply count changed).
     async fn announce(&self, m: &ConsoleMessage) {
-        let _ = self
-            .updates
-            .send(ConsoleUpdate::Message { message: m.clone() });
-        if let Some(root) = m.thread_id
-            && let Ok(Some(root)) = self.store.console_get(root).await
-        {
-            let _ = self.updates.send(ConsoleUpdate::Message { message: root });
+        self.announce_all(std::slice::from_ref(m)).await;
+    }
+
+    /// Broadcasts messages in order, then each thread root they reply to once, as it now
+    /// stands (its reply count changed): a thread delivered in one batch costs one read of
+    /// its root, not one per reply.
+    async fn announce_all(&self, messages: &[ConsoleMessage]) {
+        let mut roots: Vec<i64> = Vec::new();
+        for m in messages {
+            let _ = self
+                .updates
+                .send(ConsoleUpdate::Message { message: m.clone() });
+            if let Some(root) = m.thread_id
+                && !roots.contains(&root)
+            {
+                roots.push(root);
+            }
+        }
+        for root in roots {
+            if let Ok(Some(root)) = self.store.console_get(root).await {
+                let _ = self.updates.send(ConsoleUpdate::Message { message: root });
+            }
         }
     }
 }
@@ -193,15 +208,18 @@ impl Platform for Console {
             match self.store.console_deliver(batch, self.clock.now()).await {
                 Ok(results) => {
                     let stopped = results.len() < tried || results.iter().any(|r| r.is_err());
+                    let mut delivered = Vec::with_capacity(results.len());
                     for result in results {
                         out.push(match result {
                             Ok(m) => {
-                                self.announce(&m).await;
-                                Ok(m.id.to_string())
+                                let reference = m.id.to_string();
+                                delivered.push(m);
+                                Ok(reference)
                             }
                             Err(reason) => Err(DeliveryError::Permanent(reason)),
                         });
                     }
+                    self.announce_all(&delivered).await;
                     if stopped {
                         return Some(out);
                     }

@@ -90,14 +90,26 @@ fn pending(
     let mut out = Vec::new();
     let (mut platform, mut channel) = (String::new(), String::new());
     loop {
-        let next = one(
+        // The next channel of this platform, else the first of the next platform. (A row
+        // value, `(platform, channel) > (?, ?)`, would read through every waiting entry of
+        // the current conversation to get past it.)
+        let pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+        let next = match one(
             c,
             "SELECT platform, channel FROM outbox WHERE status = 'pending' AND urgent = 0
-               AND (platform, channel) > (?, ?)
-             ORDER BY platform, channel LIMIT 1",
+               AND platform = ? AND channel > ? ORDER BY channel LIMIT 1",
             [&platform, &channel],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )?;
+            pair,
+        )? {
+            Some(next) => Some(next),
+            None => one(
+                c,
+                "SELECT platform, channel FROM outbox WHERE status = 'pending' AND urgent = 0
+                   AND platform > ? ORDER BY platform, channel LIMIT 1",
+                [&platform],
+                pair,
+            )?,
+        };
         let Some((p, ch)) = next else { break };
         (platform, channel) = (p, ch);
         let lane = Lane::Conversation {
