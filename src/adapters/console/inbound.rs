@@ -219,26 +219,10 @@ async fn send_message(
         },
         None => None,
     };
-    let message = state
-        .console
-        .post(
-            &req.channel,
-            thread,
-            &actor.id,
-            false,
-            &OutMessage {
-                text: text.to_owned(),
-                ..Default::default()
-            },
-            client,
-        )
-        .await?;
     let kind = message_kind(text);
     let event = InboundEvent {
-        // A message sent again under its client id is the same stored message, so its id
-        // names the event.
-        id: format!("console:msg:{}", message.id),
-        actor,
+        id: message_event_id(&actor.id, client),
+        actor: actor.clone(),
         conversation: ConversationRef {
             platform: "console".into(),
             channel: req.channel.clone(),
@@ -246,10 +230,43 @@ async fn send_message(
         },
         kind,
     };
-    let response = state.engine.handle(event).await?;
+    let posted = OutMessage {
+        text: text.to_owned(),
+        ..Default::default()
+    };
+    // The message and the runs it starts are written side by side, the message first: the
+    // store's writer takes writes in the order they are sent, so both share a commit (or the
+    // message's commits first), and the person waits for one commit, not two.
+    let (message, response) = tokio::join!(
+        state
+            .console
+            .post(&req.channel, thread, &actor.id, false, &posted, client),
+        state.engine.handle(event)
+    );
+    let (message, response) = (message?, response?);
     Ok(Json(
         json!({"message": message, "notices": response.notices, "started": response.started}),
     ))
+}
+
+/// The event a person's console message is: named by the browser's id for it when it sent
+/// one (a message sent again is the same event, and starts nothing twice), else new.
+fn message_event_id(user: &str, client: Option<&str>) -> String {
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    match client {
+        Some(c) => format!("console:msg:{user}:{c}"),
+        None => format!(
+            "console:msg:{}:{}",
+            STARTED.get_or_init(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default()
+            }),
+            SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+    }
 }
 
 async fn click(

@@ -82,9 +82,14 @@ impl Session for Conn {
     }
 
     fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(std::future::ready(
-            self.execute_batch(sql).map_err(StoreError::from),
-        ))
+        // A few fixed texts, run for every write of a batch: each statement is prepared once.
+        let run = || -> StoreResult<()> {
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                self.prepare_cached(statement)?.execute([])?;
+            }
+            Ok(())
+        };
+        Box::pin(std::future::ready(run()))
     }
 
     fn close(self) -> BoxFuture<'static, ()> {
