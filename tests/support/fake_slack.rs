@@ -91,6 +91,9 @@ pub struct FakeState {
     /// sender to the current connection.
     pub opens: u32,
     pub acks: Vec<String>,
+    /// When each envelope was sent and when its acknowledgement came back, by envelope id.
+    pub envelopes_sent: std::collections::HashMap<String, std::time::Instant>,
+    pub acked_at: std::collections::HashMap<String, std::time::Instant>,
     pub socket: Option<tokio::sync::mpsc::UnboundedSender<SocketOut>>,
     /// Every connection's sender, by its number (1, 2, …).
     pub sockets: Vec<(u32, tokio::sync::mpsc::UnboundedSender<SocketOut>)>,
@@ -137,14 +140,21 @@ impl FakeSlack {
 
     /// Sends raw text on the current connection (a frame that may not be valid JSON).
     pub fn send_text(&self, text: String) {
-        let tx = self
-            .state
-            .lock()
-            .unwrap()
-            .socket
-            .clone()
-            .expect("a Socket Mode connection is open");
+        let mut s = self.state.lock().unwrap();
+        if let Some(id) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|e| e["envelope_id"].as_str().map(str::to_owned))
+        {
+            s.envelopes_sent.insert(id, std::time::Instant::now());
+        }
+        let tx = s.socket.clone().expect("a Socket Mode connection is open");
         tx.send(SocketOut::Text(text)).unwrap();
+    }
+
+    /// How long after it was sent the envelope `id` was acknowledged, once it was.
+    pub fn ack_latency(&self, id: &str) -> Option<std::time::Duration> {
+        let s = self.state.lock().unwrap();
+        Some(*s.acked_at.get(id)? - *s.envelopes_sent.get(id)?)
     }
 
     /// Sends an envelope on connection `n`.
@@ -497,7 +507,14 @@ async fn serve_socket(mut socket: axum::extract::ws::WebSocket, state: Arc<Mutex
                 None => break,
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(t))) => state.lock().unwrap().acks.push(t.to_string()),
+                Some(Ok(Message::Text(t))) => {
+                    let at = std::time::Instant::now();
+                    let mut s = state.lock().unwrap();
+                    if let Some(id) = serde_json::from_str::<Value>(&t).ok().and_then(|a| a["envelope_id"].as_str().map(str::to_owned)) {
+                        s.acked_at.entry(id).or_insert(at);
+                    }
+                    s.acks.push(t.to_string());
+                }
                 Some(Ok(Message::Close(_))) => {
                     log(format!("closed by bot {n}"));
                     break;
