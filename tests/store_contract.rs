@@ -18,10 +18,14 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+#[path = "support/postgres.rs"]
+mod postgres_schema;
+
 /// A store on a backend of its own, gone when dropped.
 struct Backend {
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    _schema: Option<postgres_schema::Schema>,
 }
 
 impl std::ops::Deref for Backend {
@@ -43,7 +47,30 @@ async fn sqlite(redactor: Redactor) -> Backend {
     )
     .await
     .unwrap();
-    Backend { store, _dir: dir }
+    Backend {
+        store,
+        _dir: Some(dir),
+        _schema: None,
+    }
+}
+
+/// A store in a PostgreSQL schema of its own, dropped with it.
+async fn postgres(redactor: Redactor) -> Backend {
+    let schema = postgres_schema::Schema::new().await;
+    let store = baton::store::open(
+        &schema.url,
+        baton::store::Options {
+            redactor,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    Backend {
+        store,
+        _dir: None,
+        _schema: Some(schema),
+    }
 }
 
 fn t0() -> DateTime<Utc> {
@@ -1180,7 +1207,10 @@ async fn a_conversation_that_waits_hides_no_other_and_a_busy_lane_is_passed_by(s
 }
 
 macro_rules! contract {
-    ($backend:ident: $($story:ident),* $(,)?) => {
+    ($($backend:ident),+ : $stories:tt) => {
+        $( contract!(@one $backend $stories); )+
+    };
+    (@one $backend:ident { $($story:ident),* $(,)? }) => {
         mod $backend {
             $(
                 #[tokio::test]
@@ -1193,7 +1223,7 @@ macro_rules! contract {
     };
 }
 
-contract!(sqlite:
+contract!(sqlite, postgres: {
     a_run_is_created_once_per_event_id_and_each_receipt_is_in_the_ledger,
     a_new_run_starts_from_exactly_the_state_that_is_read_back,
     what_an_apply_changes_is_what_is_read_back,
@@ -1212,4 +1242,4 @@ contract!(sqlite:
     a_console_batch_delivers_a_thread_in_one_write_once,
     agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
     secrets_are_taken_out_of_everything_stored,
-);
+});

@@ -1,6 +1,7 @@
 //! Storage behind narrow traits, one implementation per backend, chosen from `DATABASE_URL` at
 //! start-up. Only the files of each backend import the database crate.
 
+pub mod postgres;
 pub mod sqlite;
 mod tx;
 mod writer;
@@ -583,9 +584,8 @@ pub async fn open(url: &str, options: Options) -> anyhow::Result<Arc<dyn Store>>
         let store = sqlite::SqliteStore::open(url, options).await?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!(
-            "DATABASE_URL: PostgreSQL is not supported by this version yet; use a sqlite: URL"
-        )
+        let store = postgres::PostgresStore::open(url, options).await?;
+        Ok(Arc::new(store))
     } else {
         anyhow::bail!("DATABASE_URL: `{url}` is neither a sqlite: nor a postgres: URL")
     }

@@ -164,6 +164,20 @@ impl<C: Session, X: Memory> Writer<C, X> {
         })
     }
 
+    /// Starts the writer as a task on the runtime, for a connection whose statements are
+    /// asynchronous (a database server over the network).
+    pub(crate) fn start(conn: C, context: Arc<X>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (close, close_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(write_loop(conn, context, stats.clone(), rx, close_rx));
+        Self {
+            queue,
+            close,
+            stats,
+        }
+    }
+
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }

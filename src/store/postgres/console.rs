@@ -1,0 +1,316 @@
+//! The console's chat history on PostgreSQL.
+
+use super::super::tx;
+use super::{PostgresStore, each, get, json, time, write_tx};
+use crate::store::*;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row as _};
+use std::collections::BTreeMap;
+
+/// A console message with its reply count, as every read of one returns it.
+macro_rules! console_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT m.*, (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = m.id) AS replies
+             FROM console_messages m ",
+            $where
+        )
+    };
+}
+
+/// Replaces a console message's content; the message as it now is, `None` when there is no
+/// such message. What was written is in hand, so only the rest is read back.
+async fn edit(
+    c: &mut PgConnection,
+    id: i64,
+    message: OutMessage,
+    body: &str,
+    at: i64,
+) -> StoreResult<Option<ConsoleMessage>> {
+    // Read back with RETURNING: one round trip rather than an update and a select.
+    let row = sqlx::query(
+        "UPDATE console_messages AS m SET body = $1, updated_at = $2 WHERE m.id = $3
+         RETURNING m.id, m.channel, m.thread_id, m.author, m.is_bot, m.created_at, m.updated_at,
+           (SELECT COUNT(*) FROM console_messages r WHERE r.thread_id = m.id) AS replies",
+    )
+    .bind(body)
+    .bind(at)
+    .bind(id)
+    .fetch_optional(c)
+    .await?;
+    row.map(|r| edited_from_row(&r, message)).transpose()
+}
+
+fn console_from_row(r: &PgRow) -> StoreResult<ConsoleMessage> {
+    Ok(ConsoleMessage {
+        id: get(r, "id")?,
+        channel: get(r, "channel")?,
+        thread_id: get(r, "thread_id")?,
+        author: get(r, "author")?,
+        is_bot: get(r, "is_bot")?,
+        message: json(r, "body")?,
+        created_at: time(r, "created_at")?,
+        updated_at: time(r, "updated_at")?,
+        replies: r.try_get("replies").unwrap_or(0),
+    })
+}
+
+/// An edited message from its row (all but the body) and the new content.
+fn edited_from_row(r: &PgRow, message: OutMessage) -> StoreResult<ConsoleMessage> {
+    Ok(ConsoleMessage {
+        id: get(r, "id")?,
+        channel: get(r, "channel")?,
+        thread_id: get(r, "thread_id")?,
+        author: get(r, "author")?,
+        is_bot: get(r, "is_bot")?,
+        message,
+        created_at: time(r, "created_at")?,
+        updated_at: time(r, "updated_at")?,
+        replies: get(r, "replies")?,
+    })
+}
+
+#[async_trait]
+impl ConsoleStore for PostgresStore {
+    async fn console_deliver(
+        &self,
+        batch: Vec<ConsoleDelivery>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Result<ConsoleMessage, String>>> {
+        let cleaned = batch
+            .iter()
+            .map(|d| self.rules.clean(&d.message))
+            .collect::<StoreResult<Vec<_>>>()?;
+        write_tx!(self, |c, rules| {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut ledger = Vec::with_capacity(batch.len());
+            // Ids of the posts this batch stored, for the replies and edits behind them.
+            let mut posted: BTreeMap<String, i64> = BTreeMap::new();
+            for (d, (message, body)) in batch.into_iter().zip(cleaned) {
+                let about = match &d.about {
+                    None => None,
+                    Some(ConsoleRef::Id(id)) => Some(*id),
+                    Some(ConsoleRef::Post(key)) => match posted.get(&key.0) {
+                        Some(id) => Some(*id),
+                        // Not in this batch: it stops here, and the next pass has it.
+                        None => break,
+                    },
+                };
+                let stamp = tx::ms(now);
+                // What was written is in hand: only what the database adds is read back.
+                let row = match d.op {
+                    OutboxOp::Post => {
+                        let inserted = sqlx::query(
+                            "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at)
+                             VALUES ($1, $2, $3, TRUE, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING id",
+                        )
+                        .bind(&d.channel)
+                        .bind(about)
+                        .bind(d.author)
+                        .bind(&body)
+                        .bind(d.outbox_id)
+                        .bind(stamp)
+                        .fetch_optional(&mut **c)
+                        .await?;
+                        match inserted {
+                            Some(r) => Some(ConsoleMessage {
+                                id: get(&r, "id")?,
+                                channel: d.channel,
+                                thread_id: about,
+                                author: d.author.to_owned(),
+                                is_bot: true,
+                                message,
+                                created_at: tx::at(stamp),
+                                updated_at: tx::at(stamp),
+                                replies: 0,
+                            }),
+                            // Delivered before (a crash before the engine heard of it): the
+                            // message already posted for it.
+                            None => sqlx::query(console_select!("WHERE m.outbox_id = $1"))
+                                .bind(d.outbox_id)
+                                .fetch_optional(&mut **c)
+                                .await?
+                                .map(|r| console_from_row(&r))
+                                .transpose()?,
+                        }
+                    }
+                    OutboxOp::Edit => match about {
+                        Some(id) => edit(c, id, message, &body, stamp).await?,
+                        None => None,
+                    },
+                };
+                let Some(m) = row else {
+                    out.push(Err(match about {
+                        Some(id) => format!("message {id} no longer exists"),
+                        None => "there is no message to edit".to_owned(),
+                    }));
+                    break;
+                };
+                ledger.extend(tx::mark_delivered(c, d.outbox_id, &m.id.to_string(), now).await?);
+                if d.op == OutboxOp::Post {
+                    posted.insert(d.key.0, m.id);
+                }
+                out.push(Ok(m));
+            }
+            rules.append(c, &ledger).await?;
+            Ok(out)
+        })
+    }
+
+    async fn console_post(
+        &self,
+        post: ConsolePost<'_>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(ConsoleMessage, bool)> {
+        let ConsolePost {
+            channel,
+            thread_id,
+            author,
+            is_bot,
+            message,
+            outbox_id,
+            client_id,
+        } = post;
+        let (stored, body) = self.rules.clean(message)?;
+        let (channel, author) = (channel.to_owned(), author.to_owned());
+        let client_id = client_id.map(str::to_owned);
+        // Written, or found to be there already, in one write: a message sent twice at once
+        // is stored once. A new message is not read back: it is what was just written.
+        let (id, new): (i64, bool) = write_tx!(self, |c, rules| {
+            let inserted = sqlx::query(
+                "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, client_id, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(&channel)
+            .bind(thread_id)
+            .bind(&author)
+            .bind(is_bot)
+            .bind(&body)
+            .bind(outbox_id)
+            .bind(client_id.as_deref())
+            .bind(tx::ms(now))
+            .fetch_optional(&mut **c)
+            .await?;
+            if let Some(r) = inserted {
+                let id: i64 = get(&r, "id")?;
+                // Posting an outbox entry is delivering it: recorded in the same write, so no
+                // crash can separate the two.
+                if let Some(entry) = outbox_id {
+                    tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+                }
+                return Ok((id, true));
+            }
+            let earlier = sqlx::query(
+                "SELECT id FROM console_messages WHERE outbox_id = $1 OR (author = $2 AND client_id = $3)",
+            )
+            .bind(outbox_id)
+            .bind(&author)
+            .bind(client_id.as_deref())
+            .fetch_optional(&mut **c)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt("a console message was refused as a duplicate of none".into())
+            })?;
+            Ok((get(&earlier, "id")?, false))
+        })?;
+        if !new {
+            let m = self
+                .console_get(id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("message vanished".into()))?;
+            return Ok((m, false));
+        }
+        let m = ConsoleMessage {
+            id,
+            channel: post.channel.to_owned(),
+            thread_id,
+            author: post.author.to_owned(),
+            is_bot,
+            message: stored,
+            created_at: tx::at(tx::ms(now)),
+            updated_at: tx::at(tx::ms(now)),
+            replies: 0,
+        };
+        Ok((m, true))
+    }
+
+    async fn console_edit(
+        &self,
+        id: i64,
+        message: &OutMessage,
+        outbox_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ConsoleMessage>> {
+        let (message, body) = self.rules.clean(message)?;
+        write_tx!(self, |c, rules| {
+            let m = edit(c, id, message, &body, tx::ms(now)).await?;
+            if m.is_some()
+                && let Some(entry) = outbox_id
+            {
+                tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+            }
+            Ok(m)
+        })
+    }
+
+    async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>> {
+        sqlx::query(console_select!("WHERE m.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| console_from_row(&r))
+            .transpose()
+    }
+
+    async fn console_member_of(
+        &self,
+        author: &str,
+        channels: &[String],
+    ) -> StoreResult<Vec<String>> {
+        // Every channel in one round trip (SQLite asks channel by channel), in the order given.
+        let rows = sqlx::query(
+            "SELECT c.channel FROM unnest($1::text[]) WITH ORDINALITY AS c (channel, n)
+             WHERE EXISTS (SELECT 1 FROM console_messages m
+                           WHERE m.channel = c.channel AND m.author = $2 AND NOT m.is_bot)
+             ORDER BY c.n",
+        )
+        .bind(channels)
+        .bind(author)
+        .fetch_all(&self.pool)
+        .await?;
+        each(rows, |r| get(r, "channel"))
+    }
+
+    async fn console_channel_names(&self) -> StoreResult<Vec<String>> {
+        // In byte order, as SQLite sorts text, whatever the database's collation.
+        let rows = sqlx::query(
+            r#"SELECT channel FROM console_messages GROUP BY channel ORDER BY channel COLLATE "C""#,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        each(rows, |r| get(r, "channel"))
+    }
+
+    async fn console_channel(&self, channel: &str, limit: u32) -> StoreResult<Vec<ConsoleMessage>> {
+        let rows = sqlx::query(console_select!(
+            "WHERE m.channel = $1 AND m.thread_id IS NULL ORDER BY m.id DESC LIMIT $2"
+        ))
+        .bind(channel)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = each(rows, console_from_row)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>> {
+        let rows = sqlx::query(console_select!(
+            "WHERE m.id = $1 OR m.thread_id = $1 ORDER BY m.id"
+        ))
+        .bind(root)
+        .fetch_all(&self.pool)
+        .await?;
+        each(rows, console_from_row)
+    }
+}

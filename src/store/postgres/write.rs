@@ -1,0 +1,412 @@
+//! The transaction layer's primitives on PostgreSQL. Every round trip to the server costs
+//! more than SQLite's function calls, so each kind of row is written by one statement for
+//! all the rows of a change: the rows go as one JSON array, which the statement reads with
+//! `jsonb_to_recordset` (one fixed text per table, so its prepared form is reused).
+
+use super::super::tx::{self, Head, Rows, Settled, Tx};
+use super::super::{Definition, StoreError, StoreResult};
+use super::{Conn, LEDGER_LOCK, get, json, json_opt, parsed, time, time_opt};
+use crate::core::engine::{Approval, Run, RunState, StepState};
+use crate::core::event::{Actor, ConversationRef};
+use crate::core::ids::RunId;
+use serde::Serialize;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row as _};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A run as stored, with the workflow text it was started with. With `lock`, the run's row
+/// stays locked until the transaction ends, so no other process changes it meanwhile.
+pub(super) async fn load_state(
+    c: &mut PgConnection,
+    id: RunId,
+    lock: bool,
+) -> StoreResult<Option<(RunState, Definition)>> {
+    let sql = if lock {
+        "SELECT * FROM runs WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT * FROM runs WHERE id = $1"
+    };
+    let Some(row) = sqlx::query(sql).bind(id.0).fetch_optional(&mut *c).await? else {
+        return Ok(None);
+    };
+    let (run, def) = run_from_row(id, &row)?;
+    let mut steps = BTreeMap::new();
+    for s in sqlx::query("SELECT * FROM steps WHERE run_id = $1")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
+        steps.insert(
+            get::<String>(&s, "step_id")?,
+            StepState {
+                status: parsed(&s, "status")?,
+                attempt: get::<i64>(&s, "attempt")? as u32,
+                retries_used: get::<i64>(&s, "retries_used")? as u32,
+                output: json_opt(&s, "output")?,
+                error: get(&s, "error")?,
+                started_at: time_opt(&s, "started_at")?,
+                finished_at: time_opt(&s, "finished_at")?,
+            },
+        );
+    }
+    let mut approvals = BTreeMap::new();
+    for a in sqlx::query("SELECT * FROM approvals WHERE run_id = $1")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
+        approvals.insert(get::<String>(&a, "step_id")?, approval_from_row(&a)?);
+    }
+    let mut timers = BTreeMap::new();
+    for t in sqlx::query("SELECT key, due_at FROM timers WHERE run_id = $1")
+        .bind(id.0)
+        .fetch_all(&mut *c)
+        .await?
+    {
+        timers.insert(get::<String>(&t, "key")?, time(&t, "due_at")?);
+    }
+    Ok(Some((
+        RunState {
+            run,
+            steps,
+            approvals,
+            timers,
+        },
+        def,
+    )))
+}
+
+fn run_from_row(id: RunId, r: &PgRow) -> StoreResult<(Run, Definition)> {
+    let run = Run {
+        id,
+        workflow: get(r, "workflow")?,
+        status: parsed(r, "status")?,
+        event_id: get(r, "event_id")?,
+        conversation: ConversationRef {
+            platform: get(r, "platform")?,
+            channel: get(r, "channel")?,
+            thread: get(r, "thread")?,
+        },
+        requested_by: Actor {
+            platform: get(r, "actor_platform")?,
+            id: get(r, "actor_id")?,
+            display: get(r, "actor_display")?,
+            is_bot: get(r, "actor_is_bot")?,
+            groups: vec![],
+        },
+        inputs: json(r, "inputs")?,
+        late: get(r, "late")?,
+        title: get(r, "title")?,
+        error: get(r, "error")?,
+        created_at: time(r, "created_at")?,
+        updated_at: time(r, "updated_at")?,
+        finished_at: time_opt(r, "finished_at")?,
+        stalled_at: time_opt(r, "stalled_at")?,
+        conversation_lost: get(r, "conversation_lost")?,
+        alerts: json(r, "alerts")?,
+    };
+    let def = Definition {
+        file: get(r, "file")?,
+        source: Arc::from(r.try_get::<&str, _>("definition")?),
+    };
+    Ok((run, def))
+}
+
+pub(super) fn approval_from_row(a: &PgRow) -> StoreResult<Approval> {
+    Ok(Approval {
+        status: parsed(a, "status")?,
+        approvers: json(a, "approvers")?,
+        summary: get(a, "summary")?,
+        requested_at: time(a, "requested_at")?,
+        expires_at: time(a, "expires_at")?,
+        decided_by: json_opt(a, "decided_by")?,
+        decided_at: time_opt(a, "decided_at")?,
+        reason: get(a, "reason")?,
+        payload: json_opt(a, "payload")?,
+        quorum: u32::try_from(get::<i64>(a, "quorum")?).unwrap_or(1),
+        votes: json(a, "votes")?,
+        reminded_at: time_opt(a, "reminded_at")?,
+        escalated_at: time_opt(a, "escalated_at")?,
+        content: get(a, "content")?,
+        editors: json(a, "editors")?,
+        round: u32::try_from(get::<i64>(a, "round")?).unwrap_or(1),
+    })
+}
+
+/// An outbox row whose delivery was just settled (`run_id, key, op, platform, channel`, and
+/// `text` when asked for).
+pub(super) fn settled(r: &PgRow) -> StoreResult<Settled> {
+    Ok(Settled {
+        run: get::<Option<i64>>(r, "run_id")?.map(RunId),
+        key: get(r, "key")?,
+        op: get(r, "op")?,
+        platform: get(r, "platform")?,
+        channel: get(r, "channel")?,
+        text: r
+            .try_get::<Option<String>, _>("text")
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    })
+}
+
+/// Rows as the JSON array a `jsonb_to_recordset` statement reads.
+fn records<T: Serialize>(rows: &T) -> StoreResult<String> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// An outbox entry as its statement reads it: flat, with its place in the change.
+#[derive(Serialize)]
+struct OutboxRecord<'a> {
+    n: usize,
+    run: Option<i64>,
+    key: &'a str,
+    op: &'a str,
+    body: &'a str,
+    at: i64,
+    thread_key: Option<&'a str>,
+    /// `false` for an edit that goes where its post went (looked up).
+    targeted: bool,
+    platform: Option<&'a str>,
+    channel: Option<&'a str>,
+    urgent: bool,
+    private_to: Option<&'a str>,
+}
+
+impl Tx for Conn {
+    async fn insert_run(&mut self, r: &tx::NewRunRow) -> StoreResult<Option<RunId>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO runs (workflow, event_id, status, platform, channel, thread, actor_platform, actor_id, actor_display,
+               actor_is_bot, inputs, late, title, file, definition, created_at, updated_at)
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+             ON CONFLICT (event_id) DO NOTHING RETURNING id",
+        )
+        .bind(&r.workflow)
+        .bind(&r.event_id)
+        .bind(&r.platform)
+        .bind(&r.channel)
+        .bind(&r.thread)
+        .bind(&r.actor_platform)
+        .bind(&r.actor_id)
+        .bind(&r.actor_display)
+        .bind(r.actor_is_bot)
+        .bind(&r.inputs)
+        .bind(r.late)
+        .bind(&r.title)
+        .bind(&r.file)
+        .bind(&*r.definition)
+        .bind(r.created_at)
+        .fetch_optional(&mut **self)
+        .await?;
+        Ok(id.map(RunId))
+    }
+
+    async fn run_for_event(&mut self, event_id: &str) -> StoreResult<Option<RunId>> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&mut **self)
+            .await?;
+        Ok(id.map(RunId))
+    }
+
+    async fn load_run(&mut self, run: RunId) -> StoreResult<Option<(RunState, Definition)>> {
+        load_state(self, run, true).await
+    }
+
+    async fn first_sighting(&mut self, event_id: &str, at: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO inbound_events (event_id, seen_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(at)
+        .execute(&mut **self)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ledger_head(&mut self) -> StoreResult<Option<Head>> {
+        // Held until this transaction ends: another process appending waits here, and then
+        // reads the head this one wrote.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LEDGER_LOCK)
+            .execute(&mut **self)
+            .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **self)
+            .await?;
+        head.map(|r| {
+            Ok(Head {
+                seq: get(&r, "seq")?,
+                hash: get(&r, "hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn mark_delivered(
+        &mut self,
+        id: i64,
+        platform_ref: &str,
+        at: i64,
+    ) -> StoreResult<Option<Settled>> {
+        let row = sqlx::query(
+            "UPDATE outbox SET status = 'delivered', platform_ref = $1, delivered_at = $2, attempts = attempts + 1
+             WHERE id = $3 AND status <> 'delivered'
+             RETURNING run_id, key, op, platform, channel, body::jsonb ->> 'text' AS text",
+        )
+        .bind(platform_ref)
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&mut **self)
+        .await?;
+        row.as_ref().map(settled).transpose()
+    }
+
+    async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
+        let c: &mut PgConnection = self;
+        if let Some(r) = &rows.run {
+            sqlx::query(
+                "UPDATE runs SET status = $1, error = $2, updated_at = $3, finished_at = $4, stalled_at = $5,
+                   conversation_lost = $6, alerts = $7 WHERE id = $8",
+            )
+            .bind(r.status)
+            .bind(&r.error)
+            .bind(r.updated_at)
+            .bind(r.finished_at)
+            .bind(r.stalled_at)
+            .bind(&r.conversation_lost)
+            .bind(&r.alerts)
+            .bind(r.id)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.steps.is_empty() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
+                 SELECT run, step, status, attempt, retries_used, output, error, started_at, finished_at
+                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, status text, attempt bigint,
+                   retries_used bigint, output text, error text, started_at bigint, finished_at bigint)
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+                   retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
+                   started_at = excluded.started_at, finished_at = excluded.finished_at",
+            )
+            .bind(records(&rows.steps)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.approvals.is_empty() {
+            sqlx::query(
+                "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by,
+                   decided_at, reason, payload, quorum, votes, reminded_at, escalated_at, content, editors, round)
+                 SELECT run, step, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason,
+                   payload, quorum, votes, reminded_at, escalated_at, content, editors, round
+                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, status text, approvers text, summary text,
+                   requested_at bigint, expires_at bigint, decided_by text, decided_at bigint, reason text, payload text,
+                   quorum bigint, votes text, reminded_at bigint, escalated_at bigint, content text, editors text, round bigint)
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
+                   summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
+                   decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
+                   payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
+                   reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
+                   content = excluded.content, editors = excluded.editors, round = excluded.round",
+            )
+            .bind(records(&rows.approvals)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.timers.is_empty() {
+            // Cleared timers are deleted, set ones written, in one statement.
+            sqlx::query(
+                "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, key text, due_at bigint)),
+                   cleared AS (DELETE FROM timers t USING x WHERE x.due_at IS NULL AND t.run_id = x.run AND t.key = x.key)
+                 INSERT INTO timers (run_id, key, due_at) SELECT run, key, due_at FROM x WHERE due_at IS NOT NULL
+                 ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at",
+            )
+            .bind(records(&rows.timers)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.attempts.is_empty() {
+            // Started in this change (perhaps ended in it too): a new row, replacing one of the
+            // same number. Ended only: the existing row updated.
+            sqlx::query(
+                "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, attempt bigint,
+                     input text, started_at bigint, status text, detail text, finished_at bigint)),
+                   ended AS (UPDATE attempts a SET status = x.status, detail = x.detail, finished_at = x.finished_at
+                     FROM x WHERE x.input IS NULL AND a.run_id = x.run AND a.step_id = x.step AND a.attempt = x.attempt)
+                 INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
+                 SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at
+                 FROM x WHERE input IS NOT NULL
+                 ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, input = excluded.input,
+                   started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at",
+            )
+            .bind(records(&rows.attempts)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.outbox.is_empty() {
+            let entries: Vec<OutboxRecord<'_>> = rows
+                .outbox
+                .iter()
+                .enumerate()
+                .map(|(n, o)| OutboxRecord {
+                    n,
+                    run: o.run,
+                    key: &o.key,
+                    op: o.op,
+                    body: &o.body,
+                    at: o.at,
+                    thread_key: o.thread_key.as_deref(),
+                    targeted: o.target.is_some(),
+                    platform: o.target.as_ref().map(|t| t.platform.as_str()),
+                    channel: o.target.as_ref().map(|t| t.channel.as_str()),
+                    urgent: o.target.as_ref().is_some_and(|t| t.urgent),
+                    private_to: o.target.as_ref().and_then(|t| t.private_to.as_deref()),
+                })
+                .collect();
+            // In the order asked for, so their ids keep it. An edit without a target goes
+            // where its post went; one whose post does not exist is dropped.
+            sqlx::query(
+                "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at,
+                   created_at, urgent, private_to)
+                 SELECT x.run, x.key, x.op, COALESCE(x.platform, p.platform), COALESCE(x.channel, p.channel),
+                   x.thread_key, x.body, 'pending', x.at, x.at,
+                   CASE WHEN x.targeted THEN x.urgent ELSE p.urgent END,
+                   CASE WHEN x.targeted THEN x.private_to ELSE p.private_to END
+                 FROM jsonb_to_recordset($1::jsonb) AS x(n bigint, run bigint, key text, op text, body text, at bigint,
+                   thread_key text, targeted boolean, platform text, channel text, urgent boolean, private_to text)
+                 LEFT JOIN outbox p ON NOT x.targeted AND p.key = x.key AND p.op = 'post'
+                 WHERE x.targeted OR p.id IS NOT NULL
+                 ORDER BY x.n
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(records(&entries)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        for (run, now) in &rows.redeliver {
+            sqlx::query(
+                "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, failing_since = NULL, next_attempt_at = $1
+                 WHERE run_id = $2 AND (status = 'failed' OR (status = 'pending' AND attempts > 0))",
+            )
+            .bind(now)
+            .bind(run)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !rows.audit.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac)
+                 SELECT seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac
+                 FROM jsonb_to_recordset($1::jsonb) AS x(seq bigint, at bigint, kind text, run_id bigint, step_id text,
+                   actor text, data text, prev_hash text, hash text, mac text)
+                 ORDER BY seq",
+            )
+            .bind(records(&rows.audit)?)
+            .execute(&mut *c)
+            .await?;
+        }
+        Ok(())
+    }
+}
