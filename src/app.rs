@@ -94,6 +94,7 @@ pub fn offline_catalog(servers: &[McpServer]) -> ToolCatalog {
 pub async fn open_store(
     settings: &Settings,
     more_secrets: &[McpServer],
+    serving: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let secrets = settings
         .secrets()
@@ -108,6 +109,7 @@ pub async fn open_store(
             redactor,
             audit_key: settings.audit_key(),
             durability: settings.durability,
+            serving,
         },
     )
     .await
@@ -122,7 +124,7 @@ pub async fn engine_for_cli(
     let servers = load_mcp(settings).unwrap_or_default();
     let catalog = Arc::new(offline_catalog(&servers));
     let workflows = Arc::new(load_workflows(settings, &catalog).unwrap_or_default());
-    let store = open_store(settings, &servers).await?;
+    let store = open_store(settings, &servers, false).await?;
     let engine_settings = engine_settings(settings, settings.http_addr);
     let tools = Arc::new(ToolBox::new(
         settings.tool_settings(&engine_settings.local_url),
@@ -192,7 +194,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let servers = load_mcp(&settings)?;
-    let store = open_store(&settings, &servers).await?;
+    let store = open_store(&settings, &servers, true).await?;
     let (catalog, mcp) = connect_tools(servers).await;
     let catalog = Arc::new(catalog);
     let workflows = Arc::new(load_workflows(&settings, &catalog)?);

@@ -13,9 +13,8 @@ async fn start_demo(app: &TestApp, user: &str) -> (i64, i64) {
     (run, root["id"].as_i64().unwrap())
 }
 
-#[tokio::test]
-async fn a_slash_command_runs_to_the_end_with_a_progress_thread() {
-    let app = spawn_app().await;
+async fn a_slash_command_runs_to_the_end_with_a_progress_thread(db: Db) {
+    let app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ana").await;
     let root_msg = app.root_of("general", run).await;
     assert!(text(&root_msg).contains("Demo for rockets"), "{root_msg}");
@@ -176,9 +175,8 @@ async fn the_approved_webhook_reaches_the_console_inbox() {
     .await;
 }
 
-#[tokio::test]
-async fn a_non_approver_and_the_requester_are_refused_and_nothing_changes() {
-    let app = spawn_app().await;
+async fn a_non_approver_and_the_requester_are_refused_and_nothing_changes(db: Db) {
+    let app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ben").await;
     let approval = app.wait_in_thread(root, "Approval needed").await;
     let id = approval["id"].as_i64().unwrap();
@@ -221,9 +219,8 @@ async fn a_non_approver_and_the_requester_are_refused_and_nothing_changes() {
     app.wait_in_thread(root, "not today").await;
 }
 
-#[tokio::test]
-async fn double_and_concurrent_clicks_record_exactly_one_decision() {
-    let app = spawn_app().await;
+async fn double_and_concurrent_clicks_record_exactly_one_decision(db: Db) {
+    let app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ana").await;
     let approval = app.wait_in_thread(root, "Approval needed").await;
     let id = approval["id"].as_i64().unwrap();
@@ -316,9 +313,8 @@ async fn an_approval_left_past_its_timeout_expires_as_rejected() {
     assert_eq!(app.ledger_of("approval.expired").await.len(), 1);
 }
 
-#[tokio::test]
-async fn pending_approvals_survive_a_restart_and_their_buttons_still_work() {
-    let mut app = spawn_app().await;
+async fn pending_approvals_survive_a_restart_and_their_buttons_still_work(db: Db) {
+    let mut app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ana").await;
     let approval = app.wait_in_thread(root, "Approval needed").await;
     app.restart().await;
@@ -336,9 +332,8 @@ async fn pending_approvals_survive_a_restart_and_their_buttons_still_work() {
     app.wait_for_status(run, "succeeded").await;
 }
 
-#[tokio::test]
-async fn a_run_can_be_cancelled_from_chat_and_with_its_button() {
-    let app = spawn_app().await;
+async fn a_run_can_be_cancelled_from_chat_and_with_its_button(db: Db) {
+    let app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ana").await;
     app.wait_in_thread(root, "Approval needed").await;
     let notices = app
@@ -362,9 +357,8 @@ async fn a_run_can_be_cancelled_from_chat_and_with_its_button() {
     app.wait_for_status(run2, "cancelled").await;
 }
 
-#[tokio::test]
-async fn the_same_inbound_event_twice_starts_one_run() {
-    let app = spawn_app().await;
+async fn the_same_inbound_event_twice_starts_one_run(db: Db) {
+    let app = spawn_app_on(db).await;
     let body =
         json!({"channel": "general", "user": "ana", "text": "/demo once", "client_id": "abc-123"});
     let (_, first) = app.post("/api/messages", body.clone()).await;
@@ -497,12 +491,12 @@ kind = "notify"
 text = "Good morning{% if trigger.late %} (late){% endif %}"
 "#;
 
-#[tokio::test]
-async fn a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart() {
+async fn a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart(db: Db) {
     // 2026-03-02 07:00 UTC is 08:00 in Berlin (winter time).
     let mut app = spawn(Spawn {
         extra_workflows: vec![("ticker.toml", EVERY_MINUTE.into())],
         with_examples: false,
+        db,
         ..Default::default()
     })
     .await;
@@ -695,9 +689,8 @@ fn the_core_imports_no_platform_http_server_or_database_crate() {
     }
 }
 
-#[tokio::test]
-async fn a_click_delivered_twice_is_applied_once() {
-    let app = spawn_app().await;
+async fn a_click_delivered_twice_is_applied_once(db: Db) {
+    let app = spawn_app_on(db).await;
     let (run, root) = start_demo(&app, "ana").await;
     let approval = app.wait_in_thread(root, "Approval needed").await;
     let click = json!({"user": "ben", "message_id": approval["id"], "action": button(&approval, "Reject").unwrap(), "client_id": "click-1"});
@@ -844,3 +837,15 @@ with = { endpoint = "pager", body = { text = "hello" } }
     );
     assert!(!page.contains("error sending request"));
 }
+
+// The stories that hold on every backend.
+crate::on_every_backend!(
+    a_slash_command_runs_to_the_end_with_a_progress_thread,
+    a_non_approver_and_the_requester_are_refused_and_nothing_changes,
+    double_and_concurrent_clicks_record_exactly_one_decision,
+    a_run_can_be_cancelled_from_chat_and_with_its_button,
+    the_same_inbound_event_twice_starts_one_run,
+    a_schedule_slot_fires_once_and_a_missed_slot_fires_late_after_restart,
+    pending_approvals_survive_a_restart_and_their_buttons_still_work,
+    a_click_delivered_twice_is_applied_once,
+);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use support::{button, eventually, eventually_some};
+use support::{Db, button, eventually, eventually_some};
 
 /// The `baton` binary with its own directory, database and port.
 struct Bot {
@@ -23,6 +23,9 @@ struct Bot {
     http: reqwest::Client,
     /// Settings beyond the defaults, such as a platform's token.
     env: Vec<(&'static str, String)>,
+    database_url: String,
+    /// The PostgreSQL schema it works in, dropped with it.
+    _schema: Option<support::postgres::Schema>,
 }
 
 /// A workflow file shipped in `commands/`.
@@ -58,6 +61,23 @@ fn free_port() -> u16 {
 impl Bot {
     fn new(workflows: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}", dir.path().join("baton.db").display());
+        Self::in_dir(dir, database_url, None, workflows)
+    }
+
+    /// The bot on `db`.
+    async fn on(db: Db, workflows: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, schema) = db.fresh(dir.path()).await;
+        Self::in_dir(dir, url, schema, workflows)
+    }
+
+    fn in_dir(
+        dir: tempfile::TempDir,
+        database_url: String,
+        schema: Option<support::postgres::Schema>,
+        workflows: &[(&str, String)],
+    ) -> Self {
         let commands = dir.path().join("commands");
         std::fs::create_dir_all(&commands).unwrap();
         for (name, text) in workflows {
@@ -69,6 +89,8 @@ impl Bot {
             child: None,
             http: baton::http_client::client(),
             env: vec![],
+            database_url,
+            _schema: schema,
         }
     }
 
@@ -77,10 +99,7 @@ impl Bot {
         c.current_dir(self.dir.path())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "DATABASE_URL",
-                format!("sqlite://{}", self.dir.path().join("baton.db").display()),
-            )
+            .env("DATABASE_URL", &self.database_url)
             .env("BATON_COMMANDS_DIR", self.dir.path().join("commands"))
             .env("BATON_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("BATON_POLL_INTERVAL", "50ms")
@@ -279,10 +298,9 @@ text = "fetched: {{{{ steps.fetch.output.body }}}}"
     )
 }
 
-#[tokio::test]
-async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_attempts() {
+async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_attempts(db: Db) {
     let (port, hits) = slow_upstream().await;
-    let mut bot = Bot::new(&[("slow.toml", slow_workflow(port))]);
+    let mut bot = Bot::on(db, &[("slow.toml", slow_workflow(port))]).await;
     bot.start().await;
     let run = bot.start_run("ana", "general", "/slow").await;
     eventually("the step to be in flight", || async {
@@ -348,10 +366,9 @@ async fn a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_a
     assert_posted_once(&thread);
 }
 
-#[tokio::test]
-async fn killing_the_process_repeatedly_during_a_run_loses_nothing() {
+async fn killing_the_process_repeatedly_during_a_run_loses_nothing(db: Db) {
     let demo = example("demo.toml");
-    let mut bot = Bot::new(&[("demo.toml", demo)]);
+    let mut bot = Bot::on(db, &[("demo.toml", demo)]).await;
     bot.start().await;
     let run = bot.start_run("ana", "general", "/demo crash").await;
     // Kill at once, before the outbox had a chance to deliver anything.
@@ -944,3 +961,38 @@ async fn runs_show_says_when_a_runs_conversation_did_not_reach_chat() {
     assert!(out.contains("Missing Access"), "{out}");
     bot.kill();
 }
+
+#[tokio::test]
+async fn a_second_bot_on_the_same_sqlite_file_is_refused_and_the_first_delivers_alone() {
+    let demo = example("demo.toml");
+    let mut bot = Bot::new(&[("demo.toml", demo)]);
+    bot.start().await;
+    // The same directory and file on another port, as someone starting it twice would.
+    let mut second = bot.command();
+    second.env("BATON_HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
+    let out = second.output().unwrap();
+    assert!(!out.status.success(), "the second one must not start");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("another Baton is already running on the SQLite database"),
+        "{said}"
+    );
+    // The command line still works beside the running bot.
+    assert!(bot.cli(&["audit", "verify"]).0);
+    let run = bot.start_run("ana", "general", "/demo once").await;
+    let thread = eventually_some("the progress thread", || async {
+        let t = bot.thread_texts_if_any("general", run).await?;
+        t.iter().any(|x| x.contains("Approval needed")).then_some(t)
+    })
+    .await;
+    assert_posted_once(&thread);
+    // Killed, it leaves no stale lock: it starts again at once.
+    bot.kill();
+    bot.start().await;
+}
+
+// The crash stories that hold on every backend.
+crate::on_every_backend!(
+    a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_attempts,
+    killing_the_process_repeatedly_during_a_run_loses_nothing,
+);

@@ -1243,3 +1243,45 @@ contract!(sqlite, postgres: {
     agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
     secrets_are_taken_out_of_everything_stored,
 });
+
+/// Replicas starting at the same moment on one new database: every one opens it, and each
+/// migration is applied once.
+#[tokio::test]
+async fn replicas_starting_at_once_on_postgres_apply_each_migration_once() {
+    use sqlx::Connection as _;
+    let schema = postgres_schema::Schema::new().await;
+    let opening = (0..4).map(|_| baton::store::open(&schema.url, Default::default()));
+    let stores: Vec<_> = futures_util::future::join_all(opening).await;
+    for s in &stores {
+        assert!(s.is_ok(), "{:?}", s.as_ref().err());
+    }
+    let mut c = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![(1, true)]);
+    // The ledger refuses changes there too.
+    let store = stores.into_iter().next().unwrap().unwrap();
+    store
+        .audit_append(vec![AuditEvent::new(
+            t0(),
+            AuditKind::ScheduleFired,
+            None,
+            json!({"slot": 1}),
+        )])
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit SET data = '{}'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let refused = sqlx::query(sql).execute(&mut c).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("append-only"),
+            "{sql}: {refused}"
+        );
+    }
+}

@@ -576,6 +576,10 @@ pub struct Options {
     /// Signs ledger entries, when there is one.
     pub audit_key: Option<AuditKey>,
     pub durability: Durability,
+    /// This process serves (delivers the outbox, fires timers and schedules), rather than
+    /// being the command line reading or changing a run. On SQLite only one process may
+    /// serve a database: two would each deliver every queued post.
+    pub serving: bool,
 }
 
 /// Opens the store named by `url` and brings its schema up to date.

@@ -1,6 +1,9 @@
-//! Test harness: the real app on port 0 with a fresh SQLite file, a manual clock, and helpers to
-//! act as console users through the HTTP API.
+//! Test harness: the real app on port 0 with a fresh database (a SQLite file, or a PostgreSQL
+//! schema of its own), a manual clock, and helpers to act as console users through the HTTP
+//! API.
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use baton::config::Settings;
 use baton::core::clock::{Clock, ManualClock};
@@ -23,6 +26,56 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     pub env: HashMap<String, String>,
+    /// The PostgreSQL schema the app works in, dropped with it.
+    pub schema: Option<postgres::Schema>,
+}
+
+/// The database a test's app works on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Db {
+    /// A SQLite file in the test's directory.
+    #[default]
+    Sqlite,
+    /// A schema of the test's own on the development PostgreSQL server.
+    Postgres,
+}
+
+impl Db {
+    /// A fresh database for a test in `dir`: its URL, and the schema to keep alive (and drop
+    /// afterwards) on PostgreSQL.
+    pub async fn fresh(self, dir: &Path) -> (String, Option<postgres::Schema>) {
+        match self {
+            Db::Sqlite => (format!("sqlite://{}", dir.join("baton.db").display()), None),
+            Db::Postgres => {
+                let schema = postgres::Schema::new().await;
+                (schema.url.clone(), Some(schema))
+            }
+        }
+    }
+}
+
+/// Runs each story (an `async fn(Db)`) as a test on every backend: `sqlite::story` and
+/// `postgres::story`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($story:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    super::$story($crate::support::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    super::$story($crate::support::Db::Postgres).await
+                }
+            )*
+        }
+    };
 }
 
 /// The repository's own example workflows.
@@ -42,6 +95,7 @@ pub struct Spawn {
     pub with_examples: bool,
     pub env: Vec<(&'static str, String)>,
     pub start: DateTime<Utc>,
+    pub db: Db,
 }
 
 impl Default for Spawn {
@@ -51,12 +105,22 @@ impl Default for Spawn {
             with_examples: true,
             env: vec![],
             start: start_time(),
+            db: Db::Sqlite,
         }
     }
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn(Spawn::default()).await
+}
+
+/// The app with the example workflows on `db`.
+pub async fn spawn_app_on(db: Db) -> TestApp {
+    spawn(Spawn {
+        db,
+        ..Default::default()
+    })
+    .await
 }
 
 pub async fn spawn(opts: Spawn) -> TestApp {
@@ -80,10 +144,8 @@ pub async fn spawn(opts: Spawn) -> TestApp {
         std::fs::write(path, text).unwrap();
     }
     let mut env: HashMap<String, String> = HashMap::new();
-    env.insert(
-        "DATABASE_URL".into(),
-        format!("sqlite://{}", dir.path().join("baton.db").display()),
-    );
+    let (url, schema) = opts.db.fresh(dir.path()).await;
+    env.insert("DATABASE_URL".into(), url);
     env.insert("BATON_COMMANDS_DIR".into(), commands.display().to_string());
     env.insert("BATON_POLL_INTERVAL".into(), "20ms".into());
     env.insert("BATON_HTTP_ADDR".into(), "127.0.0.1:0".into());
@@ -100,6 +162,7 @@ pub async fn spawn(opts: Spawn) -> TestApp {
         stop: None,
         task: None,
         env,
+        schema,
     };
     app.start().await;
     app
@@ -322,7 +385,7 @@ impl TestApp {
     pub async fn ledger(&self) -> Vec<Value> {
         let env = self.env.clone();
         let settings = Settings::from_lookup(move |k| env.get(k).cloned()).unwrap();
-        let store = baton::app::open_store(&settings, &[]).await.unwrap();
+        let store = baton::app::open_store(&settings, &[], false).await.unwrap();
         let mut out = vec![];
         let mut after = 0;
         loop {

@@ -48,8 +48,9 @@ impl Schema {
             .expect("a schema of the test's own");
         let _ = c.close().await;
         let sep = if server.contains('?') { '&' } else { '?' };
-        // Every connection of the store works in that schema.
-        let url = format!("{server}{sep}options=-c%20search_path%3D{name}");
+        // Every connection of the store works in that schema, and is named after it so the
+        // clean-up can end those still open.
+        let url = format!("{server}{sep}options=-c%20search_path%3D{name}&application_name={name}");
         Schema { name, url, server }
     }
 }
@@ -66,6 +67,14 @@ impl Drop for Schema {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(mut c) = PgConnection::connect(&server).await {
+                    // An app still running in this process (its runtime blocked by this
+                    // very drop) may hold locks in the schema: end its connections first.
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    )
+                    .bind(&name)
+                    .execute(&mut c)
+                    .await;
                     let _ = c
                         .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
                         .await;

@@ -176,9 +176,12 @@ impl PostgresStore {
         let connect: PgConnectOptions = url
             .parse()
             .context("DATABASE_URL is not a valid postgres: URL")?;
-        let connect = connect
-            .application_name("baton")
-            .log_statements(tracing::log::LevelFilter::Trace);
+        // Named in the server's activity view, unless the URL names it otherwise.
+        let connect = match connect.get_application_name() {
+            Some(_) => connect,
+            None => connect.application_name("baton"),
+        }
+        .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

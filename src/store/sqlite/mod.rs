@@ -105,6 +105,34 @@ pub struct SqliteStore {
     readers: Readers,
     writer: Writer<Conn, Rules>,
     rules: Arc<Rules>,
+    /// Held while this process serves the database (see [`Options::serving`]); released on
+    /// close.
+    serving: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes the lock that says a process serves the database at `path`: a file beside it,
+/// locked for as long as it is held (the operating system lets go when the process ends, so
+/// a killed Baton leaves nothing stale).
+fn claim_serving(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| format!("could not open {}", lock.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another Baton is already running on the SQLite database {}: two would each deliver every queued post. Stop the other one first; to run several replicas, use PostgreSQL (DATABASE_URL=postgres://...)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("could not lock {}", lock.display()))
+        }
+    }
 }
 
 /// Connections for reads, opened when needed and kept for the next read.
@@ -190,6 +218,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the migrations.
     pub async fn open(url: &str, options: Options) -> anyhow::Result<Self> {
         let path = file_of(url)?;
+        let serving = match options.serving {
+            true => Some(claim_serving(&path)?),
+            false => None,
+        };
         let conn = connect(&path, options.durability, false).with_context(|| {
             format!(
                 "could not open the SQLite database {} named by DATABASE_URL",
@@ -210,6 +242,7 @@ impl SqliteStore {
             },
             writer,
             rules,
+            serving: Mutex::new(serving),
         })
     }
 
@@ -390,6 +423,8 @@ impl Store for SqliteStore {
         // The writer's connection closes last, so SQLite checkpoints its log into the file.
         self.readers.close();
         self.writer.close().await;
+        // Another process may serve the database from here on.
+        self.serving.lock().expect("serving lock").take();
     }
 }
 
@@ -444,6 +479,33 @@ mod tests {
             Verification::Intact { entries, .. } => assert_eq!(entries, 2),
             broken => panic!("the chain is broken: {broken:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_process_serving_one_file_is_refused_but_the_command_line_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let serving = Options {
+            serving: true,
+            ..Options::default()
+        };
+        let first = SqliteStore::open(&url, serving.clone()).await.unwrap();
+        let second = SqliteStore::open(&url, serving.clone())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            second
+                .to_string()
+                .contains("another Baton is already running"),
+            "{second:#}"
+        );
+        // The command line reads and changes runs beside the server.
+        let cli = SqliteStore::open(&url, Options::default()).await.unwrap();
+        cli.close().await;
+        // Once the first has stopped, another may serve.
+        first.close().await;
+        SqliteStore::open(&url, serving).await.unwrap();
     }
 
     #[tokio::test]
