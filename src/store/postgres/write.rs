@@ -315,33 +315,55 @@ impl Tx for Conn {
             .execute(&mut *c)
             .await?;
         }
-        if !rows.timers.is_empty() {
-            // Cleared timers are deleted, set ones written, in one statement.
+        // Timers cleared and attempts ended are a few rows at most: a point statement each
+        // (a join against the rows could become a scan of the table while its statistics
+        // lag behind its growth).
+        let (cleared, set): (Vec<_>, Vec<_>) = rows.timers.iter().partition(|t| t.due_at.is_none());
+        for t in cleared {
+            sqlx::query("DELETE FROM timers WHERE run_id = $1 AND key = $2")
+                .bind(t.run)
+                .bind(&t.key)
+                .execute(&mut *c)
+                .await?;
+        }
+        if !set.is_empty() {
             sqlx::query(
-                "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, key text, due_at bigint)),
-                   cleared AS (DELETE FROM timers t USING x WHERE x.due_at IS NULL AND t.run_id = x.run AND t.key = x.key)
-                 INSERT INTO timers (run_id, key, due_at) SELECT run, key, due_at FROM x WHERE due_at IS NOT NULL
+                "INSERT INTO timers (run_id, key, due_at)
+                 SELECT run, key, due_at FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, key text, due_at bigint)
                  ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at",
             )
-            .bind(records(&rows.timers)?)
+            .bind(records(&set)?)
             .execute(&mut *c)
             .await?;
         }
-        if !rows.attempts.is_empty() {
-            // Started in this change (perhaps ended in it too): a new row, replacing one of the
-            // same number. Ended only: the existing row updated.
+        let (started, ended): (Vec<_>, Vec<_>) =
+            rows.attempts.iter().partition(|a| a.input.is_some());
+        for a in ended {
             sqlx::query(
-                "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, attempt bigint,
-                     input text, started_at bigint, status text, detail text, finished_at bigint)),
-                   ended AS (UPDATE attempts a SET status = x.status, detail = x.detail, finished_at = x.finished_at
-                     FROM x WHERE x.input IS NULL AND a.run_id = x.run AND a.step_id = x.step AND a.attempt = x.attempt)
-                 INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
+                "UPDATE attempts SET status = $1, detail = $2, finished_at = $3
+                 WHERE run_id = $4 AND step_id = $5 AND attempt = $6",
+            )
+            .bind(a.status)
+            .bind(&a.detail)
+            .bind(a.finished_at)
+            .bind(a.run)
+            .bind(&a.step)
+            .bind(a.attempt)
+            .execute(&mut *c)
+            .await?;
+        }
+        if !started.is_empty() {
+            // Started in this change (perhaps ended in it too): a new row, replacing one of
+            // the same number.
+            sqlx::query(
+                "INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
                  SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at
-                 FROM x WHERE input IS NOT NULL
+                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, attempt bigint, input text,
+                   started_at bigint, status text, detail text, finished_at bigint)
                  ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, input = excluded.input,
                    started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at",
             )
-            .bind(records(&rows.attempts)?)
+            .bind(records(&started)?)
             .execute(&mut *c)
             .await?;
         }
@@ -366,7 +388,10 @@ impl Tx for Conn {
                 })
                 .collect();
             // In the order asked for, so their ids keep it. An edit without a target goes
-            // where its post went; one whose post does not exist is dropped.
+            // where its post went; one whose post does not exist is dropped. The post is
+            // looked up row by row (LATERAL), one index probe each: a join the planner may
+            // turn into a scan of every post while the table's statistics lag behind its
+            // growth.
             sqlx::query(
                 "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at,
                    created_at, urgent, private_to)
@@ -376,7 +401,7 @@ impl Tx for Conn {
                    CASE WHEN x.targeted THEN x.private_to ELSE p.private_to END
                  FROM jsonb_to_recordset($1::jsonb) AS x(n bigint, run bigint, key text, op text, body text, at bigint,
                    thread_key text, targeted boolean, platform text, channel text, urgent boolean, private_to text)
-                 LEFT JOIN outbox p ON NOT x.targeted AND p.key = x.key AND p.op = 'post'
+                 LEFT JOIN LATERAL (SELECT * FROM outbox p WHERE NOT x.targeted AND p.key = x.key AND p.op = 'post' LIMIT 1) p ON TRUE
                  WHERE x.targeted OR p.id IS NOT NULL
                  ORDER BY x.n
                  ON CONFLICT DO NOTHING",
