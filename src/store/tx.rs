@@ -11,7 +11,10 @@
 //! change in one statement however many rows it has.
 
 use super::writer::Memory;
-use super::{Created, Definition, NewRun, OutboxEntry, OutboxOp, StoreError, StoreResult};
+use super::{
+    ConsoleDelivery, ConsoleMessage, ConsoleRef, Created, Definition, NewRun, OutboxEntry,
+    OutboxOp, StoreError, StoreResult,
+};
 use crate::core::audit::{AuditEvent, AuditKey, AuditKind, GENESIS, Redactor, entry_hash};
 use crate::core::engine::{Effect, Run, RunState, RunStatus, Transition, Work};
 use crate::core::event::Actor;
@@ -847,4 +850,117 @@ pub(crate) struct Settled {
     pub channel: String,
     /// The message's text, when the backend was asked for it (a delivery's ledger entry).
     pub text: String,
+}
+
+/// The console's primitives: the console's chat is a table of the store's own, so delivering
+/// an outbox entry there and recording the delivery is one write.
+pub(crate) trait ConsoleTx: Tx {
+    /// Stores the bot's message delivering outbox entry `row.outbox_id`; its id, or `None`
+    /// when that entry was delivered before (nothing is written then).
+    fn console_insert(
+        &mut self,
+        row: &ConsoleRow<'_>,
+    ) -> impl Future<Output = StoreResult<Option<i64>>> + Send;
+    /// The message that delivered outbox entry `outbox_id`.
+    fn console_delivered(
+        &mut self,
+        outbox_id: i64,
+    ) -> impl Future<Output = StoreResult<Option<ConsoleMessage>>> + Send;
+    /// Replaces a message's content with `message` (stored as `body`); the message as it now
+    /// is, `None` when there is no such message. What was written is in hand, so only the
+    /// rest is read back.
+    fn console_replace(
+        &mut self,
+        id: i64,
+        message: OutMessage,
+        body: &str,
+        at: i64,
+    ) -> impl Future<Output = StoreResult<Option<ConsoleMessage>>> + Send;
+}
+
+/// A bot's console message delivering an outbox entry, as stored.
+pub(crate) struct ConsoleRow<'a> {
+    pub channel: &'a str,
+    pub thread_id: Option<i64>,
+    pub author: &'a str,
+    pub body: &'a str,
+    pub outbox_id: i64,
+    pub at: i64,
+}
+
+/// Delivers a batch of outbox entries to the console in one write, each recorded delivered
+/// with its ledger entry; a post later in the batch may reply to or be edited after one
+/// earlier in it. The batch stops at the first entry that cannot be delivered (its post is
+/// not in the batch, or its message is gone): what follows it in the conversation waits.
+/// `cleaned` holds each entry's message as stored, with its JSON.
+pub(crate) async fn console_deliver<T: ConsoleTx>(
+    tx: &mut T,
+    rules: &Rules,
+    batch: Vec<ConsoleDelivery>,
+    cleaned: Vec<(OutMessage, String)>,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<Result<ConsoleMessage, String>>> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut ledger = Vec::with_capacity(batch.len());
+    // Ids of the posts this batch stored, for the replies and edits behind them.
+    let mut posted: BTreeMap<String, i64> = BTreeMap::new();
+    let stamp = ms(now);
+    for (d, (message, body)) in batch.into_iter().zip(cleaned) {
+        let about = match &d.about {
+            None => None,
+            Some(ConsoleRef::Id(id)) => Some(*id),
+            Some(ConsoleRef::Post(key)) => match posted.get(&key.0) {
+                Some(id) => Some(*id),
+                // Not in this batch: it stops here, and the next pass has it.
+                None => break,
+            },
+        };
+        // What was written is in hand: only what the database adds is read back.
+        let row = match d.op {
+            OutboxOp::Post => {
+                let row = ConsoleRow {
+                    channel: &d.channel,
+                    thread_id: about,
+                    author: d.author,
+                    body: &body,
+                    outbox_id: d.outbox_id,
+                    at: stamp,
+                };
+                match tx.console_insert(&row).await? {
+                    Some(id) => Some(ConsoleMessage {
+                        id,
+                        channel: d.channel.clone(),
+                        thread_id: about,
+                        author: d.author.to_owned(),
+                        is_bot: true,
+                        message,
+                        created_at: at(stamp),
+                        updated_at: at(stamp),
+                        replies: 0,
+                    }),
+                    // Delivered before (a crash before the engine heard of it): the
+                    // message already posted for it.
+                    None => tx.console_delivered(d.outbox_id).await?,
+                }
+            }
+            OutboxOp::Edit => match about {
+                Some(id) => tx.console_replace(id, message, &body, stamp).await?,
+                None => None,
+            },
+        };
+        let Some(m) = row else {
+            out.push(Err(match about {
+                Some(id) => format!("message {id} no longer exists"),
+                None => "there is no message to edit".to_owned(),
+            }));
+            break;
+        };
+        ledger.extend(mark_delivered(tx, d.outbox_id, &m.id.to_string(), now).await?);
+        if d.op == OutboxOp::Post {
+            posted.insert(d.key.0, m.id);
+        }
+        out.push(Ok(m));
+    }
+    rules.append(tx, &ledger).await?;
+    Ok(out)
 }

@@ -5,7 +5,6 @@ use super::{PostgresStore, each, get, json, time, write_tx};
 use crate::store::*;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
-use std::collections::BTreeMap;
 
 /// A console message with its reply count, as every read of one returns it.
 macro_rules! console_select {
@@ -70,6 +69,42 @@ fn edited_from_row(r: &PgRow, message: OutMessage) -> StoreResult<ConsoleMessage
     })
 }
 
+impl tx::ConsoleTx for super::Conn {
+    async fn console_insert(&mut self, r: &tx::ConsoleRow<'_>) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at)
+             VALUES ($1, $2, $3, TRUE, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(r.channel)
+        .bind(r.thread_id)
+        .bind(r.author)
+        .bind(r.body)
+        .bind(r.outbox_id)
+        .bind(r.at)
+        .fetch_optional(&mut **self)
+        .await?)
+    }
+
+    async fn console_delivered(&mut self, outbox_id: i64) -> StoreResult<Option<ConsoleMessage>> {
+        sqlx::query(console_select!("WHERE m.outbox_id = $1"))
+            .bind(outbox_id)
+            .fetch_optional(&mut **self)
+            .await?
+            .map(|r| console_from_row(&r))
+            .transpose()
+    }
+
+    async fn console_replace(
+        &mut self,
+        id: i64,
+        message: OutMessage,
+        body: &str,
+        at: i64,
+    ) -> StoreResult<Option<ConsoleMessage>> {
+        edit(self, id, message, body, at).await
+    }
+}
+
 #[async_trait]
 impl ConsoleStore for PostgresStore {
     async fn console_deliver(
@@ -82,78 +117,7 @@ impl ConsoleStore for PostgresStore {
             .map(|d| self.rules.clean(&d.message))
             .collect::<StoreResult<Vec<_>>>()?;
         write_tx!(self, |c, rules| {
-            let mut out = Vec::with_capacity(batch.len());
-            let mut ledger = Vec::with_capacity(batch.len());
-            // Ids of the posts this batch stored, for the replies and edits behind them.
-            let mut posted: BTreeMap<String, i64> = BTreeMap::new();
-            for (d, (message, body)) in batch.into_iter().zip(cleaned) {
-                let about = match &d.about {
-                    None => None,
-                    Some(ConsoleRef::Id(id)) => Some(*id),
-                    Some(ConsoleRef::Post(key)) => match posted.get(&key.0) {
-                        Some(id) => Some(*id),
-                        // Not in this batch: it stops here, and the next pass has it.
-                        None => break,
-                    },
-                };
-                let stamp = tx::ms(now);
-                // What was written is in hand: only what the database adds is read back.
-                let row = match d.op {
-                    OutboxOp::Post => {
-                        let inserted = sqlx::query(
-                            "INSERT INTO console_messages (channel, thread_id, author, is_bot, body, outbox_id, created_at, updated_at)
-                             VALUES ($1, $2, $3, TRUE, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING id",
-                        )
-                        .bind(&d.channel)
-                        .bind(about)
-                        .bind(d.author)
-                        .bind(&body)
-                        .bind(d.outbox_id)
-                        .bind(stamp)
-                        .fetch_optional(&mut **c)
-                        .await?;
-                        match inserted {
-                            Some(r) => Some(ConsoleMessage {
-                                id: get(&r, "id")?,
-                                channel: d.channel,
-                                thread_id: about,
-                                author: d.author.to_owned(),
-                                is_bot: true,
-                                message,
-                                created_at: tx::at(stamp),
-                                updated_at: tx::at(stamp),
-                                replies: 0,
-                            }),
-                            // Delivered before (a crash before the engine heard of it): the
-                            // message already posted for it.
-                            None => sqlx::query(console_select!("WHERE m.outbox_id = $1"))
-                                .bind(d.outbox_id)
-                                .fetch_optional(&mut **c)
-                                .await?
-                                .map(|r| console_from_row(&r))
-                                .transpose()?,
-                        }
-                    }
-                    OutboxOp::Edit => match about {
-                        Some(id) => edit(c, id, message, &body, stamp).await?,
-                        None => None,
-                    },
-                };
-                let Some(m) = row else {
-                    out.push(Err(match about {
-                        Some(id) => format!("message {id} no longer exists"),
-                        None => "there is no message to edit".to_owned(),
-                    }));
-                    break;
-                };
-                ledger.extend(tx::mark_delivered(c, d.outbox_id, &m.id.to_string(), now).await?);
-                if d.op == OutboxOp::Post {
-                    posted.insert(d.key.0, m.id);
-                }
-                out.push(Ok(m));
-            }
-            rules.append(c, &ledger).await?;
-            Ok(out)
+            tx::console_deliver(c, rules, batch, cleaned, now).await
         })
     }
 
