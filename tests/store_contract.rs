@@ -1285,3 +1285,31 @@ async fn replicas_starting_at_once_on_postgres_apply_each_migration_once() {
         );
     }
 }
+
+/// Until replicas share the work, a second process serving one PostgreSQL database would
+/// deliver every queued post again: it is refused, and the command line is not.
+#[tokio::test]
+async fn a_second_process_serving_one_postgres_database_is_refused_but_the_command_line_is_not() {
+    let schema = postgres_schema::Schema::new().await;
+    let serving = || baton::store::Options {
+        serving: true,
+        ..Default::default()
+    };
+    let first = baton::store::open(&schema.url, serving()).await.unwrap();
+    let second = baton::store::open(&schema.url, serving())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        second
+            .to_string()
+            .contains("another Baton is already running"),
+        "{second:#}"
+    );
+    let cli = baton::store::open(&schema.url, Default::default())
+        .await
+        .unwrap();
+    cli.close().await;
+    first.close().await;
+    baton::store::open(&schema.url, serving()).await.unwrap();
+}

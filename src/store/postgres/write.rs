@@ -228,7 +228,7 @@ impl Tx for Conn {
     async fn ledger_head(&mut self) -> StoreResult<Option<Head>> {
         // Held until this transaction ends: another process appending waits here, and then
         // reads the head this one wrote.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
             .bind(LEDGER_LOCK)
             .execute(&mut **self)
             .await?;
