@@ -991,6 +991,107 @@ async fn a_second_bot_on_the_same_sqlite_file_is_refused_and_the_first_delivers_
     bot.start().await;
 }
 
+const PING: &str = r#"
+name = "ping"
+description = "Answers ping"
+[[trigger]]
+kind = "message"
+channels = ["general"]
+pattern = '^ping (?P<n>\d+)$'
+[[step]]
+id = "pong"
+kind = "notify"
+text = "pong {{ input.n }}."
+"#;
+
+/// The bot's `pong N.` replies in #general, by N.
+async fn pongs(bot: &Bot) -> Vec<u64> {
+    let msgs: Vec<Value> = match bot
+        .http
+        .get(format!("{}/api/channels/general/messages", bot.base()))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => return vec![],
+    };
+    let mut roots = vec![];
+    for m in msgs {
+        let thread: Vec<Value> = bot
+            .http
+            .get(format!("{}/api/threads/{}", bot.base(), m["id"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        roots.extend(thread);
+    }
+    roots
+        .iter()
+        .filter_map(|m| {
+            let t = m["message"]["text"].as_str()?;
+            t.strip_prefix("pong ")?.strip_suffix('.')?.parse().ok()
+        })
+        .collect()
+}
+
+async fn ready(bot: &Bot) -> u16 {
+    bot.http
+        .get(format!("{}/readyz", bot.base()))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_load_loses_nothing_and_readiness_follows_the_database() {
+    let server = support::postgres::Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = Bot::in_dir(dir, server.url(), None, &[("ping.toml", PING.to_owned())]);
+    bot.start().await;
+    for n in 0..20 {
+        bot.say("cy", "general", &format!("ping {n}")).await;
+    }
+    server.stop();
+    eventually("/readyz to say not ready", || async {
+        ready(&bot).await == 503
+    })
+    .await;
+    // Meanwhile a message is refused with an error, not taken and lost.
+    let refused = bot
+        .http
+        .post(format!("{}/api/messages", bot.base()))
+        .json(&json!({"channel": "general", "user": "cy", "text": "ping 999"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_server_error(), "{}", refused.status());
+    server.start_again();
+    eventually("/readyz to say ready again", || async {
+        ready(&bot).await == 200
+    })
+    .await;
+    for n in 20..40 {
+        bot.say("cy", "general", &format!("ping {n}")).await;
+    }
+    let mut seen = eventually_some("every reply", || async {
+        let p = pongs(&bot).await;
+        (p.iter().filter(|n| **n < 40).count() >= 40).then_some(p)
+    })
+    .await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..40).collect::<Vec<u64>>(),
+        "each reply once, none lost"
+    );
+    let (ok, out) = bot.cli(&["audit", "verify"]);
+    assert!(ok, "{out}");
+}
+
 // The crash stories that hold on every backend.
 crate::on_every_backend!(
     a_run_killed_mid_step_resumes_after_restart_and_the_ledger_shows_both_attempts,

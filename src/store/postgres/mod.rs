@@ -36,6 +36,8 @@ const READERS: u32 = 8;
 /// How long a read waits for a connection from the pool, and a connection attempt for the
 /// server.
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `/readyz` waits for the database to answer.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Baton's advisory locks, each taken as (this number, the schema's hash), so databases in
 /// different schemas of one server never wait for each other. Appending to the ledger holds
 /// `LEDGER_LOCK` until its transaction ends, so two writers never chain onto the same head.
@@ -347,8 +349,13 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // A health check answers promptly: a server that does not answer within this is
+        // unavailable (the pool would otherwise keep trying to connect for ACQUIRE_TIMEOUT).
+        match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await
+        {
+            Ok(done) => done.map(drop).map_err(StoreError::from),
+            Err(_) => Err(StoreError::from(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     async fn close(&self) {
