@@ -265,60 +265,32 @@ impl Tx for Conn {
 
     async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
         let c: &mut PgConnection = self;
-        if let Some(r) = &rows.run {
-            sqlx::query(
-                "UPDATE runs SET status = $1, error = $2, updated_at = $3, finished_at = $4, stalled_at = $5,
-                   conversation_lost = $6, alerts = $7 WHERE id = $8",
-            )
-            .bind(r.status)
-            .bind(&r.error)
-            .bind(r.updated_at)
-            .bind(r.finished_at)
-            .bind(r.stalled_at)
-            .bind(&r.conversation_lost)
-            .bind(&r.alerts)
-            .bind(r.id)
-            .execute(&mut *c)
-            .await?;
-        }
-        if !rows.steps.is_empty() {
-            sqlx::query(
-                "INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
-                 SELECT run, step, status, attempt, retries_used, output, error, started_at, finished_at
-                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, status text, attempt bigint,
-                   retries_used bigint, output text, error text, started_at bigint, finished_at bigint)
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
-                   retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
-                   started_at = excluded.started_at, finished_at = excluded.finished_at",
-            )
-            .bind(records(&rows.steps)?)
-            .execute(&mut *c)
-            .await?;
-        }
-        if !rows.approvals.is_empty() {
-            sqlx::query(
-                "INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by,
-                   decided_at, reason, payload, quorum, votes, reminded_at, escalated_at, content, editors, round)
-                 SELECT run, step, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason,
-                   payload, quorum, votes, reminded_at, escalated_at, content, editors, round
-                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, status text, approvers text, summary text,
-                   requested_at bigint, expires_at bigint, decided_by text, decided_at bigint, reason text, payload text,
-                   quorum bigint, votes text, reminded_at bigint, escalated_at bigint, content text, editors text, round bigint)
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
-                   summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
-                   decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
-                   payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
-                   reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
-                   content = excluded.content, editors = excluded.editors, round = excluded.round",
-            )
-            .bind(records(&rows.approvals)?)
-            .execute(&mut *c)
-            .await?;
-        }
-        // Timers cleared and attempts ended are a few rows at most: a point statement each
-        // (a join against the rows could become a scan of the table while its statistics
-        // lag behind its growth).
+        let outbox: Vec<OutboxRecord<'_>> = rows
+            .outbox
+            .iter()
+            .enumerate()
+            .map(|(n, o)| OutboxRecord {
+                n,
+                run: o.run,
+                key: &o.key,
+                op: o.op,
+                body: &o.body,
+                at: o.at,
+                thread_key: o.thread_key.as_deref(),
+                targeted: o.target.is_some(),
+                platform: o.target.as_ref().map(|t| t.platform.as_str()),
+                channel: o.target.as_ref().map(|t| t.channel.as_str()),
+                urgent: o.target.as_ref().is_some_and(|t| t.urgent),
+                private_to: o.target.as_ref().and_then(|t| t.private_to.as_deref()),
+            })
+            .collect();
         let (cleared, set): (Vec<_>, Vec<_>) = rows.timers.iter().partition(|t| t.due_at.is_none());
+        let (started, ended): (Vec<_>, Vec<_>) =
+            rows.attempts.iter().partition(|a| a.input.is_some());
+        let run = rows.run.as_ref();
+        // Timers cleared and attempts ended are a few rows at most, each a point statement:
+        // joined against the rows, the planner may scan the table (a plan chosen while it
+        // was small is kept as it grows).
         for t in cleared {
             sqlx::query("DELETE FROM timers WHERE run_id = $1 AND key = $2")
                 .bind(t.run)
@@ -326,18 +298,6 @@ impl Tx for Conn {
                 .execute(&mut *c)
                 .await?;
         }
-        if !set.is_empty() {
-            sqlx::query(
-                "INSERT INTO timers (run_id, key, due_at)
-                 SELECT run, key, due_at FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, key text, due_at bigint)
-                 ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at",
-            )
-            .bind(records(&set)?)
-            .execute(&mut *c)
-            .await?;
-        }
-        let (started, ended): (Vec<_>, Vec<_>) =
-            rows.attempts.iter().partition(|a| a.input.is_some());
         for a in ended {
             sqlx::query(
                 "UPDATE attempts SET status = $1, detail = $2, finished_at = $3
@@ -352,64 +312,94 @@ impl Tx for Conn {
             .execute(&mut *c)
             .await?;
         }
-        if !started.is_empty() {
-            // Started in this change (perhaps ended in it too): a new row, replacing one of
-            // the same number.
-            sqlx::query(
-                "INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
-                 SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at
-                 FROM jsonb_to_recordset($1::jsonb) AS x(run bigint, step text, attempt bigint, input text,
-                   started_at bigint, status text, detail text, finished_at bigint)
-                 ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, input = excluded.input,
-                   started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at",
-            )
-            .bind(records(&started)?)
-            .execute(&mut *c)
-            .await?;
-        }
-        if !rows.outbox.is_empty() {
-            let entries: Vec<OutboxRecord<'_>> = rows
-                .outbox
-                .iter()
-                .enumerate()
-                .map(|(n, o)| OutboxRecord {
-                    n,
-                    run: o.run,
-                    key: &o.key,
-                    op: o.op,
-                    body: &o.body,
-                    at: o.at,
-                    thread_key: o.thread_key.as_deref(),
-                    targeted: o.target.is_some(),
-                    platform: o.target.as_ref().map(|t| t.platform.as_str()),
-                    channel: o.target.as_ref().map(|t| t.channel.as_str()),
-                    urgent: o.target.as_ref().is_some_and(|t| t.urgent),
-                    private_to: o.target.as_ref().and_then(|t| t.private_to.as_deref()),
-                })
-                .collect();
-            // In the order asked for, so their ids keep it. An edit without a target goes
-            // where its post went; one whose post does not exist is dropped. The post is
-            // looked up row by row (LATERAL), one index probe each: a join the planner may
-            // turn into a scan of every post while the table's statistics lag behind its
-            // growth.
-            sqlx::query(
-                "INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at,
-                   created_at, urgent, private_to)
-                 SELECT x.run, x.key, x.op, COALESCE(x.platform, p.platform), COALESCE(x.channel, p.channel),
-                   x.thread_key, x.body, 'pending', x.at, x.at,
-                   CASE WHEN x.targeted THEN x.urgent ELSE p.urgent END,
-                   CASE WHEN x.targeted THEN x.private_to ELSE p.private_to END
-                 FROM jsonb_to_recordset($1::jsonb) AS x(n bigint, run bigint, key text, op text, body text, at bigint,
-                   thread_key text, targeted boolean, platform text, channel text, urgent boolean, private_to text)
-                 LEFT JOIN LATERAL (SELECT * FROM outbox p WHERE NOT x.targeted AND p.key = x.key AND p.op = 'post' LIMIT 1) p ON TRUE
-                 WHERE x.targeted OR p.id IS NOT NULL
-                 ORDER BY x.n
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(records(&entries)?)
-            .execute(&mut *c)
-            .await?;
-        }
+        // The rest of the change in one statement, one round trip: the run's row by its id,
+        // each other table's rows a JSON array read by `jsonb_to_recordset` (an empty array
+        // writes nothing) and inserted by key, every part a data-modifying CTE, which
+        // PostgreSQL runs once and to completion whether or not anything reads it. The parts
+        // touch different rows, so one snapshot is enough; the text is fixed, so its prepared
+        // form is reused.
+        sqlx::query(
+            "WITH
+             run_row AS (
+               UPDATE runs SET status = $1, error = $2, updated_at = $3, finished_at = $4, stalled_at = $5,
+                 conversation_lost = $6, alerts = $7
+               WHERE id = $8),
+             step_rows AS (
+               INSERT INTO steps (run_id, step_id, status, attempt, retries_used, output, error, started_at, finished_at)
+               SELECT run, step, status, attempt, retries_used, output, error, started_at, finished_at
+               FROM jsonb_to_recordset($9::jsonb) AS x(run bigint, step text, status text, attempt bigint,
+                 retries_used bigint, output text, error text, started_at bigint, finished_at bigint)
+               ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+                 retries_used = excluded.retries_used, output = excluded.output, error = excluded.error,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at),
+             approval_rows AS (
+               INSERT INTO approvals (run_id, step_id, status, approvers, summary, requested_at, expires_at, decided_by,
+                 decided_at, reason, payload, quorum, votes, reminded_at, escalated_at, content, editors, round)
+               SELECT run, step, status, approvers, summary, requested_at, expires_at, decided_by, decided_at, reason,
+                 payload, quorum, votes, reminded_at, escalated_at, content, editors, round
+               FROM jsonb_to_recordset($10::jsonb) AS x(run bigint, step text, status text, approvers text, summary text,
+                 requested_at bigint, expires_at bigint, decided_by text, decided_at bigint, reason text, payload text,
+                 quorum bigint, votes text, reminded_at bigint, escalated_at bigint, content text, editors text, round bigint)
+               ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, approvers = excluded.approvers,
+                 summary = excluded.summary, requested_at = excluded.requested_at, expires_at = excluded.expires_at,
+                 decided_by = excluded.decided_by, decided_at = excluded.decided_at, reason = excluded.reason,
+                 payload = excluded.payload, quorum = excluded.quorum, votes = excluded.votes,
+                 reminded_at = excluded.reminded_at, escalated_at = excluded.escalated_at,
+                 content = excluded.content, editors = excluded.editors, round = excluded.round),
+             timers_set AS (
+               INSERT INTO timers (run_id, key, due_at)
+               SELECT run, key, due_at FROM jsonb_to_recordset($11::jsonb) AS x(run bigint, key text, due_at bigint)
+               ON CONFLICT (run_id, key) DO UPDATE SET due_at = excluded.due_at),
+             -- Started in this change (perhaps ended in it too): a new row, replacing one of
+             -- the same number.
+             attempts_started AS (
+               INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
+               SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at
+               FROM jsonb_to_recordset($12::jsonb) AS x(run bigint, step text, attempt bigint, input text,
+                 started_at bigint, status text, detail text, finished_at bigint)
+               ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, input = excluded.input,
+                 started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at),
+             -- In the order asked for, so their ids keep it. An edit without a target goes
+             -- where its post went, looked up row by row (LATERAL ... LIMIT 1, one index probe
+             -- each: a join could become a scan of every post while the table's statistics lag
+             -- behind its growth); one whose post does not exist is dropped.
+             outbox_rows AS (
+               INSERT INTO outbox (run_id, key, op, platform, channel, thread_key, body, status, next_attempt_at,
+                 created_at, urgent, private_to)
+               SELECT x.run, x.key, x.op, COALESCE(x.platform, p.platform), COALESCE(x.channel, p.channel),
+                 x.thread_key, x.body, 'pending', x.at, x.at,
+                 CASE WHEN x.targeted THEN x.urgent ELSE p.urgent END,
+                 CASE WHEN x.targeted THEN x.private_to ELSE p.private_to END
+               FROM jsonb_to_recordset($13::jsonb) AS x(n bigint, run bigint, key text, op text, body text, at bigint,
+                 thread_key text, targeted boolean, platform text, channel text, urgent boolean, private_to text)
+               LEFT JOIN LATERAL (SELECT * FROM outbox p WHERE NOT x.targeted AND p.key = x.key AND p.op = 'post' LIMIT 1) p ON TRUE
+               WHERE x.targeted OR p.id IS NOT NULL
+               ORDER BY x.n
+               ON CONFLICT DO NOTHING),
+             audit_rows AS (
+               INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac)
+               SELECT seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac
+               FROM jsonb_to_recordset($14::jsonb) AS x(seq bigint, at bigint, kind text, run_id bigint, step_id text,
+                 actor text, data text, prev_hash text, hash text, mac text)
+               ORDER BY seq)
+             SELECT 1",
+        )
+        .bind(run.map(|r| r.status))
+        .bind(run.and_then(|r| r.error.as_deref()))
+        .bind(run.map(|r| r.updated_at))
+        .bind(run.and_then(|r| r.finished_at))
+        .bind(run.and_then(|r| r.stalled_at))
+        .bind(run.and_then(|r| r.conversation_lost.as_deref()))
+        .bind(run.map(|r| r.alerts.as_str()))
+        .bind(run.map(|r| r.id))
+        .bind(records(&rows.steps)?)
+        .bind(records(&rows.approvals)?)
+        .bind(records(&set)?)
+        .bind(records(&started)?)
+        .bind(records(&outbox)?)
+        .bind(records(&rows.audit)?)
+        .execute(&mut *c)
+        .await?;
         for (run, now) in &rows.redeliver {
             sqlx::query(
                 "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL, failing_since = NULL, next_attempt_at = $1
@@ -417,18 +407,6 @@ impl Tx for Conn {
             )
             .bind(now)
             .bind(run)
-            .execute(&mut *c)
-            .await?;
-        }
-        if !rows.audit.is_empty() {
-            sqlx::query(
-                "INSERT INTO audit (seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac)
-                 SELECT seq, at, kind, run_id, step_id, actor, data, prev_hash, hash, mac
-                 FROM jsonb_to_recordset($1::jsonb) AS x(seq bigint, at bigint, kind text, run_id bigint, step_id text,
-                   actor text, data text, prev_hash text, hash text, mac text)
-                 ORDER BY seq",
-            )
-            .bind(records(&rows.audit)?)
             .execute(&mut *c)
             .await?;
         }
