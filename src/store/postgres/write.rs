@@ -1,7 +1,7 @@
 //! The transaction layer's primitives on PostgreSQL. Every round trip to the server costs
-//! more than SQLite's function calls, so each kind of row is written by one statement for
-//! all the rows of a change: the rows go as one JSON array, which the statement reads with
-//! `jsonb_to_recordset` (one fixed text per table, so its prepared form is reused).
+//! more than SQLite's function calls, so a change is written by one statement for all its
+//! rows: each table's rows go as one JSON array, which the statement reads with
+//! `jsonb_to_recordset` (one fixed text, so its prepared form is reused).
 
 use super::super::tx::{self, Head, Rows, Settled, Tx};
 use super::super::{Definition, StoreError, StoreResult};
