@@ -26,20 +26,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{App, ms, percentile, setting};
-
-const PING: &str = r#"
-name = "ping"
-description = "Answers ping"
-[[trigger]]
-kind = "message"
-channels = ["general"]
-pattern = '^ping (?P<n>\d+)$'
-[[step]]
-id = "pong"
-kind = "notify"
-text = "pong {{ input.n }}."
-"#;
+use support::{App, PING, ms, percentile, setting};
 
 const ACK: &str = r#"
 name = "ack"

@@ -27,20 +27,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{App, cpu_of, ms, percentile, setting};
-
-const PING: &str = r#"
-name = "ping"
-description = "Answers ping"
-[[trigger]]
-kind = "message"
-channels = ["general"]
-pattern = '^ping (?P<n>\d+)$'
-[[step]]
-id = "pong"
-kind = "notify"
-text = "pong {{ input.n }}."
-"#;
+use support::{App, PING, cpu_of, ms, percentile, setting};
 
 const DEPLOY: &str = r#"
 name = "deploy"

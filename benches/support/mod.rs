@@ -6,6 +6,20 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A message trigger with one notify step: `ping N` in #general answered `pong N.`.
+pub const PING: &str = r#"
+name = "ping"
+description = "Answers ping"
+[[trigger]]
+kind = "message"
+channels = ["general"]
+pattern = '^ping (?P<n>\d+)$'
+[[step]]
+id = "pong"
+kind = "notify"
+text = "pong {{ input.n }}."
+"#;
+
 pub fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
