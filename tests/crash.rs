@@ -970,9 +970,26 @@ async fn a_second_bot_on_the_same_sqlite_file_is_refused_and_the_first_delivers_
     // The same directory and file on another port, as someone starting it twice would.
     let mut second = bot.command();
     second.env("BATON_HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
-    let out = second.output().unwrap();
-    assert!(!out.status.success(), "the second one must not start");
-    let said = String::from_utf8_lossy(&out.stderr);
+    let mut second = second
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused, it stops at once; one that started would still be running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second bot started on the same SQLite file");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "the second one must not start");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
     assert!(
         said.contains("another Baton is already running on the SQLite database"),
         "{said}"
