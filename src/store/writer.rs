@@ -23,6 +23,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// Runs a block as one write of a store's writer's next batch (`$self.writer`): kept when it
+/// returns `Ok`, rolled back alone when it returns an error. The block owns what it uses;
+/// `$c` is the backend's connection, `$rules` the transaction layer's [`super::tx::Rules`].
+macro_rules! write_tx {
+    ($self:expr, |$c:ident, $rules:ident| $body:block) => {
+        $self
+            .writer
+            .run(move |$c, $rules| {
+                Box::pin(async move {
+                    let result: $crate::store::StoreResult<_> = async move { $body }.await;
+                    result
+                })
+            })
+            .await
+    };
+}
+pub(crate) use write_tx;
+
 /// Most writes one transaction carries.
 pub(crate) const MAX_BATCH: usize = 256;
 

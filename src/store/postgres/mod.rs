@@ -96,24 +96,7 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
-/// Runs a block as one write of the writer's next batch: kept when it returns `Ok`, rolled
-/// back alone when it returns an error. The block owns what it uses.
-macro_rules! write_tx {
-    ($self:expr, |$c:ident, $rules:ident| $body:block) => {
-        $self
-            .writer
-            .run(
-                move |$c: &mut $crate::store::postgres::Conn, $rules: &$crate::store::tx::Rules| {
-                    Box::pin(async move {
-                        let result: $crate::store::StoreResult<_> = async move { $body }.await;
-                        result
-                    })
-                },
-            )
-            .await
-    };
-}
-pub(crate) use write_tx;
+pub(crate) use super::writer::write_tx;
 
 impl Session for Conn {
     fn begin(&mut self) -> BoxFuture<'_, StoreResult<Option<i64>>> {
