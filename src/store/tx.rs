@@ -215,6 +215,20 @@ pub(crate) trait Tx: Send {
         platform_ref: &str,
         at: i64,
     ) -> impl Future<Output = StoreResult<Option<Settled>>> + Send;
+    /// Marks an outbox entry failed for good with `error`; `None` when there is no such
+    /// entry.
+    fn mark_failed(
+        &mut self,
+        id: i64,
+        error: &str,
+    ) -> impl Future<Output = StoreResult<Option<Settled>>> + Send;
+    /// Fails the waiting entries that depend on the post `key` (replies in its thread, its
+    /// edits) with `error`.
+    fn fail_dependents(
+        &mut self,
+        key: &str,
+        error: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Writes `rows`, a table at a time, in the order the tables are listed in [`Rows`].
     fn write(&mut self, rows: &Rows) -> impl Future<Output = StoreResult<()>> + Send;
 }
@@ -804,6 +818,28 @@ pub(crate) async fn delivered<T: Tx>(
     Ok(())
 }
 
+/// Gives up on an outbox entry, with its ledger entry. Replies and edits that depend on a
+/// post that will never exist cannot be delivered either: they fail with it rather than wait
+/// forever.
+pub(crate) async fn failed<T: Tx>(
+    tx: &mut T,
+    rules: &Rules,
+    id: i64,
+    error: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let Some(settled) = tx.mark_failed(id, error).await? else {
+        return Ok(());
+    };
+    if settled.op == "post" {
+        let because = format!("depends on {}, which could not be delivered", settled.key);
+        tx.fail_dependents(&settled.key, &because).await?;
+    }
+    rules
+        .append(tx, &[failed_event(now, &settled, error)])
+        .await
+}
+
 /// Marks an outbox entry delivered; the ledger entry that says so, for the caller to append
 /// (with others of the same write), or `None` when it was marked before.
 pub(crate) async fn mark_delivered<T: Tx>(
@@ -830,7 +866,7 @@ fn delivered_event(now: DateTime<Utc>, settled: &Settled, platform_ref: &str) ->
 }
 
 /// The ledger entry for an outbox entry given up on.
-pub(crate) fn failed_event(now: DateTime<Utc>, settled: &Settled, error: &str) -> AuditEvent {
+fn failed_event(now: DateTime<Utc>, settled: &Settled, error: &str) -> AuditEvent {
     AuditEvent::new(
         now,
         AuditKind::PostFailed,

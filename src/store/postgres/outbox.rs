@@ -1,7 +1,6 @@
 //! The outbox on PostgreSQL.
 
 use super::super::tx::{self, Pending};
-use super::write::settled;
 use super::{PostgresStore, each, get, write_tx};
 use crate::store::*;
 use sqlx::Row as _;
@@ -182,35 +181,7 @@ impl OutboxStore for PostgresStore {
                 .await?;
                 return Ok(());
             }
-            let Some(row) = sqlx::query(
-                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1 WHERE id = $2
-                 RETURNING run_id, key, op, platform, channel",
-            )
-            .bind(&error)
-            .bind(id)
-            .fetch_optional(&mut **c)
-            .await?
-            else {
-                return Ok(());
-            };
-            let s = settled(&row)?;
-            // Replies and edits that depend on a post that will never exist cannot be
-            // delivered either; they fail with it rather than wait forever.
-            if s.op == "post" {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'failed', last_error = $1
-                     WHERE status = 'pending' AND (thread_key = $2 OR (key = $2 AND op = 'edit'))",
-                )
-                .bind(format!(
-                    "depends on {}, which could not be delivered",
-                    s.key
-                ))
-                .bind(&s.key)
-                .execute(&mut **c)
-                .await?;
-            }
-            let ev = tx::failed_event(now, &s, &error);
-            rules.append(c, &[ev]).await
+            tx::failed(c, rules, id, &error, now).await
         })
     }
 

@@ -263,6 +263,30 @@ impl Tx for Conn {
         row.as_ref().map(settled).transpose()
     }
 
+    async fn mark_failed(&mut self, id: i64, error: &str) -> StoreResult<Option<Settled>> {
+        let row = sqlx::query(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1 WHERE id = $2
+             RETURNING run_id, key, op, platform, channel",
+        )
+        .bind(error)
+        .bind(id)
+        .fetch_optional(&mut **self)
+        .await?;
+        row.as_ref().map(settled).transpose()
+    }
+
+    async fn fail_dependents(&mut self, key: &str, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET status = 'failed', last_error = $1
+             WHERE status = 'pending' AND (thread_key = $2 OR (key = $2 AND op = 'edit'))",
+        )
+        .bind(error)
+        .bind(key)
+        .execute(&mut **self)
+        .await?;
+        Ok(())
+    }
+
     async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
         let c: &mut PgConnection = self;
         let outbox: Vec<OutboxRecord<'_>> = rows

@@ -1,7 +1,6 @@
 //! The outbox on SQLite.
 
 use super::super::tx::{self, Pending};
-use super::write::settled;
 use super::{SqliteStore, all, exec, get, one, write_tx};
 use crate::store::*;
 use rusqlite::{Connection, Row, params};
@@ -224,31 +223,7 @@ impl OutboxStore for SqliteStore {
                 )?;
                 return Ok(());
             }
-            let Some(s) = one(
-                c,
-                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ?
-                 RETURNING run_id, key, op, platform, channel",
-                params![error, id],
-                settled,
-            )?
-            else {
-                return Ok(());
-            };
-            // Replies and edits that depend on a post that will never exist cannot be
-            // delivered either; they fail with it rather than wait forever.
-            if s.op == "post" {
-                exec(
-                    c,
-                    "UPDATE outbox SET status = 'failed', last_error = ?1
-                     WHERE status = 'pending' AND (thread_key = ?2 OR (key = ?2 AND op = 'edit'))",
-                    params![
-                        format!("depends on {}, which could not be delivered", s.key),
-                        s.key
-                    ],
-                )?;
-            }
-            let ev = tx::failed_event(now, &s, &error);
-            rules.append(c, &[ev]).await
+            tx::failed(c, rules, id, &error, now).await
         })
     }
 

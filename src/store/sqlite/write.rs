@@ -217,6 +217,26 @@ impl Tx for Conn {
         )
     }
 
+    async fn mark_failed(&mut self, id: i64, error: &str) -> StoreResult<Option<Settled>> {
+        one(
+            self,
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? WHERE id = ?
+             RETURNING run_id, key, op, platform, channel",
+            params![error, id],
+            settled,
+        )
+    }
+
+    async fn fail_dependents(&mut self, key: &str, error: &str) -> StoreResult<()> {
+        super::exec(
+            self,
+            "UPDATE outbox SET status = 'failed', last_error = ?1
+             WHERE status = 'pending' AND (thread_key = ?2 OR (key = ?2 AND op = 'edit'))",
+            params![error, key],
+        )?;
+        Ok(())
+    }
+
     async fn write(&mut self, rows: &Rows) -> StoreResult<()> {
         // A prepared statement per kind of row, each row a call on this thread: with no
         // hand-off per statement, a row costs microseconds, and nothing is encoded twice.
