@@ -76,6 +76,7 @@ async fn engine(url: &str) -> Arc<Engine> {
         default_platform: "console".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
         delivery_alert_after: Duration::minutes(10),
+        replica: Default::default(),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     Engine::new(

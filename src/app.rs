@@ -94,7 +94,7 @@ pub fn offline_catalog(servers: &[McpServer]) -> ToolCatalog {
 pub async fn open_store(
     settings: &Settings,
     more_secrets: &[McpServer],
-    serving: bool,
+    serving: Option<store::Replica>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let secrets = settings
         .secrets()
@@ -109,7 +109,8 @@ pub async fn open_store(
             redactor,
             audit_key: settings.audit_key(),
             durability: settings.durability,
-            serving,
+            serving: serving.is_some(),
+            replica: serving.unwrap_or_else(|| command_line(settings)),
         },
     )
     .await
@@ -124,7 +125,7 @@ pub async fn engine_for_cli(
     let servers = load_mcp(settings).unwrap_or_default();
     let catalog = Arc::new(offline_catalog(&servers));
     let workflows = Arc::new(load_workflows(settings, &catalog).unwrap_or_default());
-    let store = open_store(settings, &servers, false).await?;
+    let store = open_store(settings, &servers, None).await?;
     let engine_settings = engine_settings(settings, settings.http_addr);
     let tools = Arc::new(ToolBox::new(
         settings.tool_settings(&engine_settings.local_url),
@@ -164,8 +165,37 @@ fn public_url(settings: &Settings, listening: std::net::SocketAddr) -> String {
     }
 }
 
+/// Who this process is among the replicas sharing a database: `BATON_REPLICA_NAME`, else the
+/// host's name and the HTTP port, which stay the same when it starts again on the same host,
+/// and differ between replicas on one host.
+pub fn replica(settings: &Settings, port: u16) -> store::Replica {
+    let name = settings.replica_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "baton".into());
+        format!("{host}:{port}")
+    });
+    store::Replica {
+        name,
+        lease: settings.lease,
+    }
+}
+
+/// The command line among replicas: what it starts (a step Retry asks for) it holds only
+/// until a server takes it over, a lease later.
+fn command_line(settings: &Settings) -> store::Replica {
+    store::Replica {
+        name: format!("cli-{}", std::process::id()),
+        lease: settings.lease,
+    }
+}
+
 fn engine_settings(settings: &Settings, listening: std::net::SocketAddr) -> EngineSettings {
     EngineSettings {
+        replica: command_line(settings),
         base_url: public_url(settings, listening),
         local_url: local_url(listening),
         workers: settings.workers,
@@ -194,7 +224,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let servers = load_mcp(&settings)?;
-    let store = open_store(&settings, &servers, true).await?;
+    let replica = replica(&settings, listener.local_addr()?.port());
+    tracing::info!(replica = %replica.name, "serving as this replica");
+    let store = open_store(&settings, &servers, Some(replica.clone())).await?;
     let (catalog, mcp) = connect_tools(servers).await;
     let catalog = Arc::new(catalog);
     let workflows = Arc::new(load_workflows(&settings, &catalog)?);
@@ -205,7 +237,10 @@ pub async fn run(
             local_url(addr)
         );
     }
-    let engine_settings = engine_settings(&settings, addr);
+    let engine_settings = EngineSettings {
+        replica,
+        ..engine_settings(&settings, addr)
+    };
     let tools = Arc::new(
         ToolBox::new(settings.tool_settings(&engine_settings.local_url))?.with_mcp(mcp.clone()),
     );

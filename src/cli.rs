@@ -283,7 +283,7 @@ pub async fn runs(settings: &Settings, command: RunsCmd) -> anyhow::Result<()> {
 
 /// `baton audit …`; returns false when verification found a break.
 pub async fn audit(settings: &Settings, command: AuditCmd) -> anyhow::Result<bool> {
-    let store = app::open_store(settings, &app::load_mcp(settings)?, false).await?;
+    let store = app::open_store(settings, &app::load_mcp(settings)?, None).await?;
     match command {
         AuditCmd::Verify {
             expect,
@@ -438,7 +438,7 @@ pub fn discord(settings: &Settings, command: DiscordCmd) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    app::open_store(settings, &[], false).await?;
+    app::open_store(settings, &[], None).await?;
     println!("database is up to date");
     Ok(())
 }

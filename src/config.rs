@@ -70,6 +70,13 @@ pub struct Settings {
     /// `BATON_DURABILITY`: whether a commit must survive a power cut (`full`) or only Baton
     /// being killed (`relaxed`).
     pub durability: crate::store::Durability,
+    /// `BATON_REPLICA_NAME`: this process among replicas sharing one database, in logs and
+    /// metrics. Unset, it is the host's name and the HTTP port.
+    pub replica_name: Option<String>,
+    /// `BATON_LEASE`: how long what a replica claims (running steps, a conversation's
+    /// deliveries, the Discord gateway) stays its own without renewal; another replica takes
+    /// it over this long after its holder stopped.
+    pub lease: Duration,
     /// `BATON_HTTP_ADDR`: console, health, metrics and webhooks.
     pub http_addr: SocketAddr,
     /// `BATON_PUBLIC_URL`: how people reach the console, for links in chat. Unset, it is the
@@ -511,7 +518,7 @@ impl Settings {
         if !database_url.starts_with("sqlite:") && !database_url.starts_with("postgres") {
             return Err(ConfigError {
                 setting: "DATABASE_URL",
-                problem: "must start with sqlite: (or postgres: in a later version)".into(),
+                problem: "must start with sqlite: or postgres:".into(),
             });
         }
         let durability = parse(
@@ -520,9 +527,27 @@ impl Settings {
             str::parse,
         )?;
         let to_std = |d: Duration| d.to_std().unwrap_or_default();
+        let lease = duration("BATON_LEASE", "30s")?;
+        if lease < Duration::milliseconds(300) || lease > Duration::hours(1) {
+            return Err(ConfigError {
+                setting: "BATON_LEASE",
+                problem: "must be from 300ms to 1h".into(),
+            });
+        }
+        let replica_name = match var("BATON_REPLICA_NAME") {
+            None => None,
+            Some(name) => Some(parse("BATON_REPLICA_NAME", name.trim(), |n| {
+                let fits =
+                    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_graphic());
+                fits.then(|| n.to_owned())
+                    .ok_or_else(|| "must be 1 to 64 visible characters, no spaces".to_string())
+            })?),
+        };
         Ok(Self {
             database_url: Secret::new(database_url),
             durability,
+            replica_name,
+            lease,
             http_addr,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             commands_dir: PathBuf::from(

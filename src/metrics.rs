@@ -21,6 +21,10 @@ pub const STORE_BATCHES: &str = "baton_store_batches_total";
 pub const STORE_WRITES: &str = "baton_store_writes_total";
 pub const STORE_BUSY: &str = "baton_store_busy_seconds_total";
 pub const STORE_COMMIT: &str = "baton_store_commit_seconds_total";
+pub const CLAIMS: &str = "baton_claims_total";
+pub const LEASES_LOST: &str = "baton_leases_lost_total";
+pub const TAKEN_OVER: &str = "baton_attempts_taken_over_total";
+pub const REPLICA: &str = "baton_replica_info";
 
 /// Counters kept in memory since start-up.
 #[derive(Debug, Default)]
@@ -30,6 +34,12 @@ pub struct Metrics {
     pub delivery_failures: AtomicU64,
     /// Deliveries put off because the platform rate-limited them (not failures).
     pub rate_limited: AtomicU64,
+    /// Conversations this replica claimed to deliver in.
+    pub claims: AtomicU64,
+    /// Claims another replica took over while this one still counted on them.
+    pub leases_lost: AtomicU64,
+    /// Attempts of stopped replicas (or of this one's previous life) this one ran again.
+    pub taken_over: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -63,9 +73,50 @@ impl Metrics {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Appends the in-memory series in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    pub fn claimed(&self) {
+        self.claims.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lease_lost(&self) {
+        self.leases_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn taken_over(&self) {
+        self.taken_over.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the in-memory series in Prometheus text format; those about sharing the work
+    /// with other replicas carry this one's name.
+    pub fn render(&self, out: &mut String, replica: &str) {
         use std::fmt::Write;
+        let label = replica.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP {REPLICA} The replica these figures come from.\n# TYPE {REPLICA} gauge\n{REPLICA}{{replica=\"{label}\"}} 1"
+        );
+        for (name, help, counter) in [
+            (
+                CLAIMS,
+                "Conversations this replica claimed to deliver in.",
+                &self.claims,
+            ),
+            (
+                LEASES_LOST,
+                "Claims another replica took over while this one still counted on them.",
+                &self.leases_lost,
+            ),
+            (
+                TAKEN_OVER,
+                "Attempts of stopped replicas this one ran again.",
+                &self.taken_over,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{replica=\"{label}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         let h = self.steps.lock().expect("metrics lock poisoned");
         let _ = writeln!(out, "# HELP {STEP_DURATION} How long step attempts took.");
         let _ = writeln!(out, "# TYPE {STEP_DURATION} histogram");

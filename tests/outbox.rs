@@ -104,6 +104,7 @@ async fn engine(
         default_platform: "flaky".into(),
         shutdown_grace: std::time::Duration::from_secs(1),
         delivery_alert_after: Duration::minutes(10),
+        replica: Default::default(),
     };
     let dyn_clock: Arc<dyn Clock> = clock.clone();
     let engine = Engine::new(

@@ -24,6 +24,7 @@ mod postgres_schema;
 /// A store on a backend of its own, gone when dropped.
 struct Backend {
     store: Arc<dyn Store>,
+    url: String,
     _dir: Option<tempfile::TempDir>,
     _schema: Option<postgres_schema::Schema>,
 }
@@ -49,6 +50,7 @@ async fn sqlite(redactor: Redactor) -> Backend {
     .unwrap();
     Backend {
         store,
+        url,
         _dir: Some(dir),
         _schema: None,
     }
@@ -68,8 +70,23 @@ async fn postgres(redactor: Redactor) -> Backend {
     .unwrap();
     Backend {
         store,
+        url: schema.url.clone(),
         _dir: None,
         _schema: Some(schema),
+    }
+}
+
+impl Backend {
+    /// Another process on the same database, as replica `name`.
+    async fn replica(&self, name: &str) -> Arc<dyn Store> {
+        let options = baton::store::Options {
+            replica: baton::store::Replica {
+                name: name.into(),
+                lease: Duration::seconds(30),
+            },
+            ..Default::default()
+        };
+        baton::store::open(&self.url, options).await.unwrap()
     }
 }
 
@@ -1223,6 +1240,160 @@ macro_rules! contract {
     };
 }
 
+async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(store: Backend) {
+    let b = store.replica("b").await;
+    let (c1, c2) = ("lane:slack:C1".to_owned(), "lane:slack:C2".to_owned());
+    let both = [c1.clone(), c2.clone()];
+    let at = |s| t0() + Duration::seconds(s);
+    let mut got = store.lease_claim(&both, "a", at(0), at(30)).await.unwrap();
+    got.sort_by(|x, y| x.name.cmp(&y.name));
+    let holders: Vec<(&str, &str)> = got
+        .iter()
+        .map(|l| (l.name.as_str(), l.holder.as_str()))
+        .collect();
+    assert_eq!(holders, vec![(c1.as_str(), "a"), (c2.as_str(), "a")]);
+    // Another replica is told whose it is, and until when.
+    let theirs = b
+        .lease_claim(std::slice::from_ref(&c1), "b", at(1), at(31))
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].holder, "a");
+    assert_eq!(
+        theirs[0].until.timestamp_millis(),
+        at(30).timestamp_millis()
+    );
+    // Its holder renews it; nobody else can.
+    let (kept, _) = store
+        .lease_renew(std::slice::from_ref(&c1), "a", at(40))
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![c1.clone()]);
+    let (kept, _) = b.lease_renew(&both, "b", at(45)).await.unwrap();
+    assert!(kept.is_empty(), "{kept:?}");
+    // Not renewed, C2 lapsed: another replica takes it, and the first finds it gone.
+    let taken = b
+        .lease_claim(std::slice::from_ref(&c2), "b", at(31), at(61))
+        .await
+        .unwrap();
+    assert_eq!(taken[0].holder, "b");
+    let (kept, _) = store.lease_renew(&both, "a", at(70)).await.unwrap();
+    assert_eq!(kept, vec![c1.clone()]);
+    // What a holder leaves for the next stays when it lets go, and the lease is free at once.
+    assert!(b.lease_set_data(&c2, "b", "session-7").await.unwrap());
+    assert!(!store.lease_set_data(&c2, "a", "mine").await.unwrap());
+    b.lease_release("b").await.unwrap();
+    assert_eq!(
+        store.lease_data(&c2).await.unwrap().as_deref(),
+        Some("session-7")
+    );
+    let again = store
+        .lease_claim(std::slice::from_ref(&c2), "a", at(32), at(62))
+        .await
+        .unwrap();
+    assert_eq!(again[0].holder, "a");
+    b.close().await;
+}
+
+async fn an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_takes_it_over(
+    store: Backend,
+) {
+    // The store under test is replica `baton`, leases of 30 s.
+    let run = a_run(&store).await;
+    let job = |attempt| {
+        Effect::Run(Job {
+            run,
+            step: "build".into(),
+            attempt,
+            timeout: Duration::seconds(300),
+            work: Work::Tool {
+                tool: "http".into(),
+                args: json!({}),
+                declared: vec![],
+            },
+        })
+    };
+    let at = |s| t0() + Duration::seconds(s);
+    emit(&*store.store, run, at(0), vec![job(1)]).await;
+    let (b, c) = (store.replica("b").await, store.replica("c").await);
+    let key = (run, "build".to_owned(), 1);
+    assert!(
+        b.attempts_take_over("b", false, at(10), at(40), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held while its lease lasts"
+    );
+    let (_, held) = store.lease_renew(&[], "baton", at(60)).await.unwrap();
+    assert_eq!(held, vec![key.clone()]);
+    assert!(
+        b.attempts_take_over("b", false, at(45), at(75), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed"
+    );
+    // Its own replica leaves it to its workers, however late they are.
+    assert!(
+        store
+            .attempts_take_over("baton", false, at(90), at(120), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Lapsed: two replicas look at once, and one of them takes it.
+    let (x, y) = tokio::join!(
+        b.attempts_take_over("b", false, at(61), at(91), 10),
+        c.attempts_take_over("c", false, at(61), at(91), 10),
+    );
+    let mut taken = x.unwrap();
+    taken.extend(y.unwrap());
+    assert_eq!(taken, vec![key.clone()]);
+    let (_, held) = store.lease_renew(&[], "baton", at(62)).await.unwrap();
+    assert!(held.is_empty(), "the first holder sees it is gone");
+    // Ended, it is nobody's to take over.
+    emit(
+        &*store.store,
+        run,
+        at(63),
+        vec![Effect::AttemptEnded {
+            run,
+            step: "build".into(),
+            attempt: 1,
+            outcome: AttemptOutcome::Lost,
+            detail: json!({}),
+            at: at(63),
+        }],
+    )
+    .await;
+    assert!(
+        c.attempts_take_over("c", false, at(500), at(530), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A replica starting again under its name takes back what its previous life held, at
+    // once; one that stops lets go of what it held, which another takes at once.
+    emit(&*store.store, run, at(64), vec![job(2)]).await;
+    let key = (run, "build".to_owned(), 2);
+    assert_eq!(
+        store
+            .attempts_take_over("baton", true, at(65), at(95), 10)
+            .await
+            .unwrap(),
+        vec![key.clone()]
+    );
+    store.lease_release("baton").await.unwrap();
+    assert_eq!(
+        b.attempts_take_over("b", false, at(66), at(96), 10)
+            .await
+            .unwrap(),
+        vec![key]
+    );
+    b.close().await;
+    c.close().await;
+}
+
 contract!(sqlite, postgres: {
     a_run_is_created_once_per_event_id_and_each_receipt_is_in_the_ledger,
     a_new_run_starts_from_exactly_the_state_that_is_read_back,
@@ -1242,6 +1413,8 @@ contract!(sqlite, postgres: {
     a_console_batch_delivers_a_thread_in_one_write_once,
     agent_turns_and_memory_are_kept_and_a_repeated_turn_is_the_same_turn,
     secrets_are_taken_out_of_everything_stored,
+    a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it,
+    an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_takes_it_over,
 });
 
 /// Replicas starting at the same moment on one new database: every one opens it, and each
@@ -1261,7 +1434,7 @@ async fn replicas_starting_at_once_on_postgres_apply_each_migration_once() {
             .fetch_all(&mut c)
             .await
             .unwrap();
-    assert_eq!(applied, vec![(1, true)]);
+    assert_eq!(applied, vec![(1, true), (2, true)]);
     // The ledger refuses changes there too.
     let store = stores.into_iter().next().unwrap().unwrap();
     store
@@ -1284,32 +1457,4 @@ async fn replicas_starting_at_once_on_postgres_apply_each_migration_once() {
             "{sql}: {refused}"
         );
     }
-}
-
-/// Until replicas share the work, a second process serving one PostgreSQL database would
-/// deliver every queued post again: it is refused, and the command line is not.
-#[tokio::test]
-async fn a_second_process_serving_one_postgres_database_is_refused_but_the_command_line_is_not() {
-    let schema = postgres_schema::Schema::new().await;
-    let serving = || baton::store::Options {
-        serving: true,
-        ..Default::default()
-    };
-    let first = baton::store::open(&schema.url, serving()).await.unwrap();
-    let second = baton::store::open(&schema.url, serving())
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        second
-            .to_string()
-            .contains("another Baton is already running"),
-        "{second:#}"
-    );
-    let cli = baton::store::open(&schema.url, Default::default())
-        .await
-        .unwrap();
-    cli.close().await;
-    first.close().await;
-    baton::store::open(&schema.url, serving()).await.unwrap();
 }

@@ -54,6 +54,7 @@ impl Engine {
         let loops = vec![
             tokio::spawn(self.clone().timer_loop(rx.clone())),
             tokio::spawn(self.clone().schedule_loop(rx.clone())),
+            tokio::spawn(self.clone().lease_loop(rx.clone())),
         ];
         let outbox = Some(tokio::spawn(self.clone().outbox_loop(rx)));
         Ok(Background {
@@ -211,7 +212,8 @@ impl Engine {
     /// returns how many it started. A lane is under way until its deliveries are recorded,
     /// so nothing is read (and sent) twice.
     async fn dispatch(self: &Arc<Self>, lanes: &mut JoinSet<usize>) -> usize {
-        let busy = self.in_flight.lock().expect("lanes lock").clone();
+        let mut busy = self.in_flight.lock().expect("lanes lock").clone();
+        busy.extend(self.lanes_of_others());
         let entries = match self
             .store
             .outbox_ready(self.clock.now(), LANE_BATCH, &busy)
@@ -231,6 +233,11 @@ impl Engine {
                 None => ready.push((lane, vec![entry])),
             }
         }
+        // A conversation goes out from one replica at a time.
+        let ours = self
+            .claim_lanes(ready.iter().map(|(lane, _)| lane.clone()).collect())
+            .await;
+        ready.retain(|(lane, _)| ours.contains(lane));
         let started = ready.len();
         for (lane, queue) in ready {
             // Taken before the task starts, so the next read already passes it by.
@@ -490,6 +497,8 @@ impl Background {
         }
         // One last pass for posts produced by the steps that just finished.
         while self.engine.deliver_ready().await > 0 {}
+        // Other replicas take over at once what this one held.
+        self.engine.release().await;
     }
 }
 

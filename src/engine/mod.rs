@@ -5,6 +5,7 @@
 mod agent;
 mod background;
 mod inbound;
+mod leases;
 mod workers;
 
 pub use inbound::Response;
@@ -49,6 +50,8 @@ pub struct EngineSettings {
     pub shutdown_grace: std::time::Duration,
     /// How long a message may keep failing before its run is told (rate limits never count).
     pub delivery_alert_after: Duration,
+    /// This process among the replicas sharing the database.
+    pub replica: crate::store::Replica,
 }
 
 /// Errors the engine reports to adapters; mapped to replies in one place (`crate::http::error`).
@@ -100,6 +103,8 @@ pub struct Engine {
     pub(crate) outbox_wake: Notify,
     /// Lanes with a delivery under way (see `background::outbox_loop`).
     in_flight: Mutex<std::collections::HashSet<crate::store::Lane>>,
+    /// What this replica holds among those sharing the database (see `leases`).
+    held: Mutex<leases::Held>,
     /// Parsed workflow definitions by the hash of their text, so each run's own definition is
     /// parsed once, not on every command.
     definitions: Mutex<HashMap<[u8; 32], Arc<Workflow>>>,
@@ -137,6 +142,7 @@ impl Engine {
             job_rx: Mutex::new(Some(job_rx)),
             outbox_wake: Notify::new(),
             in_flight: Mutex::default(),
+            held: Mutex::default(),
             definitions: Mutex::new(definitions),
         })
     }
@@ -336,26 +342,20 @@ impl Engine {
         self.outbox_wake.notify_one();
     }
 
-    /// Re-runs attempts that were in flight when the process last stopped.
+    /// Re-runs attempts that were in flight when this replica last stopped, and those of
+    /// replicas that stopped renewing theirs.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let lost = self
-            .store
-            .unfinished_attempts()
-            .await
-            .context("listing unfinished attempts")?;
-        for (run, step, attempt) in &lost {
-            tracing::info!(run = %run, step = %step, attempt, "re-running an attempt interrupted by a restart");
-            self.submit(
-                *run,
-                Command::AttemptLost {
-                    step: step.clone(),
-                    attempt: *attempt,
-                },
-            )
-            .await
-            .with_context(|| format!("recovering run {run}"))?;
+        let mut total = 0;
+        loop {
+            let n = self
+                .take_over(true)
+                .await
+                .context("taking over attempts interrupted by a stop")?;
+            total += n;
+            if n < leases::TAKE_OVER_BATCH as usize {
+                return Ok(total);
+            }
         }
-        Ok(lost.len())
     }
 }
 

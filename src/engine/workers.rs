@@ -51,6 +51,7 @@ impl Engine {
 
     #[tracing::instrument(skip_all, fields(run_id = %job.run, step = %job.step, attempt = job.attempt))]
     async fn execute(self: &Arc<Self>, job: Job) {
+        let _running = self.running((job.run, job.step.clone(), job.attempt));
         let started = Instant::now();
         let limit = job
             .timeout

@@ -221,6 +221,8 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, error::
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
-    state.metrics.render(&mut out);
+    state
+        .metrics
+        .render(&mut out, &state.engine.settings.replica.name);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -485,6 +485,62 @@ pub trait AgentStore: Send + Sync {
     async fn memory_write(&self, entry: &MemoryEntry) -> StoreResult<()>;
 }
 
+/// A named lease as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub until: DateTime<Utc>,
+}
+
+/// How replicas share the work of one database: each running attempt is held by the replica
+/// running it, each outbox lane and the Discord gateway by a named lease, each for as long
+/// as its holder renews it. Whatever a replica holds no other touches; what it stops
+/// renewing another takes over.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the leases named for `holder` until `until`: each one free, lapsed by `now`, or
+    /// held by `holder` already. Returns every name asked for as it stands afterwards (the
+    /// holder of each, and until when), so a replica knows whose the others are.
+    async fn lease_claim(
+        &self,
+        names: &[String],
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<Vec<Lease>>;
+    /// Extends `holder`'s leases among `names`, and every running attempt it holds, until
+    /// `until`. Returns the names it still holds (a name missing was taken over) and the
+    /// attempts it holds.
+    async fn lease_renew(
+        &self,
+        names: &[String],
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, Vec<(RunId, String, u32)>)>;
+    /// Gives up everything `holder` holds, so other replicas take it over at once: its
+    /// leases (one with something left for the next holder stays, lapsed) and its running
+    /// attempts (lapsed: another runs them again).
+    async fn lease_release(&self, holder: &str) -> StoreResult<()>;
+    /// What the holder of a lease left for the next one.
+    async fn lease_data(&self, name: &str) -> StoreResult<Option<String>>;
+    /// Leaves `data` with a lease `holder` holds; false when it does not hold it.
+    async fn lease_set_data(&self, name: &str, holder: &str, data: &str) -> StoreResult<bool>;
+    /// Takes over running attempts of other replicas whose lease lapsed by `now` (with `mine`,
+    /// also those held under `holder`'s own name: its previous life, at start-up; otherwise
+    /// its own are its workers', however late) for `holder` until `until`,
+    /// at most `limit`, and returns them: each is taken by one replica, however many look at
+    /// once. The one that takes an attempt reports it lost to its run, which runs it again.
+    async fn attempts_take_over(
+        &self,
+        holder: &str,
+        mine: bool,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(RunId, String, u32)>>;
+}
+
 /// Figures for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct StoreMetrics {
@@ -513,7 +569,7 @@ pub struct WriterMetrics {
 /// Everything, for the app to hold as one `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store:
-    RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore + AgentStore
+    RunStore + OutboxStore + AuditStore + ScheduleStore + ConsoleStore + AgentStore + LeaseStore
 {
     async fn metrics(&self) -> StoreResult<StoreMetrics>;
     /// What the store takes out of everything it writes; the engine applies it to what
@@ -580,6 +636,28 @@ pub struct Options {
     /// being the command line reading or changing a run. On SQLite only one process may
     /// serve a database: two would each deliver every queued post.
     pub serving: bool,
+    /// Who this process is among the replicas sharing the database.
+    pub replica: Replica,
+}
+
+/// A process among those sharing one database, and how long what it claims (the attempts it
+/// runs, the outbox lanes it delivers, the Discord gateway) stays its own without renewal.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Unique among the replicas, and kept across restarts when it can be: a replica that
+    /// starts again under its name takes back what its previous life held at once, rather
+    /// than after the lease.
+    pub name: String,
+    pub lease: Duration,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self {
+            name: "baton".into(),
+            lease: Duration::seconds(30),
+        }
+    }
 }
 
 /// Opens the store named by `url` and brings its schema up to date.

@@ -13,7 +13,7 @@
 use super::writer::Memory;
 use super::{
     ConsoleDelivery, ConsoleMessage, ConsoleRef, Created, Definition, NewRun, OutboxEntry,
-    OutboxOp, StoreError, StoreResult,
+    OutboxOp, Replica, StoreError, StoreResult,
 };
 use crate::core::audit::{AuditEvent, AuditKey, AuditKind, GENESIS, Redactor, entry_hash};
 use crate::core::engine::{Effect, Run, RunState, RunStatus, Transition, Work};
@@ -51,6 +51,8 @@ pub(crate) struct Rules {
     /// The ledger's head as the writer last wrote it, so appending does not read it back;
     /// forgotten whenever it may be wrong (see [`Memory`]).
     head: Mutex<Option<Head>>,
+    /// Who holds the attempts this store starts, and for how long without renewal.
+    replica: Replica,
 }
 
 impl Memory for Rules {
@@ -60,11 +62,12 @@ impl Memory for Rules {
 }
 
 impl Rules {
-    pub(crate) fn new(redactor: Redactor, audit_key: Option<AuditKey>) -> Self {
+    pub(crate) fn new(options: &super::Options) -> Self {
         Self {
-            redactor,
-            audit_key,
+            redactor: options.redactor.clone(),
+            audit_key: options.audit_key.clone(),
             head: Mutex::new(None),
+            replica: options.replica.clone(),
         }
     }
 
@@ -332,9 +335,12 @@ pub(crate) struct AttemptWrite {
     pub run: i64,
     pub step: String,
     pub attempt: i64,
-    /// Set when the attempt starts in this change: its input.
+    /// Set when the attempt starts in this change: its input, and the replica holding it
+    /// (the one that started it, which runs it) until when.
     pub input: Option<String>,
     pub started_at: Option<i64>,
+    pub owner: Option<String>,
+    pub lease_until: Option<i64>,
     /// Set when the attempt ends in this change.
     pub status: Option<&'static str>,
     pub detail: Option<String>,
@@ -632,6 +638,8 @@ fn effects(rules: &Rules, rows: &mut Rows, t: &Transition, now: DateTime<Utc>) -
                     attempt,
                     input: Some(input.to_string()),
                     started_at: Some(ms(now)),
+                    owner: Some(rules.replica.name.clone()),
+                    lease_until: Some(ms(now + rules.replica.lease)),
                     status: None,
                     detail: None,
                     finished_at: None,
@@ -661,6 +669,8 @@ fn effects(rules: &Rules, rows: &mut Rows, t: &Transition, now: DateTime<Utc>) -
                             attempt,
                             input: None,
                             started_at: None,
+                            owner: None,
+                            lease_until: None,
                             status: None,
                             detail: None,
                             finished_at: None,

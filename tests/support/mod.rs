@@ -385,7 +385,7 @@ impl TestApp {
     pub async fn ledger(&self) -> Vec<Value> {
         let env = self.env.clone();
         let settings = Settings::from_lookup(move |k| env.get(k).cloned()).unwrap();
-        let store = baton::app::open_store(&settings, &[], false).await.unwrap();
+        let store = baton::app::open_store(&settings, &[], None).await.unwrap();
         let mut out = vec![];
         let mut after = 0;
         loop {

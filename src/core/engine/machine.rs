@@ -922,22 +922,24 @@ impl<'a> Apply<'a, '_> {
 
     fn attempt_lost(&mut self, id: &str, attempt: u32) {
         let now = self.now();
-        let ev = self.event(
-            AuditKind::AttemptLost,
-            Some(id),
-            json!({"attempt": attempt}),
-        );
-        self.audit(ev);
+        // An attempt ends once (the store ends only a running one): a result that arrived
+        // after all, before this report, stands.
         self.out.effects.push(Effect::AttemptEnded {
             run: self.state.run.id,
             step: id.into(),
             attempt,
             outcome: AttemptOutcome::Lost,
-            detail: json!({"error": "lost when the process stopped"}),
+            detail: json!({"error": "lost when the process running it stopped"}),
             at: now,
         });
         let current = self.state.steps.get(id).map(|s| (s.status, s.attempt));
         if current == Some((StepStatus::Running, attempt)) {
+            let ev = self.event(
+                AuditKind::AttemptLost,
+                Some(id),
+                json!({"attempt": attempt}),
+            );
+            self.audit(ev);
             // Run it again without spending a retry: the attempt never reported an outcome.
             let s = self.state.steps.get_mut(id).expect("step rows exist");
             s.status = StepStatus::Pending;

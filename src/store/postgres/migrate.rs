@@ -9,11 +9,18 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use std::borrow::Cow;
 
 /// The migrations: version, description, SQL. Append-only.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "replicas",
+        include_str!("../../../migrations/postgres/0002_replicas.sql"),
+    ),
+];
 
 /// The migrations above, as sqlx's migrator takes them.
 #[derive(Debug)]

@@ -17,6 +17,7 @@
 mod agents;
 mod audit;
 mod console;
+mod leases;
 mod migrate;
 mod outbox;
 mod runs;
@@ -42,8 +43,6 @@ const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// different schemas of one server never wait for each other. Appending to the ledger holds
 /// `LEDGER_LOCK` until its transaction ends, so two writers never chain onto the same head.
 pub(crate) const LEDGER_LOCK: i32 = 0x6261_7401;
-/// Held by a process that serves the database, for as long as it runs.
-const SERVING_LOCK: i32 = 0x6261_7402;
 
 /// The writer's connection, opened again when it was lost (the server restarted).
 pub(crate) struct Conn {
@@ -156,30 +155,6 @@ pub struct PostgresStore {
     pool: PgPool,
     writer: Writer<Conn, Rules>,
     rules: Arc<Rules>,
-    /// The connection holding the serving lock (see [`Options::serving`]); closed on close.
-    serving: tokio::sync::Mutex<Option<PgConnection>>,
-}
-
-/// Takes the lock that says a process serves the database. Until replicas share the work
-/// (claims with leases on attempts and outbox lanes), two serving processes would each
-/// deliver every queued post, so a second one is refused. The lock belongs to a connection
-/// of its own: the server lets go of it when the process ends, however it ends.
-async fn claim_serving(options: &PgConnectOptions) -> anyhow::Result<PgConnection> {
-    let mut conn = options
-        .connect()
-        .await
-        .context("could not connect to the PostgreSQL database named by DATABASE_URL")?;
-    let claimed: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
-            .bind(SERVING_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-    if !claimed {
-        anyhow::bail!(
-            "another Baton is already running on this PostgreSQL database: two would each deliver every queued post. Stop the other one first (several replicas sharing the work are not supported yet)"
-        );
-    }
-    Ok(conn)
 }
 
 impl PostgresStore {
@@ -200,23 +175,18 @@ impl PostgresStore {
             .connect_with(connect.clone())
             .await
             .context("could not connect to the PostgreSQL database named by DATABASE_URL")?;
-        let serving = match options.serving {
-            true => Some(claim_serving(&connect).await?),
-            false => None,
-        };
         migrate::run(&pool)
             .await
             .context("could not apply the PostgreSQL migrations")?;
         let conn = Conn::open(connect, options.durability)
             .await
             .context("could not open the database writer's connection")?;
-        let rules = Arc::new(Rules::new(options.redactor, options.audit_key));
+        let rules = Arc::new(Rules::new(&options));
         let writer = Writer::start(conn, rules.clone());
         Ok(Self {
             pool,
             writer,
             rules,
-            serving: tokio::sync::Mutex::new(serving),
         })
     }
 }
@@ -344,9 +314,5 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
-        // Another process may serve the database from here on.
-        if let Some(c) = self.serving.lock().await.take() {
-            let _ = c.close().await;
-        }
     }
 }

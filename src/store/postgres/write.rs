@@ -325,7 +325,7 @@ impl Tx for Conn {
         for a in ended {
             sqlx::query(
                 "UPDATE attempts SET status = $1, detail = $2, finished_at = $3
-                 WHERE run_id = $4 AND step_id = $5 AND attempt = $6",
+                 WHERE run_id = $4 AND step_id = $5 AND attempt = $6 AND status = 'running'",
             )
             .bind(a.status)
             .bind(&a.detail)
@@ -377,12 +377,15 @@ impl Tx for Conn {
              -- Started in this change (perhaps ended in it too): a new row, replacing one of
              -- the same number.
              attempts_started AS (
-               INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
-               SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at
+               INSERT INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at,
+                 owner, lease_until)
+               SELECT run, step, attempt, COALESCE(status, 'running'), input, started_at, detail, finished_at,
+                 owner, lease_until
                FROM jsonb_to_recordset($12::jsonb) AS x(run bigint, step text, attempt bigint, input text,
-                 started_at bigint, status text, detail text, finished_at bigint)
+                 started_at bigint, status text, detail text, finished_at bigint, owner text, lease_until bigint)
                ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET status = excluded.status, input = excluded.input,
-                 started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at),
+                 started_at = excluded.started_at, detail = excluded.detail, finished_at = excluded.finished_at,
+                 owner = excluded.owner, lease_until = excluded.lease_until),
              -- In the order asked for, so their ids keep it. An edit without a target goes
              -- where its post went, looked up row by row (LATERAL ... LIMIT 1, one index probe
              -- each: a join could become a scan of every post while the table's statistics lag

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "store v2",
         include_str!("../../../migrations/sqlite/0005_store_v2.sql"),
     ),
+    (
+        6,
+        "replicas",
+        include_str!("../../../migrations/sqlite/0006_replicas.sql"),
+    ),
 ];
 
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

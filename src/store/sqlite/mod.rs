@@ -14,6 +14,7 @@
 mod agents;
 mod audit;
 mod console;
+mod leases;
 mod migrate;
 mod outbox;
 mod runs;
@@ -214,7 +215,16 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .context("could not switch the SQLite database to WAL mode")?;
         migrate::run(&conn).context("could not apply the SQLite migrations")?;
-        let rules = Arc::new(Rules::new(options.redactor, options.audit_key));
+        if serving.is_some() {
+            // Only one process serves the file, and it holds the lock: whatever an earlier
+            // one held (attempts it was running, lanes it was delivering) is free at once,
+            // rather than when its leases run out.
+            conn.execute_batch(
+                "UPDATE leases SET until = 0; UPDATE attempts SET lease_until = 0 WHERE status = 'running';",
+            )
+            .context("could not free what an earlier process held")?;
+        }
+        let rules = Arc::new(Rules::new(&options));
         let writer = Writer::start_on_thread(Conn(conn), rules.clone(), "baton-sqlite-writer")
             .context("could not start the database writer")?;
         Ok(Self {

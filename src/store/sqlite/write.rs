@@ -333,8 +333,9 @@ impl Tx for Conn {
                 // one of the same number.
                 Some(input) => c
                     .prepare_cached(
-                        "INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at, detail, finished_at)
-                         VALUES (?, ?, ?, COALESCE(?, 'running'), ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, status, input, started_at, detail,
+                           finished_at, owner, lease_until)
+                         VALUES (?, ?, ?, COALESCE(?, 'running'), ?, ?, ?, ?, ?, ?)",
                     )?
                     .execute(params![
                         a.run,
@@ -344,12 +345,14 @@ impl Tx for Conn {
                         input,
                         a.started_at,
                         a.detail,
-                        a.finished_at
+                        a.finished_at,
+                        a.owner,
+                        a.lease_until
                     ])?,
                 None => c
                     .prepare_cached(
                         "UPDATE attempts SET status = ?, detail = ?, finished_at = ?
-                         WHERE run_id = ? AND step_id = ? AND attempt = ?",
+                         WHERE run_id = ? AND step_id = ? AND attempt = ? AND status = 'running'",
                     )?
                     .execute(params![
                         a.status,

@@ -1,0 +1,255 @@
+//! How this replica shares a database's work with others. It claims an outbox lane before it
+//! delivers in it, so a conversation's messages go out from one replica at a time and in
+//! order; the attempts it starts are its own from the start. Every third of a lease it renews
+//! what it still uses (a lane left idle lapses, and any replica may take it next), and it takes
+//! over the attempts of replicas that stopped renewing theirs. What it can no longer renew it
+//! stops using before the lease runs out, so nothing is delivered by two replicas at once.
+
+use super::Engine;
+use crate::core::engine::Command;
+use crate::core::ids::RunId;
+use crate::store::Lane;
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Most lost attempts taken over in one look.
+pub(crate) const TAKE_OVER_BATCH: u32 = 100;
+
+/// What this replica holds, as far as it knows.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// Lanes it holds, until when.
+    lanes: HashMap<Lane, DateTime<Utc>>,
+    /// Lanes it delivered in since the last renewal: only these are renewed.
+    used: HashSet<Lane>,
+    /// Lanes other replicas hold, until when: not asked for again before then.
+    theirs: HashMap<Lane, DateTime<Utc>>,
+    /// Attempts its workers are running.
+    running: HashSet<(RunId, String, u32)>,
+    /// Since when renewals have gone through without a break; `None` while they fail.
+    renewing_since: Option<DateTime<Utc>>,
+}
+
+/// A lane's name among the leases.
+fn lease_name(lane: &Lane) -> String {
+    match lane {
+        Lane::Conversation { platform, channel } => format!("lane:{platform}:{channel}"),
+        Lane::Urgent(id) => format!("urgent:{id}"),
+    }
+}
+
+impl Engine {
+    fn lease(&self) -> Duration {
+        self.settings.replica.lease
+    }
+
+    fn me(&self) -> &str {
+        &self.settings.replica.name
+    }
+
+    /// A lease is used only while a quarter of it is left, so a replica cut off from the
+    /// database stops before another may take over what it held (clocks a little apart
+    /// included).
+    fn margin(&self) -> Duration {
+        self.lease() / 4
+    }
+
+    /// Lanes other replicas hold now, for the outbox read to pass by.
+    pub(crate) fn lanes_of_others(&self) -> HashSet<Lane> {
+        let now = self.clock.now();
+        let held = self.held.lock().expect("leases lock");
+        held.theirs
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(lane, _)| lane.clone())
+            .collect()
+    }
+
+    /// Of `lanes`, those this replica may deliver in now: held already, or claimed now.
+    /// Lanes another replica holds are left to it.
+    pub(crate) async fn claim_lanes(&self, lanes: Vec<Lane>) -> HashSet<Lane> {
+        let now = self.clock.now();
+        let mut ours = HashSet::new();
+        let mut ask: HashMap<String, Lane> = HashMap::new();
+        {
+            let mut held = self.held.lock().expect("leases lock");
+            for lane in lanes {
+                if held
+                    .lanes
+                    .get(&lane)
+                    .is_some_and(|u| *u - self.margin() > now)
+                {
+                    held.used.insert(lane.clone());
+                    ours.insert(lane);
+                } else if held.theirs.get(&lane).is_none_or(|u| *u <= now) {
+                    ask.insert(lease_name(&lane), lane);
+                }
+            }
+        }
+        if ask.is_empty() {
+            return ours;
+        }
+        let names: Vec<String> = ask.keys().cloned().collect();
+        let until = now + self.lease();
+        let leases = match self.store.lease_claim(&names, self.me(), now, until).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not claim conversations to deliver in");
+                return ours;
+            }
+        };
+        let mut held = self.held.lock().expect("leases lock");
+        for lease in leases {
+            let Some(lane) = ask.remove(&lease.name) else {
+                continue;
+            };
+            if lease.holder == self.me() {
+                self.metrics.claimed();
+                held.theirs.remove(&lane);
+                held.lanes.insert(lane.clone(), lease.until);
+                held.used.insert(lane.clone());
+                ours.insert(lane);
+            } else {
+                held.lanes.remove(&lane);
+                held.theirs.insert(lane, lease.until);
+            }
+        }
+        // Taken by another replica while this one asked: whose it is shows on the next look.
+        for lane in ask.into_values() {
+            held.theirs.insert(lane, now + self.margin());
+        }
+        ours
+    }
+
+    /// Notes an attempt this replica's workers run, until the returned guard is dropped.
+    pub(crate) fn running(self: &Arc<Self>, key: (RunId, String, u32)) -> Running {
+        self.held
+            .lock()
+            .expect("leases lock")
+            .running
+            .insert(key.clone());
+        Running {
+            engine: self.clone(),
+            key,
+        }
+    }
+
+    /// Renews the lanes used since the last renewal and every attempt this replica runs;
+    /// notes what it lost (another replica took it over).
+    pub(crate) async fn renew(&self) {
+        let now = self.clock.now();
+        let under_way = self.in_flight.lock().expect("lanes lock").clone();
+        let used: Vec<Lane> = {
+            let mut held = self.held.lock().expect("leases lock");
+            let mut used = std::mem::take(&mut held.used);
+            // A delivery that takes long keeps its lane.
+            used.extend(under_way.into_iter().filter(|l| held.lanes.contains_key(l)));
+            // An idle lane lapses: not renewed, and forgotten here.
+            held.lanes.retain(|lane, _| used.contains(lane));
+            held.theirs.retain(|_, until| *until > now);
+            used.into_iter().collect()
+        };
+        let names: Vec<String> = used.iter().map(lease_name).collect();
+        let until = now + self.lease();
+        match self.store.lease_renew(&names, self.me(), until).await {
+            Ok((kept, attempts)) => {
+                let kept: HashSet<String> = kept.into_iter().collect();
+                let attempts: HashSet<(RunId, String, u32)> = attempts.into_iter().collect();
+                let mut held = self.held.lock().expect("leases lock");
+                held.renewing_since.get_or_insert(now);
+                for lane in used {
+                    if kept.contains(&lease_name(&lane)) {
+                        held.lanes.insert(lane, until);
+                    } else if held.lanes.remove(&lane).is_some() {
+                        self.metrics.lease_lost();
+                        tracing::warn!(
+                            ?lane,
+                            "another replica took over a conversation this one was delivering in"
+                        );
+                    }
+                }
+                for key in held.running.iter().filter(|k| !attempts.contains(*k)) {
+                    self.metrics.lease_lost();
+                    tracing::warn!(run = %key.0, step = %key.1, attempt = key.2, "another replica took over an attempt this one is still running; the first result to arrive counts");
+                }
+            }
+            Err(e) => {
+                self.held.lock().expect("leases lock").renewing_since = None;
+                tracing::warn!(error = %e, "could not renew this replica's leases; trying again");
+            }
+        }
+    }
+
+    /// Takes over attempts whose replica stopped renewing them and reports each lost to its
+    /// run, which runs it again. With `mine` (at start-up), also those held under this
+    /// replica's own name, by its previous life. At other times only once renewals have gone
+    /// through for a whole lease: after the database was out of reach, every live replica
+    /// has renewed what it holds by then, so only the dead ones' attempts are taken.
+    pub(crate) async fn take_over(self: &Arc<Self>, mine: bool) -> anyhow::Result<usize> {
+        let now = self.clock.now();
+        if !mine {
+            let since = self.held.lock().expect("leases lock").renewing_since;
+            if since.is_none_or(|t| now - t < self.lease()) {
+                return Ok(0);
+            }
+        }
+        let lost = self
+            .store
+            .attempts_take_over(self.me(), mine, now, now + self.lease(), TAKE_OVER_BATCH)
+            .await?;
+        for (run, step, attempt) in &lost {
+            self.metrics.taken_over();
+            tracing::info!(run = %run, step = %step, attempt, "running again an attempt whose replica stopped");
+            self.submit(
+                *run,
+                Command::AttemptLost {
+                    step: step.clone(),
+                    attempt: *attempt,
+                },
+            )
+            .await?;
+        }
+        Ok(lost.len())
+    }
+
+    /// Renews every third of a lease (and when the clock is moved), then takes over what
+    /// others lost.
+    pub(crate) async fn lease_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = (self.lease() / 3).to_std().unwrap_or_default();
+        while !*shutdown.borrow() {
+            self.renew().await;
+            if let Err(e) = self.take_over(false).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not take over lost attempts; trying again");
+            }
+            let changed = self.clock.changed();
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = changed.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
+    }
+
+    /// Lets go of everything this replica holds, so others take it over at once.
+    pub(crate) async fn release(&self) {
+        if let Err(e) = self.store.lease_release(self.me()).await {
+            tracing::warn!(error = %e, "could not let go of this replica's leases; others take them over when they lapse");
+        }
+    }
+}
+
+/// An attempt this replica's workers run, forgotten when dropped.
+pub(crate) struct Running {
+    engine: Arc<Engine>,
+    key: (RunId, String, u32),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.engine.held.lock() {
+            held.running.remove(&self.key);
+        }
+    }
+}
