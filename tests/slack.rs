@@ -7,7 +7,10 @@ mod support;
 mod fake_slack;
 
 use chrono::Duration;
-use fake_slack::{APPROVE, BOT_TOKEN, BOT_USER, FakeSlack, SIGNING_SECRET, now, sign};
+use fake_slack::{
+    APPROVE, BOT_TOKEN, BOT_USER, FakeSlack, SIGNING_SECRET, blocks_text, click_form, command_form,
+    form, now, post_signed, sign,
+};
 use serde_json::{Value, json};
 use support::*;
 
@@ -39,38 +42,14 @@ async fn signed(
     age: i64,
     secret: &str,
 ) -> reqwest::Response {
-    let (sig, ts) = sign(body, now() - age, secret);
-    app.http
-        .post(format!("{}{path}", app.base))
-        .header("content-type", content_type)
-        .header("x-slack-signature", sig)
-        .header("x-slack-request-timestamp", ts)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+    let url = format!("{}{path}", app.base);
+    post_signed(&app.http, &url, content_type, body, age, secret).await
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
-    serde_urlencoded::to_string(pairs).unwrap()
-}
+const GENERAL: (&str, &str) = ("C0GENERAL", "general");
 
 async fn slash(app: &TestApp, fake: &FakeSlack, user: &str, text: &str, trigger: &str) -> u16 {
-    let (command, args) = text.split_once(' ').unwrap_or((text, ""));
-    let body = form(&[
-        ("token", "legacy"),
-        ("team_id", "T0ACME"),
-        ("team_domain", "acme"),
-        ("channel_id", "C0GENERAL"),
-        ("channel_name", "general"),
-        ("user_id", user),
-        ("user_name", "someone"),
-        ("command", command),
-        ("text", args),
-        ("api_app_id", "A0BATON"),
-        ("response_url", &fake.response_url(trigger)),
-        ("trigger_id", trigger),
-    ]);
+    let body = command_form(fake, GENERAL, user, text, trigger);
     signed(
         app,
         "/slack/commands",
@@ -105,19 +84,7 @@ async fn click_with_value(
     message_ts: &str,
     trigger: &str,
 ) -> u16 {
-    let payload = json!({
-        "type": "block_actions",
-        "team": {"id": "T0ACME", "domain": "acme"},
-        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0ACME"},
-        "api_app_id": "A0BATON",
-        "token": "legacy",
-        "container": {"type": "message", "message_ts": message_ts, "channel_id": "C0GENERAL", "is_ephemeral": false},
-        "trigger_id": trigger,
-        "channel": {"id": "C0GENERAL", "name": "general"},
-        "response_url": fake.response_url(trigger),
-        "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": value, "action_ts": "1700000100.000200"}]
-    });
-    let body = form(&[("payload", &payload.to_string())]);
+    let body = click_form(fake, GENERAL, user, action, value, message_ts, trigger);
     signed(
         app,
         "/slack/interactions",
@@ -133,18 +100,6 @@ async fn click_with_value(
 
 fn event(event_id: &str, event: Value) -> String {
     json!({"token": "legacy", "team_id": "T0ACME", "api_app_id": "A0BATON", "event": event, "type": "event_callback", "event_id": event_id, "event_time": 1700000000, "authorizations": []}).to_string()
-}
-
-fn blocks_text(body: &Value) -> String {
-    body["blocks"]
-        .as_array()
-        .map(|b| {
-            b.iter()
-                .filter_map(|x| x["text"]["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 /// The buttons' action ids, without the hash of the request approval buttons carry.

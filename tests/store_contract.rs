@@ -1265,11 +1265,11 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
     );
     // Its holder renews it; nobody else can.
     let (kept, _) = store
-        .lease_renew(std::slice::from_ref(&c1), "a", at(40))
+        .lease_renew(std::slice::from_ref(&c1), &[], "a", at(40))
         .await
         .unwrap();
     assert_eq!(kept, vec![c1.clone()]);
-    let (kept, _) = b.lease_renew(&both, "b", at(45)).await.unwrap();
+    let (kept, _) = b.lease_renew(&both, &[], "b", at(45)).await.unwrap();
     assert!(kept.is_empty(), "{kept:?}");
     // Not renewed, C2 lapsed: another replica takes it, and the first finds it gone.
     let taken = b
@@ -1277,7 +1277,7 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
         .await
         .unwrap();
     assert_eq!(taken[0].holder, "b");
-    let (kept, _) = store.lease_renew(&both, "a", at(70)).await.unwrap();
+    let (kept, _) = store.lease_renew(&both, &[], "a", at(70)).await.unwrap();
     assert_eq!(kept, vec![c1.clone()]);
     // What a holder leaves for the next stays when it lets go, and the lease is free at once.
     assert!(b.lease_set_data(&c2, "b", "session-7").await.unwrap());
@@ -1324,22 +1324,17 @@ async fn an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_take
             .is_empty(),
         "held while its lease lasts"
     );
-    let (_, held) = store.lease_renew(&[], "baton", at(60)).await.unwrap();
-    assert_eq!(held, vec![key.clone()]);
+    let (_, lost) = store
+        .lease_renew(&[], std::slice::from_ref(&key), "baton", at(60))
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
     assert!(
         b.attempts_take_over("b", false, at(45), at(75), 10)
             .await
             .unwrap()
             .is_empty(),
         "renewed"
-    );
-    // Its own replica leaves it to its workers, however late they are.
-    assert!(
-        store
-            .attempts_take_over("baton", false, at(90), at(120), 10)
-            .await
-            .unwrap()
-            .is_empty()
     );
     // Lapsed: two replicas look at once, and one of them takes it.
     let (x, y) = tokio::join!(
@@ -1349,8 +1344,11 @@ async fn an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_take
     let mut taken = x.unwrap();
     taken.extend(y.unwrap());
     assert_eq!(taken, vec![key.clone()]);
-    let (_, held) = store.lease_renew(&[], "baton", at(62)).await.unwrap();
-    assert!(held.is_empty(), "the first holder sees it is gone");
+    let (_, lost) = store
+        .lease_renew(&[], std::slice::from_ref(&key), "baton", at(62))
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![key.clone()], "the first holder hears it is gone");
     // Ended, it is nobody's to take over.
     emit(
         &*store.store,

@@ -267,9 +267,11 @@ impl Engine {
                         }),
                     )
                     .step(&job.step);
-                    self.store.audit_append(vec![ev]).await.map_err(|e| {
-                        format!("could not record the model call in the ledger: {e}")
-                    })?;
+                    super::durably("a model call in the ledger", || {
+                        self.store.audit_append(vec![ev.clone()])
+                    })
+                    .await
+                    .map_err(|e| format!("could not record the model call in the ledger: {e}"))?;
                     let answer = Turn::Assistant {
                         text: reply.text.clone(),
                         tool_calls: reply.tool_calls.clone(),
@@ -354,16 +356,13 @@ impl Engine {
         let mut value = serde_json::to_value(&turn).expect("a turn serializes");
         self.store.redactor().redact_values(&mut value);
         let turn: Turn = serde_json::from_value(value.clone()).unwrap_or(turn);
-        self.store
-            .agent_turn_append(
-                job.run,
-                &job.step,
-                turns.len() as u32,
-                &value,
-                self.clock.now(),
-            )
-            .await
-            .map_err(|e| format!("could not record the agent's turn: {e}"))?;
+        let at = self.clock.now();
+        super::durably("an agent's turn", || {
+            self.store
+                .agent_turn_append(job.run, &job.step, turns.len() as u32, &value, at)
+        })
+        .await
+        .map_err(|e| format!("could not record the agent's turn: {e}"))?;
         turns.push(turn);
         Ok(())
     }

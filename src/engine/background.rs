@@ -51,6 +51,9 @@ impl Engine {
                 "resumed runs interrupted by the last stop"
             );
         }
+        // The clock is claimed before the loops start, so the first look at the schedules
+        // (where slots count from) is taken at start-up by whoever holds it.
+        self.renew().await;
         let loops = vec![
             tokio::spawn(self.clone().timer_loop(rx.clone())),
             tokio::spawn(self.clone().schedule_loop(rx.clone())),
@@ -77,8 +80,14 @@ impl Engine {
         }
     }
 
+    /// Fires due timers, on the replica holding the clock (a timer acts once either way:
+    /// the run's state says whether it is still set).
     async fn timer_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
+            if !self.holds_clock() {
+                self.pause(&mut shutdown, false).await;
+                continue;
+            }
             match self.store.due_timers(self.clock.now(), 200).await {
                 Ok(due) => {
                     for (run, key, at) in due {
@@ -102,8 +111,14 @@ impl Engine {
         }
     }
 
+    /// Fires schedule slots, on the replica holding the clock (a slot starts one run either
+    /// way: the slot is in the run's event id).
     async fn schedule_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
+            if !self.holds_clock() {
+                self.pause(&mut shutdown, false).await;
+                continue;
+            }
             if let Err(e) = self.schedule_tick().await {
                 tracing::warn!(error = %e, "schedule check failed; trying again");
             }
@@ -405,14 +420,11 @@ impl Engine {
             .get(entry.platform.as_str())
             .is_some_and(|p| p.records_deliveries());
         if !recorded {
-            for wait in [0u64, 100, 500, 2000] {
-                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                match self.store.outbox_delivered(entry.id, reference, now).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, key = %entry.key, "could not record a delivery; trying again")
-                    }
-                }
+            let record = super::durably("a delivery", || {
+                self.store.outbox_delivered(entry.id, reference, now)
+            });
+            if let Err(e) = record.await {
+                tracing::error!(error = %e, key = %entry.key, "could not record a delivery; it may be posted again");
             }
         }
         if entry.alerted

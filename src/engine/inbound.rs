@@ -53,6 +53,21 @@ impl Engine {
         }
     }
 
+    /// Handles an event the platform was already told arrived (Slack and Discord are
+    /// acknowledged first, and do not send it again): while the database is out of reach
+    /// (restarting, failing over) it is tried again with backoff rather than lost. A try
+    /// that went through although its answer was lost is recognised by the event's id, so
+    /// nothing starts or counts twice.
+    pub async fn handle_acknowledged(
+        self: &Arc<Self>,
+        ev: InboundEvent,
+    ) -> Result<Response, EngineError> {
+        super::durably("an event Slack or Discord was told arrived", || {
+            self.handle(ev.clone())
+        })
+        .await
+    }
+
     /// Handles one inbound event end to end.
     #[tracing::instrument(skip_all, fields(event_id = %ev.id))]
     pub async fn handle(self: &Arc<Self>, ev: InboundEvent) -> Result<Response, EngineError> {

@@ -1,14 +1,15 @@
 //! How this replica shares a database's work with others. It claims an outbox lane before it
 //! delivers in it, so a conversation's messages go out from one replica at a time and in
-//! order; the attempts it starts are its own from the start. Every third of a lease it renews
-//! what it still uses (a lane left idle lapses, and any replica may take it next), and it takes
-//! over the attempts of replicas that stopped renewing theirs. What it can no longer renew it
-//! stops using before the lease runs out, so nothing is delivered by two replicas at once.
+//! order; the attempts it starts are its own from the start; one replica at a time holds the
+//! clock (fires due timers and schedule slots). Every third of a lease it renews what it still
+//! uses (a lane left idle lapses, and any replica may take it next; an attempt its workers no
+//! longer run lapses too), and it takes over the attempts of replicas that stopped renewing
+//! theirs. What it can no longer renew it stops using before the lease runs out, so nothing
+//! is delivered by two replicas at once.
 
 use super::Engine;
 use crate::core::engine::Command;
-use crate::core::ids::RunId;
-use crate::store::Lane;
+use crate::store::{AttemptKey, Lane};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,11 +27,16 @@ pub(crate) struct Held {
     used: HashSet<Lane>,
     /// Lanes other replicas hold, until when: not asked for again before then.
     theirs: HashMap<Lane, DateTime<Utc>>,
-    /// Attempts its workers are running.
-    running: HashSet<(RunId, String, u32)>,
+    /// Attempts its workers run or have queued.
+    local: HashSet<AttemptKey>,
+    /// Until when it holds the clock, while it does.
+    clock: Option<DateTime<Utc>>,
     /// Since when renewals have gone through without a break; `None` while they fail.
     renewing_since: Option<DateTime<Utc>>,
 }
+
+/// The lease of the replica that fires due timers and schedule slots.
+const CLOCK: &str = "clock";
 
 /// A lane's name among the leases.
 fn lease_name(lane: &Lane) -> String {
@@ -123,25 +129,38 @@ impl Engine {
         ours
     }
 
-    /// Notes an attempt this replica's workers run, until the returned guard is dropped.
-    pub(crate) fn running(self: &Arc<Self>, key: (RunId, String, u32)) -> Running {
-        self.held
-            .lock()
-            .expect("leases lock")
-            .running
-            .insert(key.clone());
+    /// Whether this replica fires due timers and schedule slots now: it holds the clock.
+    pub(crate) fn holds_clock(&self) -> bool {
+        let now = self.clock.now();
+        let held = self.held.lock().expect("leases lock");
+        held.clock.is_some_and(|u| u - self.margin() > now)
+    }
+
+    /// Notes an attempt handed to this replica's workers: renewed while they have it.
+    pub(crate) fn hold(&self, key: AttemptKey) {
+        self.held.lock().expect("leases lock").local.insert(key);
+    }
+
+    /// Forgets an attempt this replica's workers no longer have.
+    pub(crate) fn let_go(&self, key: &AttemptKey) {
+        self.held.lock().expect("leases lock").local.remove(key);
+    }
+
+    /// Forgets the attempt when the returned guard is dropped (its worker is done with it).
+    pub(crate) fn running(self: &Arc<Self>, key: AttemptKey) -> Running {
         Running {
             engine: self.clone(),
             key,
         }
     }
 
-    /// Renews the lanes used since the last renewal and every attempt this replica runs;
-    /// notes what it lost (another replica took it over).
+    /// Renews the lanes used since the last renewal, the clock and every attempt this
+    /// replica's workers have; notes what it lost (another replica took it over), and takes
+    /// the clock when nobody holds it.
     pub(crate) async fn renew(&self) {
         let now = self.clock.now();
         let under_way = self.in_flight.lock().expect("lanes lock").clone();
-        let used: Vec<Lane> = {
+        let (used, attempts, clock): (Vec<Lane>, Vec<AttemptKey>, bool) = {
             let mut held = self.held.lock().expect("leases lock");
             let mut used = std::mem::take(&mut held.used);
             // A delivery that takes long keeps its lane.
@@ -149,36 +168,76 @@ impl Engine {
             // An idle lane lapses: not renewed, and forgotten here.
             held.lanes.retain(|lane, _| used.contains(lane));
             held.theirs.retain(|_, until| *until > now);
-            used.into_iter().collect()
+            let attempts = held.local.iter().cloned().collect();
+            (used.into_iter().collect(), attempts, held.clock.is_some())
         };
-        let names: Vec<String> = used.iter().map(lease_name).collect();
+        let mut names: Vec<String> = used.iter().map(lease_name).collect();
+        if clock {
+            names.push(CLOCK.into());
+        }
         let until = now + self.lease();
-        match self.store.lease_renew(&names, self.me(), until).await {
-            Ok((kept, attempts)) => {
-                let kept: HashSet<String> = kept.into_iter().collect();
-                let attempts: HashSet<(RunId, String, u32)> = attempts.into_iter().collect();
-                let mut held = self.held.lock().expect("leases lock");
-                held.renewing_since.get_or_insert(now);
-                for lane in used {
-                    if kept.contains(&lease_name(&lane)) {
-                        held.lanes.insert(lane, until);
-                    } else if held.lanes.remove(&lane).is_some() {
-                        self.metrics.lease_lost();
-                        tracing::warn!(
-                            ?lane,
-                            "another replica took over a conversation this one was delivering in"
-                        );
-                    }
-                }
-                for key in held.running.iter().filter(|k| !attempts.contains(*k)) {
-                    self.metrics.lease_lost();
-                    tracing::warn!(run = %key.0, step = %key.1, attempt = key.2, "another replica took over an attempt this one is still running; the first result to arrive counts");
-                }
-            }
+        let (kept, lost) = match self
+            .store
+            .lease_renew(&names, &attempts, self.me(), until)
+            .await
+        {
+            Ok(r) => r,
             Err(e) => {
                 self.held.lock().expect("leases lock").renewing_since = None;
                 tracing::warn!(error = %e, "could not renew this replica's leases; trying again");
+                return;
             }
+        };
+        let kept: HashSet<String> = kept.into_iter().collect();
+        let claim_clock = {
+            let mut held = self.held.lock().expect("leases lock");
+            held.renewing_since.get_or_insert(now);
+            for lane in used {
+                if kept.contains(&lease_name(&lane)) {
+                    held.lanes.insert(lane, until);
+                } else if held.lanes.remove(&lane).is_some() {
+                    self.metrics.lease_lost();
+                    tracing::warn!(
+                        ?lane,
+                        "another replica took over a conversation this one was delivering in"
+                    );
+                }
+            }
+            for key in lost {
+                // Told once: it is no longer this replica's to renew.
+                if held.local.remove(&key) {
+                    self.metrics.lease_lost();
+                    tracing::warn!(run = %key.0, step = %key.1, attempt = key.2, "another replica took over an attempt this one still runs; the first result to arrive counts");
+                }
+            }
+            if kept.contains(CLOCK) {
+                held.clock = Some(until);
+            } else if held.clock.take().is_some() {
+                self.metrics.lease_lost();
+                tracing::warn!("another replica took over the clock (timers and schedules)");
+            }
+            held.clock.is_none()
+        };
+        if claim_clock {
+            self.claim_clock(now, until).await;
+        }
+    }
+
+    /// Takes the clock when it is free or lapsed.
+    async fn claim_clock(&self, now: DateTime<Utc>, until: DateTime<Utc>) {
+        match self
+            .store
+            .lease_claim(&[CLOCK.to_owned()], self.me(), now, until)
+            .await
+        {
+            Ok(leases) => {
+                if leases.iter().any(|l| l.holder == self.me()) {
+                    self.metrics.claimed();
+                    tracing::info!("this replica fires timers and schedules now");
+                    self.held.lock().expect("leases lock").clock = Some(until);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not claim the clock; trying again"),
         }
     }
 
@@ -199,34 +258,48 @@ impl Engine {
             .store
             .attempts_take_over(self.me(), mine, now, now + self.lease(), TAKE_OVER_BATCH)
             .await?;
-        for (run, step, attempt) in &lost {
+        let ours = self.held.lock().expect("leases lock").local.clone();
+        let mut reported = 0;
+        for (run, step, attempt) in lost {
+            // Its lease lapsed while this replica's workers still have it (the clock moved on
+            // past it): taking it renewed it, and it goes on.
+            if ours.contains(&(run, step.clone(), attempt)) {
+                continue;
+            }
             self.metrics.taken_over();
             tracing::info!(run = %run, step = %step, attempt, "running again an attempt whose replica stopped");
-            self.submit(
-                *run,
-                Command::AttemptLost {
-                    step: step.clone(),
-                    attempt: *attempt,
-                },
-            )
-            .await?;
+            let cmd = Command::AttemptLost {
+                step: step.clone(),
+                attempt,
+            };
+            // One that cannot be reported now lapses again, and is taken over again.
+            match self.submit(run, cmd).await {
+                Ok(_) => reported += 1,
+                Err(e) => {
+                    tracing::warn!(run = %run, step = %step, error = %e, "could not report an attempt lost; it is taken over again later")
+                }
+            }
         }
-        Ok(lost.len())
+        Ok(reported)
     }
 
     /// Renews every third of a lease (and when the clock is moved), then takes over what
     /// others lost.
     pub(crate) async fn lease_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let every = (self.lease() / 3).to_std().unwrap_or_default();
+        let changed = self.clock.changed();
         while !*shutdown.borrow() {
+            // Listening before renewing: a clock moved meanwhile is renewed for at once.
+            let moved = changed.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
             self.renew().await;
             if let Err(e) = self.take_over(false).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not take over lost attempts; trying again");
             }
-            let changed = self.clock.changed();
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = changed.notified() => {}
+                _ = moved => {}
                 _ = shutdown.wait_for(|s| *s) => {}
             }
         }
@@ -243,13 +316,11 @@ impl Engine {
 /// An attempt this replica's workers run, forgotten when dropped.
 pub(crate) struct Running {
     engine: Arc<Engine>,
-    key: (RunId, String, u32),
+    key: AttemptKey,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut held) = self.engine.held.lock() {
-            held.running.remove(&self.key);
-        }
+        self.engine.let_go(&self.key);
     }
 }

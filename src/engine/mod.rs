@@ -269,15 +269,15 @@ impl Engine {
             definition: wf.source.clone(),
             received: req.received.take(),
         };
-        let engine = self.clone();
-        let created = self
-            .store
-            .create_run(
-                new,
+        let created = conflicts_retried(|| {
+            let (engine, wf) = (self.clone(), wf.clone());
+            self.store.create_run(
+                new.clone(),
                 now,
                 Box::new(move |state, _def| machine::start(state, &engine.context(&wf, now))),
             )
-            .await?;
+        })
+        .await?;
         if !created.new {
             return Ok(StartOutcome::Duplicate(created.run));
         }
@@ -307,10 +307,9 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let now = self.clock.now();
         let cmd = cmd.redacted(self.store.redactor());
-        let engine = self.clone();
-        let transition = self
-            .store
-            .apply(
+        let transition = conflicts_retried(|| {
+            let (engine, cmd) = (self.clone(), cmd.clone());
+            self.store.apply(
                 run,
                 event_id,
                 Box::new(move |state, def| match engine.definition(def) {
@@ -321,7 +320,8 @@ impl Engine {
                     }
                 }),
             )
-            .await?;
+        })
+        .await?;
         let Some(transition) = transition else {
             return Ok(Some(format!("There is no run {run}.")));
         };
@@ -335,7 +335,12 @@ impl Engine {
     /// recovery re-runs the attempts and the outbox is read from the store.
     fn carry_out(&self, t: Transition) {
         for job in t.jobs() {
+            let key = (job.run, job.step.clone(), job.attempt);
+            self.hold(key.clone());
             if self.jobs.send(job.clone()).is_err() {
+                // Not renewed, its lease lapses and another replica (or this one's next
+                // start) runs it.
+                self.let_go(&key);
                 tracing::warn!(run = %job.run, step = %job.step, "worker pool is shut down; the attempt runs after restart");
             }
         }
@@ -355,6 +360,75 @@ impl Engine {
             if n < leases::TAKE_OVER_BATCH as usize {
                 return Ok(total);
             }
+        }
+    }
+}
+
+/// How long a write the engine cannot do without (a step's result, a tool call's ledger
+/// entry, a delivery's record, an event the platform was told arrived) is tried again while
+/// the database is out of reach (restarting, failing over), before it is given up.
+const DURABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Longest pause between two tries of such a write.
+const DURABLE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An error that may go away when the same thing is tried again later.
+pub(crate) trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl Transient for EngineError {
+    fn is_transient(&self) -> bool {
+        matches!(self, EngineError::Store(e) if e.is_transient())
+    }
+}
+
+/// Does `write` until it goes through or fails for good, waiting longer between tries (up to
+/// `DURABLE_BACKOFF`) while the database is out of reach, for up to `DURABLE_PATIENCE`.
+pub(crate) async fn durably<T, E, F, Fut>(what: &str, mut write: F) -> Result<T, E>
+where
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let give_up = std::time::Instant::now() + DURABLE_PATIENCE;
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(e) if e.is_transient() && std::time::Instant::now() + wait < give_up => {
+                tracing::warn!(error = %e, "could not record {what}; trying again shortly");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(DURABLE_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How often a change to a run is tried when another write got in its way.
+const CONFLICT_TRIES: u32 = 3;
+
+/// Runs a store write again when it lost a conflict (replicas changing the same run at the
+/// same moment may deadlock, and the database then refuses one of them): the next try reads
+/// the run as the other write left it.
+async fn conflicts_retried<T, F, Fut>(mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 1;
+    loop {
+        match write().await {
+            Err(StoreError::Conflict(cause)) if tries < CONFLICT_TRIES => {
+                tracing::debug!(error = %cause, "a write lost a conflict; trying again");
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }

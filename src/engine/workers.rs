@@ -69,18 +69,12 @@ impl Engine {
             attempt: job.attempt,
             result,
         };
-        // The result must reach the store; if the database hiccups, try a few times. If it
-        // never does, the attempt stays recorded as running and re-runs after a restart.
-        for wait in [0u64, 200, 1000, 5000] {
-            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            match self.submit(job.run, cmd.clone()).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record a step result; trying again")
-                }
-            }
+        // The result must reach the store, also across a database restart. If it never does,
+        // the attempt stays recorded as running, its lease lapses, and it runs again.
+        if let Err(e) = super::durably("a step result", || self.submit(job.run, cmd.clone())).await
+        {
+            tracing::error!(error = %e, "gave up recording a step result; the step runs again once its lease lapses");
         }
-        tracing::error!("gave up recording a step result; the step re-runs after restart");
     }
 
     /// Carries out a job: its result, or `None` when it paused for a decision.
@@ -126,7 +120,10 @@ impl Engine {
                     ),
                 };
                 let ev = AuditEvent::new(now, kind, Some(job.run), data).step(&job.step);
-                if let Err(e) = self.store.audit_append(vec![ev]).await {
+                let recorded = super::durably("a tool call in the ledger", || {
+                    self.store.audit_append(vec![ev.clone()])
+                });
+                if let Err(e) = recorded.await {
                     return Err(format!("could not record the tool call in the ledger: {e}"));
                 }
                 result.map_err(|e| e.to_string())

@@ -509,15 +509,17 @@ pub trait LeaseStore: Send + Sync {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>>;
-    /// Extends `holder`'s leases among `names`, and every running attempt it holds, until
-    /// `until`. Returns the names it still holds (a name missing was taken over) and the
-    /// attempts it holds.
+    /// Extends `holder`'s leases among `names`, and those of `attempts` it holds, until
+    /// `until`. Returns the names it still holds (a name missing was taken over, or is being
+    /// taken) and those of `attempts` another replica took over. Attempts it holds but no
+    /// longer runs are left to lapse, so another takes them over.
     async fn lease_renew(
         &self,
         names: &[String],
+        attempts: &[AttemptKey],
         holder: &str,
         until: DateTime<Utc>,
-    ) -> StoreResult<(Vec<String>, Vec<(RunId, String, u32)>)>;
+    ) -> StoreResult<(Vec<String>, Vec<AttemptKey>)>;
     /// Gives up everything `holder` holds, so other replicas take it over at once: its
     /// leases (one with something left for the next holder stays, lapsed) and its running
     /// attempts (lapsed: another runs them again).
@@ -526,11 +528,11 @@ pub trait LeaseStore: Send + Sync {
     async fn lease_data(&self, name: &str) -> StoreResult<Option<String>>;
     /// Leaves `data` with a lease `holder` holds; false when it does not hold it.
     async fn lease_set_data(&self, name: &str, holder: &str, data: &str) -> StoreResult<bool>;
-    /// Takes over running attempts of other replicas whose lease lapsed by `now` (with `mine`,
-    /// also those held under `holder`'s own name: its previous life, at start-up; otherwise
-    /// its own are its workers', however late) for `holder` until `until`,
-    /// at most `limit`, and returns them: each is taken by one replica, however many look at
-    /// once. The one that takes an attempt reports it lost to its run, which runs it again.
+    /// Takes over running attempts whose lease lapsed by `now` (with `mine`, also those held
+    /// under `holder`'s own name: its previous life, at start-up) for `holder` until
+    /// `until`, at most `limit`, and returns them: each is taken by one replica, however many
+    /// look at once. The one that takes an attempt reports it lost to its run, which runs it
+    /// again (unless its own workers still run it: then taking it only renewed it).
     async fn attempts_take_over(
         &self,
         holder: &str,
@@ -538,8 +540,11 @@ pub trait LeaseStore: Send + Sync {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(RunId, String, u32)>>;
+    ) -> StoreResult<Vec<AttemptKey>>;
 }
+
+/// An attempt: its run, step and number.
+pub type AttemptKey = (RunId, String, u32);
 
 /// Figures for `/metrics`.
 #[derive(Debug, Clone, Default)]

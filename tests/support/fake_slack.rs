@@ -565,3 +565,91 @@ pub fn now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// POSTs a body to Baton at `url` signed as Slack would, `age` seconds ago.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: &str,
+    age: i64,
+    secret: &str,
+) -> reqwest::Response {
+    let (sig, ts) = sign(body, now() - age, secret);
+    http.post(url)
+        .header("content-type", content_type)
+        .header("x-slack-signature", sig)
+        .header("x-slack-request-timestamp", ts)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap()
+}
+
+/// The form Slack posts for a slash command (`/ship 1.0`) typed by `user` in `channel`.
+pub fn command_form(
+    fake: &FakeSlack,
+    channel: (&str, &str),
+    user: &str,
+    text: &str,
+    trigger: &str,
+) -> String {
+    let (command, args) = text.split_once(' ').unwrap_or((text, ""));
+    form(&[
+        ("token", "legacy"),
+        ("team_id", "T0ACME"),
+        ("team_domain", "acme"),
+        ("channel_id", channel.0),
+        ("channel_name", channel.1),
+        ("user_id", user),
+        ("user_name", "someone"),
+        ("command", command),
+        ("text", args),
+        ("api_app_id", "A0BATON"),
+        ("response_url", &fake.response_url(trigger)),
+        ("trigger_id", trigger),
+    ])
+}
+
+/// The form Slack posts for a click on a button (`action`) of the message `message_ts` in
+/// `channel`; Slack sends the button's `value` along when it has one.
+pub fn click_form(
+    fake: &FakeSlack,
+    channel: (&str, &str),
+    user: &str,
+    action: &str,
+    value: Option<&str>,
+    message_ts: &str,
+    trigger: &str,
+) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T0ACME", "domain": "acme"},
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0ACME"},
+        "api_app_id": "A0BATON",
+        "token": "legacy",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel.0, "is_ephemeral": false},
+        "trigger_id": trigger,
+        "channel": {"id": channel.0, "name": channel.1},
+        "response_url": fake.response_url(trigger),
+        "actions": [{"type": "button", "action_id": action, "block_id": "b1", "text": {"type": "plain_text", "text": "Approve"}, "value": value, "action_ts": "1700000100.000200"}]
+    });
+    form(&[("payload", &payload.to_string())])
+}
+
+/// The text of a message's sections, joined.
+pub fn blocks_text(body: &Value) -> String {
+    body["blocks"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| x["text"]["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}

@@ -3,6 +3,7 @@
 //! API.
 #![allow(dead_code)]
 
+pub mod bot;
 pub mod postgres;
 
 use baton::config::Settings;

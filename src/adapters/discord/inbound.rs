@@ -617,7 +617,7 @@ async fn handle(
     event.conversation.channel = channel;
     event.conversation.thread = thread;
     let id = event.id.clone();
-    let answer = match engine.handle(event).await {
+    let answer = match engine.handle_acknowledged(event).await {
         Ok(response) => {
             let mut lines = response.notices;
             if lines.is_empty() && reply.as_ref().is_some_and(|r| r.edit_original) {

@@ -125,7 +125,7 @@ pub(super) fn handle_later(
             event.conversation.channel = name;
         }
         let id = event.id.clone();
-        match engine.handle(event).await {
+        match engine.handle_acknowledged(event).await {
             Ok(response) => {
                 let Some(url) = response_url else { return };
                 for notice in response.notices {

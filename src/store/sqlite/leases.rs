@@ -48,10 +48,11 @@ impl LeaseStore for SqliteStore {
     async fn lease_renew(
         &self,
         names: &[String],
+        attempts: &[AttemptKey],
         holder: &str,
         until: DateTime<Utc>,
-    ) -> StoreResult<(Vec<String>, Vec<(RunId, String, u32)>)> {
-        let (names, holder) = (names.to_vec(), holder.to_owned());
+    ) -> StoreResult<(Vec<String>, Vec<AttemptKey>)> {
+        let (names, attempts, holder) = (names.to_vec(), attempts.to_vec(), holder.to_owned());
         write_tx!(self, |c, _rules| {
             let mut held = Vec::with_capacity(names.len());
             for name in names {
@@ -64,18 +65,29 @@ impl LeaseStore for SqliteStore {
                     held.push(name);
                 }
             }
-            exec(
-                c,
-                "UPDATE attempts SET lease_until = ? WHERE status = 'running' AND owner = ?",
-                params![tx::ms(until), holder],
-            )?;
-            let attempts = all(
-                c,
-                "SELECT run_id, step_id, attempt FROM attempts WHERE status = 'running' AND owner = ?",
-                [&holder],
-                attempt_key,
-            )?;
-            Ok((held, attempts))
+            let mut lost = Vec::new();
+            for (run, step, attempt) in attempts {
+                let n = exec(
+                    c,
+                    "UPDATE attempts SET lease_until = ? WHERE run_id = ? AND step_id = ? AND attempt = ?
+                       AND status = 'running' AND owner = ?",
+                    params![tx::ms(until), run.0, step, attempt, holder],
+                )?;
+                // Not renewed: ended (its result is in), or another replica's now.
+                let theirs = n == 0
+                    && one(
+                        c,
+                        "SELECT 1 FROM attempts WHERE run_id = ? AND step_id = ? AND attempt = ?
+                           AND status = 'running'",
+                        params![run.0, step, attempt],
+                        |_| Ok(()),
+                    )?
+                    .is_some();
+                if theirs {
+                    lost.push((run, step, attempt));
+                }
+            }
+            Ok((held, lost))
         })
     }
 
@@ -127,14 +139,14 @@ impl LeaseStore for SqliteStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(RunId, String, u32)>> {
+    ) -> StoreResult<Vec<AttemptKey>> {
         let holder = holder.to_owned();
         write_tx!(self, |c, _rules| {
             // The writer holds SQLite's write lock, so what this reads nobody takes meanwhile.
             let taken = all(
                 c,
                 "SELECT run_id, step_id, attempt FROM attempts WHERE status = 'running'
-                   AND ((?2 AND owner = ?3) OR ((lease_until IS NULL OR lease_until < ?1) AND owner IS NOT ?3))
+                     AND ((?2 AND owner = ?3) OR lease_until IS NULL OR lease_until < ?1)
                  ORDER BY run_id, step_id LIMIT ?4",
                 params![tx::ms(now), mine, holder, i64::from(limit)],
                 attempt_key,
@@ -151,7 +163,7 @@ impl LeaseStore for SqliteStore {
     }
 }
 
-fn attempt_key(r: &rusqlite::Row<'_>) -> StoreResult<(RunId, String, u32)> {
+fn attempt_key(r: &rusqlite::Row<'_>) -> StoreResult<AttemptKey> {
     Ok((
         RunId(get(r, "run_id")?),
         get(r, "step_id")?,

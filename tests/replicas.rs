@@ -1,0 +1,454 @@
+//! Three Baton replicas (the real binary) on one PostgreSQL database of the test's own share
+//! the work while one of them is killed with SIGKILL and started again and the database
+//! restarts: afterwards no run is lost, nothing reached Slack twice, each approval was
+//! decided once, the ledger is one chain that verifies, and each schedule slot fired once.
+
+mod support;
+
+#[path = "support/fake_slack.rs"]
+mod fake_slack;
+
+use axum::Router;
+use axum::routing::get;
+use fake_slack::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::bot::Bot;
+use support::postgres::Server;
+use support::{button, eventually, eventually_some};
+
+/// Runs started in Slack (each in one of `SLACK_CHANNELS` channels) and in the console.
+const SLACK_RUNS: usize = 60;
+const SLACK_CHANNELS: usize = 30;
+const CONSOLE_RUNS: usize = 150;
+const CONSOLE_CHANNELS: usize = 10;
+
+/// A console workflow: an approval by ben, then a step that takes a while (so some are under
+/// way when a replica is killed), then a notice.
+fn release(port: u16) -> String {
+    format!(
+        r#"
+name = "release"
+description = "Release"
+title = "Release {{{{ input.version }}}}"
+[[trigger]]
+kind = "message"
+pattern = 'release (?P<version>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["ben"]
+message = "Release {{{{ input.version }}}}?"
+timeout = "1h"
+[[step]]
+id = "fetch"
+kind = "tool"
+tool = "http.get"
+needs = ["gate"]
+with = {{ url = "http://127.0.0.1:{port}/slow" }}
+timeout = "5m"
+[[step]]
+id = "done"
+kind = "notify"
+needs = ["fetch"]
+text = "Released {{{{ input.version }}}}."
+"#
+    )
+}
+
+/// A digest every minute: every replica looks at the schedule, one run per slot.
+const PULSE: &str = r#"
+name = "pulse"
+description = "Pulse"
+[[trigger]]
+kind = "schedule"
+id = "minutely"
+cron = "* * * * *"
+timezone = "UTC"
+channel = "incidents"
+[[step]]
+id = "digest"
+kind = "digest"
+period = "1h"
+channel = "incidents"
+"#;
+
+fn console_channels() -> String {
+    (0..CONSOLE_CHANNELS)
+        .map(|n| format!("ops-{n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An upstream that answers after a second, counting requests.
+async fn slow_upstream() -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "upstream ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+fn slack_channel(n: usize) -> (String, String) {
+    let n = n % SLACK_CHANNELS;
+    (format!("C{n:08}"), format!("team-{n}"))
+}
+
+async fn send_slash(bot: &Bot, fake: &FakeSlack, n: usize, trigger: &str) -> u16 {
+    let (id, name) = slack_channel(n);
+    let body = command_form(
+        fake,
+        (&id, &name),
+        "UANA0001",
+        &format!("/ship s{n}"),
+        trigger,
+    );
+    let url = format!("{}/slack/commands", bot.base());
+    post_signed(
+        &bot.http,
+        &url,
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+async fn send_click(bot: &Bot, fake: &FakeSlack, approval: &Value, trigger: &str) -> u16 {
+    let action = approval["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["action_id"].as_str().unwrap_or_default().to_owned())
+        .find(|a| a.starts_with("approve:"))
+        .expect("an Approve button");
+    let channel = approval["channel"].as_str().unwrap().to_owned();
+    let ts = approval["ts"].as_str().unwrap().to_owned();
+    let body = click_form(
+        fake,
+        (&channel, "team"),
+        "UBEN0001",
+        &action,
+        None,
+        &ts,
+        trigger,
+    );
+    let url = format!("{}/slack/interactions", bot.base());
+    post_signed(
+        &bot.http,
+        &url,
+        "application/x-www-form-urlencoded",
+        &body,
+        0,
+        SIGNING_SECRET,
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+/// The Slack approval request of run `/ship sN`, once it is posted, with its ts.
+fn slack_approval(fake: &FakeSlack, n: usize) -> Option<Value> {
+    let posts = fake.posts();
+    let (root_ts, _) = posts.iter().find(|(_, b)| {
+        b.get("thread_ts").is_none_or(Value::is_null)
+            && b["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("*Ship s{n}*"))
+    })?;
+    let (ts, body) = posts.iter().find(|(_, b)| {
+        b["thread_ts"] == root_ts.as_str() && blocks_text(b).contains("Approval needed")
+    })?;
+    let mut body = body.clone();
+    body["ts"] = json!(ts);
+    Some(body)
+}
+
+async fn get_json(bot: &Bot, path: &str) -> Option<Value> {
+    bot.http
+        .get(format!("{}{path}", bot.base()))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// The console approval message of run `run` (`release cN`), once it is posted.
+async fn console_approval(bot: &Bot, n: usize, run: i64) -> Option<Value> {
+    let channel = format!("ops-{}", n % CONSOLE_CHANNELS);
+    let msgs = get_json(bot, &format!("/api/channels/{channel}/messages")).await?;
+    let root = msgs.as_array()?.iter().find(|m| {
+        m["message"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("run {run} ·"))
+    })?;
+    let thread = get_json(bot, &format!("/api/threads/{}", root["id"])).await?;
+    thread.as_array()?.iter().find_map(|m| {
+        m["message"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Approval needed")
+            .then(|| m.clone())
+    })
+}
+
+async fn approve_in_console(bot: &Bot, approval: &Value) -> u16 {
+    bot.http
+        .post(format!("{}/api/actions", bot.base()))
+        .json(&json!({"user": "ben", "message_id": approval["id"], "action": button(approval, "Approve").unwrap()}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn readyz(bot: &Bot) -> u16 {
+    bot.http
+        .get(format!("{}/readyz", bot.base()))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn data(e: &Value) -> Value {
+    serde_json::from_str(e["data"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and_nothing_is_lost_or_doubled()
+ {
+    let server = Server::start();
+    let fake = FakeSlack::start().await;
+    let (port, hits) = slow_upstream().await;
+    let workflows = [
+        ("ship.toml", APPROVE.to_owned()),
+        ("release.toml", release(port)),
+        ("pulse.toml", PULSE.to_owned()),
+    ];
+    let mut bots: Vec<Bot> = (1..=3)
+        .map(|i| {
+            let mut bot = Bot::in_dir(tempfile::tempdir().unwrap(), server.url(), None, &workflows);
+            bot.env = vec![
+                ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+                ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+                ("SLACK_API_URL", fake.api_url()),
+                ("BATON_REPLICA_NAME", format!("r{i}")),
+                ("BATON_LEASE", "2s".into()),
+                ("BATON_CONSOLE_CHANNELS", console_channels()),
+            ];
+            bot
+        })
+        .collect();
+    // All three start at the same moment on a new database: migrations run once.
+    futures_util::future::join_all(bots.iter_mut().map(|b| b.start())).await;
+
+    // Work arrives at every replica; some Slack commands arrive at two (a retry that went
+    // to another replica behind the load balancer).
+    for n in 0..SLACK_RUNS {
+        let trigger = format!("T{n}.cmd");
+        assert_eq!(send_slash(&bots[n % 3], &fake, n, &trigger).await, 200);
+        if n % 10 == 0 {
+            assert_eq!(
+                send_slash(&bots[(n + 1) % 3], &fake, n, &trigger).await,
+                200
+            );
+        }
+    }
+    let mut console_runs = Vec::new();
+    for n in 0..CONSOLE_RUNS {
+        let bot = &bots[n % 3];
+        let channel = format!("ops-{}", n % CONSOLE_CHANNELS);
+        console_runs.push(
+            bot.start_run("ana", &channel, &format!("release c{n}"))
+                .await,
+        );
+    }
+
+    // Approvals, each clicked on one replica and some on two; replica 2 is killed a third of
+    // the way through and started again two thirds of the way.
+    let live = |killed: bool, n: usize| if killed { [0, 2][n % 2] } else { n % 3 };
+    let mut killed = false;
+    for n in 0..CONSOLE_RUNS {
+        if n == CONSOLE_RUNS / 3 {
+            bots[1].kill();
+            killed = true;
+        }
+        if n == 2 * CONSOLE_RUNS / 3 {
+            bots[1].start().await;
+            killed = false;
+        }
+        let bot = &bots[live(killed, n)];
+        let approval = eventually_some(&format!("the approval of c{n}"), || async {
+            console_approval(bot, n, console_runs[n]).await
+        })
+        .await;
+        assert_eq!(approve_in_console(bot, &approval).await, 200);
+        if n % 10 == 0 {
+            let other = &bots[live(killed, n + 1)];
+            assert_eq!(approve_in_console(other, &approval).await, 200);
+        }
+    }
+    // The database restarts while runs are under way; meanwhile every replica says it is not
+    // ready, and all of them are ready again afterwards.
+    server.stop();
+    for bot in &bots {
+        eventually("/readyz to say not ready", || async {
+            readyz(bot).await == 503
+        })
+        .await;
+    }
+    server.start_again();
+    for bot in &bots {
+        eventually("/readyz to say ready again", || async {
+            readyz(bot).await == 200
+        })
+        .await;
+    }
+    for n in 0..SLACK_RUNS {
+        let approval = eventually_some(&format!("the Slack approval of s{n}"), || async {
+            slack_approval(&fake, n)
+        })
+        .await;
+        assert_eq!(
+            send_click(&bots[n % 3], &fake, &approval, &format!("T{n}.ok")).await,
+            200
+        );
+        if n % 7 == 0 {
+            let trigger = format!("T{n}.ok2");
+            let again = send_click(&bots[(n + 2) % 3], &fake, &approval, &trigger).await;
+            assert_eq!(again, 200);
+        }
+    }
+
+    // Every run finishes.
+    let total = SLACK_RUNS + CONSOLE_RUNS;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let ledger = loop {
+        let ledger = bots[0].ledger();
+        let done: HashSet<i64> = ledger
+            .iter()
+            .filter(|e| e["kind"] == "run.status" && data(e)["to"] == "succeeded")
+            .filter_map(|e| e["run"].as_i64())
+            .collect();
+        let wanted = commanded(&ledger);
+        let open: Vec<&i64> = wanted.iter().filter(|r| !done.contains(r)).collect();
+        if wanted.len() >= total && open.is_empty() {
+            break ledger;
+        }
+        if std::time::Instant::now() > deadline {
+            // What each open run went through, to see where it stopped.
+            let story: Vec<String> = open
+                .iter()
+                .map(|r| {
+                    let kinds: Vec<String> = ledger
+                        .iter()
+                        .filter(|e| e["run"].as_i64() == Some(**r))
+                        .map(|e| {
+                            let kind = e["kind"].as_str().unwrap_or("");
+                            let why = if kind == "step.failed" {
+                                e["data"].to_string()
+                            } else {
+                                String::new()
+                            };
+                            format!("{kind}{why}")
+                        })
+                        .collect();
+                    format!("run {r}: {}", kinds.join(" "))
+                })
+                .collect();
+            panic!(
+                "{} of {total} runs started, these not done:\n{}",
+                wanted.len(),
+                story.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // One run per command, however many replicas heard it.
+    assert_eq!(commanded(&ledger).len(), total, "one run each");
+    // Each approval decided once, whoever clicked twice and wherever.
+    let mut decisions: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in ledger.iter().filter(|e| e["kind"] == "approval.decided") {
+        *decisions.entry(e["run"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(decisions.len(), total);
+    assert!(decisions.values().all(|n| *n == 1), "{decisions:?}");
+    // Nothing reached Slack twice: one root per command, each thread's messages once.
+    let posts = fake.posts();
+    let mut roots: HashMap<String, usize> = HashMap::new();
+    let mut threads: HashMap<String, Vec<String>> = HashMap::new();
+    for (_, b) in &posts {
+        let text = format!("{} {}", b["text"].as_str().unwrap_or(""), blocks_text(b));
+        match b["thread_ts"].as_str() {
+            None => *roots.entry(text).or_default() += 1,
+            Some(root) => threads.entry(root.to_owned()).or_default().push(text),
+        }
+    }
+    assert!(roots.values().all(|n| *n == 1), "a root twice: {roots:?}");
+    let ships = roots.keys().filter(|t| t.contains("Ship s")).count();
+    assert_eq!(ships, SLACK_RUNS, "{roots:?}");
+    for (root, texts) in &threads {
+        let unique: HashSet<&String> = texts.iter().collect();
+        assert_eq!(unique.len(), texts.len(), "twice in {root}: {texts:?}");
+    }
+    // The attempt under way on the killed replica ran again, and the ledger says so.
+    let lost = ledger
+        .iter()
+        .filter(|e| e["kind"] == "step.attempt_lost")
+        .count();
+    assert!(lost >= 1, "no attempt was taken over");
+    assert!(hits.load(Ordering::SeqCst) >= CONSOLE_RUNS);
+    // One digest run per schedule slot, each with one root in Slack.
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    for e in ledger.iter().filter(|e| e["kind"] == "schedule.fired") {
+        *slots.entry(data(e)["slot"].to_string()).or_default() += 1;
+    }
+    assert!(slots.values().all(|n| *n == 1), "{slots:?}");
+    let digests = posts
+        .iter()
+        .filter(|(_, b)| {
+            b["channel"] == "C0INCIDENTS"
+                && b["thread_ts"].is_null()
+                && b["text"].as_str().unwrap_or("").contains("*Pulse*")
+        })
+        .count();
+    assert_eq!(digests, slots.len(), "one root per slot's run");
+    let (ok, out) = bots[0].cli(&["audit", "verify"]);
+    assert!(ok, "{out}");
+}
+
+/// The runs people asked for (not the schedule's).
+fn commanded(ledger: &[Value]) -> HashSet<i64> {
+    ledger
+        .iter()
+        .filter(|e| e["kind"] == "run.started")
+        .filter(|e| matches!(data(e)["workflow"].as_str(), Some("ship" | "release")))
+        .filter_map(|e| e["run"].as_i64())
+        .collect()
+}
