@@ -8,6 +8,9 @@ mod support;
 #[path = "support/fake_slack.rs"]
 mod fake_slack;
 
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
+
 use axum::Router;
 use axum::routing::get;
 use fake_slack::*;
@@ -451,4 +454,96 @@ fn commanded(ledger: &[Value]) -> HashSet<i64> {
         .filter(|e| matches!(data(e)["workflow"].as_str(), Some("ship" | "release")))
         .filter_map(|e| e["run"].as_i64())
         .collect()
+}
+
+/// A Discord slash command answered in its thread.
+const DISCORD_PING: &str = r#"
+name = "ping"
+description = "Ping"
+[[trigger]]
+kind = "slash"
+command = "ping"
+[[step]]
+id = "pong"
+kind = "notify"
+text = "pong"
+"#;
+
+/// The replica holding the Discord gateway, as the database says.
+async fn gateway_holder(url: &str) -> Option<String> {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(url).await.ok()?;
+    sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'discord:gateway' AND until > 0")
+        .fetch_optional(&mut c)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_holds_the_discord_gateway_and_another_resumes_its_session_when_it_dies() {
+    use fake_discord::*;
+    let fake = FakeDiscord::start().await;
+    let schema = support::postgres::Schema::new().await;
+    let mut bots: Vec<Bot> = (1..=2)
+        .map(|i| {
+            let mut bot = Bot::in_dir(
+                tempfile::tempdir().unwrap(),
+                schema.url.clone(),
+                None,
+                &[("ping.toml", DISCORD_PING.to_owned())],
+            );
+            bot.env = vec![
+                ("DISCORD_TOKEN", TOKEN.into()),
+                ("DISCORD_API_URL", fake.base.clone()),
+                ("DISCORD_GUILD_IDS", GUILD.into()),
+                ("BATON_REPLICA_NAME", format!("d{i}")),
+                ("BATON_LEASE", "2s".into()),
+            ];
+            bot
+        })
+        .collect();
+    for bot in &mut bots {
+        bot.start().await;
+    }
+    let holder = eventually_some("a gateway holder", || async {
+        gateway_holder(&schema.url).await
+    })
+    .await;
+    // The other one stands by: one connection, one session.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fake.s().identifies.len(), 1);
+    assert!(fake.s().resumes.is_empty());
+    let (dead, alive) = if holder == "d1" { (0, 1) } else { (1, 0) };
+    bots[dead].kill();
+    let killed = std::time::Instant::now();
+    // The other takes over within a lease (and a look), resuming the session: Discord
+    // replays what was missed, and nothing is identified again.
+    eventually_some("the session resumed by the other replica", || async {
+        (!fake.s().resumes.is_empty()).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(8), "took over after {took:?}");
+    assert_eq!(
+        fake.s().identifies.len(),
+        1,
+        "resumed, not identified again"
+    );
+    assert_eq!(
+        gateway_holder(&schema.url).await.as_deref(),
+        Some(if alive == 0 { "d1" } else { "d2" })
+    );
+    // Events reach the new holder, and are answered.
+    fake.dispatch(
+        "INTERACTION_CREATE",
+        slash("810000000000000077", "ping", json!([]), ANA),
+    );
+    eventually("the run to answer", || async {
+        fake.messages_in(GENERAL)
+            .iter()
+            .any(|m| m.body["content"].as_str().unwrap_or("").contains("Ping"))
+    })
+    .await;
+    let _ = &bots[alive];
 }

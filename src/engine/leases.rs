@@ -1,7 +1,7 @@
 //! How this replica shares a database's work with others. It claims an outbox lane before it
 //! delivers in it, so a conversation's messages go out from one replica at a time and in
-//! order; the attempts it starts are its own from the start; one replica at a time holds the
-//! clock (fires due timers and schedule slots). Every third of a lease it renews what it still
+//! order; the attempts it starts are its own from the start; one replica at a time holds each
+//! role (the clock, which fires due timers and schedule slots; the Discord gateway). Every third of a lease it renews what it still
 //! uses (a lane left idle lapses, and any replica may take it next; an attempt its workers no
 //! longer run lapses too), and it takes over the attempts of replicas that stopped renewing
 //! theirs. What it can no longer renew it stops using before the lease runs out, so nothing
@@ -29,14 +29,16 @@ pub(crate) struct Held {
     theirs: HashMap<Lane, DateTime<Utc>>,
     /// Attempts its workers run or have queued.
     local: HashSet<AttemptKey>,
-    /// Until when it holds the clock, while it does.
-    clock: Option<DateTime<Utc>>,
+    /// Roles it holds (one replica at a time holds each), until when.
+    roles: HashMap<&'static str, DateTime<Utc>>,
+    /// Roles it wants: each is claimed whenever nobody holds it.
+    wanted: HashSet<&'static str>,
     /// Since when renewals have gone through without a break; `None` while they fail.
     renewing_since: Option<DateTime<Utc>>,
 }
 
-/// The lease of the replica that fires due timers and schedule slots.
-const CLOCK: &str = "clock";
+/// The role of the replica that fires due timers and schedule slots; every replica wants it.
+pub(crate) const CLOCK: &str = "clock";
 
 /// A lane's name among the leases.
 fn lease_name(lane: &Lane) -> String {
@@ -131,9 +133,44 @@ impl Engine {
 
     /// Whether this replica fires due timers and schedule slots now: it holds the clock.
     pub(crate) fn holds_clock(&self) -> bool {
+        self.holds(CLOCK)
+    }
+
+    /// Whether this replica holds `role` now, with time to spare.
+    pub fn holds(&self, role: &str) -> bool {
         let now = self.clock.now();
         let held = self.held.lock().expect("leases lock");
-        held.clock.is_some_and(|u| u - self.margin() > now)
+        held.roles
+            .get(role)
+            .is_some_and(|u| *u - self.margin() > now)
+    }
+
+    /// Asks for `role` (held by one replica at a time): claimed now when free, and from then
+    /// on renewed while held and claimed again whenever nobody holds it. Says whether this
+    /// replica holds it now.
+    pub async fn want(&self, role: &'static str) -> bool {
+        self.held.lock().expect("leases lock").wanted.insert(role);
+        let now = self.clock.now();
+        self.claim_role(role, now, now + self.lease()).await;
+        self.holds(role)
+    }
+
+    /// What the last holder of `role` left for the next one.
+    pub async fn left_by_last(&self, role: &str) -> Option<String> {
+        match self.store.lease_data(role).await {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(error = %e, role, "could not read what the last holder left");
+                None
+            }
+        }
+    }
+
+    /// Leaves `data` for whoever holds `role` next (while this replica holds it).
+    pub async fn leave_for_next(&self, role: &str, data: &str) {
+        if let Err(e) = self.store.lease_set_data(role, self.me(), data).await {
+            tracing::warn!(error = %e, role, "could not leave word for the next holder");
+        }
     }
 
     /// Notes an attempt handed to this replica's workers: renewed while they have it.
@@ -154,13 +191,13 @@ impl Engine {
         }
     }
 
-    /// Renews the lanes used since the last renewal, the clock and every attempt this
-    /// replica's workers have; notes what it lost (another replica took it over), and takes
-    /// the clock when nobody holds it.
+    /// Renews the lanes used since the last renewal, the roles and every attempt this
+    /// replica's workers have; notes what it lost (another replica took it over), and claims
+    /// the roles it wants that nobody holds.
     pub(crate) async fn renew(&self) {
         let now = self.clock.now();
         let under_way = self.in_flight.lock().expect("lanes lock").clone();
-        let (used, attempts, clock): (Vec<Lane>, Vec<AttemptKey>, bool) = {
+        let (used, attempts, roles): (Vec<Lane>, Vec<AttemptKey>, Vec<&'static str>) = {
             let mut held = self.held.lock().expect("leases lock");
             let mut used = std::mem::take(&mut held.used);
             // A delivery that takes long keeps its lane.
@@ -169,12 +206,11 @@ impl Engine {
             held.lanes.retain(|lane, _| used.contains(lane));
             held.theirs.retain(|_, until| *until > now);
             let attempts = held.local.iter().cloned().collect();
-            (used.into_iter().collect(), attempts, held.clock.is_some())
+            let roles = held.roles.keys().copied().collect();
+            (used.into_iter().collect(), attempts, roles)
         };
         let mut names: Vec<String> = used.iter().map(lease_name).collect();
-        if clock {
-            names.push(CLOCK.into());
-        }
+        names.extend(roles.iter().map(|r| r.to_string()));
         let until = now + self.lease();
         let (kept, lost) = match self
             .store
@@ -189,7 +225,7 @@ impl Engine {
             }
         };
         let kept: HashSet<String> = kept.into_iter().collect();
-        let claim_clock = {
+        let unheld: Vec<&'static str> = {
             let mut held = self.held.lock().expect("leases lock");
             held.renewing_since.get_or_insert(now);
             for lane in used {
@@ -210,34 +246,45 @@ impl Engine {
                     tracing::warn!(run = %key.0, step = %key.1, attempt = key.2, "another replica took over an attempt this one still runs; the first result to arrive counts");
                 }
             }
-            if kept.contains(CLOCK) {
-                held.clock = Some(until);
-            } else if held.clock.take().is_some() {
-                self.metrics.lease_lost();
-                tracing::warn!("another replica took over the clock (timers and schedules)");
+            for role in roles {
+                if kept.contains(role) {
+                    held.roles.insert(role, until);
+                } else if held.roles.remove(role).is_some() {
+                    self.metrics.lease_lost();
+                    tracing::warn!(role, "another replica took over a role this one held");
+                }
             }
-            held.clock.is_none()
+            held.wanted.insert(CLOCK);
+            let wanted: Vec<&'static str> = held.wanted.iter().copied().collect();
+            wanted
+                .into_iter()
+                .filter(|r| !held.roles.contains_key(r))
+                .collect()
         };
-        if claim_clock {
-            self.claim_clock(now, until).await;
+        for role in unheld {
+            self.claim_role(role, now, until).await;
         }
     }
 
-    /// Takes the clock when it is free or lapsed.
-    async fn claim_clock(&self, now: DateTime<Utc>, until: DateTime<Utc>) {
+    /// Takes `role` when it is free or lapsed.
+    async fn claim_role(&self, role: &'static str, now: DateTime<Utc>, until: DateTime<Utc>) {
         match self
             .store
-            .lease_claim(&[CLOCK.to_owned()], self.me(), now, until)
+            .lease_claim(&[role.to_owned()], self.me(), now, until)
             .await
         {
             Ok(leases) => {
                 if leases.iter().any(|l| l.holder == self.me()) {
                     self.metrics.claimed();
-                    tracing::info!("this replica fires timers and schedules now");
-                    self.held.lock().expect("leases lock").clock = Some(until);
+                    tracing::info!(role, "this replica holds a role now");
+                    self.held
+                        .lock()
+                        .expect("leases lock")
+                        .roles
+                        .insert(role, until);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not claim the clock; trying again"),
+            Err(e) => tracing::warn!(error = %e, role, "could not claim a role; trying again"),
         }
     }
 

@@ -8,6 +8,12 @@
 //! was missed; INVALID_SESSION (not resumable) starts a new one. What arrives twice is
 //! de-duplicated by the message or interaction ID in the engine. Close codes that no retry
 //! fixes (bad token, intents not enabled) stop Baton with what to change.
+//!
+//! One replica at a time holds the gateway (the role `discord:gateway`, a lease in the
+//! database): the others stand by, and one of them takes over within a lease of the holder
+//! stopping. The holder leaves its session (id, resume URL, last sequence number) with the
+//! lease, so the next one resumes it and Discord replays what was missed; a session that
+//! cannot be resumed is replaced by a new one.
 
 use super::Discord;
 use super::inbound;
@@ -16,7 +22,7 @@ use crate::core::workflow::{Trigger, WorkflowSet};
 use crate::engine::Engine;
 use anyhow::{Context as _, anyhow};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +57,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Close code Baton sends when it means to resume: 1000 and 1001 would end the session.
 const RESUMING: u16 = 4000;
 
+/// The role of the replica that holds the gateway connection.
+const ROLE: &str = "discord:gateway";
+/// How often a replica standing by looks whether the gateway is its own now, and the holder
+/// whether it still is.
+const ROLE_CHECK: Duration = Duration::from_secs(1);
+
 /// A session that can be resumed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Session {
     id: String,
     resume_url: String,
     seq: Option<u64>,
+    /// What READY said about the bot (its application, user and guilds), for a replica that
+    /// resumes the session without having seen READY.
+    #[serde(default)]
+    ready: Value,
 }
 
 /// How a connection ended.
@@ -110,7 +126,44 @@ pub fn spawn(
         let mut ready = Some(ready_tx);
         let mut session: Option<Session> = None;
         let mut backoff = MIN_BACKOFF;
+        let mut holding = false;
+        let mut asked = false;
         while !*shutdown.borrow() {
+            // Only the replica holding the gateway connects; the others stand by.
+            let holds = match asked {
+                false => {
+                    asked = true;
+                    engine.want(ROLE).await
+                }
+                true => engine.holds(ROLE),
+            };
+            if !holds {
+                if holding || ready.is_some() {
+                    tracing::info!(
+                        "another replica holds the Discord gateway; this one stands by to take over"
+                    );
+                }
+                holding = false;
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(ROLE_CHECK) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+                continue;
+            }
+            if !holding {
+                holding = true;
+                // Where the last holder stopped: resumed, so Discord replays what it missed.
+                session = engine
+                    .left_by_last(ROLE)
+                    .await
+                    .and_then(|d| serde_json::from_str::<Session>(&d).ok());
+                if let Some(s) = &session {
+                    on_ready(&discord, &s.ready);
+                }
+            }
             // Set once READY or RESUMED arrives: only a connection that worked earns an
             // immediate reconnect and a fresh backoff. One that fails before that waits
             // longer each time, so an outage cannot spend Discord's daily IDENTIFY allowance.
@@ -281,6 +334,8 @@ async fn connect_once(
     let start = tokio::time::Instant::now() + interval.mul_f64(jitter());
     let mut beat = tokio::time::interval_at(start, interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut role = tokio::time::interval(ROLE_CHECK);
+    let mut lost_once = false;
     let mut acked = true;
     loop {
         let frame = tokio::select! {
@@ -288,11 +343,25 @@ async fn connect_once(
                 if changed.is_err() || *shutdown.borrow() {
                     // A normal close ends the session: nothing is left to resume.
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "shutting down".into() }))).await;
+                    engine.leave_for_next(ROLE, "").await;
                     return Ok(End::Stop);
                 }
                 continue;
             }
+            _ = role.tick() => {
+                // Twice in a row: a clock moved by hand is renewed for in between.
+                let lost = !engine.holds(ROLE) && lost_once;
+                lost_once = !engine.holds(ROLE);
+                if lost {
+                    // Another replica takes over (this one could not renew its lease): the
+                    // session stays resumable for it.
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(RESUMING), reason: "handing over".into() }))).await;
+                    return Ok(End::Again);
+                }
+                continue;
+            }
             _ = beat.tick() => {
+                leave_session(engine, session).await;
                 if !acked {
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::from(RESUMING), reason: "no heartbeat ack".into() }))).await;
                     return Err(Failure::Retry(anyhow!("no HEARTBEAT_ACK within {interval:?}: the connection is dead")));
@@ -352,15 +421,26 @@ async fn connect_once(
                             .unwrap_or(&base)
                             .to_owned(),
                         seq: frame.s,
+                        ready: json!({
+                            "application": frame.d["application"],
+                            "user": frame.d["user"],
+                            "guilds": frame.d["guilds"],
+                        }),
                     });
                     on_ready(discord, &frame.d);
+                    leave_session(engine, session).await;
                     *healthy = true;
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(()));
                     }
                 } else {
                     if kind == "RESUMED" {
+                        leave_session(engine, session).await;
                         *healthy = true;
+                        // A session another process left, resumed: as good as READY.
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(Ok(()));
+                        }
                     }
                     inbound::dispatch(discord, engine, &kind, frame.d);
                 }
@@ -405,6 +485,17 @@ async fn connect_once(
             11 => acked = true,
             _ => {}
         }
+    }
+}
+
+/// Leaves the session with the gateway's lease, for whichever replica holds it next (this
+/// one after a crash included): the sequence number is as of the last heartbeat, and Discord
+/// replays from there; what arrives twice is recognised by its ID.
+async fn leave_session(engine: &Engine, session: &Option<Session>) {
+    if let Some(s) = session
+        && let Ok(text) = serde_json::to_string(s)
+    {
+        engine.leave_for_next(ROLE, &text).await;
     }
 }
 
@@ -476,6 +567,7 @@ mod tests {
             id: "s".into(),
             resume_url: "ws://127.0.0.1:1".into(),
             seq: Some(3),
+            ready: Value::Null,
         });
         assert!(matches!(
             on_close(4009, "", &mut session),
@@ -486,6 +578,7 @@ mod tests {
             id: "s".into(),
             resume_url: "ws://127.0.0.1:1".into(),
             seq: Some(3),
+            ready: Value::Null,
         });
         assert!(matches!(on_close(4000, "", &mut session), Ok(End::Again)));
         assert!(session.is_some(), "an unknown error resumes");
