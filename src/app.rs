@@ -225,6 +225,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let servers = load_mcp(&settings)?;
     let replica = replica(&settings, listener.local_addr()?.port());
+    crate::telemetry::set_replica(&replica.name);
     tracing::info!(replica = %replica.name, "serving as this replica");
     let store = open_store(&settings, &servers, Some(replica.clone())).await?;
     let (catalog, mcp) = connect_tools(servers).await;
@@ -286,6 +287,11 @@ pub async fn run(
         .await
         .context("could not resume the runs that were under way")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Browsers connected here see what other replicas write too.
+    let following = store_to_close
+        .console_changes()
+        .await
+        .map(|changes| tokio::spawn(console.clone().follow(changes, stop_rx.clone())));
     let slack_for_shutdown = slack.clone();
     // Socket Mode receives Slack's events over a WebSocket Baton opens itself.
     let socket = slack
@@ -371,6 +377,9 @@ pub async fn run(
         tracing::warn!("some acknowledged Discord events were still being handled at shutdown");
     }
     background.shutdown().await;
+    if let Some(following) = following {
+        let _ = following.await;
+    }
     mcp.shutdown().await;
     store_to_close.close().await;
     tracing::info!("stopped");

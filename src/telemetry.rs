@@ -39,6 +39,28 @@ pub fn set_redactor(redactor: Redactor) {
     }
 }
 
+/// The replica this process is, named on every log line once it is known.
+static REPLICA: RwLock<Option<String>> = RwLock::new(None);
+
+/// Log lines from now on name this replica (`replica=NAME`, or a `replica` field in JSON), so
+/// the logs of several replicas can be read together.
+pub fn set_replica(name: &str) {
+    if let Ok(mut r) = REPLICA.write() {
+        *r = Some(name.to_owned());
+    }
+}
+
+/// A log line naming the replica it comes from.
+fn with_replica(line: String) -> String {
+    let Some(name) = REPLICA.read().ok().and_then(|r| r.clone()) else {
+        return line;
+    };
+    match line.strip_prefix('{') {
+        Some(rest) => format!("{{\"replica\":{},{rest}", serde_json::Value::String(name)),
+        None => format!("replica={name} {line}"),
+    }
+}
+
 /// Makes a writer per log event that redacts the event's text before it reaches stderr.
 struct RedactedStderr;
 
@@ -73,7 +95,7 @@ impl Write for RedactedLine {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let line = self.take();
+        let line = with_replica(self.take());
         std::io::stderr().lock().write_all(line.as_bytes())
     }
 }
@@ -110,5 +132,18 @@ mod tests {
         };
         write!(line, "GET https://x/?key=sk-in-a-log-123 failed").unwrap();
         assert_eq!(line.take(), "GET https://x/?key=[redacted] failed");
+    }
+
+    #[test]
+    fn once_known_the_replica_is_named_on_text_and_json_lines() {
+        set_replica("baton-\"2\"");
+        assert_eq!(
+            with_replica("INFO up\n".into()),
+            "replica=baton-\"2\" INFO up\n"
+        );
+        let json = with_replica("{\"level\":\"INFO\"}\n".into());
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["replica"], "baton-\"2\"");
+        assert_eq!(v["level"], "INFO");
     }
 }

@@ -261,7 +261,7 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
                 ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
                 ("SLACK_API_URL", fake.api_url()),
                 ("BATON_REPLICA_NAME", format!("r{i}")),
-                ("BATON_LEASE", "2s".into()),
+                ("BATON_LEASE", "3s".into()),
                 ("BATON_CONSOLE_CHANNELS", console_channels()),
             ];
             bot
@@ -546,4 +546,44 @@ async fn one_replica_holds_the_discord_gateway_and_another_resumes_its_session_w
     })
     .await;
     let _ = &bots[alive];
+}
+
+/// Collects what a console's live stream says, as text.
+async fn follow_stream(base: String, heard: Arc<std::sync::Mutex<String>>) {
+    let http = baton::http_client::client();
+    let mut r = http
+        .get(format!("{base}/api/stream"))
+        .send()
+        .await
+        .expect("the live stream opens");
+    while let Ok(Some(chunk)) = r.chunk().await {
+        heard
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn a_browser_on_one_replica_sees_live_what_a_run_on_another_posts() {
+    let first = support::spawn_app_on(support::Db::Postgres).await;
+    let url = first.schema.as_ref().unwrap().url.clone();
+    let second = support::spawn(support::Spawn {
+        env: vec![("DATABASE_URL", url)],
+        ..Default::default()
+    })
+    .await;
+    let heard = Arc::new(std::sync::Mutex::new(String::new()));
+    tokio::spawn(follow_stream(second.base.clone(), heard.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A person writes on the first replica, and the run it starts answers there.
+    let run = first.start_run("ana", "general", "/demo live-check").await;
+    eventually(
+        "the message and the run's root on the other replica's stream",
+        || async {
+            let heard = heard.lock().unwrap();
+            heard.contains("/demo live-check") && heard.contains(&format!("run {run} ·"))
+        },
+    )
+    .await;
 }

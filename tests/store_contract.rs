@@ -1245,7 +1245,10 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
     let (c1, c2) = ("lane:slack:C1".to_owned(), "lane:slack:C2".to_owned());
     let both = [c1.clone(), c2.clone()];
     let at = |s| t0() + Duration::seconds(s);
-    let mut got = store.lease_claim(&both, "a", at(0), at(30)).await.unwrap();
+    let mut got = store
+        .lease_claim(&both, "a", true, at(0), at(30))
+        .await
+        .unwrap();
     got.sort_by(|x, y| x.name.cmp(&y.name));
     let holders: Vec<(&str, &str)> = got
         .iter()
@@ -1254,7 +1257,7 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
     assert_eq!(holders, vec![(c1.as_str(), "a"), (c2.as_str(), "a")]);
     // Another replica is told whose it is, and until when.
     let theirs = b
-        .lease_claim(std::slice::from_ref(&c1), "b", at(1), at(31))
+        .lease_claim(std::slice::from_ref(&c1), "b", true, at(1), at(31))
         .await
         .unwrap();
     assert_eq!(theirs.len(), 1);
@@ -1272,14 +1275,21 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
     let (kept, _) = b.lease_renew(&both, &[], "b", at(45)).await.unwrap();
     assert!(kept.is_empty(), "{kept:?}");
     // Not renewed, C2 lapsed: another replica takes it, and the first finds it gone.
+    // Lapsed, it is taken only by a replica that may take over what others let lapse.
+    let left = b
+        .lease_claim(std::slice::from_ref(&c2), "b", false, at(31), at(61))
+        .await
+        .unwrap();
+    assert_eq!(left[0].holder, "a");
     let taken = b
-        .lease_claim(std::slice::from_ref(&c2), "b", at(31), at(61))
+        .lease_claim(std::slice::from_ref(&c2), "b", true, at(31), at(61))
         .await
         .unwrap();
     assert_eq!(taken[0].holder, "b");
     let (kept, _) = store.lease_renew(&both, &[], "a", at(70)).await.unwrap();
     assert_eq!(kept, vec![c1.clone()]);
-    // What a holder leaves for the next stays when it lets go, and the lease is free at once.
+    // What a holder leaves for the next stays when it lets go, and the lease is free at once,
+    // even for a replica that may not take over lapsed ones.
     assert!(b.lease_set_data(&c2, "b", "session-7").await.unwrap());
     assert!(!store.lease_set_data(&c2, "a", "mine").await.unwrap());
     b.lease_release("b").await.unwrap();
@@ -1288,7 +1298,7 @@ async fn a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it(s
         Some("session-7")
     );
     let again = store
-        .lease_claim(std::slice::from_ref(&c2), "a", at(32), at(62))
+        .lease_claim(std::slice::from_ref(&c2), "a", false, at(32), at(62))
         .await
         .unwrap();
     assert_eq!(again[0].holder, "a");
@@ -1392,6 +1402,36 @@ async fn an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_take
     c.close().await;
 }
 
+async fn replicas_claiming_a_lapsed_lease_at_once_leave_it_with_exactly_one(store: Backend) {
+    let (b, c) = (store.replica("b").await, store.replica("c").await);
+    let at = |s| t0() + Duration::seconds(s);
+    for i in 0..20 {
+        let name = vec![format!("lane:slack:C{i}")];
+        store
+            .lease_claim(&name, "a", true, at(0), at(1))
+            .await
+            .unwrap();
+        // Lapsed: its holder and two others ask at the same moment.
+        let (x, y, z) = tokio::join!(
+            store.lease_claim(&name, "a", true, at(2), at(3)),
+            b.lease_claim(&name, "b", true, at(2), at(3)),
+            c.lease_claim(&name, "c", true, at(2), at(3)),
+        );
+        let winners: Vec<&str> = [(x, "a"), (y, "b"), (z, "c")]
+            .into_iter()
+            .filter(|(got, me)| got.as_ref().unwrap().iter().any(|l| l.holder == *me))
+            .map(|(_, me)| me)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {i}: {winners:?} each think they hold it"
+        );
+    }
+    b.close().await;
+    c.close().await;
+}
+
 contract!(sqlite, postgres: {
     a_run_is_created_once_per_event_id_and_each_receipt_is_in_the_ledger,
     a_new_run_starts_from_exactly_the_state_that_is_read_back,
@@ -1413,6 +1453,7 @@ contract!(sqlite, postgres: {
     secrets_are_taken_out_of_everything_stored,
     a_lease_is_one_replicas_until_it_lapses_and_only_its_holder_renews_it,
     an_attempt_is_its_starters_until_its_lease_lapses_then_one_replica_takes_it_over,
+    replicas_claiming_a_lapsed_lease_at_once_leave_it_with_exactly_one,
 });
 
 /// Replicas starting at the same moment on one new database: every one opens it, and each

@@ -307,6 +307,11 @@ impl Engine {
         // References of the posts this lane delivered, for the replies and edits behind them.
         let mut posted: std::collections::HashMap<String, String> = Default::default();
         for mut entry in lane {
+            // A lane this replica can no longer renew (the database is out of reach) may soon
+            // be another's: nothing more goes out from here, so nothing goes out twice.
+            if !self.holds_lane(&entry.lane()) {
+                break;
+            }
             if let (Some(root), None) = (&entry.thread_key, &entry.thread_ref) {
                 entry.thread_ref = posted.get(&root.0).cloned();
             }

@@ -64,6 +64,24 @@ impl Engine {
         self.lease() / 4
     }
 
+    /// Whether this replica may take over what another let lapse: only once its own
+    /// renewals have gone through for a whole lease. After the database was out of reach,
+    /// every live replica has renewed what it holds by then (and recorded what it delivered
+    /// meanwhile), so only a dead one's lanes, roles and attempts are taken.
+    fn may_steal(&self, now: DateTime<Utc>) -> bool {
+        let since = self.held.lock().expect("leases lock").renewing_since;
+        since.is_some_and(|t| now - t >= self.lease())
+    }
+
+    /// Whether this replica may still deliver in `lane`: it holds it with time to spare.
+    pub(crate) fn holds_lane(&self, lane: &Lane) -> bool {
+        let now = self.clock.now();
+        let held = self.held.lock().expect("leases lock");
+        held.lanes
+            .get(lane)
+            .is_some_and(|u| *u - self.margin() > now)
+    }
+
     /// Lanes other replicas hold now, for the outbox read to pass by.
     pub(crate) fn lanes_of_others(&self) -> HashSet<Lane> {
         let now = self.clock.now();
@@ -101,7 +119,12 @@ impl Engine {
         }
         let names: Vec<String> = ask.keys().cloned().collect();
         let until = now + self.lease();
-        let leases = match self.store.lease_claim(&names, self.me(), now, until).await {
+        let steal = self.may_steal(now);
+        let leases = match self
+            .store
+            .lease_claim(&names, self.me(), steal, now, until)
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim conversations to deliver in");
@@ -270,7 +293,13 @@ impl Engine {
     async fn claim_role(&self, role: &'static str, now: DateTime<Utc>, until: DateTime<Utc>) {
         match self
             .store
-            .lease_claim(&[role.to_owned()], self.me(), now, until)
+            .lease_claim(
+                &[role.to_owned()],
+                self.me(),
+                self.may_steal(now),
+                now,
+                until,
+            )
             .await
         {
             Ok(leases) => {
@@ -295,11 +324,8 @@ impl Engine {
     /// has renewed what it holds by then, so only the dead ones' attempts are taken.
     pub(crate) async fn take_over(self: &Arc<Self>, mine: bool) -> anyhow::Result<usize> {
         let now = self.clock.now();
-        if !mine {
-            let since = self.held.lock().expect("leases lock").renewing_since;
-            if since.is_none_or(|t| now - t < self.lease()) {
-                return Ok(0);
-            }
+        if !mine && !self.may_steal(now) {
+            return Ok(0);
         }
         let lost = self
             .store

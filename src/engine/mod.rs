@@ -368,8 +368,9 @@ impl Engine {
 /// entry, a delivery's record, an event the platform was told arrived) is tried again while
 /// the database is out of reach (restarting, failing over), before it is given up.
 const DURABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
-/// Longest pause between two tries of such a write.
-const DURABLE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest pause between two tries of such a write: well within a lease, so a delivery is
+/// recorded before another replica may take its conversation over.
+const DURABLE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An error that may go away when the same thing is tried again later.
 pub(crate) trait Transient {

@@ -442,6 +442,12 @@ pub trait ConsoleStore: Send + Sync {
     ) -> StoreResult<Vec<String>>;
     /// A thread: its root then the replies, oldest first.
     async fn console_thread(&self, root: i64) -> StoreResult<Vec<ConsoleMessage>>;
+    /// The ids of console messages other replicas write or change, as their writes commit,
+    /// so browsers connected to this one see them live; `None` where no other process
+    /// writes (SQLite). The stream ends when the receiver is dropped.
+    async fn console_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>> {
+        None
+    }
 }
 
 /// One entry of the agents' shared memory, with who wrote it.
@@ -499,13 +505,15 @@ pub struct Lease {
 /// renewing another takes over.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
-    /// Takes the leases named for `holder` until `until`: each one free, lapsed by `now`, or
-    /// held by `holder` already. Returns every name asked for as it stands afterwards (the
-    /// holder of each, and until when), so a replica knows whose the others are.
+    /// Takes the leases named for `holder` until `until`: each one free (never held, or let
+    /// go), held by `holder` already, or (with `steal`) lapsed by `now` in another holder's
+    /// hands. Returns every name asked for as it stands afterwards (the holder of each, and
+    /// until when), so a replica knows whose the others are.
     async fn lease_claim(
         &self,
         names: &[String],
         holder: &str,
+        steal: bool,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>>;
@@ -521,7 +529,7 @@ pub trait LeaseStore: Send + Sync {
         until: DateTime<Utc>,
     ) -> StoreResult<(Vec<String>, Vec<AttemptKey>)>;
     /// Gives up everything `holder` holds, so other replicas take it over at once: its
-    /// leases (one with something left for the next holder stays, lapsed) and its running
+    /// leases (free; one with something left for the next holder keeps it) and its running
     /// attempts (lapsed: another runs them again).
     async fn lease_release(&self, holder: &str) -> StoreResult<()>;
     /// What the holder of a lease left for the next one.

@@ -71,6 +71,10 @@ impl Rules {
         }
     }
 
+    pub(crate) fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
     pub(crate) fn redactor(&self) -> &Redactor {
         &self.redactor
     }

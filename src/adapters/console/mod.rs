@@ -93,6 +93,33 @@ impl Console {
         Ok(m)
     }
 
+    /// Shows browsers connected here the console messages other replicas write, as their
+    /// ids arrive, until shutdown.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let ids = tokio::select! {
+                ids = changes.recv() => ids,
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let Some(ids) = ids else { return };
+            let mut messages = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.store.console_get(id).await {
+                    Ok(Some(m)) => messages.push(m),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read a console message another replica wrote")
+                    }
+                }
+            }
+            self.announce_all(&messages).await;
+        }
+    }
+
     /// Broadcasts a message and, for a reply, its thread root (whose reply count changed).
     async fn announce(&self, m: &ConsoleMessage) {
         self.announce_all(std::slice::from_ref(m)).await;

@@ -3,8 +3,30 @@
 use super::super::tx;
 use super::{PostgresStore, each, get, json, time, write_tx};
 use crate::store::*;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{PgConnection, Row as _};
+
+/// The channel replicas tell each other of console messages on.
+const CHANNEL: &str = "baton_console";
+/// Most message ids in one notification (a payload must stay under 8000 bytes).
+const IDS_PER_NOTICE: usize = 400;
+
+/// Tells the other replicas which console messages this write changed: PostgreSQL delivers
+/// the notice when the transaction commits, and drops it when it rolls back. The payload names
+/// the schema (databases in different schemas share the channel) and the replica (which has
+/// told its own browsers already).
+async fn tell_others(c: &mut PgConnection, replica: &str, ids: &[i64]) -> StoreResult<()> {
+    for chunk in ids.chunks(IDS_PER_NOTICE) {
+        let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+        sqlx::query("SELECT pg_notify($1, current_schema() || '|' || $2 || '|' || $3)")
+            .bind(CHANNEL)
+            .bind(replica)
+            .bind(list.join(","))
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
 
 /// A console message with its reply count, as every read of one returns it.
 macro_rules! console_select {
@@ -117,7 +139,10 @@ impl ConsoleStore for PostgresStore {
             .map(|d| self.rules.clean(&d.message))
             .collect::<StoreResult<Vec<_>>>()?;
         write_tx!(self, |c, rules| {
-            tx::console_deliver(c, rules, batch, cleaned, now).await
+            let results = tx::console_deliver(c, rules, batch, cleaned, now).await?;
+            let ids: Vec<i64> = results.iter().flatten().map(|m| m.id).collect();
+            tell_others(c, &rules.replica().name, &ids).await?;
+            Ok(results)
         })
     }
 
@@ -162,6 +187,7 @@ impl ConsoleStore for PostgresStore {
                 if let Some(entry) = outbox_id {
                     tx::delivered(c, rules, entry, &id.to_string(), now).await?;
                 }
+                tell_others(c, &rules.replica().name, &[id]).await?;
                 return Ok((id, true));
             }
             let earlier = sqlx::query(
@@ -208,13 +234,75 @@ impl ConsoleStore for PostgresStore {
         let (message, body) = self.rules.clean(message)?;
         write_tx!(self, |c, rules| {
             let m = edit(c, id, message, &body, tx::ms(now)).await?;
-            if m.is_some()
-                && let Some(entry) = outbox_id
-            {
-                tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+            if m.is_some() {
+                if let Some(entry) = outbox_id {
+                    tx::delivered(c, rules, entry, &id.to_string(), now).await?;
+                }
+                tell_others(c, &rules.replica().name, &[id]).await?;
             }
             Ok(m)
         })
+    }
+
+    async fn console_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>> {
+        let schema: String = match sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow other replicas' console messages");
+                return None;
+            }
+        };
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow other replicas' console messages");
+                return None;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "cannot follow other replicas' console messages");
+            return None;
+        }
+        let me = self.rules.replica().name.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    n = listener.try_recv() => n,
+                    () = tx.closed() => return,
+                };
+                match notice {
+                    Ok(Some(n)) => {
+                        let mut parts = n.payload().splitn(3, '|');
+                        let (Some(s), Some(from), Some(ids)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            continue;
+                        };
+                        if s != schema || from == me {
+                            continue;
+                        }
+                        let ids = ids.split(',').filter_map(|i| i.parse().ok()).collect();
+                        if tx.send(ids).is_err() {
+                            return;
+                        }
+                    }
+                    // The connection was lost and is opened again on the next call; what was
+                    // said meanwhile is missed (a browser shows it on its next load).
+                    Ok(None) => tracing::warn!(
+                        "lost the database connection following other replicas' console messages; reconnecting"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot follow other replicas' console messages; trying again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Some(rx)
     }
 
     async fn console_get(&self, id: i64) -> StoreResult<Option<ConsoleMessage>> {

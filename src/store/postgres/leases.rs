@@ -33,6 +33,7 @@ impl LeaseStore for PostgresStore {
         &self,
         names: &[String],
         holder: &str,
+        steal: bool,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>> {
@@ -41,24 +42,27 @@ impl LeaseStore for PostgresStore {
         // everyone never wait on each other in a circle.
         names.sort();
         names.dedup();
-        // Those taken, then the others as this statement found them. One that another
-        // replica took while this statement waited for it may be in neither list: its holder
-        // is not known yet, and it is not this replica's.
+        // Those taken, then the others as this statement's snapshot has them. A lease another
+        // replica took while this statement waited for it shows in that snapshot as it was
+        // before; so one that was this replica's there and was not taken now is left out (its
+        // holder is not known yet, and it is not this replica's any more).
         let rows = sqlx::query(
             "WITH taken AS (
                INSERT INTO leases (name, holder, until) SELECT n, $2, $3 FROM unnest($1::text[]) AS n
                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-               WHERE leases.until < $4 OR leases.holder = excluded.holder
+               WHERE leases.holder IN (excluded.holder, '') OR ($5 AND leases.until < $4)
                RETURNING name, holder, until)
              SELECT name, holder, until FROM taken
              UNION ALL
              SELECT l.name, l.holder, l.until FROM leases l
-             WHERE l.name = ANY($1) AND NOT EXISTS (SELECT 1 FROM taken t WHERE t.name = l.name)",
+             WHERE l.name = ANY($1) AND l.holder <> $2
+               AND NOT EXISTS (SELECT 1 FROM taken t WHERE t.name = l.name)",
         )
         .bind(&names)
         .bind(holder)
         .bind(tx::ms(until))
         .bind(tx::ms(now))
+        .bind(steal)
         .fetch_all(&self.pool)
         .await?;
         each(rows, |r| {
@@ -112,10 +116,10 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn lease_release(&self, holder: &str) -> StoreResult<()> {
-        // A lease with something left for the next holder stays, lapsed.
+        // A lease with something left for the next holder stays, free.
         sqlx::query(
             "WITH gone AS (DELETE FROM leases WHERE holder = $1 AND data IS NULL),
-             kept AS (UPDATE leases SET until = 0 WHERE holder = $1 AND data IS NOT NULL)
+             kept AS (UPDATE leases SET holder = '', until = 0 WHERE holder = $1 AND data IS NOT NULL)
              UPDATE attempts SET lease_until = 0 WHERE status = 'running' AND owner = $1",
         )
         .bind(holder)

@@ -13,6 +13,7 @@ impl LeaseStore for SqliteStore {
         &self,
         names: &[String],
         holder: &str,
+        steal: bool,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> StoreResult<Vec<Lease>> {
@@ -24,8 +25,8 @@ impl LeaseStore for SqliteStore {
                     c,
                     "INSERT INTO leases (name, holder, until) VALUES (?1, ?2, ?3)
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                     WHERE leases.until < ?4 OR leases.holder = excluded.holder",
-                    params![name, holder, tx::ms(until), tx::ms(now)],
+                     WHERE leases.holder IN (excluded.holder, '') OR (?5 AND leases.until < ?4)",
+                    params![name, holder, tx::ms(until), tx::ms(now), steal],
                 )?;
                 let lease = one(
                     c,
@@ -99,7 +100,11 @@ impl LeaseStore for SqliteStore {
                 "DELETE FROM leases WHERE holder = ? AND data IS NULL",
                 [&holder],
             )?;
-            exec(c, "UPDATE leases SET until = 0 WHERE holder = ?", [&holder])?;
+            exec(
+                c,
+                "UPDATE leases SET holder = '', until = 0 WHERE holder = ?",
+                [&holder],
+            )?;
             exec(
                 c,
                 "UPDATE attempts SET lease_until = 0 WHERE status = 'running' AND owner = ?",

@@ -220,7 +220,7 @@ impl SqliteStore {
             // one held (attempts it was running, lanes it was delivering) is free at once,
             // rather than when its leases run out.
             conn.execute_batch(
-                "UPDATE leases SET until = 0; UPDATE attempts SET lease_until = 0 WHERE status = 'running';",
+                "UPDATE leases SET holder = '', until = 0; UPDATE attempts SET lease_until = 0 WHERE status = 'running';",
             )
             .context("could not free what an earlier process held")?;
         }
