@@ -587,3 +587,93 @@ async fn a_browser_on_one_replica_sees_live_what_a_run_on_another_posts() {
     )
     .await;
 }
+
+/// A digest every five minutes, and an approval with a reminder: a schedule and a timer.
+const TICK: &str = r#"
+name = "tick"
+description = "Tick"
+[[trigger]]
+kind = "schedule"
+id = "five"
+cron = "*/5 * * * *"
+timezone = "UTC"
+channel = "general"
+[[step]]
+id = "digest"
+kind = "digest"
+period = "1h"
+channel = "general"
+"#;
+
+const HOLD: &str = r#"
+name = "hold"
+description = "Hold"
+[[trigger]]
+kind = "message"
+pattern = 'hold (?P<what>\S+)'
+[[step]]
+id = "gate"
+kind = "approval"
+approvers = ["ben"]
+message = "Hold {{ input.what }}?"
+timeout = "1h"
+remind_after = "10m"
+"#;
+
+#[tokio::test]
+async fn on_two_replicas_each_schedule_slot_and_each_timer_fires_once() {
+    let workflows = || {
+        vec![
+            ("tick.toml", TICK.to_owned()),
+            ("hold.toml", HOLD.to_owned()),
+        ]
+    };
+    let first = support::spawn(support::Spawn {
+        db: support::Db::Postgres,
+        with_examples: false,
+        extra_workflows: workflows(),
+        ..Default::default()
+    })
+    .await;
+    let url = first.schema.as_ref().unwrap().url.clone();
+    let second = support::spawn(support::Spawn {
+        with_examples: false,
+        extra_workflows: workflows(),
+        env: vec![("DATABASE_URL", url)],
+        ..Default::default()
+    })
+    .await;
+    let run = first.start_run("ana", "general", "hold gates").await;
+    // Both replicas' clocks move together, five minutes at a time, past three slots and the
+    // reminder's instant.
+    for slot in 1..=3 {
+        first.advance(chrono::Duration::minutes(5));
+        second.advance(chrono::Duration::minutes(5));
+        eventually(&format!("slot {slot} to fire"), || async {
+            first.ledger_of("schedule.fired").await.len() >= slot
+        })
+        .await;
+    }
+    eventually("the reminder", || async {
+        !first.ledger_of("approval.reminded").await.is_empty()
+    })
+    .await;
+    // Give a second firing every chance to happen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fired = first.ledger_of("schedule.fired").await;
+    assert_eq!(fired.len(), 3, "one run per slot: {fired:?}");
+    let reminded = first.ledger_of("approval.reminded").await;
+    assert_eq!(reminded.len(), 1, "one reminder: {reminded:?}");
+    assert_eq!(reminded[0]["run"], run);
+    let digests = eventually_some("three digests in #general", || async {
+        let n = first
+            .channel("general")
+            .await
+            .iter()
+            .filter(|m| support::text(m).contains("*Tick*"))
+            .count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert_eq!(digests, 3, "one root per slot's run");
+}
