@@ -15,6 +15,7 @@
 //! | `BENCH_CHAINS` | 10 | runs of the 20-step chain, one after another |
 //! | `BENCH_PARKED` | 5000 | runs parked on an approval |
 //! | `BENCH_DATABASE_URL` | a fresh SQLite file | the database the app uses |
+//! | `BENCH_REPLICAS` | 1 | Baton processes sharing that database (PostgreSQL only); the load is spread over them, the stream watched on the first, CPU summed over all |
 //!
 //! The load generator shares the machine with the app; the CPU figures are the app's own
 //! (user + system time of its process), not the machine's.
@@ -196,16 +197,18 @@ impl Seen {
     }
 }
 
-/// Sends `texts` with `concurrency` requests in flight; returns when every one was answered.
-async fn closed_loop(app: &Arc<App>, texts: Arc<Vec<String>>, concurrency: usize) {
+/// Sends `texts` with `concurrency` requests in flight, spread over the replicas; returns
+/// when every one was answered.
+async fn closed_loop(apps: &Arc<Vec<App>>, texts: Arc<Vec<String>>, concurrency: usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let senders: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (app, texts, next) = (app.clone(), texts.clone(), next.clone());
+            let (apps, texts, next) = (apps.clone(), texts.clone(), next.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(text) = texts.get(i) else { break };
+                    let app = &apps[i % apps.len()];
                     let user = if text.starts_with("/park") {
                         "ana"
                     } else {
@@ -236,15 +239,29 @@ async fn main() {
         ("parked.toml", PARKED.to_owned()),
         ("chain.toml", chain()),
     ];
-    let app = Arc::new(App::start(&workflows, &[]).await);
+    let replicas = setting("BENCH_REPLICAS", 1).max(1);
+    let postgres = std::env::var("BENCH_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"));
+    assert!(
+        replicas == 1 || postgres,
+        "BENCH_REPLICAS needs BENCH_DATABASE_URL=postgres://..."
+    );
+    let mut started = Vec::with_capacity(replicas);
+    for i in 1..=replicas {
+        let name = [("BATON_REPLICA_NAME", format!("bench-{i}"))];
+        started.push(App::start(&workflows, &name).await);
+    }
+    let apps = Arc::new(started);
+    let app = &apps[0];
     let seen = Arc::new(Seen::default());
     tokio::spawn(watch(app.base.clone(), seen.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_idle = app.memory("VmRSS");
     println!(
-        "throughput bench: {} cores, app idle at {rss_idle:.1} MiB RSS",
+        "throughput bench: {} cores, {replicas} replica(s), each idle at about {rss_idle:.1} MiB RSS",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // CPU of every replica together.
+    let cpu = || apps.iter().map(App::cpu).sum::<Duration>();
 
     // 1. The mixed load, closed loop: as fast as the app answers. A run is done when its
     // reply is on the live stream, which is where a person would see it.
@@ -261,17 +278,17 @@ async fn main() {
                 }
             })
             .collect();
-        let cpu0 = app.cpu();
+        let cpu0 = cpu();
         let own0 = cpu_of("/proc/self/stat", app.ticks_per_second);
-        let writer0 = Writer::read(&app).await;
+        let writer0 = Writer::read(app).await;
         let t0 = Instant::now();
-        closed_loop(&app, Arc::new(texts), concurrency).await;
+        closed_loop(&apps, Arc::new(texts), concurrency).await;
         let accepted = t0.elapsed();
         let last = seen.all_replies(first..first + messages as u64).await;
         let wall = last.saturating_duration_since(t0);
-        let cpu = app.cpu() - cpu0;
+        let cpu = cpu() - cpu0;
         let own = cpu_of("/proc/self/stat", app.ticks_per_second) - own0;
-        let writer = Writer::read(&app).await.since(&writer0, wall);
+        let writer = Writer::read(app).await.since(&writer0, wall);
         let rate = messages as f64 / wall.as_secs_f64();
         rates.push(rate);
         println!(
@@ -307,9 +324,11 @@ async fn main() {
         tokio::time::sleep_until(start + interval * k as u32).await;
         let n = base + k;
         sent.push((n, Instant::now()));
-        let app = app.clone();
+        let apps = apps.clone();
         requests.push(tokio::spawn(async move {
-            app.say("cy", &format!("ping {n}")).await;
+            apps[k as usize % apps.len()]
+                .say("cy", &format!("ping {n}"))
+                .await;
         }));
     }
     let offered_for = start.elapsed();
@@ -372,15 +391,15 @@ async fn main() {
 
     // 4. Runs parked on an approval: how fast they are created, what they cost held.
     let texts: Vec<String> = (0..parked).map(|i| format!("/park {i}")).collect();
-    let cpu0 = app.cpu();
-    let writer0 = Writer::read(&app).await;
+    let cpu0 = cpu();
+    let writer0 = Writer::read(app).await;
     let t = Instant::now();
-    closed_loop(&app, Arc::new(texts), concurrency).await;
+    closed_loop(&apps, Arc::new(texts), concurrency).await;
     let created = t.elapsed();
-    let cpu = app.cpu() - cpu0;
+    let cpu = cpu() - cpu0;
     app.settled("baton_approvals_pending", parked).await;
     let parked_at = t.elapsed();
-    let writer = Writer::read(&app).await.since(&writer0, parked_at);
+    let writer = Writer::read(app).await.since(&writer0, parked_at);
     println!(
         "parked runs: {parked} created at {:.0} runs/s ({:.2} ms CPU each; their messages delivered after {:.2} s), RSS {:.1} MiB with them parked",
         parked as f64 / created.as_secs_f64(),
@@ -393,8 +412,10 @@ async fn main() {
         "peak RSS: {rss_peak_before_parking:.1} MiB through the mixed load, latency and chain phases; {:.1} MiB in all",
         app.memory("VmHWM"),
     );
-    // A task still holding the app would keep it alive past the end of the bench.
-    let _ = Command::new("kill")
-        .arg(app.child.id().to_string())
-        .status();
+    // A task still holding an app would keep it alive past the end of the bench.
+    for app in apps.iter() {
+        let _ = Command::new("kill")
+            .arg(app.child.id().to_string())
+            .status();
+    }
 }
