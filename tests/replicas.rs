@@ -325,6 +325,13 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
         })
         .await;
     }
+    // Slack is still acknowledged meanwhile, and the command is handled once the database
+    // is back.
+    let late = SLACK_RUNS;
+    assert_eq!(
+        send_slash(&bots[0], &fake, late, &format!("T{late}.cmd")).await,
+        200
+    );
     server.start_again();
     for bot in &bots {
         eventually("/readyz to say ready again", || async {
@@ -332,7 +339,7 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
         })
         .await;
     }
-    for n in 0..SLACK_RUNS {
+    for n in 0..=SLACK_RUNS {
         let approval = eventually_some(&format!("the Slack approval of s{n}"), || async {
             slack_approval(&fake, n)
         })
@@ -349,7 +356,7 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
     }
 
     // Every run finishes.
-    let total = SLACK_RUNS + CONSOLE_RUNS;
+    let total = SLACK_RUNS + 1 + CONSOLE_RUNS;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let ledger = loop {
         let ledger = bots[0].ledger();
@@ -415,7 +422,7 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
     }
     assert!(roots.values().all(|n| *n == 1), "a root twice: {roots:?}");
     let ships = roots.keys().filter(|t| t.contains("Ship s")).count();
-    assert_eq!(ships, SLACK_RUNS, "{roots:?}");
+    assert_eq!(ships, SLACK_RUNS + 1, "{roots:?}");
     for (root, texts) in &threads {
         let unique: HashSet<&String> = texts.iter().collect();
         assert_eq!(unique.len(), texts.len(), "twice in {root}: {texts:?}");
@@ -444,6 +451,26 @@ async fn three_replicas_share_the_work_through_a_kill_and_a_database_restart_and
     assert_eq!(digests, slots.len(), "one root per slot's run");
     let (ok, out) = bots[0].cli(&["audit", "verify"]);
     assert!(ok, "{out}");
+    // Each replica says who it is and what it claimed.
+    let metrics = bots[0]
+        .http
+        .get(format!("{}/metrics", bots[0].base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("baton_replica_info{replica=\"r1\"} 1"),
+        "{metrics}"
+    );
+    let claims = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_claims_total{replica=\"r1\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(claims.is_some_and(|n| n > 0), "{metrics}");
+    assert!(metrics.contains("baton_leases_lost_total{replica=\"r1\"}"));
 }
 
 /// The runs people asked for (not the schedule's).

@@ -253,3 +253,57 @@ async fn an_envelope_baton_cannot_read_is_acknowledged_and_recorded() {
         "{entry}"
     );
 }
+
+#[tokio::test]
+async fn each_replica_holds_its_own_connection_and_an_envelope_sent_on_both_starts_one_run() {
+    let fake = FakeSlack::start().await;
+    let env = || {
+        vec![
+            ("SLACK_BOT_TOKEN", BOT_TOKEN.to_owned()),
+            ("SLACK_APP_TOKEN", APP_TOKEN.to_owned()),
+            ("SLACK_API_URL", fake.api_url()),
+        ]
+    };
+    let first = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", APPROVE.into())],
+        with_examples: false,
+        env: env(),
+        db: Db::Postgres,
+        ..Default::default()
+    })
+    .await;
+    let mut second_env = env();
+    second_env.push(("DATABASE_URL", first.schema.as_ref().unwrap().url.clone()));
+    let _second = spawn(Spawn {
+        extra_workflows: vec![("ship.toml", APPROVE.into())],
+        with_examples: false,
+        env: second_env,
+        ..Default::default()
+    })
+    .await;
+    eventually("a connection from each replica", || async {
+        fake.state.lock().unwrap().sockets.len() == 2
+    })
+    .await;
+    // Slack spreads envelopes over the connections; one it sends again may come on the other.
+    fake.send_on(1, slash(&fake, "env-1", "UANA0001", "/ship 7.0", "T7"));
+    fake.send_on(2, slash(&fake, "env-2", "UANA0001", "/ship 7.0", "T7"));
+    acked(&fake, "env-1").await;
+    acked(&fake, "env-2").await;
+    eventually("the run's root", || async {
+        fake.posts()
+            .iter()
+            .any(|(_, b)| b["text"].as_str().unwrap_or("").contains("Ship 7.0"))
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(first.ledger_of("run.started").await.len(), 1);
+    let roots = fake
+        .posts()
+        .iter()
+        .filter(|(_, b)| {
+            b["thread_ts"].is_null() && b["text"].as_str().unwrap_or("").contains("Ship 7.0")
+        })
+        .count();
+    assert_eq!(roots, 1);
+}
