@@ -754,10 +754,23 @@ mod tests {
             ("DATABASE_URL", "mysql://x"),
             ("BATON_POLL_INTERVAL", "soon"),
             ("BATON_DURABILITY", "sometimes"),
+            ("BATON_LEASE", "100ms"),
+            ("BATON_LEASE", "2h"),
+            ("BATON_REPLICA_NAME", "two words"),
         ] {
             let err = settings(&[(k, v)]).unwrap_err();
             assert_eq!(err.setting, k, "{err}");
         }
+    }
+
+    #[test]
+    fn a_replica_has_a_thirty_second_lease_and_the_name_it_is_given() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.lease, Duration::seconds(30));
+        assert_eq!(s.replica_name, None);
+        let s = settings(&[("BATON_REPLICA_NAME", "baton-2"), ("BATON_LEASE", "5s")]).unwrap();
+        assert_eq!(s.replica_name.as_deref(), Some("baton-2"));
+        assert_eq!(s.lease, Duration::seconds(5));
     }
 
     #[test]
